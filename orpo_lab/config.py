@@ -1,0 +1,246 @@
+"""TrainConfig: every knob of a run in one flat dataclass, its YAML form, presets and the CLI built from it."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+def _f(default: Any, help: str, choices: tuple | None = None):
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclass
+class TrainConfig:
+    # what to train
+    model: str = _f(
+        "default", "'default' (SmolLM2-135M-Instruct), a local model directory, or a hub id"
+    )
+    dataset: str = _f("default", "'default', a .jsonl/.json/.csv/.parquet file, or a hub id")
+    eval_dataset: str = _f("", "held-out pairs; empty: the test split of `dataset` when it has one")
+    output_dir: str = _f("runs", "folder that holds one sub-folder per run")
+    run_name: str = _f("", "sub-folder name; empty: a timestamp")
+    # the objective
+    beta: float = _f(
+        0.5, "weight of the odds-ratio term (the paper's lambda); 0 = plain SFT baseline"
+    )
+    nll_scope: str = _f(
+        "response",
+        "tokens the NLL covers: the response (paper) or prompt+response (TRL)",
+        ("response", "prompt_response"),
+    )
+    # optimisation
+    learning_rate: float = _f(
+        5e-4, "peak learning rate (LoRA wants ~1e-4..1e-3, full fine-tuning ~5e-6)"
+    )
+    lr_scheduler: str = _f(
+        "cosine",
+        "learning-rate schedule after warmup",
+        ("cosine", "linear", "constant", "inverse_sqrt"),
+    )
+    warmup_steps: int = _f(5, "optimiser steps of linear warmup")
+    weight_decay: float = _f(0.0, "AdamW weight decay")
+    max_grad_norm: float = _f(1.0, "gradient clipping norm; 0 disables clipping")
+    epochs: float = _f(1.0, "passes over the training pairs (ignored when max_steps > 0)")
+    max_steps: int = _f(-1, "optimiser steps; > 0 overrides epochs")
+    batch_size: int = _f(4, "preference pairs per micro-batch (per process)")
+    grad_accum: int = _f(1, "micro-batches per optimiser step")
+    max_length: int = _f(256, "longest prompt+response in tokens")
+    max_prompt_length: int = _f(128, "longest prompt in tokens")
+    max_train_pairs: int = _f(0, "use only the first N training pairs after shuffling; 0 = all")
+    # model and adapter
+    lora_r: int = _f(16, "LoRA rank")
+    lora_alpha: int = _f(32, "LoRA scaling numerator (scale = alpha / r)")
+    lora_dropout: float = _f(0.0, "dropout on the LoRA input")
+    lora_target_modules: str = _f("all-linear", "'all-linear' or comma-separated module names")
+    full_finetune: bool = _f(False, "train every weight instead of a LoRA adapter")
+    load_in_4bit: bool = _f(False, "QLoRA: 4-bit base weights (CUDA + bitsandbytes only)")
+    gradient_checkpointing: bool = _f(
+        False, "recompute activations in backward (saves GPU memory, slower)"
+    )
+    layout: str = _f(
+        "prefix",
+        "batch layout: padded rows, padding-free packing, or shared prompt prefix",
+        ("padded", "packed", "prefix"),
+    )
+    logps_chunk_size: int = _f(1024, "positions per lm_head chunk for log-probs; 0 = full logits")
+    # run control
+    seed: int = _f(0, "seed for data order, LoRA init and dropout")
+    precision: str = _f("auto", "auto: fp32 on CPU, bf16 on CUDA", ("auto", "fp32", "bf16", "fp16"))
+    device: str = _f("auto", "auto, cpu, cuda, cuda:1, ...")
+    eval_every: int = _f(25, "optimiser steps between held-out evaluations; 0 = only at the end")
+    max_eval_pairs: int = _f(64, "held-out pairs per evaluation; 0 = all")
+    save_every: int = _f(50, "optimiser steps between checkpoints; 0 = only at the end")
+    save_total_limit: int = _f(3, "checkpoints kept (oldest deleted first)")
+    resume: bool = _f(False, "continue the run in output_dir/run_name from its last checkpoint")
+    trust_remote_code: bool = _f(False, "allow model code from the hub (only for models you trust)")
+
+    def __post_init__(self) -> None:
+        problems = []
+        for f in fields(self):
+            choices = f.metadata.get("choices")
+            if choices and getattr(self, f.name) not in choices:
+                problems.append(
+                    f"{f.name} must be one of {', '.join(choices)}; got {getattr(self, f.name)!r}"
+                )
+        if self.run_name and not RUN_NAME.match(self.run_name):
+            problems.append(
+                f"run_name {self.run_name!r} may hold only letters, digits, '.', '_' and '-', "
+                "and must not start with '.' or '-'"
+            )
+        if self.beta < 0:
+            problems.append(f"beta must be >= 0 (0 = SFT baseline); got {self.beta}")
+        if self.learning_rate <= 0:
+            problems.append(f"learning_rate must be > 0; got {self.learning_rate}")
+        for name in (
+            "batch_size",
+            "grad_accum",
+            "max_length",
+            "max_prompt_length",
+            "lora_r",
+            "lora_alpha",
+        ):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1; got {getattr(self, name)}")
+        if self.max_steps <= 0 and self.epochs <= 0:
+            problems.append("set max_steps > 0 or epochs > 0: otherwise there is nothing to train")
+        if self.max_prompt_length >= self.max_length:
+            problems.append(
+                f"max_prompt_length ({self.max_prompt_length}) must be below max_length "
+                f"({self.max_length}) to leave room for the response"
+            )
+        if self.load_in_4bit and self.full_finetune:
+            problems.append(
+                "load_in_4bit (QLoRA) trains a LoRA adapter: drop full_finetune or load_in_4bit"
+            )
+        if self.load_in_4bit and self.device == "cpu":
+            problems.append("load_in_4bit needs a CUDA GPU (bitsandbytes); use LoRA in fp32 on CPU")
+        if self.logps_chunk_size < 0:
+            problems.append(f"logps_chunk_size must be >= 0; got {self.logps_chunk_size}")
+        if problems:
+            raise ValueError("Invalid training config:\n- " + "\n- ".join(problems))
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.run_name
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(
+                f"Unknown config keys: {', '.join(unknown)}. Known keys: {', '.join(sorted(known))}"
+            )
+        return cls(**values)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> TrainConfig:
+        return cls.from_dict(read_yaml(path))
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """The mapping in a config file, with a clear error for a missing or malformed file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"Config file {path} does not exist.")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"Config file {path} is not valid YAML: {err}") from err
+    if not isinstance(values, dict):
+        raise ValueError(
+            f"Config file {path} must hold a mapping of field: value; got {type(values).__name__}."
+        )
+    return values
+
+
+# Starting points; the app shows them as buttons and the CLI takes `--preset`.
+PRESETS: dict[str, dict[str, Any]] = {
+    # About 3-4 minutes on a 2-core CPU with the default model and dataset.
+    "cpu-quick": dict(
+        max_steps=60,
+        batch_size=4,
+        grad_accum=1,
+        learning_rate=5e-4,
+        beta=0.5,
+        lora_r=16,
+        lora_alpha=32,
+        max_length=192,
+        max_prompt_length=96,
+        eval_every=20,
+        save_every=20,
+    ),
+    "gpu": dict(
+        epochs=1.0,
+        max_steps=-1,
+        batch_size=16,
+        grad_accum=1,
+        learning_rate=2e-4,
+        beta=0.1,
+        lora_r=32,
+        lora_alpha=64,
+        max_length=1024,
+        max_prompt_length=512,
+        eval_every=100,
+        save_every=200,
+    ),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """One flag per TrainConfig field, plus --config, --preset, --export and --evaluate."""
+    parser = argparse.ArgumentParser(
+        prog="orpo-lab",
+        description="Train a model with ORPO (LoRA by default) on preference pairs.",
+    )
+    parser.add_argument(
+        "--config", help="YAML file of TrainConfig fields; flags given here override it"
+    )
+    parser.add_argument(
+        "--preset", choices=sorted(PRESETS), help="start from a preset; flags override it"
+    )
+    parser.add_argument(
+        "--export", metavar="CHECKPOINT", help="merge a checkpoint's adapter into a model"
+    )
+    parser.add_argument("--out", help="with --export: the output directory of the merged model")
+    parser.add_argument(
+        "--evaluate", metavar="RUN_DIR", help="judge base vs the run's final checkpoint"
+    )
+    for f in fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        kwargs: dict[str, Any] = {"dest": f.name, "default": None, "help": f.metadata["help"]}
+        if f.type in ("bool", bool):
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = {"int": int, "float": float, "str": str}[str(f.type)]
+            if f.metadata.get("choices"):
+                kwargs["choices"] = f.metadata["choices"]
+        parser.add_argument(flag, **kwargs)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    values: dict[str, Any] = {}
+    if args.preset:
+        values.update(PRESETS[args.preset])
+    if args.config:
+        values.update(read_yaml(args.config))
+    for f in fields(TrainConfig):
+        if getattr(args, f.name) is not None:
+            values[f.name] = getattr(args, f.name)
+    return TrainConfig.from_dict(values)

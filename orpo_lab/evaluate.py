@@ -1,0 +1,139 @@
+"""Judge generations: base model vs a trained checkpoint on held-out prompts, pass rate per family.
+
+The default dataset has an automatic judge per family (`orpo_lab.default_dataset.JUDGES`); a run's
+report goes to `RUN_DIR/generations.json`, next to its metrics.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from orpo_lab.data import load_preferences
+from orpo_lab.default_dataset import JUDGES
+from orpo_lab.model import load_model
+
+
+@torch.no_grad()
+def generate_answers(
+    model, tokenizer, prompts: list[list[dict]], max_new_tokens: int = 64, batch_size: int = 16
+) -> list[str]:
+    """Greedy answers to chat prompts, batched with left padding (the prompt ends where generation starts)."""
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    answers = []
+    try:
+        for i in range(0, len(prompts), batch_size):
+            texts = [
+                tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False)
+                for p in prompts[i : i + batch_size]
+            ]
+            enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(
+                model.device
+            )
+            out = model.generate(
+                **enc,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+            new = out[:, enc["input_ids"].shape[1] :]  # (b, new) generated tokens only
+            answers += [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
+    finally:
+        tokenizer.padding_side = side
+    return answers
+
+
+def pass_rates(records: list[dict], passed: list[bool]) -> dict[str, dict[str, float]]:
+    """Pass rate per family, split into in-domain and out-of-domain (kinds of prompt never trained on)."""
+    table: dict[str, dict[str, list[bool]]] = {}
+    for rec, ok in zip(records, passed, strict=True):
+        for key in (rec["family"], "all"):
+            group = table.setdefault(key, {"in_domain": [], "ood": [], "all": []})
+            group["ood" if rec.get("ood") else "in_domain"].append(ok)
+            group["all"].append(ok)
+    return {
+        fam: {k: (sum(v) / len(v) if v else float("nan")) for k, v in g.items()}
+        | {"n": len(g["all"])}
+        for fam, g in table.items()
+    }
+
+
+def stratified(records: list[dict], n: int) -> list[dict]:
+    """At most `n` records (all when n is 0), taken in turn from each (family, ood) group."""
+    if not n or n >= len(records):
+        return records
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        groups.setdefault((r["family"], bool(r.get("ood"))), []).append(r)
+    picked, turn = [], 0
+    while len(picked) < n:
+        picked += [g[turn] for g in groups.values() if turn < len(g)][: n - len(picked)]
+        turn += 1
+    return picked
+
+
+def judge_model(model, tokenizer, records: list[dict], max_new_tokens: int = 64):
+    """(answers, passed) of one model on the records' prompts, each judged by its family's judge."""
+    answers = generate_answers(model, tokenizer, [r["prompt"] for r in records], max_new_tokens)
+    return answers, [bool(JUDGES[r["family"]](r, a)) for r, a in zip(records, answers, strict=True)]
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    checkpoint: str | Path | None = None,
+    max_prompts: int = 0,
+    max_new_tokens: int = 64,
+) -> dict:
+    """Base model vs the run's last checkpoint on the held-out split, judged; writes generations.json."""
+    from peft import PeftModel
+
+    from orpo_lab.train import TrainingError, checkpoints
+
+    run_dir = Path(run_dir)
+    kept = checkpoints(run_dir)
+    if checkpoint is None and not kept:
+        raise TrainingError(
+            f"{run_dir} has no checkpoint to evaluate (expected checkpoints/step-*)."
+        )
+    checkpoint = Path(checkpoint or kept[-1])
+    config = json.loads((checkpoint / "trainer_state.json").read_text())["config"]
+    held_out = load_preferences(config["eval_dataset"] or config["dataset"], split="test")
+    if "family" not in held_out.column_names:
+        raise TrainingError(
+            "Generation judging needs a 'family' column with a judge per family "
+            f"({', '.join(JUDGES)}): the default dataset has one, this dataset does not."
+        )
+    records = stratified([r for r in held_out if r["family"] in JUDGES], max_prompts)
+    base, tokenizer = load_model(config["model"], config["device"], config["precision"])
+    base_answers, base_pass = judge_model(base, tokenizer, records, max_new_tokens)
+    if (checkpoint / "adapter_config.json").is_file():
+        # Merged for generation: the same outputs, without LoRA's extra matmuls on every token.
+        tuned = PeftModel.from_pretrained(base, checkpoint).merge_and_unload()
+    else:
+        tuned, _ = load_model(str(checkpoint), config["device"], config["precision"])
+    tuned_answers, tuned_pass = judge_model(tuned, tokenizer, records, max_new_tokens)
+    report = {
+        "checkpoint": str(checkpoint),
+        "summary": {
+            "base": pass_rates(records, base_pass),
+            "trained": pass_rates(records, tuned_pass),
+        },
+        "generations": [
+            {
+                "family": r["family"],
+                "ood": r.get("ood", False),
+                "prompt": r["prompt"],
+                "base": b,
+                "base_pass": bp,
+                "trained": t,
+                "trained_pass": tp,
+            }
+            for r, b, bp, t, tp in zip(
+                records, base_answers, base_pass, tuned_answers, tuned_pass, strict=True
+            )
+        ],
+    }
+    (run_dir / "generations.json").write_text(json.dumps(report, indent=1))
+    return report

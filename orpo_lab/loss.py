@@ -1,0 +1,257 @@
+"""The ORPO objective as pure functions of tensors: log-probs in, `(loss, metrics)` out.
+
+Paper: Hong, Lee, Thorne, "ORPO: Monolithic Preference Optimization without Reference Model"
+(arXiv 2403.07691). With P(y|x) = exp(mean per-token log-prob of the response):
+
+    odds(y|x) = P / (1 - P)
+    L_OR      = -log sigmoid( log odds(y_w|x) - log odds(y_l|x) )
+    L_ORPO    = L_SFT + beta * L_OR          (beta is the paper's lambda, TRL's name)
+
+Pipeline: `token_logps` (full logits) or `token_logps_from_hidden` (chunked, never builds the
+(R, T, V) logits) -> `sequence_logps` (per-sequence sums and counts, for padded, packed or
+prefix-shared rows alike) -> mean log-probs -> `orpo_loss`.
+
+The NLL (L_SFT) is reduced by the caller: a token mean over the chosen sequences of the whole
+optimiser step (sum of -log p over their scored tokens / number of those tokens), where the scored
+tokens are response-only or prompt + response according to the trainer's `nll_scope`; that choice
+only changes the mask given to `sequence_logps`. The odds-ratio term is summed over pairs and
+divided by `pairs_in_step`, so gradient accumulation gives the same gradient as one big batch.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+
+IGNORE_INDEX = -100  # targets value of positions that score nothing (the Hugging Face convention)
+_LN_HALF = -math.log(2.0)
+
+
+def log1mexp(x: torch.Tensor) -> torch.Tensor:
+    """log(1 - exp(x)) for x < 0, accurate everywhere, with finite gradients everywhere.
+
+    Inputs are clamped to at most -tiny (1e-12, or the dtype's smallest normal if larger): a mean
+    log-prob that rounds to 0 then gives a large finite log-odds instead of inf.
+    """
+    tiny = max(1e-12, torch.finfo(x.dtype).tiny)
+    x = x.clamp(max=-tiny)
+    # Maechler (2012): log(-expm1(x)) is accurate near 0, log1p(-exp(x)) for x < -ln 2.
+    near_zero = x > _LN_HALF
+    # Double where (pytorch #52248): each branch only ever sees inputs where it is finite, so the
+    # branch torch.where discards cannot send 0 * inf = NaN into the gradient.
+    x_hi = torch.where(near_zero, x, torch.full_like(x, -1.0))
+    x_lo = torch.where(near_zero, torch.full_like(x, -1.0), x)
+    return torch.where(near_zero, torch.log(-torch.expm1(x_hi)), torch.log1p(-torch.exp(x_lo)))
+
+
+def log_odds(logp: torch.Tensor) -> torch.Tensor:
+    """log(P / (1 - P)) given log P (any shape)."""
+    return logp - log1mexp(logp)
+
+
+def token_logps(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Log-prob of each target token from full logits: (R, T, V), (R, T) -> (R, T) float32.
+
+    No shifting: the collator already aligned targets so that position t's logits score
+    targets[r, t]. Positions with target -100 get 0.
+    """
+    scored = targets != IGNORE_INDEX
+    # float32 log-softmax: bf16 loses ~3 significant digits in the log-partition function.
+    logps = torch.log_softmax(logits.float(), dim=-1)  # (R, T, V)
+    picked = logps.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # (R, T)
+    return torch.where(scored, picked, torch.zeros_like(picked))
+
+
+class _ChunkedTokenLogps(torch.autograd.Function):
+    """log softmax(h W^T + b)[target] over the scored positions, chunk by chunk.
+
+    Forward keeps only the log-partition per position (N,); backward recomputes each chunk's
+    logits, so peak memory is O(chunk_size * V) instead of O(R * T * V).
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, chunk_size):
+        R, T, H = hidden.shape
+        flat_targets = targets.reshape(-1)  # (R*T,)
+        positions = (flat_targets != IGNORE_INDEX).nonzero().squeeze(1)  # (N,) scored ones
+        h = hidden.reshape(-1, H).index_select(0, positions)  # (N, H), input dtype
+        tgt = flat_targets.index_select(0, positions)  # (N,)
+        w = weight.float()  # (V, H); no copy when already float32
+        b = None if bias is None else bias.float()
+        lse = torch.empty(positions.numel(), device=hidden.device, dtype=torch.float32)  # (N,)
+        picked = torch.empty_like(lse)  # (N,)
+        for start in range(0, positions.numel(), chunk_size):
+            sl = slice(start, start + chunk_size)
+            logits = F.linear(h[sl].float(), w, b)  # (chunk, V) float32
+            picked[sl] = logits.gather(1, tgt[sl].unsqueeze(1)).squeeze(1)
+            # logsumexp in place: torch.logsumexp would allocate a second (chunk, V) buffer.
+            top = logits.amax(dim=1, keepdim=True)  # (chunk, 1)
+            lse[sl] = logits.sub_(top).exp_().sum(dim=1).log_() + top.squeeze(1)
+            del logits  # free this chunk before the next one is allocated: one (chunk, V) at a time
+        out = torch.zeros(R * T, device=hidden.device, dtype=torch.float32)
+        out.index_copy_(0, positions, picked - lse)
+        ctx.save_for_backward(h, weight, bias, tgt, positions, lse)
+        ctx.chunk_size = chunk_size
+        ctx.hidden_shape = hidden.shape
+        ctx.hidden_dtype = hidden.dtype
+        return out.view(R, T)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        h, weight, bias, tgt, positions, lse = ctx.saved_tensors
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        g = (
+            grad_out.reshape(-1).index_select(0, positions).float()
+        )  # (N,) upstream grad per position
+        w = weight.float()
+        b = None if bias is None else bias.float()
+        grad_h = torch.zeros(h.shape, device=h.device, dtype=torch.float32) if need_h else None
+        grad_w = torch.zeros(w.shape, device=w.device, dtype=torch.float32) if need_w else None
+        grad_b = torch.zeros(w.shape[0], device=w.device, dtype=torch.float32) if need_b else None
+        for start in range(0, positions.numel(), ctx.chunk_size):
+            sl = slice(start, start + ctx.chunk_size)
+            hc = h[sl].float()  # (chunk, H)
+            gc = g[sl].unsqueeze(1)  # (chunk, 1)
+            # d logp[target] / d logits = onehot(target) - softmax; scaled by the upstream grad.
+            grad_logits = F.linear(hc, w, b).sub_(lse[sl].unsqueeze(1)).exp_()  # (chunk, V) softmax
+            grad_logits.mul_(-gc)
+            grad_logits.scatter_add_(1, tgt[sl].unsqueeze(1), gc)
+            if need_h:
+                grad_h[sl] = grad_logits @ w  # (chunk, H)
+            if need_w:
+                grad_w.addmm_(grad_logits.T, hc)  # (V, H)
+            if need_b:
+                grad_b += grad_logits.sum(0)
+            del grad_logits
+        grad_hidden = None
+        if need_h:
+            R, T, H = ctx.hidden_shape
+            grad_hidden = torch.zeros(R * T, H, device=h.device, dtype=ctx.hidden_dtype)
+            grad_hidden.index_copy_(0, positions, grad_h.to(ctx.hidden_dtype))
+            grad_hidden = grad_hidden.view(R, T, H)
+        grad_weight = grad_w.to(weight.dtype) if need_w else None
+        grad_bias = grad_b.to(bias.dtype) if need_b else None
+        return grad_hidden, grad_weight, grad_bias, None, None
+
+
+def token_logps_from_hidden(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    chunk_size: int = 1024,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """`token_logps(hidden @ weight.T + bias, targets)` without building the (R, T, V) logits.
+
+    hidden (R, T, H) final hidden states (after the final norm), weight (V, H) the lm_head weight,
+    targets (R, T) with -100 where nothing is scored -> (R, T) float32, 0 at unscored positions.
+    Only scored positions are computed, `chunk_size` at a time, in float32 whatever the input
+    dtype; backward recomputes each chunk. Gradients reach hidden, weight and bias when they
+    require them (a frozen lm_head costs no weight-gradient work).
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    return _ChunkedTokenLogps.apply(hidden, weight, bias, targets, chunk_size)
+
+
+def sequence_logps(
+    tok_logps: torch.Tensor, target_seq: torch.Tensor, mask: torch.Tensor, num_seqs: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sequence sums of token log-probs and token counts: -> (num_seqs,), (num_seqs,) long.
+
+    tok_logps (R, T); target_seq (R, T) long, the sequence each position scores (-1 = none);
+    mask (R, T) bool, the positions to include. Padded, packed and prefix-shared rows all reduce
+    here; pair i's chosen is sequence i and its rejected is sequence B + i. The mean log-prob is
+    `sums / counts.clamp(min=1)`.
+    """
+    keep = mask & (target_seq >= 0)  # (R, T)
+    # Excluded positions go to an extra slot num_seqs, dropped below: no boolean indexing, so
+    # no host sync on GPU.
+    slot = torch.where(keep, target_seq, torch.full_like(target_seq, num_seqs)).reshape(-1)
+    values = torch.where(keep, tok_logps, torch.zeros_like(tok_logps)).reshape(-1)
+    sums = tok_logps.new_zeros(num_seqs + 1).index_add(0, slot, values)
+    counts = torch.zeros(num_seqs + 1, dtype=torch.long, device=tok_logps.device)
+    counts.index_add_(0, slot, keep.reshape(-1).long())
+    return sums[:num_seqs], counts[:num_seqs]
+
+
+def orpo_loss(
+    chosen_logps: torch.Tensor,
+    rejected_logps: torch.Tensor,
+    nll: torch.Tensor,
+    beta: float,
+    pairs_in_step: int | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """ORPO loss `nll + beta * sum(L_OR) / pairs_in_step` and detached metrics.
+
+    chosen_logps, rejected_logps (B,) MEAN per-token log-probs of the responses; nll a scalar
+    already reduced by the caller; pairs_in_step the pairs of the whole optimiser step (default
+    B), so that summing the losses of its micro-batches equals the loss of the step. Metrics are
+    means over this micro-batch, under TRL's keys, plus "or_loss" (L_OR without beta) and "loss".
+    """
+    pairs = chosen_logps.shape[0] if pairs_in_step is None else pairs_in_step
+    log_odds_ratio = log_odds(chosen_logps) - log_odds(rejected_logps)  # (B,)
+    log_sig = F.logsigmoid(log_odds_ratio)  # (B,) stable, unlike log(sigmoid(x))
+    loss = nll + beta * (-log_sig.sum() / pairs)
+
+    dtype = torch.promote_types(chosen_logps.dtype, torch.float32)  # float64 stays float64
+    with torch.no_grad():
+        chosen_rewards = beta * chosen_logps.detach()
+        rejected_rewards = beta * rejected_logps.detach()
+        values = {
+            "rewards/chosen": chosen_rewards.mean(),
+            "rewards/rejected": rejected_rewards.mean(),
+            "rewards/accuracies": (chosen_rewards > rejected_rewards).to(dtype).mean(),
+            "rewards/margins": (chosen_rewards - rejected_rewards).mean(),
+            "logps/chosen": chosen_logps.detach().mean(),
+            "logps/rejected": rejected_logps.detach().mean(),
+            "nll_loss": nll.detach(),
+            "log_odds_ratio": log_sig.detach().mean(),
+            "log_odds_chosen": log_odds_ratio.detach().mean(),
+            "or_loss": -log_sig.detach().mean(),
+            "loss": loss.detach(),
+        }
+        # One device-to-host copy for all metrics instead of one .item() each.
+        floats = torch.stack([v.to(dtype).reshape(()) for v in values.values()]).cpu().tolist()
+    return loss, dict(zip(values, floats, strict=True))
+
+
+# Section 4.3 of the paper: grad L_OR = delta(d) * h(d). For the notebooks' plots and checks.
+
+
+def or_penalty(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor) -> torch.Tensor:
+    """delta(d) = 1 / (1 + odds_w / odds_l): near 1 when the model favours the rejected response."""
+    return torch.sigmoid(-(log_odds(chosen_logps) - log_odds(rejected_logps)))
+
+
+def odds_weight(logp: torch.Tensor) -> torch.Tensor:
+    """1 / (1 - P) given log P: the factor by which h(d) scales grad log P."""
+    return torch.exp(-log1mexp(logp))
+
+
+def or_grad(
+    chosen_logps: torch.Tensor, rejected_logps: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Analytic d L_OR / d chosen_logps and d L_OR / d rejected_logps of each pair's L_OR.
+
+    (-delta / (1 - P_w), +delta / (1 - P_l)); shapes as the inputs (no batch averaging).
+    """
+    delta = or_penalty(chosen_logps, rejected_logps)
+    return -delta * odds_weight(chosen_logps), delta * odds_weight(rejected_logps)
+
+
+# A probability ratio instead of an odds ratio (reference-free, DPO-like), for comparison.
+
+
+def log_prob_ratio(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor) -> torch.Tensor:
+    """log(P_w / P_l) = chosen_logps - rejected_logps."""
+    return chosen_logps - rejected_logps
+
+
+def prob_ratio_loss(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor) -> torch.Tensor:
+    """Mean over pairs of -log sigmoid(log(P_w / P_l))."""
+    return -F.logsigmoid(log_prob_ratio(chosen_logps, rejected_logps)).mean()

@@ -1,0 +1,212 @@
+"""runs.py: process handling with a stand-in trainer script, and one real run with the tiny model.
+
+The stand-in (FAKE_TRAINER) follows the trainer's file contract (status.json, metrics.jsonl, STOP)
+and is only a test double for process management; `test_real_training_run_end_to_end` runs the
+real `python -m orpo_lab.train`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+import time
+
+import pytest
+
+from orpo_lab.runs import RunError, RunManager, read_metrics, validate_run_name
+
+# Behaviour by run name: "crash*" dies, "stubborn*" ignores STOP, anything else trains slowly and
+# honours STOP; "quick*" finishes after 3 steps.
+FAKE_TRAINER = textwrap.dedent(
+    """
+    import json, os, sys, time, yaml
+    from pathlib import Path
+    cfg = yaml.safe_load(open(sys.argv[sys.argv.index("--config") + 1]))
+    run = Path(cfg["output_dir"]) / cfg["run_name"]
+    name = cfg["run_name"]
+    def status(s, step, msg=""):
+        tmp = run / ".status.tmp"
+        tmp.write_text(json.dumps({"status": s, "message": msg, "step": step, "total_steps": 100,
+                                   "pid": os.getpid(), "updated": time.time()}))
+        os.replace(tmp, run / "status.json")
+    status("running", 0)
+    print("fake trainer started", flush=True)
+    if name.startswith("crash"):
+        raise SystemExit("Traceback: something broke in the fake trainer")
+    total = 3 if name.startswith("quick") else 100
+    with open(run / "metrics.jsonl", "a") as f:
+        for step in range(1, total + 1):
+            f.write(json.dumps({"kind": "train", "step": step, "loss": 1.0 / step}) + "\\n")
+            f.flush()
+            status("running", step)
+            if (run / "STOP").exists() and not name.startswith("stubborn"):
+                (run / "checkpoints" / f"step-{step:06d}").mkdir(parents=True)
+                (run / "checkpoints" / f"step-{step:06d}" / "adapter_config.json").write_text("{}")
+                status("stopped", step, "stopped on request")
+                sys.exit(0)
+            time.sleep(0.05)
+    status("finished", total)
+    """
+)
+
+
+@pytest.fixture
+def manager(tmp_path):
+    script = tmp_path / "fake_trainer.py"
+    script.write_text(FAKE_TRAINER)
+    return RunManager(tmp_path / "runs", trainer=[sys.executable, str(script)], grace_s=3)
+
+
+def wait_for(predicate, timeout=20.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.parametrize("bad", ["", ".hidden", "-x", "../escape", "a/b", "a b", "x" * 101, "é"])
+def test_run_names_cannot_escape(bad):
+    with pytest.raises(RunError):
+        validate_run_name(bad)
+
+
+def test_good_run_names_pass():
+    assert validate_run_name("orpo_beta-0.1") == "orpo_beta-0.1"
+
+
+def test_metrics_reader_tolerates_a_truncated_last_line(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1}\nnot json\n{"step": 2}\n{"step": 3, "lo')
+    records, offset = read_metrics(path)
+    assert [r["step"] for r in records] == [1, 2]
+    with path.open("a") as f:
+        f.write('ss": 0.5}\n')
+    more, _ = read_metrics(path, offset)
+    assert more == [{"step": 3, "loss": 0.5}]
+
+
+def test_start_follow_and_finish(manager):
+    name = manager.start({"max_steps": 3}, "quick-1")
+    assert wait_for(lambda: manager.status(name)["status"] == "finished")
+    manager.poll()
+    assert [r["step"] for r in manager.metrics(name)] == [1, 2, 3]
+    summary = manager.list_runs()[0]
+    assert summary["name"] == name and summary["train"]["step"] == 3
+    assert summary["config"]["max_steps"] == 3
+    assert "fake trainer started" in (manager.run_dir(name) / "train.log").read_text()
+
+
+def test_invalid_config_or_duplicate_name_writes_nothing(manager):
+    with pytest.raises(ValueError, match="max_prompt_length"):
+        manager.start({"max_length": 64, "max_prompt_length": 64}, "bad-config")
+    assert not manager.run_dir("bad-config").exists()
+    manager.start({}, "quick-dup")
+    with pytest.raises(RunError, match="already exists"):
+        manager.start({}, "quick-dup")
+
+
+def test_queue_runs_one_at_a_time_and_stop_saves(manager):
+    first = manager.start({"device": "cpu"}, "slow-a")
+    second = manager.start({"device": "cpu"}, "slow-b")
+    assert wait_for(lambda: manager.status(first)["status"] == "running")
+    assert manager.status(second)["status"] == "queued"
+    assert wait_for(lambda: len(manager.metrics(first)) >= 2)
+    assert manager.stop(first) == "stopped"
+    assert manager.status(first)["status"] == "stopped"
+    assert manager.checkpoints(first)  # the trainer saved at its next step
+    # The queue advanced: the second run started as soon as the device was free.
+    assert wait_for(lambda: manager.status(second)["status"] == "running")
+    with pytest.raises(RunError, match="stop it first"):
+        manager.delete(second)
+    assert manager.stop(second) == "stopped"
+    manager.delete(second)
+    assert second not in manager.names()
+
+
+def test_stop_escalates_to_kill(manager):
+    name = manager.start({}, "stubborn-1")
+    assert wait_for(lambda: len(manager.metrics(name)) >= 1)
+    started = time.monotonic()
+    assert manager.stop(name, grace_s=1) == "killed"
+    assert time.monotonic() - started < 8
+    status = manager.status(name)
+    assert status["status"] == "stopped" and "killed" in status["message"]
+
+
+def test_cancel_a_queued_run(manager):
+    manager.start({"device": "cpu"}, "slow-busy")
+    queued = manager.start({"device": "cpu"}, "slow-waiting")
+    assert manager.stop(queued) == "cancelled"
+    assert manager.status(queued)["status"] == "stopped"
+    manager.stop("slow-busy")
+
+
+def test_crash_is_detected_with_the_log_tail(manager):
+    name = manager.start({}, "crash-1")
+    assert wait_for(lambda: manager.poll() or manager.status(name)["status"] == "failed")
+    status = manager.status(name)
+    assert "exited with code 1" in status["message"]
+    assert "something broke in the fake trainer" in status["message"]
+    other = manager.start({}, "quick-after-crash")  # other runs are untouched and can still start
+    assert wait_for(lambda: manager.status(other)["status"] == "finished")
+
+
+def test_a_run_whose_process_vanished_is_failed_after_restart(manager, tmp_path):
+    name = manager.start({}, "quick-orphan")
+    assert wait_for(lambda: manager.status(name)["status"] == "finished")
+    status_file = manager.run_dir(name) / "status.json"
+    # As if the app had restarted while a run was "running" and its process then died.
+    status_file.write_text(json.dumps({"status": "running", "pid": 2**22 + 12345, "step": 1}))
+    fresh = RunManager(manager.runs_dir, trainer=manager.trainer)
+    fresh.poll()
+    assert fresh.status(name)["status"] == "failed"
+
+
+def test_unknown_run_and_checkpoint_are_refused(manager):
+    with pytest.raises(RunError):
+        manager.status("nope")
+    manager.start({}, "quick-ck")
+    with pytest.raises(RunError, match="no checkpoint"):
+        manager.checkpoint_path("quick-ck", "../../etc")
+
+
+def _stub_preferences() -> bool:
+    from orpo_lab import preferences
+
+    try:
+        preferences.load_preferences("default", split="train")
+    except NotImplementedError:
+        return True
+    except Exception:
+        return False
+    return False
+
+
+@pytest.mark.skipif(
+    _stub_preferences(), reason="orpo_lab.preferences.load_preferences not written yet"
+)
+def test_real_training_run_end_to_end(tmp_path, tiny_model_dir):
+    """The real trainer in its own process: metrics stream in, STOP saves a loadable adapter."""
+    data = tmp_path / "pairs.jsonl"
+    with data.open("w") as f:
+        for i in range(16):
+            row = {"prompt": f"Question {i}?", "chosen": f"Good answer {i}.", "rejected": "Bad."}
+            f.write(json.dumps(row) + "\n")
+    manager = RunManager(tmp_path / "runs", grace_s=60)
+    config = dict(
+        model=str(tiny_model_dir), dataset=str(data), max_steps=400, batch_size=2,
+        max_length=64, max_prompt_length=32, save_every=0, eval_every=0, device="cpu",
+    )  # fmt: skip
+    name = manager.start(config, "real-e2e")
+    assert wait_for(lambda: len(manager.metrics(name)) >= 3, timeout=90), manager.status(name)
+    assert manager.stop(name) == "stopped"
+    status = manager.status(name)
+    assert status["status"] == "stopped", status
+    train = [r for r in manager.metrics(name) if r.get("kind") == "train"]
+    assert train and {"loss", "nll_loss", "or_loss", "logps/chosen"} <= set(train[-1])
+    (checkpoint,) = manager.checkpoints(name)
+    archive = manager.zip_checkpoint(name, checkpoint)
+    assert archive.suffix == ".zip" and archive.stat().st_size > 0

@@ -1,0 +1,470 @@
+"""The training engine on a tiny model: invariants that catch silent training bugs, control, checkpoints, CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from orpo_lab.config import TrainConfig
+from orpo_lab.train import NonFiniteLoss, TrainingError, checkpoints, train
+
+ANIMALS = ["cat", "dog", "owl", "fox", "bee", "cow", "elk", "yak", "ant", "bat", "eel", "hen"]
+
+
+def write_pairs(path: Path, n: int, offset: int = 0) -> Path:
+    """Short pairs in the standard format: the chosen answer is one word, the rejected one rambles."""
+    rows = []
+    for i in range(offset, offset + n):
+        word = ANIMALS[i % len(ANIMALS)]
+        rows.append(
+            {
+                "prompt": f"Name animal number {i}.",
+                "chosen": f"{word.capitalize()}.",
+                "rejected": f"Well, let me think about animal {i}, it could be many things.",
+            }
+        )
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture()
+def data(tmp_path):
+    return write_pairs(tmp_path / "train.jsonl", 16), write_pairs(
+        tmp_path / "test.jsonl", 8, offset=100
+    )
+
+
+def make_config(tmp_path, data, tiny_model_dir, **changes) -> TrainConfig:
+    values = dict(
+        model=str(tiny_model_dir),
+        dataset=str(data[0]),
+        eval_dataset=str(data[1]),
+        output_dir=str(tmp_path / "runs"),
+        run_name="t",
+        max_steps=4,
+        batch_size=4,
+        learning_rate=1e-2,
+        warmup_steps=0,
+        lr_scheduler="constant",
+        eval_every=2,
+        save_every=2,
+        max_length=64,
+        max_prompt_length=48,
+        device="cpu",
+        layout="padded",
+    )
+    return TrainConfig(**(values | changes))
+
+
+def adapter(run_dir: Path, step: int | None = None) -> dict[str, torch.Tensor]:
+    ckpt = (
+        checkpoints(run_dir)[-1] if step is None else run_dir / "checkpoints" / f"step-{step:06d}"
+    )
+    return load_file(ckpt / "adapter_model.safetensors")
+
+
+def lines(run_dir: Path, kind: str = "train") -> list[dict]:
+    rows = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if r["kind"] == kind]
+
+
+def same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    """Equal adapters after training. Adam divides each gradient by its own running size, so a
+    float-rounding difference in a near-zero gradient element can move that one element by a visible
+    part of a step: compare each tensor as a whole (0.1% of its norm), not element by element."""
+    assert a.keys() == b.keys()
+    for k in a:
+        assert (a[k] - b[k]).norm() <= 1e-3 * a[k].norm(), k
+
+
+def same_trajectory(
+    a: list[dict], b: list[dict], keys=("loss", "nll_loss", "or_loss", "logps/chosen")
+):
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    for ra, rb in zip(a, b, strict=True):
+        for k in keys:
+            assert ra[k] == pytest.approx(rb[k], rel=1e-4, abs=1e-5), (ra["step"], k)
+
+
+@pytest.fixture(scope="module")
+def learnable_model_dir(tmp_path_factory, default_tokenizer):
+    """The tiny model with 10x wider embeddings. At the usual 0.02 init its tied logits stay near
+    uniform (|logit| <= |h| |e| ~ 1.3), which caps what a LoRA can learn at about ln(V) - 1.3 nats."""
+    from conftest import build_tiny_model
+
+    model = build_tiny_model(len(default_tokenizer))
+    model.model.embed_tokens.weight.data.mul_(10)
+    folder = tmp_path_factory.mktemp("learnable")
+    model.save_pretrained(folder)
+    default_tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_loss_goes_down_and_only_lora_weights_change(tmp_path, data, learnable_model_dir):
+    tiny_model_dir = learnable_model_dir
+    cfg = make_config(tmp_path, data, tiny_model_dir, max_steps=12, save_every=0, eval_every=0)
+    train(cfg)
+    rows = lines(cfg.run_dir)
+    # Measured 13.7 -> 8.1 (torch 2.13, CPU): 16 pairs seen three times by a LoRA at lr 1e-2.
+    assert rows[-1]["loss"] < 0.8 * rows[0]["loss"]
+    assert rows[-1]["logps/chosen"] > rows[0]["logps/chosen"]
+    status = json.loads((cfg.run_dir / "status.json").read_text())
+    assert status["status"] == "finished" and status["step"] == 12
+    # The checkpoint is an adapter: LoRA tensors only, and they moved away from their init (B starts at 0).
+    weights = adapter(cfg.run_dir)
+    assert weights and all("lora_" in k for k in weights)
+    assert max(w.abs().max().item() for k, w in weights.items() if "lora_B" in k) > 0
+    # And the base model on disk is untouched: a fresh load equals the original file.
+    base = load_file(next(Path(tiny_model_dir).glob("*.safetensors")))
+    from orpo_lab.model import load_model
+
+    fresh, _ = load_model(str(tiny_model_dir), device="cpu")
+    assert all(
+        torch.equal(fresh.state_dict()[k], v) for k, v in base.items() if k in fresh.state_dict()
+    )
+
+
+def test_accumulation_equals_one_big_batch(tmp_path, data, tiny_model_dir):
+    """Batch 4 x accumulation 1 and batch 1 x accumulation 4 give the same gradients, loss and weights."""
+    from accelerate import Accelerator
+
+    from orpo_lab.data import collate
+    from orpo_lab.train import PairLogps, build_model, load_pairs, step_gradients
+
+    grads, metrics = [], []
+    for bs, acc in [(4, 1), (1, 4)]:
+        cfg = make_config(
+            tmp_path,
+            data,
+            tiny_model_dir,
+            batch_size=bs,
+            grad_accum=acc,
+            nll_scope="prompt_response",
+        )
+        model, tok = build_model(cfg, None)
+        pairs, _, _ = load_pairs(cfg, tok)
+        micro = [
+            collate(pairs[i * bs : (i + 1) * bs], "padded", tok.pad_token_id) for i in range(acc)
+        ]
+        wrapped = PairLogps(model, cfg.nll_scope, 16)
+        metrics.append(step_gradients(Accelerator(cpu=True), wrapped, micro, cfg, cfg.run_dir, 1))
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
+    for key in ("loss", "nll_loss", "or_loss", "logps/chosen", "logps/rejected"):
+        assert metrics[0][key] == pytest.approx(metrics[1][key], rel=1e-5)
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-6)
+    # End to end, through the optimiser: the same weights after three steps.
+    runs = []
+    for bs, acc in [(4, 1), (1, 4)]:
+        cfg = make_config(
+            tmp_path,
+            data,
+            tiny_model_dir,
+            batch_size=bs,
+            grad_accum=acc,
+            run_name=f"a{bs}",
+            max_steps=3,
+            save_every=0,
+        )
+        train(cfg)
+        runs.append(cfg.run_dir)
+    same_trajectory(lines(runs[0]), lines(runs[1]))
+    same_weights(adapter(runs[0]), adapter(runs[1]))
+
+
+@pytest.mark.parametrize("layout", ["padded", "prefix"])
+def test_resume_continues_the_same_trajectory(tmp_path, data, tiny_model_dir, layout):
+    whole = make_config(
+        tmp_path,
+        data,
+        tiny_model_dir,
+        run_name="whole",
+        max_steps=6,
+        layout=layout,
+        lr_scheduler="cosine",
+        warmup_steps=2,
+    )
+    train(whole)
+    stop = threading.Event()
+    parts = make_config(
+        tmp_path,
+        data,
+        tiny_model_dir,
+        run_name="parts",
+        max_steps=6,
+        layout=layout,
+        lr_scheduler="cosine",
+        warmup_steps=2,
+        save_every=0,
+    )
+    train(
+        parts,
+        callback=lambda r: r.get("step") == 3 and r["kind"] == "train" and stop.set(),
+        stop_event=stop,
+    )
+    assert json.loads((parts.run_dir / "status.json").read_text())["status"] == "stopped"
+    assert [c.name for c in checkpoints(parts.run_dir)] == ["step-000003"]
+    with pytest.raises(TrainingError, match="already has checkpoints"):
+        train(
+            make_config(
+                tmp_path, data, tiny_model_dir, run_name="parts", max_steps=6, layout=layout
+            )
+        )
+    parts.resume = True
+    train(parts)
+    same_trajectory(
+        lines(whole.run_dir),
+        lines(parts.run_dir),
+        keys=("loss", "nll_loss", "lr", "logps/rejected"),
+    )
+    a, b = adapter(whole.run_dir), adapter(parts.run_dir)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-7)
+    evals = lines(parts.run_dir, "eval")
+    assert [e["step"] for e in evals] == [0, 2, 3, 4, 6]
+
+
+def test_stop_file_saves_and_stops(tmp_path, data, tiny_model_dir):
+    cfg = make_config(tmp_path, data, tiny_model_dir, max_steps=50, save_every=0)
+
+    def request_stop(record):
+        if record["kind"] == "train" and record["step"] == 2:
+            (cfg.run_dir / "STOP").touch()
+
+    train(cfg, callback=request_stop)
+    status = json.loads((cfg.run_dir / "status.json").read_text())
+    assert status["status"] == "stopped" and status["step"] == 2
+    assert [c.name for c in checkpoints(cfg.run_dir)] == ["step-000002"]
+    assert not (cfg.run_dir / "STOP").exists()
+
+
+def train_poisoned(cfg: TrainConfig, at_step: int) -> None:
+    """train(cfg), filling a LoRA weight with NaN right after step `at_step`, as an exploding update would."""
+    import orpo_lab.train as engine
+
+    holder, real_build = {}, engine.build_model
+
+    def spy(*args):
+        model, tok = real_build(*args)
+        holder["model"] = model
+        return model, tok
+
+    def poison(record):
+        if record["kind"] == "train" and record["step"] == at_step:
+            lora = next(p for n, p in holder["model"].named_parameters() if "lora_A" in n)
+            lora.data.fill_(float("nan"))
+
+    engine.build_model = spy
+    try:
+        train(cfg, callback=poison)
+    finally:
+        engine.build_model = real_build
+
+
+def test_nan_weights_stop_before_they_are_saved(tmp_path, data, tiny_model_dir):
+    cfg = make_config(tmp_path, data, tiny_model_dir, max_steps=10, save_every=1)
+    with pytest.raises(NonFiniteLoss, match="weights became non-finite at step 3.*step-000002"):
+        train_poisoned(cfg, at_step=3)
+    status = json.loads((cfg.run_dir / "status.json").read_text())
+    assert status["status"] == "failed" and "Lower learning_rate" in status["message"]
+    assert checkpoints(cfg.run_dir)[-1].name == "step-000002"
+    assert all(torch.isfinite(w).all() for w in adapter(cfg.run_dir).values())
+
+
+def test_nan_loss_is_caught_between_checkpoints(tmp_path, data, tiny_model_dir):
+    """With no save due, the NaN shows in the next forward: stop there, naming the last checkpoint."""
+    cfg = make_config(tmp_path, data, tiny_model_dir, max_steps=10, save_every=2)
+    with pytest.raises(NonFiniteLoss, match="loss became nan at step 4.*step-000002"):
+        train_poisoned(cfg, at_step=3)
+    assert checkpoints(cfg.run_dir)[-1].name == "step-000002"
+    assert all(torch.isfinite(w).all() for w in adapter(cfg.run_dir).values())
+
+
+KILL_DURING_SAVE = textwrap.dedent(
+    """
+    import os, signal, sys, torch
+    import orpo_lab.train as engine
+    from orpo_lab.config import TrainConfig
+    real_save, calls = torch.save, []
+    def dying_save(obj, path, *a, **k):
+        calls.append(path)
+        real_save(obj, path, *a, **k)
+        if "step-000004" in str(path):  # the second checkpoint: die half-way through writing it
+            os.kill(os.getpid(), signal.SIGKILL)
+    torch.save = dying_save
+    engine.train(TrainConfig.from_yaml(sys.argv[1]))
+    """
+)
+
+
+def test_checkpoint_survives_a_kill_during_its_save(tmp_path, data, tiny_model_dir):
+    cfg = make_config(tmp_path, data, tiny_model_dir, max_steps=6, save_every=2)
+    cfg.run_dir.mkdir(parents=True)
+    cfg.to_yaml(tmp_path / "c.yaml")
+    proc = subprocess.run(
+        [sys.executable, "-c", KILL_DURING_SAVE, str(tmp_path / "c.yaml")], capture_output=True
+    )
+    assert proc.returncode == -9
+    assert [c.name for c in checkpoints(cfg.run_dir)] == ["step-000002"]
+    assert (
+        cfg.run_dir / "checkpoints" / ".tmp-step-000004"
+    ).exists()  # the half-written one, ignored
+    cfg.resume = True
+    train(cfg)
+    assert [c.name for c in checkpoints(cfg.run_dir)][-1] == "step-000006"
+    assert [r["step"] for r in lines(cfg.run_dir)] == [1, 2, 3, 4, 5, 6]
+
+
+def test_out_of_memory_gives_remedies(tmp_path, data, tiny_model_dir, monkeypatch):
+    import orpo_lab.train as engine
+
+    def oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(engine.PairLogps, "forward", oom)
+    cfg = make_config(tmp_path, data, tiny_model_dir)
+    with pytest.raises(TrainingError, match="batch_size.*grad_accum.*max_length.*load_in_4bit"):
+        train(cfg)
+    assert json.loads((cfg.run_dir / "status.json").read_text())["status"] == "failed"
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(layout="rows"), "layout must be one of padded, packed, prefix"),
+        (
+            dict(max_prompt_length=300, max_length=256),
+            "max_prompt_length .300. must be below max_length",
+        ),
+        (dict(run_name="../escape"), "run_name '../escape' may hold only"),
+        (dict(load_in_4bit=True, full_finetune=True), "drop full_finetune or load_in_4bit"),
+        (dict(beta=-1.0), "beta must be >= 0"),
+        (dict(max_steps=0, epochs=0), "nothing to train"),
+    ],
+)
+def test_impossible_configs_are_refused_with_what_to_change(changes, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**changes)
+
+
+def run_cli(*args, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "orpo_lab.train", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+
+
+def test_cli_round_trip_and_merged_export(tmp_path, data, tiny_model_dir):
+    cfg = make_config(tmp_path, data, tiny_model_dir, max_steps=2)
+    cfg.to_yaml(tmp_path / "run.yaml")
+    proc = run_cli("--config", str(tmp_path / "run.yaml"), "--max-steps", "3", "--beta", "0.25")
+    assert proc.returncode == 0, proc.stderr
+    saved = TrainConfig.from_yaml(cfg.run_dir / "config.yaml")
+    assert (saved.max_steps, saved.beta, saved.layout) == (3, 0.25, "padded")
+    assert checkpoints(cfg.run_dir)[-1].name == "step-000003"
+    # Running it again without --resume changes nothing and says what to do.
+    again = run_cli("--config", str(tmp_path / "run.yaml"))
+    assert again.returncode == 2 and "--resume" in again.stderr
+    bad = run_cli("--config", str(tmp_path / "run.yaml"), "--run-name", "x", "--max-length", "8")
+    assert (
+        bad.returncode == 2 and "max_prompt_length (48) must be below max_length (8)" in bad.stderr
+    )
+
+    out = tmp_path / "merged"
+    proc = run_cli("--export", str(checkpoints(cfg.run_dir)[-1]), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    merged = AutoModelForCausalLM.from_pretrained(out)
+    tok = AutoTokenizer.from_pretrained(out)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    with_adapter = PeftModel.from_pretrained(base, checkpoints(cfg.run_dir)[-1])
+    ids = tok("Name animal number 3.", return_tensors="pt").input_ids
+    torch.testing.assert_close(merged(ids).logits, with_adapter(ids).logits, rtol=1e-4, atol=1e-4)
+    generated = merged.generate(ids, max_new_tokens=5, do_sample=False)
+    assert generated.shape[1] == ids.shape[1] + 5 or tok.eos_token_id in generated[0].tolist()
+
+
+def test_two_process_torchrun_equals_one_process(tmp_path, data, tiny_model_dir):
+    """gloo on CPU: 2 processes x batch 2 follow the same trajectory as 1 process x batch 4."""
+    common = [
+        "--model",
+        str(tiny_model_dir),
+        "--dataset",
+        str(data[0]),
+        "--eval-dataset",
+        str(data[1]),
+        "--output-dir",
+        str(tmp_path / "runs"),
+        "--max-steps",
+        "3",
+        "--learning-rate",
+        "1e-2",
+        "--lr-scheduler",
+        "constant",
+        "--warmup-steps",
+        "0",
+        "--device",
+        "cpu",
+        "--layout",
+        "padded",
+        "--max-length",
+        "64",
+        "--max-prompt-length",
+        "48",
+        "--save-every",
+        "0",
+        "--eval-every",
+        "0",
+    ]
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER"))
+    }
+    one = run_cli(*common, "--run-name", "one", "--batch-size", "4", env=env)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29533",
+            "-m",
+            "orpo_lab.train",
+            *common,
+            "--run-name",
+            "two",
+            "--batch-size",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert two.returncode == 0, two.stderr[-3000:]
+    runs = tmp_path / "runs"
+    first_event = [
+        json.loads(ln) for ln in (runs / "two" / "metrics.jsonl").read_text().splitlines()
+    ][0]
+    assert first_event["processes"] == 2
+    same_trajectory(lines(runs / "one"), lines(runs / "two"))
+    same_weights(adapter(runs / "one"), adapter(runs / "two"))
