@@ -2,7 +2,8 @@
 # Every GPU number of BENCHMARKS.md in one go (about 8 minutes on one H100/H200).
 #   bench/gpu_suite.sh [OUT_DIR] [TOKENIZER]
 # TOKENIZER: 'default' (needs the prepared default model) or a directory holding its tokenizer files.
-# With PACK=file.tar.gz set, OUT_DIR is packed into that file after every step.
+# With PACK=file.tar.gz set, OUT_DIR is packed into that file after every step; STEPS="a b" runs only
+# the steps named (trl-1.5b-2048 loss trl-0.5b-2048 trl-0.5b-1024 trl-1.5b-1024).
 # Each step has its own time limit and log; a failed step does not stop the others.
 set -u
 out=${1:-bench/results/gpu}
@@ -17,6 +18,7 @@ cat "$out/gpu.txt"
 step() {  # step NAME SECONDS command...
   local name=$1 limit=$2
   shift 2
+  if [ -n "${STEPS:-}" ] && [[ " $STEPS " != *" $name "* ]]; then return; fi
   local began=$SECONDS
   timeout "$limit" "$@" >"$out/$name.log" 2>&1
   echo "== $name: exit $? after $((SECONDS - began)) s"
@@ -24,14 +26,14 @@ step() {  # step NAME SECONDS command...
   if [ -n "${PACK:-}" ]; then tar czf "$PACK" -C "$(dirname "$out")" "$(basename "$out")"; fi
 }
 
-trl() { $py bench/bench_trl.py --device cuda --tokenizer "$tok" "$@"; }
+trl=($py bench/bench_trl.py --device cuda --tokenizer "$tok")  # an array: `timeout` runs no functions
 # The issue's target shape first: 1.5B class, vocabulary 151936, max_length 2048.
-step trl-1.5b-2048 230 trl --gpu-model 1.5b --max-length 2048 --reps 2 --steps 6 --warmup 2 \
+step trl-1.5b-2048 230 "${trl[@]}" --gpu-model 1.5b --max-length 2048 --reps 2 --steps 6 --warmup 2 \
   --ablation-rounds 1 --ablation-steps 3 --out "$out/trl-1.5b-2048"
 step loss 110 $py bench/bench_loss.py --device cuda --pairs 8 --reps 2
-step trl-0.5b-2048 65 trl --gpu-model 0.5b --max-length 2048 --reps 1 --steps 6 --warmup 2 \
+step trl-0.5b-2048 65 "${trl[@]}" --gpu-model 0.5b --max-length 2048 --reps 1 --steps 6 --warmup 2 \
   --skip check ablation profile --out "$out/trl-0.5b-2048"
-step trl-0.5b-1024 65 trl --gpu-model 0.5b --max-length 1024 --reps 1 --steps 6 --warmup 2 \
+step trl-0.5b-1024 65 "${trl[@]}" --gpu-model 0.5b --max-length 1024 --reps 1 --steps 6 --warmup 2 \
   --skip check ablation profile --out "$out/trl-0.5b-1024"
-step trl-1.5b-1024 65 trl --gpu-model 1.5b --max-length 1024 --reps 1 --steps 6 --warmup 2 \
+step trl-1.5b-1024 65 "${trl[@]}" --gpu-model 1.5b --max-length 1024 --reps 1 --steps 6 --warmup 2 \
   --skip check ablation profile --out "$out/trl-1.5b-1024"

@@ -21,7 +21,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, DistributedType
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
@@ -115,13 +115,18 @@ def checkpoints(run_dir: Path) -> list[Path]:
     return sorted((run_dir / "checkpoints").glob("step-*"))
 
 
-def save_checkpoint(run_dir, step, model, tokenizer, optimizer, scheduler, config, metrics) -> Path:
-    """Write to a temporary folder, then rename: a kill during the save never leaves a broken step-N."""
+def save_checkpoint(
+    run_dir, step, model, tokenizer, optimizer, scheduler, config, metrics, state_dict=None
+) -> Path:
+    """Write to a temporary folder, then rename: a kill during the save never leaves a broken step-N.
+
+    `state_dict`: the gathered weights when the model is sharded (FSDP); else the model's own.
+    """
     final = run_dir / "checkpoints" / f"step-{step:06d}"
     tmp = final.with_name(f".tmp-{final.name}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    model.save_pretrained(tmp)
+    model.save_pretrained(tmp, state_dict=state_dict)
     tokenizer.save_pretrained(tmp)
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
@@ -261,6 +266,11 @@ def train(
             "continue it, or choose another --run-name; nothing was changed."
         )
     resume_from = existing[-1] if (existing and cfg.resume) else None
+    if resume_from and accelerator.distributed_type == DistributedType.FSDP:
+        raise TrainingError(
+            "Resuming under FSDP is not supported (the saved optimizer state is rank 0's shard). "
+            f"Resume {run_dir} with one process or DDP, or start a new run; nothing was changed."
+        )
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         cfg.to_yaml(run_dir / "config.yaml")
@@ -421,10 +431,16 @@ def _train(cfg, accelerator, run_dir, resume_from, set_status, callback, stop_ev
                     f"checkpoint: {kept[-1] if kept else 'none'}. " + NON_FINITE_ADVICE
                 )
             accelerator.wait_for_everyone()
+            full_state = None
+            if accelerator.distributed_type == DistributedType.FSDP:
+                # Sharded weights: every rank joins the gather; keys are PairLogps's ("model.").
+                gathered = accelerator.get_state_dict(wrapped)
+                full_state = {k.removeprefix("model."): v for k, v in gathered.items()}
             if main:
                 save_checkpoint(
-                    run_dir, step, unwrapped, tokenizer, optimizer, scheduler, cfg, record
-                )
+                    run_dir, step, unwrapped, tokenizer, optimizer, scheduler, cfg, record,
+                    full_state,
+                )  # fmt: skip
             accelerator.wait_for_everyone()
         if stop:
             if main:

@@ -12,6 +12,7 @@ from gradio_client import Client, handle_file
 from test_chat import make_adapter
 
 import app as app_module
+from orpo_lab.config import PRESETS
 from orpo_lab.runs import write_status
 
 FAKE_RUN = "fake-done"
@@ -73,7 +74,8 @@ def form(**changes):
 def test_preset_fills_the_form(served):
     client, *_ = served
     values = client.predict("CPU, quick", api_name="/preset")
-    assert values[app_module.FORM_NAMES.index("max_steps")] == 60
+    assert values[app_module.FORM_NAMES.index("max_steps")] == PRESETS["cpu-quick"]["max_steps"]
+    assert values[app_module.FORM_NAMES.index("beta")] == PRESETS["cpu-quick"]["beta"]
 
 
 def test_preview_renders_the_chat_template_and_reports_bad_files(served, tiny_model_dir, tmp_path):
@@ -115,6 +117,13 @@ def test_train_follow_stop_download_export_delete(served, tiny_model_dir):
             break
         time.sleep(0.5)
     assert "running" in progress, progress
+    # Chat answers while the run trains (in its own process), base and a checkpoint alike.
+    columns = [app_module.BASE_CHOICE, f"{FAKE_RUN}/step-000010", "(off)"]
+    _, left, right, _ = client.predict(
+        "Still there?", 1.0, 1.0, 8, 3, *columns, [], [], [], api_name="/send"
+    )
+    assert left[-1]["content"][0]["text"] and right[-1]["content"][0]["text"]
+    assert manager.status("live")["status"] == "running"
     plot, _ = client.predict("live", api_name="/show_run")
     assert plot is not None
     assert "stop it first" in client.predict("live", api_name="/delete")[1]

@@ -75,10 +75,14 @@ def test_stream_yields_growing_text_and_matches_generate(tiny_model_dir):
 
 def test_closing_the_stream_stops_generation(tiny_model_dir):
     model, tokenizer = load_model(str(tiny_model_dir), device="cpu")
+    before = set(threading.enumerate())  # other tests' app servers may be generating too
     stream = generate_stream(model, tokenizer, [PROMPT], max_new_tokens=500)
     next(stream)
+    (worker,) = [
+        t for t in threading.enumerate() if t.name == "orpo-lab-generate" and t not in before
+    ]
     stream.close()  # must return promptly: the worker stops at the next token
-    assert not [t for t in threading.enumerate() if t.name == "orpo-lab-generate"]
+    assert not worker.is_alive()
 
 
 def test_base_and_adapters_answer_side_by_side_from_one_base_model(pool, checkpoints):
