@@ -361,7 +361,8 @@ def build_app(
             columns = resolve_columns(selected)
             if not columns:
                 raise gr.Error("Switch at least one column on.")
-            conversations = [histories[i] for i, _ in columns]
+            # Each history ends with the assistant message being written: the model sees what precedes it.
+            conversations = [histories[i][:-1] for i, _ in columns]
             stream = pool.stream(conversations, [c for _, c in columns], **settings)
             for texts in stream:
                 # Fresh lists every time: Gradio streams the difference to the previous value it holds.

@@ -12,6 +12,7 @@ from gradio_client import Client, handle_file
 from test_chat import make_adapter
 
 import app as app_module
+from orpo_lab.chat import ModelPool
 from orpo_lab.config import PRESETS
 from orpo_lab.runs import write_status
 
@@ -145,7 +146,7 @@ def test_train_follow_stop_download_export_delete(served, tiny_model_dir):
     assert deleted == "Deleted **live**." and not (runs / "live").exists()
 
 
-def test_chat_side_by_side_regenerate_vote_and_votes_dataset(served):
+def test_chat_side_by_side_regenerate_vote_and_votes_dataset(served, tiny_model_dir):
     client, manager, runs, pairs = served
     column = f"{FAKE_RUN}/step-000010"
     updates = client.predict(app_module.BASE_CHOICE, "(off)", "(off)", api_name="/checkpoints")
@@ -158,6 +159,14 @@ def test_chat_side_by_side_regenerate_vote_and_votes_dataset(served):
     assert message == "" and third == []
     answers = [h[-1]["content"][0]["text"] for h in (left, right)]
     assert all(answers) and answers[0] != answers[1]  # base and adapter differ, one base in memory
+    # The models saw the conversation up to the user's message, nothing after it: the same batch
+    # (base row and adapter row, same seed) straight through a fresh pool gives the same answers.
+    asked = [{"role": "user", "content": "Say something."}]
+    direct = ModelPool(str(tiny_model_dir), device="cpu").generate(
+        [asked, asked], [None, runs / FAKE_RUN / "checkpoints" / "step-000010"],
+        temperature=1.0, top_p=1.0, max_new_tokens=16, seed=7,
+    )  # fmt: skip
+    assert [d.strip() for d in direct] == [a.strip() for a in answers]  # the page trims
     again = client.predict(*settings, *columns, left, right, [], api_name="/regenerate")
     assert [h[-1]["content"][0]["text"] for h in again[:2]] == answers  # same seed, same answers
     saved = client.predict(*columns, left, right, [], api_name="/vote_right")

@@ -87,15 +87,29 @@ def test_train_stop_chat_vote(browser, tiny_model_dir, tmp_path):
         fill(page, "dataset", pairs)
         fill(page, "run-name", "browser-run")
         page.get_by_text("hyperparameters").click()
-        for name, value in dict(max_steps=400, batch_size=2, max_length=96, max_prompt_length=48,
-                                lora_r=4, lora_alpha=8, eval_every=0, save_every=0).items():  # fmt: skip
+        hyper = dict(max_steps=400, batch_size=2, max_length=96, max_prompt_length=48,
+                     lora_r=4, lora_alpha=8, eval_every=0, save_every=0)  # fmt: skip
+        page.locator("#hp-save_every input").wait_for()  # the folded form mounts when first opened
+        for name, value in hyper.items():
             fill(page, f"hp-{name}", value)
+        page.wait_for_timeout(500)
+        for name, value in hyper.items():  # a field filled while it mounted can fall back: refill
+            if page.locator(f"#hp-{name} input").input_value() != str(value):
+                fill(page, f"hp-{name}", value)
         page.get_by_text("hyperparameters").click()  # fold it again for the screenshot
         page.locator("#start").click()
-        page.wait_for_function(
-            "() => /running · step ([3-9]|\\d\\d+)\\//.test(document.querySelector('#progress').innerText)",
-            timeout=120_000,
-        )
+        try:
+            page.wait_for_function(
+                "() => /running · step ([3-9]|\\d\\d+)\\//.test(document.querySelector('#progress').innerText)",
+                timeout=120_000,
+            )
+        except Exception as err:  # say what the page and the run showed instead
+            log = runs / "browser-run" / "train.log"
+            raise AssertionError(
+                f"progress: {page.locator('#progress').inner_text()!r}; message: "
+                f"{page.locator('#train-message').inner_text()!r}; log tail: "
+                f"{log.read_text()[-1500:] if log.is_file() else 'no log'}"
+            ) from err
         points = page.wait_for_function(
             """() => { const p = document.querySelector('#train-plot .js-plotly-plot');
                        return p && p.data && p.data.length && p.data[0].x.length >= 2 && p.data[0].x.length; }""",
