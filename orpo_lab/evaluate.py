@@ -9,39 +9,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
-
+from orpo_lab.chat import generate
 from orpo_lab.data import load_preferences
 from orpo_lab.default_dataset import JUDGES
 from orpo_lab.model import load_model
 
 
-@torch.no_grad()
 def generate_answers(
     model, tokenizer, prompts: list[list[dict]], max_new_tokens: int = 64, batch_size: int = 16
 ) -> list[str]:
-    """Greedy answers to chat prompts, batched with left padding (the prompt ends where generation starts)."""
-    side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    """Greedy answers to chat prompts, `batch_size` at a time (the chat tab's batched generation)."""
     answers = []
-    try:
-        for i in range(0, len(prompts), batch_size):
-            texts = [
-                tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False)
-                for p in prompts[i : i + batch_size]
-            ]
-            enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(
-                model.device
-            )
-            out = model.generate(
-                **enc,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-            new = out[:, enc["input_ids"].shape[1] :]  # (b, new) generated tokens only
-            answers += [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
-    finally:
-        tokenizer.padding_side = side
+    for i in range(0, len(prompts), batch_size):
+        batch = generate(model, tokenizer, prompts[i : i + batch_size], max_new_tokens)
+        answers += [a.strip() for a in batch]
     return answers
 
 
