@@ -50,13 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--gpu-model",
         choices=sorted(tc.GPU_MODELS),
-        default="0.5b",
-        help="CUDA only: a random-init Qwen2-style model of this class (vocab 151936)",
+        default=None,
+        help="a random-init Qwen2-style model of this class (vocab 151936); the default on CUDA is "
+        "0.5b, on CPU the default model (give 'smoke' there to dry-run the GPU path in minutes)",
     )
     p.add_argument(
         "--tokenizer",
         default="default",
-        help="CUDA only: tokenizer for the random-init model ('default' or a directory)",
+        help="tokenizer for the random-init model ('default' or a directory)",
     )
     p.add_argument("--batch", type=int, default=4, help="preference pairs per step")
     p.add_argument("--max-length", type=int, default=None, help="default: 256 on CPU, 2048 on CUDA")
@@ -148,7 +149,7 @@ def prepare(args, out: Path) -> dict:
         "rounds": args.ablation_rounds, "data_dir": str(out / "data"),
     }  # fmt: skip
     rows, source = tc.default_rows()
-    if cuda:
+    if args.gpu_model:
         from orpo_lab.model import load_tokenizer
 
         model_dir = Path(tempfile.mkdtemp(prefix=f"bench-{args.gpu_model}-"))
@@ -295,9 +296,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.report_only:
         return report_only(Path(args.report_only))
-    tag = f"trl-{args.device}"
     if args.device == "cuda":
-        tag += f"-{args.gpu_model}-{args.max_length or 2048}"
+        args.gpu_model = args.gpu_model or "0.5b"
+    tag = f"trl-{args.device}"
+    if args.gpu_model:
+        tag += f"-{args.gpu_model}-{args.max_length or (2048 if args.device == 'cuda' else 256)}"
     out = Path(args.out or HERE / "results" / tag)
     out.mkdir(parents=True, exist_ok=True)
     began = time.perf_counter()

