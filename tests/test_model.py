@@ -121,7 +121,7 @@ def test_requirements_txt_is_what_a_space_can_install():
     front = (ROOT / "README.md").read_text().split("---")[1]
     space = yaml.safe_load(front)
     assert space["sdk"] == "gradio" and space["app_file"] == "app.py"
-    assert space["sdk_version"].startswith("6.")
+    assert space["sdk_version"].startswith("6.") and space["python_version"] == "3.11"
 
 
 def test_default_comes_from_the_hub_without_the_embedded_package(tmp_path, monkeypatch):

@@ -201,6 +201,22 @@ def test_qlora_gradients_equal_lora_on_the_dequantized_base(tmp_path, data, lear
             qlora(**batch)
 
 
+def test_qlora_without_bitsandbytes_says_how_to_get_it(tmp_path, data, tiny_model_dir, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "bitsandbytes" else real(name, *a),
+    )
+    cfg = qlora_config(tmp_path, data, tiny_model_dir)
+    with pytest.raises(TrainingError, match=r"needs bitsandbytes.*pip install 'orpo-lab\[qlora\]'"):
+        train(cfg)
+    assert json.loads((cfg.run_dir / "status.json").read_text())["status"] == "failed"
+    assert not checkpoints(cfg.run_dir)
+
+
 def test_qlora_run_learns_resumes_and_exports_a_full_precision_model(
     tmp_path, data, learnable_model_dir
 ):
