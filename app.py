@@ -665,8 +665,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.model != "default" or args.runs_dir != "runs":
         app = build_app(args.model, args.runs_dir)
     host = "0.0.0.0" if os.environ.get("SPACE_ID") else args.host
+    # Client-side rendering everywhere: a Space may set GRADIO_SSR_MODE, and the page the browser
+    # tests drive is the client-rendered one.
     app.queue(default_concurrency_limit=4).launch(
-        server_name=host, server_port=args.port, share=args.share
+        server_name=host, server_port=args.port, share=args.share, ssr_mode=False
     )
 
 

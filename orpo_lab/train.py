@@ -162,12 +162,12 @@ def build_model(cfg: TrainConfig, resume_from: Path | None):
 
         from orpo_lab.model import load_tokenizer
 
-        # QLoRA as in Dettmers et al. 2023: NF4 storage, double-quantised scales, matmuls in the
-        # compute dtype (bf16 on CUDA, fp32 on CPU unless `precision` says otherwise).
         if device.type == "cuda" and device.index is None:
             # Bare "cuda" to an index: each DDP process keeps its base on its own GPU (the
             # Accelerator, created before the model, has set the current device per process).
             device = torch.device("cuda", torch.cuda.current_device())
+        # QLoRA as in Dettmers et al. 2023: NF4 storage, double-quantised scales, matmuls in the
+        # compute dtype (bf16 on CUDA, fp32 on CPU unless `precision` says otherwise).
         quant = BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
