@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import os
 
+# The suite never needs the network (tiny models from configs, the embedded default model): say so
+# before huggingface_hub and gradio are imported, so that nothing waits on a hub or analytics call
+# that cannot succeed here. Subprocesses (training runs, notebook kernels) inherit it.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
