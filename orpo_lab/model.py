@@ -193,20 +193,41 @@ def load_model(
     device: str = "auto",
     precision: str = "auto",
     trust_remote_code: bool = False,
+    load_in_4bit: bool = False,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load (model, tokenizer) from "default", a local directory or a hub id, on the chosen device."""
+    """Load (model, tokenizer) from "default", a local directory or a hub id, on the chosen device.
+
+    `load_in_4bit`: the linear weights as bitsandbytes NF4 (QLoRA, Dettmers et al. 2023: double-
+    quantised scales, matmuls in the `precision` dtype); everything else as usual.
+    """
     source = resolve_model(name)
     dev = pick_device(device)
+    dtype = pick_dtype(dev, precision)
+    placement: dict = {"dtype": dtype}
+    if load_in_4bit:
+        from transformers import BitsAndBytesConfig
+
+        if dev.type == "cuda" and dev.index is None:
+            # Bare "cuda" to an index: each DDP process keeps its base on its own GPU (the
+            # Accelerator, created before the model, has set the current device per process).
+            dev = torch.device("cuda", torch.cuda.current_device())
+        quant = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype,
+        )
+        placement = {"quantization_config": quant, "device_map": {"": dev}}
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            source, dtype=pick_dtype(dev, precision), trust_remote_code=trust_remote_code
+            source, trust_remote_code=trust_remote_code, **placement
         )
     except OSError as err:
         raise load_error(name, source, err) from err
     tokenizer = load_tokenizer(source, trust_remote_code=trust_remote_code)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
-    return model.to(dev), tokenizer
+    return (model if load_in_4bit else model.to(dev)), tokenizer
 
 
 def add_lora(

@@ -29,14 +29,7 @@ from transformers import get_scheduler
 from orpo_lab.config import TrainConfig, build_parser, config_from_args
 from orpo_lab.data import collate, load_preferences, tokenize_dataset
 from orpo_lab.loss import orpo_loss, sequence_logps, token_logps, token_logps_from_hidden
-from orpo_lab.model import (
-    add_lora,
-    load_error,
-    load_model,
-    pick_device,
-    pick_dtype,
-    resolve_model,
-)
+from orpo_lab.model import add_lora, load_model, pick_device, pick_dtype
 
 OOM_ADVICE = (
     "Out of memory. Try, one at a time: a smaller batch_size with a larger grad_accum (same effective "
@@ -158,32 +151,10 @@ def build_model(cfg: TrainConfig, resume_from: Path | None):
                 "`pip install 'orpo-lab[qlora]'` (or `pip install bitsandbytes`), or drop load_in_4bit."
             )
         from peft import prepare_model_for_kbit_training
-        from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-        from orpo_lab.model import load_tokenizer
-
-        if device.type == "cuda" and device.index is None:
-            # Bare "cuda" to an index: each DDP process keeps its base on its own GPU (the
-            # Accelerator, created before the model, has set the current device per process).
-            device = torch.device("cuda", torch.cuda.current_device())
-        # QLoRA as in Dettmers et al. 2023: NF4 storage, double-quantised scales, matmuls in the
-        # compute dtype (bf16 on CUDA, fp32 on CPU unless `precision` says otherwise).
-        quant = BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=pick_dtype(device, cfg.precision),
+        model, tokenizer = load_model(
+            cfg.model, cfg.device, cfg.precision, cfg.trust_remote_code, load_in_4bit=True
         )
-        source = resolve_model(cfg.model)
-        try:
-            model = AutoModelForCausalLM.from_pretrained(
-                source,
-                quantization_config=quant,
-                device_map={"": device},
-                trust_remote_code=cfg.trust_remote_code,
-            )
-        except OSError as err:
-            raise load_error(cfg.model, source, err) from err
         model = prepare_model_for_kbit_training(model, cfg.gradient_checkpointing)
         if device.type == "cpu":
             # bitsandbytes (0.50) repacks a Linear4bit weight for a faster CPU kernel on its first
@@ -195,9 +166,6 @@ def build_model(cfg: TrainConfig, resume_from: Path | None):
             for module in model.modules():
                 if isinstance(module, bnb.nn.Linear4bit):
                     module.support_avx512bf16_for_cpu = False
-        tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
-        if model.config.pad_token_id is None:
-            model.config.pad_token_id = tokenizer.pad_token_id
     else:
         # LoRA keeps the frozen base in the compute dtype; full fine-tuning keeps fp32 master weights.
         precision = "fp32" if cfg.full_finetune else cfg.precision
