@@ -190,27 +190,37 @@ def orpo_loss(
 
     chosen_logps, rejected_logps (B,) MEAN per-token log-probs of the responses; nll a scalar
     already reduced by the caller; pairs_in_step the pairs of the whole optimiser step (default
-    B), so that summing the losses of its micro-batches equals the loss of the step. Metrics are
-    means over this micro-batch, under TRL's keys, plus "or_loss" (L_OR without beta) and "loss".
+    B), so that summing the losses of its micro-batches equals the loss of the step. Computes in
+    float32 at least (bf16/fp16 inputs are upcast). Metrics are means over this micro-batch, under
+    TRL's keys, plus "logps/margins", "or_loss" (L_OR without beta) and "loss".
     """
     pairs = chosen_logps.shape[0] if pairs_in_step is None else pairs_in_step
+    # At least float32 whatever the caller's dtype (as TRL does): bf16 keeps ~3 significant digits,
+    # too few for log1mexp near 0 and for the small differences that the log-odds ratio is made of.
+    dtype = torch.promote_types(chosen_logps.dtype, torch.float32)  # float64 stays float64
+    chosen_logps, rejected_logps = chosen_logps.to(dtype), rejected_logps.to(dtype)
+    nll = torch.as_tensor(nll).to(dtype)
     log_odds_ratio = log_odds(chosen_logps) - log_odds(rejected_logps)  # (B,)
     log_sig = F.logsigmoid(log_odds_ratio)  # (B,) stable, unlike log(sigmoid(x))
     loss = nll + beta * (-log_sig.sum() / pairs)
 
-    dtype = torch.promote_types(chosen_logps.dtype, torch.float32)  # float64 stays float64
     with torch.no_grad():
-        chosen_rewards = beta * chosen_logps.detach()
-        rejected_rewards = beta * rejected_logps.detach()
+        chosen, rejected = chosen_logps.detach(), rejected_logps.detach()
         values = {
-            "rewards/chosen": chosen_rewards.mean(),
-            "rewards/rejected": rejected_rewards.mean(),
-            "rewards/accuracies": (chosen_rewards > rejected_rewards).to(dtype).mean(),
-            "rewards/margins": (chosen_rewards - rejected_rewards).mean(),
-            "logps/chosen": chosen_logps.detach().mean(),
-            "logps/rejected": rejected_logps.detach().mean(),
+            # TRL's "rewards" are beta * mean log-prob: ORPO has no reward model, the name is TRL's.
+            "rewards/chosen": (beta * chosen).mean(),
+            "rewards/rejected": (beta * rejected).mean(),
+            # From the log-probs, not the rewards: equal to TRL's value when beta > 0, and still the
+            # preference accuracy when beta = 0 (the SFT baseline), where TRL's is always 0.
+            "rewards/accuracies": (chosen > rejected).to(dtype).mean(),
+            "rewards/margins": (beta * (chosen - rejected)).mean(),
+            "logps/chosen": chosen.mean(),
+            "logps/rejected": rejected.mean(),
+            "logps/margins": (chosen - rejected).mean(),  # the margin that beta does not scale
             "nll_loss": nll.detach(),
+            # TRL's name, misleading: it holds the mean log sigmoid of the log-odds ratio (= -or_loss).
             "log_odds_ratio": log_sig.detach().mean(),
+            # TRL's name for the mean log-odds ratio itself, log(odds_w / odds_l).
             "log_odds_chosen": log_odds_ratio.detach().mean(),
             "or_loss": -log_sig.detach().mean(),
             "loss": loss.detach(),

@@ -270,3 +270,37 @@ def test_pairs_in_step_makes_accumulation_exact():
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
     wrong = step([slice(0, 2), slice(2, 4)], None)
     assert not torch.allclose(wrong[0], whole[0])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_inputs_are_computed_in_float32(dtype):
+    """bf16/fp16 log-probs are upcast before the maths: the loss equals the float64 reference on the
+    same (rounded) inputs to float32 accuracy, where half-precision arithmetic would be ~1e-2 off."""
+    gen = torch.Generator().manual_seed(1)
+    chosen = (-torch.rand(32, generator=gen) * 2 - 1e-3).to(
+        dtype
+    )  # some near 0, where log1mexp is hard
+    rejected = (-torch.rand(32, generator=gen) * 2 - 1e-3).to(dtype)
+    nll = torch.tensor(0.9, dtype=dtype)
+    loss, m = orpo_loss(chosen, rejected, nll, beta=0.5)
+    assert loss.dtype == torch.float32
+    expected = _reference_loss(
+        chosen.double().tolist(), rejected.double().tolist(), float(nll.double()), 0.5
+    )
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    half_math = nll - 0.5 * F.logsigmoid(log_odds(chosen) - log_odds(rejected)).mean()
+    assert abs(half_math.double().item() - expected) > 10 * abs(loss.item() - expected)
+
+
+def test_accuracy_comes_from_the_log_probs_so_sft_has_one():
+    """beta = 0 (the SFT baseline): TRL's reward-based accuracy would be 0 for every batch, since the
+    rewards beta * logp are all 0. Here pair 1 prefers chosen (-0.5 > -1.0), pair 2 does not."""
+    chosen = torch.tensor([-0.5, -2.0])
+    rejected = torch.tensor([-1.0, -1.5])
+    _, m = orpo_loss(chosen, rejected, torch.tensor(0.3), beta=0.0)
+    assert m["rewards/accuracies"] == 0.5
+    assert m["rewards/margins"] == 0.0  # TRL's margin is scaled by beta
+    assert m["logps/margins"] == pytest.approx(0.0)  # (0.5 - 0.5) / 2
+    _, m = orpo_loss(chosen, rejected, torch.tensor(0.3), beta=0.2)
+    assert m["rewards/accuracies"] == 0.5  # the same as TRL's whenever beta > 0
+    assert m["rewards/margins"] == pytest.approx(0.2 * m["logps/margins"], abs=1e-7)
