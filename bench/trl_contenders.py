@@ -20,10 +20,12 @@ import torch
 
 from orpo_lab.config import TrainConfig
 from orpo_lab.data import collate, tokenize_pair
+from orpo_lab.logps import PairLogps
 from orpo_lab.loss import orpo_loss
 from orpo_lab.model import load_model
 from orpo_lab.preferences import PreferenceDataError, load_preferences
-from orpo_lab.train import PairLogps, micro_batch_indices, train
+from orpo_lab.step import forward_backward, micro_batch_indices
+from orpo_lab.train import train
 
 # Qwen2-style shapes (random init, no hub): the 0.5B and 1.5B classes with the 151936 vocabulary.
 GPU_MODELS = {
@@ -378,14 +380,14 @@ def compare_tokenisation(trl_ds, rows: list[dict], tokenizer, a: dict) -> dict:
 
 
 def ablation(a: dict) -> dict:
-    """orpo_lab's step (collate, step_gradients, clip, AdamW) for every layout x chunk size, round robin.
+    """orpo_lab's step (collate, forward_backward, clip, AdamW) for every layout x chunk size, round robin.
 
     One process and one model: each round runs `steps` steps of every configuration on the same
     batches, so load drift on a shared machine hits all of them alike. CUDA: peak memory per config.
     """
     from accelerate import Accelerator
 
-    from orpo_lab.train import build_model, load_pairs, step_gradients
+    from orpo_lab.build import build_model, load_pairs
 
     device = a["device"]
     cfg = TrainConfig(model=a["model"], dataset=a["data_dir"], output_dir=tempfile.mkdtemp(),
@@ -417,7 +419,7 @@ def ablation(a: dict) -> dict:
                     torch.cuda.reset_peak_memory_stats()
                 start_wall, start_cpu = _now(device)
                 micro = [collate([pairs[i] for i in idx], layout, tokenizer.pad_token_id)]
-                step_gradients(accelerator, wrapped[c], micro, cfg, Path(cfg.output_dir), k)
+                forward_backward(accelerator, wrapped[c], micro, cfg)
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)

@@ -8,10 +8,8 @@ peft's mixed-adapter inference routes each row through its own adapter (`adapter
 
 from __future__ import annotations
 
-import json
 import queue
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -236,52 +234,6 @@ def _last(iterator: Iterator[list[str]], default: list[str]) -> list[str]:
     return default
 
 
-_VOTES_LOCK = threading.Lock()
-
-
-def record_vote(
-    path: str | Path,
-    prompt: Sequence[dict],
-    left: str,
-    right: str,
-    winner: str,
-    left_model: str = "",
-    right_model: str = "",
-) -> dict:
-    """Append one judgement of two answers to a JSONL votes file (`preferences.votes_to_dataset`).
-
-    `prompt` is the conversation up to the last user message. "left"/"right" make that answer
-    `chosen`; a "tie" is kept for the record without chosen/rejected, so no loader mistakes it for a
-    preference.
-    """
-    if winner not in ("left", "right", "tie"):
-        raise ValueError(f"winner must be 'left', 'right' or 'tie'; got {winner!r}")
-    messages = normalize_messages(prompt)
-    if not messages or messages[-1]["role"] != "user" or not left.strip() or not right.strip():
-        raise ValueError("Nothing to vote on yet: ask something and let both columns answer.")
-    record = {"prompt": messages[0]["content"] if len(messages) == 1 else messages}
-    if winner != "tie":
-        chosen, rejected = (right, left) if winner == "right" else (left, right)
-        models = (right_model, left_model) if winner == "right" else (left_model, right_model)
-        record.update(
-            chosen=chosen, rejected=rejected, chosen_model=models[0], rejected_model=models[1]
-        )
-    record.update(
-        left=left,
-        right=right,
-        winner=winner,
-        tie=winner == "tie",
-        left_model=left_model,
-        right_model=right_model,
-        time=time.time(),
-    )
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with _VOTES_LOCK, path.open("a", encoding="utf-8") as f:
-        f.write(json.dumps(record, ensure_ascii=False) + "\n")
-    return record
-
-
 def adapter_label(path: str | Path) -> str:
     """A readable, unique-per-checkpoint adapter name: "run/step-000050" (peft names avoid dots)."""
     path = Path(path).resolve()
@@ -410,3 +362,28 @@ class ModelPool:
     def generate(self, conversations, checkpoints, **settings) -> list[str]:
         """The final answers of `stream`."""
         return _last(self.stream(conversations, checkpoints, **settings), [""] * len(conversations))
+
+
+def checkpoint_base(checkpoint: str | Path, default: str) -> str:
+    """The base model a checkpoint was trained on (its trainer_state.json), else `default`."""
+    import json
+
+    state = Path(checkpoint) / "trainer_state.json"
+    try:
+        return json.loads(state.read_text())["config"]["model"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return default
+
+
+def common_base(checkpoints: Sequence[str | Path | None], default: str) -> str:
+    """The one base model that every checkpoint (None = the base itself) answers on top of.
+
+    ValueError naming the bases when they differ: adapters of different models cannot share a batch.
+    """
+    bases = {checkpoint_base(c, default) for c in checkpoints if c is not None}
+    if len(bases) > 1:
+        raise ValueError(
+            f"These checkpoints come from different base models ({', '.join(sorted(bases))}): "
+            "compare checkpoints of one base model at a time."
+        )
+    return bases.pop() if bases else default

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import re
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+from orpo_lab.rundir import RUN_NAME
 
 
 def _f(default: Any, help: str, choices: tuple | None = None):
@@ -56,6 +56,9 @@ class TrainConfig:
     max_length: int = _f(256, "longest prompt+response in tokens")
     max_prompt_length: int = _f(128, "longest prompt in tokens")
     max_train_pairs: int = _f(0, "use only the first N training pairs after shuffling; 0 = all")
+    skip_bad_rows: bool = _f(
+        False, "drop rows that cannot be used (and say how many) instead of stopping"
+    )
     # model and adapter
     lora_r: int = _f(16, "LoRA rank")
     lora_alpha: int = _f(32, "LoRA scaling numerator (scale = alpha / r)")
@@ -140,17 +143,63 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
+        """A config from plain values (YAML, a form, JSON): each checked against its field's type.
+
+        Whole numbers may arrive as floats (2.0, from a number box) and numbers as strings ("5");
+        anything else that does not fit says which field, what it got and what it expected.
+        """
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(values) - set(known))
         if unknown:
             raise ValueError(
                 f"Unknown config keys: {', '.join(unknown)}. Known keys: {', '.join(sorted(known))}"
             )
-        return cls(**values)
+        converted, problems = {}, []
+        for name, value in values.items():
+            try:
+                converted[name] = _coerce(str(known[name].type), value)
+            except ValueError as err:
+                problems.append(f"{name}: {err}, got {value!r}")
+        if problems:
+            raise ValueError("Invalid training config:\n- " + "\n- ".join(problems))
+        return cls(**converted)
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> TrainConfig:
         return cls.from_dict(read_yaml(path))
+
+
+_EXPECTED = {"int": "a whole number", "float": "a number", "str": "text", "bool": "true or false"}
+
+
+def _coerce(kind: str, value: Any) -> Any:
+    """`value` as the field type `kind` ("int", "float", "str", "bool"); ValueError if it is not one."""
+    if kind not in _EXPECTED:
+        return value
+    expected = _EXPECTED[kind]
+    if value is None:
+        raise ValueError(f"empty; expected {expected}")
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"expected {expected}")
+    if kind == "str":
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ValueError(f"expected {expected}")
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"expected {expected}")
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f"expected {expected}") from None
+    if not math.isfinite(number):
+        raise ValueError("expected a finite number")
+    if kind == "float":
+        return number
+    if not number.is_integer():
+        raise ValueError(f"expected {expected}")
+    return int(number)
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -220,7 +269,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--out", help="with --export: the output directory of the merged model")
     parser.add_argument(
-        "--evaluate", metavar="RUN_DIR", help="judge base vs the run's final checkpoint"
+        "--evaluate", metavar="RUN_DIR", help="judge base vs the run's last checkpoint"
+    )
+    parser.add_argument(
+        "--eval-prompts",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --evaluate: judge N held-out prompts, drawn from every family (0 = all)",
     )
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")

@@ -1,7 +1,7 @@
 """Preference pairs -> token ids -> batches: tokenisation with the chat template, and three collators.
 
-Loading and validating files lives in `orpo_lab/preferences.py`; `load_preferences` and friends are
-re-exported here so that `from orpo_lab.data import ...` is the one import the trainer needs.
+Loading and validating files lives in `orpo_lab/preferences.py`, which uses `encode_prompt` from
+here to check prompt budgets (this module imports nothing from it: no import cycle).
 
 The batch contract (identical for the "padded", "packed" and "prefix" layouts):
   input_ids        (R, T) long
@@ -25,12 +25,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import torch
-
-from orpo_lab.preferences import (  # noqa: F401  (re-exported)
-    PreferenceDataError,
-    load_preferences,
-    votes_to_dataset,
-)
 
 IGNORE = -100
 MIN_RESPONSE_TOKENS = 4  # truncation keeps at least this many response tokens, then the end-of-turn

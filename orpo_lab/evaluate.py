@@ -9,20 +9,34 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from orpo_lab.chat import generate
-from orpo_lab.data import load_preferences
+from orpo_lab.checkpoint import CheckpointError, read_state
 from orpo_lab.default_dataset import JUDGES
 from orpo_lab.model import load_model
+from orpo_lab.preferences import load_preferences
+from orpo_lab.rundir import RunDir
 
 
 def generate_answers(
-    model, tokenizer, prompts: list[list[dict]], max_new_tokens: int = 64, batch_size: int = 16
+    model,
+    tokenizer,
+    prompts: list[list[dict]],
+    max_new_tokens: int = 64,
+    batch_size: int = 16,
+    desc: str | None = None,
 ) -> list[str]:
-    """Greedy answers to chat prompts, `batch_size` at a time (the chat tab's batched generation)."""
+    """Greedy answers to chat prompts, `batch_size` at a time (the chat tab's batched generation).
+
+    `desc`: show a progress bar (prompts answered) under that name.
+    """
     answers = []
-    for i in range(0, len(prompts), batch_size):
-        batch = generate(model, tokenizer, prompts[i : i + batch_size], max_new_tokens)
-        answers += [a.strip() for a in batch]
+    with tqdm(total=len(prompts), desc=desc, disable=desc is None, unit="prompt") as bar:
+        for i in range(0, len(prompts), batch_size):
+            batch = generate(model, tokenizer, prompts[i : i + batch_size], max_new_tokens)
+            answers += [a.strip() for a in batch]
+            bar.update(len(batch))
     return answers
 
 
@@ -55,9 +69,12 @@ def stratified(records: list[dict], n: int) -> list[dict]:
     return picked
 
 
-def judge_model(model, tokenizer, records: list[dict], max_new_tokens: int = 64):
+def judge_model(
+    model, tokenizer, records: list[dict], max_new_tokens: int = 64, desc: str | None = None
+):
     """(answers, passed) of one model on the records' prompts, each judged by its family's judge."""
-    answers = generate_answers(model, tokenizer, [r["prompt"] for r in records], max_new_tokens)
+    prompts = [r["prompt"] for r in records]
+    answers = generate_answers(model, tokenizer, prompts, max_new_tokens, desc=desc)
     return answers, [bool(JUDGES[r["family"]](r, a)) for r, a in zip(records, answers, strict=True)]
 
 
@@ -67,34 +84,36 @@ def evaluate_run(
     max_prompts: int = 0,
     max_new_tokens: int = 64,
 ) -> dict:
-    """Base model vs the run's last checkpoint on the held-out split, judged; writes generations.json."""
+    """Base model vs the run's last checkpoint on the held-out split, judged; writes generations.json.
+
+    `max_prompts`: at most that many held-out prompts, taken in turn from every family (0 = all).
+    """
     from peft import PeftModel
 
-    from orpo_lab.train import TrainingError, checkpoints
-
-    run_dir = Path(run_dir)
-    kept = checkpoints(run_dir)
-    if checkpoint is None and not kept:
-        raise TrainingError(
-            f"{run_dir} has no checkpoint to evaluate (expected checkpoints/step-*)."
+    run = RunDir(run_dir)
+    if checkpoint is None and run.latest_checkpoint() is None:
+        raise CheckpointError(
+            f"{run.path} has no checkpoint to evaluate (expected checkpoints/step-*)."
         )
-    checkpoint = Path(checkpoint or kept[-1])
-    config = json.loads((checkpoint / "trainer_state.json").read_text())["config"]
+    checkpoint = Path(checkpoint or run.latest_checkpoint())
+    config = read_state(checkpoint)["config"]
     held_out = load_preferences(config["eval_dataset"] or config["dataset"], split="test")
     if "family" not in held_out.column_names:
-        raise TrainingError(
+        raise ValueError(
             "Generation judging needs a 'family' column with a judge per family "
             f"({', '.join(JUDGES)}): the default dataset has one, this dataset does not."
         )
     records = stratified([r for r in held_out if r["family"] in JUDGES], max_prompts)
     base, tokenizer = load_model(config["model"], config["device"], config["precision"])
-    base_answers, base_pass = judge_model(base, tokenizer, records, max_new_tokens)
+    base_answers, base_pass = judge_model(base, tokenizer, records, max_new_tokens, "base model")
     if (checkpoint / "adapter_config.json").is_file():
         # Merged for generation: the same outputs, without LoRA's extra matmuls on every token.
         tuned = PeftModel.from_pretrained(base, checkpoint).merge_and_unload()
     else:
         tuned, _ = load_model(str(checkpoint), config["device"], config["precision"])
-    tuned_answers, tuned_pass = judge_model(tuned, tokenizer, records, max_new_tokens)
+    tuned_answers, tuned_pass = judge_model(
+        tuned, tokenizer, records, max_new_tokens, checkpoint.name
+    )
     report = {
         "checkpoint": str(checkpoint),
         "summary": {
@@ -116,5 +135,5 @@ def evaluate_run(
             )
         ],
     }
-    (run_dir / "generations.json").write_text(json.dumps(report, indent=1))
+    (run.path / "generations.json").write_text(json.dumps(report, indent=1))
     return report

@@ -244,7 +244,7 @@ def _validate(
                 raise row
             record = normalise_row(row)
             if max_prompt_tokens is not None:
-                from orpo_lab.data import encode_prompt  # data.py imports this module
+                from orpo_lab.data import encode_prompt
 
                 n = len(encode_prompt(record["prompt"], tokenizer))
                 if n > max_prompt_tokens:
@@ -264,7 +264,8 @@ def _validate(
         )
         raise PreferenceDataError(
             f"{name}: {len(problems)} bad row(s). First problems:\n  {shown}{more}\n"
-            f"Fix these rows, or pass skip_bad_rows=True to drop them."
+            "Fix these rows, or skip them: skip_bad_rows (--skip-bad-rows; in the app, the "
+            "'skip bad rows' box) drops them and says how many."
         )
     if problems:
         warnings.warn(

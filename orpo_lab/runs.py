@@ -1,18 +1,15 @@
-"""Training runs as separate processes, with all their state on disk.
+"""Training runs as separate processes, with all their state on disk (`orpo_lab.rundir`).
 
-A run is a folder RUNS_DIR/NAME holding config.yaml, status.json, metrics.jsonl, train.log,
-checkpoints/ and (while stopping) STOP. `RunManager` starts `python -m orpo_lab.train --config
-RUN_DIR/config.yaml` in its own process group, queues runs so one trains at a time per device,
-stops them (STOP file first, kill after a grace period), notices crashes, and reads the files back.
-Any process (a second browser tab, a restarted app) sees the same runs, because nothing lives in
-memory that is not also on disk.
+`RunManager` starts `python -m orpo_lab.cli --config RUN/config.yaml` in its own process group,
+queues runs so that one trains at a time per device, stops them (STOP file first, kill after a
+grace period that grows with the run's measured step time), resumes them from their last
+checkpoint, notices crashes, and reads the files back. Any process (a second browser tab, a
+restarted app) sees the same runs, because nothing lives in memory that is not also on disk.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -21,89 +18,21 @@ import threading
 import time
 from pathlib import Path
 
+from orpo_lab.checkpoint import export_adapter
 from orpo_lab.config import TrainConfig
+from orpo_lab.rundir import ACTIVE, RUN_NAME, RunDir, RunError, read_metrics, validate_run_name
 
-RUN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,99}$")
-ACTIVE = ("queued", "starting", "running")  # statuses of a run that is not over
-TRAINER = [sys.executable, "-m", "orpo_lab.train"]
+TRAINER = [sys.executable, "-m", "orpo_lab.cli"]
 # The folder that holds this package: a Space runs app.py from a checkout without installing it.
 PACKAGE_ROOT = str(Path(__file__).resolve().parents[1])
+
+__all__ = ["RunError", "RunManager", "trainer_env", "validate_run_name"]
 
 
 def trainer_env() -> dict[str, str]:
     """The app's environment, unbuffered, with this package importable from any working directory."""
     path = [PACKAGE_ROOT, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
     return {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join(path)}
-
-
-class RunError(ValueError):
-    """A request about runs that cannot be done; the message says why."""
-
-
-def validate_run_name(name: str) -> str:
-    """The name itself, if it is a safe folder name: letters, digits, '.', '_', '-'; no leading dot."""
-    name = (name or "").strip()
-    if not RUN_NAME.match(name):
-        raise RunError(
-            f"Run name {name!r} is not allowed: use 1-100 letters, digits, '.', '_' or '-', "
-            "not starting with '.' or '-'."
-        )
-    return name
-
-
-def read_metrics(path: str | Path, offset: int = 0) -> tuple[list[dict], int]:
-    """Records of metrics.jsonl from byte `offset` on, and the offset to continue from.
-
-    Only complete lines (ending in a newline) are consumed: a line the trainer is still writing is
-    left for the next call. A complete line that is not JSON is skipped.
-    """
-    path = Path(path)
-    if not path.is_file():
-        return [], 0
-    with path.open("rb") as f:
-        f.seek(offset)
-        data = f.read()
-    end = data.rfind(b"\n") + 1
-    records = []
-    for line in data[:end].splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict):
-            records.append(record)
-    return records, offset + end
-
-
-def read_status(run_dir: str | Path) -> dict:
-    """status.json, or a stand-in when it is missing or unreadable."""
-    try:
-        status = json.loads((Path(run_dir) / "status.json").read_text())
-        if isinstance(status, dict) and "status" in status:
-            return status
-    except (OSError, ValueError):
-        pass
-    return {"status": "unknown", "message": "no readable status.json", "step": 0, "total_steps": 0}
-
-
-def write_status(run_dir: str | Path, status: str, message: str = "", **fields) -> dict:
-    """Write status.json atomically (temp file + rename), keeping fields not given."""
-    path = Path(run_dir) / "status.json"
-    record = {k: v for k, v in read_status(run_dir).items() if k not in ("status", "message")}
-    record.update(fields, status=status, message=message, updated=time.time())
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record))
-    os.replace(tmp, path)
-    return record
-
-
-def log_tail(run_dir: str | Path, lines: int = 20) -> str:
-    """The last lines of train.log (where the traceback of a crash ends up)."""
-    try:
-        text = (Path(run_dir) / "train.log").read_text(errors="replace")
-    except OSError:
-        return ""
-    return "\n".join(text.rstrip().splitlines()[-lines:])
 
 
 def _pid_alive(pid) -> bool:
@@ -123,73 +52,68 @@ def _device_key(device: str) -> str:
 
 
 class RunManager:
-    """Start, queue, stop, list, read and delete training runs under `runs_dir`."""
+    """Start, queue, stop, resume, list, read and delete training runs under `runs_dir`."""
 
     def __init__(
-        self,
-        runs_dir: str | Path = "runs",
-        trainer: list[str] | None = None,
-        grace_s: float = 20.0,
+        self, runs_dir: str | Path = "runs", trainer: list[str] | None = None, grace_s: float = 20.0
     ):
         self.runs_dir = Path(runs_dir).resolve()
-        self.runs_dir.mkdir(parents=True, exist_ok=True)
-        self.trainer = list(trainer or TRAINER)  # + ["--config", path]
-        self.grace_s = grace_s
+        self.trainer = list(trainer or TRAINER)  # + ["--config", path] (+ ["--resume"])
+        self.grace_s = grace_s  # plus three measured step times: see `grace`
         self.lock = threading.RLock()
         self.procs: dict[str, subprocess.Popen] = {}
-        self._metrics: dict[str, tuple[int, list[dict]]] = {}  # name -> (offset, records)
+        self._metrics: dict[
+            str, tuple[int, int, list[dict]]
+        ] = {}  # name -> (inode, offset, records)
         self._watcher: threading.Thread | None = None
 
-    # ------------------------------------------------------------------ paths and reading
+    # ------------------------------------------------------------------ reading
+
+    def folder(self, name: str) -> RunDir:
+        return RunDir.of(self.runs_dir, name)
 
     def run_dir(self, name: str) -> Path:
-        return self.runs_dir / validate_run_name(name)
+        return self.folder(name).path
 
-    def _existing(self, name: str) -> Path:
-        path = self.run_dir(name)
-        if not (path / "config.yaml").is_file():
+    def _existing(self, name: str) -> RunDir:
+        run = self.folder(name)
+        if not run.exists():
             raise RunError(f"There is no run named {name!r} in {self.runs_dir}.")
-        return path
+        return run
 
     def names(self) -> list[str]:
         """Run folders, newest first."""
-        runs = [p for p in self.runs_dir.iterdir() if (p / "config.yaml").is_file()]
+        if not self.runs_dir.is_dir():
+            return []
+        runs = [p for p in self.runs_dir.iterdir() if RUN_NAME.match(p.name) and RunDir(p).exists()]
         runs.sort(key=lambda p: (p / "config.yaml").stat().st_mtime, reverse=True)
-        return [p.name for p in runs if RUN_NAME.match(p.name)]
+        return [p.name for p in runs]
 
     def config(self, name: str) -> dict:
         import yaml
 
-        return yaml.safe_load((self._existing(name) / "config.yaml").read_text()) or {}
+        return yaml.safe_load(self._existing(name).config_path.read_text()) or {}
 
     def status(self, name: str) -> dict:
-        return read_status(self._existing(name))
+        return self._existing(name).read_status()
 
     def metrics(self, name: str) -> list[dict]:
         """Every record of the run's metrics.jsonl, read incrementally (only new bytes each call)."""
-        path = self._existing(name) / "metrics.jsonl"
+        path = self._existing(name).metrics_path
         with self.lock:
-            offset, records = self._metrics.get(name, (0, []))
-            size = path.stat().st_size if path.is_file() else 0
-            if size < offset:  # the file was replaced: read from the start
+            inode, offset, records = self._metrics.get(name, (0, 0, []))
+            stat = path.stat() if path.is_file() else None
+            now = stat.st_ino if stat else 0
+            if now != inode or (stat and stat.st_size < offset):  # replaced (a resume): start over
                 offset, records = 0, []
             new, offset = read_metrics(path, offset)
             records = records + new
-            self._metrics[name] = (offset, records)
+            self._metrics[name] = (now, offset, records)
             return records
 
     def checkpoints(self, name: str) -> list[str]:
-        """Checkpoint folder names (step-000050, ..., final) holding an adapter or a model."""
-        folder = self._existing(name) / "checkpoints"
-        if not folder.is_dir():
-            return []
-        found = [
-            p.name
-            for p in folder.iterdir()
-            if not p.name.startswith(".")  # .tmp-step-N: a save in progress
-            and ((p / "adapter_config.json").is_file() or (p / "config.json").is_file())
-        ]
-        return sorted(found, key=lambda n: (n == "final", n))
+        """Checkpoint folder names, oldest first."""
+        return [p.name for p in self._existing(name).checkpoints()]
 
     def checkpoint_path(self, name: str, checkpoint: str) -> Path:
         """The folder of one checkpoint; only names that `checkpoints` lists are accepted."""
@@ -198,77 +122,110 @@ class RunManager:
         return self.run_dir(name) / "checkpoints" / checkpoint
 
     def summary(self, name: str) -> dict:
-        """What the runs panel shows: config, status, last train/eval metrics, checkpoints."""
+        """What the runs panel shows: config, status, last train/eval metrics, checkpoints, times."""
         records = self.metrics(name)
-        last = {
-            kind: next((r for r in reversed(records) if r.get("kind") == kind), {})
-            for kind in ("train", "eval")
-        }
+        train = [r for r in records if r.get("kind") == "train"]
+        evals = [r for r in records if r.get("kind") == "eval"]
         return {
             "name": name,
             "config": self.config(name),
             "status": self.status(name),
-            "train": last["train"],
-            "eval": last["eval"],
+            "train": train[-1] if train else {},
+            "eval": evals[-1] if evals else {},
             "checkpoints": self.checkpoints(name),
+            "train_s": sum(r.get("step_s") or 0.0 for r in train),
         }
+
+    def signature(self) -> str:
+        """A cheap fingerprint of every run's files: it changes whenever anything shown would."""
+        parts = []
+        for name in self.names():
+            run = self.folder(name)
+            for path in (run.path / "status.json", run.metrics_path, run.checkpoints_dir):
+                try:
+                    stat = path.stat()
+                    parts.append(f"{name}:{stat.st_mtime_ns}:{stat.st_size}")
+                except OSError:
+                    parts.append(f"{name}:-")
+        return "|".join(parts)
 
     def list_runs(self) -> list[dict]:
         """`summary` of every run, newest first; also advances the queue and notices crashes."""
         self.poll()
         return [self.summary(n) for n in self.names()]
 
-    # ------------------------------------------------------------------ starting and queueing
+    # ------------------------------------------------------------------ starting, queueing, resuming
 
     def start(self, config: dict | TrainConfig, run_name: str | None = None) -> str:
-        """Write RUN_DIR/config.yaml and start the run, or queue it if its device is busy.
+        """Write RUN/config.yaml and start the run, or queue it while its device is busy.
 
-        Returns the run name. Raises RunError / ValueError (invalid config) with a readable message.
+        Returns the run name. Raises RunError / ValueError with a readable message, and then nothing
+        was written: an invalid config, a taken name, or data with fewer pairs than one batch.
         """
         values = config.to_dict() if isinstance(config, TrainConfig) else dict(config)
         name = validate_run_name(
             run_name or values.get("run_name") or time.strftime("run-%Y%m%d-%H%M%S")
         )
-        values.update(output_dir=str(self.runs_dir), run_name=name)
+        values.update(output_dir=str(self.runs_dir), run_name=name, resume=False)
         cfg = TrainConfig.from_dict(
             values
         )  # refuses impossible settings before anything is written
-        run_dir = self.run_dir(name)
+        check_data(cfg)
+        run = self.folder(name)
         with self.lock:
-            if run_dir.exists():
+            if run.path.exists():
                 raise RunError(
                     f"A run named {name!r} already exists: pick another name or delete it."
                 )
-            run_dir.mkdir(parents=True)
-            cfg.to_yaml(run_dir / "config.yaml")
-            write_status(
-                run_dir, "queued", "waiting for its device", step=0, total_steps=0, pid=None
-            )
+            run.path.mkdir(parents=True)
+            cfg.to_yaml(run.config_path)
+            run.write_status("queued", "waiting for its device", step=0, total_steps=0, pid=None,
+                             created=time.time())  # fmt: skip
             self.poll()
         return name
+
+    def resume(self, name: str) -> str:
+        """Queue a stopped, killed or failed run to continue from its last checkpoint; returns
+        that checkpoint's name."""
+        run = self._existing(name)
+        with self.lock:
+            self.poll()
+            state = run.read_status()["status"]
+            if state in ACTIVE:
+                raise RunError(f"Run {name!r} is {state}: there is nothing to resume yet.")
+            latest = run.latest_checkpoint()
+            if latest is None:
+                raise RunError(
+                    f"Run {name!r} has no checkpoint to resume from (it ended before its first "
+                    "save): start a new run instead."
+                )
+            if state == "finished":
+                raise RunError(f"Run {name!r} finished all its steps: there is nothing to resume.")
+            run.clear_stop()
+            run.write_status("queued", f"waiting to resume from {latest.name}", pid=None)
+            self.poll()
+        return latest.name
 
     def _busy_devices(self) -> set[str]:
         busy = set()
         for name in self.names():
-            if read_status(self.run_dir(name))["status"] in ("starting", "running"):
+            if self.folder(name).read_status()["status"] in ("starting", "running"):
                 busy.add(_device_key(self.config(name).get("device", "auto")))
         return busy
 
     def _spawn(self, name: str) -> None:
-        run_dir = self.run_dir(name)
-        write_status(run_dir, "starting", "process starting")
-        with (run_dir / "train.log").open("ab") as log:
+        run = self.folder(name)
+        command = [*self.trainer, "--config", str(run.config_path)]
+        if run.latest_checkpoint() is not None:
+            command.append("--resume")
+        run.write_status("starting", "process starting")
+        with run.log_path.open("ab") as log:
             # stdout/stderr to a file, never an undrained PIPE; own session = own process group.
-            proc = subprocess.Popen(
-                [*self.trainer, "--config", str(run_dir / "config.yaml")],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-                env=trainer_env(),
-            )
+            proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True,
+                                    env=trainer_env())  # fmt: skip
         self.procs[name] = proc
-        write_status(run_dir, "starting", "process started", pid=proc.pid)
+        run.write_status("starting", "process started", pid=proc.pid)
 
     def poll(self) -> None:
         """Reap finished processes, mark crashed runs failed, start queued runs on free devices."""
@@ -277,13 +234,13 @@ class RunManager:
                 if proc.poll() is None:
                     continue
                 del self.procs[name]
-                if read_status(self.run_dir(name))["status"] in ACTIVE:
+                if self.folder(name).read_status()["status"] in ACTIVE:
                     self._mark_failed(
                         name, f"the training process exited with code {proc.returncode}"
                     )
             queued = []
             for name in reversed(self.names()):  # oldest first
-                status = read_status(self.run_dir(name))
+                status = self.folder(name).read_status()
                 if status["status"] in ("starting", "running") and name not in self.procs:
                     # Started by another app process (or before a restart): trust a live pid only.
                     if not _pid_alive(status.get("pid")):
@@ -298,8 +255,14 @@ class RunManager:
                     busy.add(device)
 
     def _mark_failed(self, name: str, reason: str) -> None:
-        tail = log_tail(self.run_dir(name))
-        write_status(self.run_dir(name), "failed", f"{reason} without finishing.\n{tail}".strip())
+        run = self.folder(name)
+        tail = "\n".join(
+            line
+            for line in run.log_tail(25).splitlines()
+            if "%|" not in line  # no progress bars
+        )
+        message = f"{reason} without finishing; {run.describe_checkpoints()}.\n{tail}".strip()
+        run.write_status("failed", message)
 
     def watch(self, interval_s: float = 2.0) -> None:
         """Poll in a daemon thread, so the queue advances and crashes show without a UI open."""
@@ -319,87 +282,111 @@ class RunManager:
 
     # ------------------------------------------------------------------ stopping and deleting
 
+    def grace(self, name: str) -> float:
+        """Seconds a stop may take: the base grace plus three measured steps (one in progress, its
+        checkpoint save, slack), so a slow CPU step is never cut short."""
+        step_s = self.folder(name).read_status().get("step_s") or 0.0
+        return self.grace_s + 3 * float(step_s)
+
     def stop(self, name: str, grace_s: float | None = None) -> str:
-        """Stop a run and say how: "cancelled" (was queued), "stopped" (saved and exited after the
-        STOP file), "killed" (did not exit within the grace period), or "not running"."""
-        run_dir = self._existing(name)
-        grace = self.grace_s if grace_s is None else grace_s
+        """Stop a run; returns "cancelled" (was queued), "stopped" (it saved and exited after the
+        STOP request), "killed" (it did not exit within the grace period) or "not running".
+        Its status message then says what is on disk."""
+        run = self._existing(name)
         with self.lock:
-            status = read_status(run_dir)
+            status = run.read_status()
             if status["status"] == "queued":
-                write_status(run_dir, "stopped", "cancelled before it started")
+                run.write_status(
+                    "stopped", f"cancelled before it started; {run.describe_checkpoints()}"
+                )
                 return "cancelled"
             if status["status"] not in ("starting", "running"):
                 return "not running"
             proc = self.procs.get(name)
             pid = proc.pid if proc else status.get("pid")
-        (run_dir / "STOP").touch()
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline:
-            if (proc.poll() is not None) if proc else not _pid_alive(pid):
-                break
-            time.sleep(0.1)
-        else:
+        grace = self.grace(name) if grace_s is None else grace_s
+        run.request_stop(pid)
+        if not self._wait_exit(pid, proc, grace):
             self._kill(pid, proc)
             with self.lock:
                 self.procs.pop(name, None)
-                write_status(run_dir, "stopped", f"killed: it did not stop within {grace:g} s")
+                run.clear_stop()
+                run.write_status("stopped", f"killed: it did not stop within {grace:.0f} s; "
+                                 f"{run.describe_checkpoints()}")  # fmt: skip
             self.poll()
             return "killed"
         with self.lock:
             self.procs.pop(name, None)
-            if read_status(run_dir)["status"] in ACTIVE:
+            if run.read_status()["status"] in ACTIVE:
                 self._mark_failed(name, "the training process exited after STOP")
         self.poll()
         return "stopped"
 
     @staticmethod
-    def _kill(pid, proc: subprocess.Popen | None) -> None:
+    def _wait_exit(pid, proc: subprocess.Popen | None, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if (proc.poll() is not None) if proc else not _pid_alive(pid):
+                return True
+            time.sleep(0.1)
+        return False
+
+    @classmethod
+    def _kill(cls, pid, proc: subprocess.Popen | None) -> None:
         # The whole process group: the trainer may have started workers of its own.
         for sig in (signal.SIGTERM, signal.SIGKILL):
             try:
                 os.killpg(int(pid), sig)
             except (OSError, TypeError, ValueError):
                 return
-            end = time.monotonic() + 3
-            while time.monotonic() < end:
-                if (proc.poll() is not None) if proc else not _pid_alive(pid):
-                    return
-                time.sleep(0.05)
+            if cls._wait_exit(pid, proc, 3):
+                return
 
     def delete(self, name: str) -> None:
         """Remove a run folder; refused while the run is queued or running."""
-        run_dir = self._existing(name)
+        run = self._existing(name)
         with self.lock:
             self.poll()
-            if read_status(run_dir)["status"] in ACTIVE:
-                raise RunError(
-                    f"Run {name!r} is still {read_status(run_dir)['status']}: stop it first."
-                )
-            shutil.rmtree(run_dir)
+            state = run.read_status()["status"]
+            if state in ACTIVE:
+                raise RunError(f"Run {name!r} is still {state}: stop it first.")
+            shutil.rmtree(run.path)
             self._metrics.pop(name, None)
 
     # ------------------------------------------------------------------ artefacts
 
     def zip_checkpoint(self, name: str, checkpoint: str) -> Path:
-        """A zip of one checkpoint (the adapter and its tokenizer), under RUN_DIR/downloads/."""
+        """The PEFT adapter of one checkpoint as a zip (with a model card), under RUN/downloads/."""
         source = self.checkpoint_path(name, checkpoint)
-        target = self.run_dir(name) / "downloads" / f"{name}-{checkpoint}"
-        target.parent.mkdir(exist_ok=True)
-        return Path(shutil.make_archive(str(target), "zip", root_dir=source))
+        return export_adapter(source, self.run_dir(name) / "downloads" / f"{name}-{checkpoint}.zip")
 
     def export(self, name: str, checkpoint: str, out_dir: str | Path | None = None) -> Path:
-        """Merge a checkpoint's adapter into a standalone model (`python -m orpo_lab.train --export`)."""
+        """Merge a checkpoint's adapter into a standalone model (`orpo-lab --export`), in a process."""
         source = self.checkpoint_path(name, checkpoint)
         out = Path(out_dir) if out_dir else self.run_dir(name) / "merged" / checkpoint
-        result = subprocess.run(
-            [*self.trainer, "--export", str(source), "--out", str(out)],
-            capture_output=True,
-            text=True,
-            stdin=subprocess.DEVNULL,
-            timeout=1800,
-        )
+        result = subprocess.run([*self.trainer, "--export", str(source), "--out", str(out)],
+                                capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                                timeout=1800, env=trainer_env())  # fmt: skip
         if result.returncode != 0:
             tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-15:])
             raise RunError(f"Export of {name}/{checkpoint} failed:\n{tail}")
         return out
+
+
+def check_data(cfg: TrainConfig) -> int:
+    """The number of training pairs, after checking that there is at least one batch of them.
+
+    Runs in the caller's process before a run exists: a broken or too small dataset is refused
+    with its own message, and no run folder is left behind.
+    """
+    from orpo_lab.preferences import load_preferences
+
+    pairs = len(load_preferences(cfg.dataset, split="train", skip_bad_rows=cfg.skip_bad_rows))
+    if cfg.eval_dataset:
+        load_preferences(cfg.eval_dataset, split="test", skip_bad_rows=cfg.skip_bad_rows)
+    if pairs < cfg.batch_size:
+        raise RunError(
+            f"The dataset {cfg.dataset} has {pairs} usable pair(s), fewer than one batch of "
+            f"{cfg.batch_size}: add pairs (e.g. vote on more chat answers) or lower batch_size."
+        )
+    return pairs

@@ -51,3 +51,15 @@ def tiny_model_dir(tmp_path_factory, default_tokenizer):
     build_tiny_model(len(default_tokenizer)).save_pretrained(path)
     default_tokenizer.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def learnable_model_dir(tmp_path_factory, default_tokenizer):
+    """The tiny model with 10x wider embeddings. At the usual 0.02 init its tied logits stay near
+    uniform (|logit| <= |h| |e| ~ 1.3), which caps what a LoRA can learn at about ln(V) - 1.3 nats."""
+    model = build_tiny_model(len(default_tokenizer))
+    model.model.embed_tokens.weight.data.mul_(10)
+    folder = tmp_path_factory.mktemp("learnable")
+    model.save_pretrained(folder)
+    default_tokenizer.save_pretrained(folder)
+    return folder

@@ -1,20 +1,22 @@
-"""Every endpoint of app.py through gradio_client, with the tiny model and a temporary runs folder."""
+"""Every endpoint of the app through gradio_client, with the tiny model and a temporary runs folder."""
 
 from __future__ import annotations
 
 import json
 import socket
 import time
+import zipfile
 
 import pytest
 import yaml
 from gradio_client import Client, handle_file
 from test_chat import make_adapter
 
-import app as app_module
 from orpo_lab.chat import ModelPool
 from orpo_lab.config import PRESETS
-from orpo_lab.runs import write_status
+from orpo_lab.rundir import RunDir
+from orpo_lab.ui import BASE_CHOICE, build_app
+from orpo_lab.ui.train_tab import FORM_NAMES
 
 FAKE_RUN = "fake-done"
 FORM_VALUES = dict(
@@ -22,6 +24,8 @@ FORM_VALUES = dict(
     max_length=96, max_prompt_length=48, lora_r=4, lora_alpha=8, nll_scope="response",
     eval_every=0, save_every=0,
 )  # fmt: skip
+SETTINGS = [1.0, 1.0, 16, 7]  # temperature, top p, max new tokens, seed: the random tiny model
+# writes only newlines when greedy, so the tests sample (seeded)
 
 
 def free_port() -> int:
@@ -45,18 +49,17 @@ def write_pairs(path, n: int = 16):
 
 @pytest.fixture(scope="module")
 def served(tiny_model_dir, tmp_path_factory):
-    """(client, manager, runs_dir): the app on a free port, with one finished run holding an adapter."""
+    """(client, manager, runs_dir, pairs): the app on a free port, with one finished SFT run."""
     runs = tmp_path_factory.mktemp("app") / "runs"
-    run = runs / FAKE_RUN
-    make_adapter(tiny_model_dir, run / "checkpoints" / "step-000010", seed=5)
-    (run / "config.yaml").write_text(yaml.safe_dump({"model": str(tiny_model_dir), "beta": 0.0}))
-    write_status(run, "finished", "finished 10 steps", step=10, total_steps=10)
-    with (run / "metrics.jsonl").open("w") as f:
-        for step in range(1, 11):
-            row = {"kind": "train", "step": step, "loss": 2 / step, "logps/chosen": -3 + step / 10}
-            f.write(json.dumps(row) + "\n")
+    run = RunDir(runs / FAKE_RUN)
+    make_adapter(tiny_model_dir, run.checkpoints_dir / "step-000010", seed=5)
+    run.config_path.write_text(yaml.safe_dump({"model": str(tiny_model_dir), "beta": 0.0}))
+    run.write_status("finished", "finished 10 steps", step=10, total_steps=10)
+    for step in range(1, 11):
+        run.append_metrics({"kind": "train", "step": step, "loss": 2 / step, "step_s": 1.0,
+                            "logps/chosen": -3 + step / 10, "rewards/accuracies": 0.75})  # fmt: skip
     pairs = write_pairs(runs.parent / "pairs.jsonl")
-    demo = app_module.build_app(str(tiny_model_dir), runs, device="cpu")
+    demo = build_app(str(tiny_model_dir), runs, device="cpu")
     demo.orpo_manager.grace_s = 60
     _, url, _ = demo.launch(prevent_thread_lock=True, server_port=free_port(), quiet=True)
     yield Client(url, verbose=False), demo.orpo_manager, runs, str(pairs)
@@ -64,97 +67,148 @@ def served(tiny_model_dir, tmp_path_factory):
 
 
 def value(output):
-    """The value of a component output, which the client hands over as an update dict."""
-    return output["value"] if isinstance(output, dict) and "__type__" in output else output
+    """The value of a component output, which the client hands over as an update dict (None when
+    the output was skipped)."""
+    return output.get("value") if isinstance(output, dict) and "__type__" in output else output
 
 
 def form(**changes):
     return list({**FORM_VALUES, **changes}.values())
 
 
+def start_args(model, dataset, run_name="", sft=False, **changes):
+    return [model, dataset, False, False, run_name, sft, "cpu", *form(**changes)]
+
+
+def plot_data(plot) -> list[dict]:
+    return json.loads(plot["plot"])["data"]
+
+
 def test_preset_fills_the_form(served):
     client, *_ = served
     values = client.predict("CPU, quick", api_name="/preset")
-    assert values[app_module.FORM_NAMES.index("max_steps")] == PRESETS["cpu-quick"]["max_steps"]
-    assert values[app_module.FORM_NAMES.index("beta")] == PRESETS["cpu-quick"]["beta"]
+    assert values[FORM_NAMES.index("max_steps")] == PRESETS["cpu-quick"]["max_steps"]
+    assert values[FORM_NAMES.index("beta")] == PRESETS["cpu-quick"]["beta"]
 
 
-def test_preview_renders_the_chat_template_and_reports_bad_files(served, tiny_model_dir, tmp_path):
+def test_sft_box_shows_beta_zero_and_gives_the_old_value_back(served):
+    client, *_ = served
+    ticked = client.predict(True, 0.7, api_name="/sft_switch")
+    assert ticked["value"] == 0 and ticked["interactive"] is False
+    unticked = client.predict(False, 0, api_name="/sft_switch")
+    assert unticked["value"] == 0.7 and unticked["interactive"] is True
+
+
+def test_preview_shows_text_exactly_and_reports_bad_files(served, tiny_model_dir, tmp_path):
     client, _, runs, pairs = served
-    text = client.predict(str(tiny_model_dir), pairs, False, api_name="/preview")
-    assert "<|im_start|>user" in text and "**chosen:**" in text
+    text = client.predict(str(tiny_model_dir), pairs, False, False, api_name="/preview")
+    assert "&lt;|im_start|&gt;user" in text and "<b>chosen</b>" in text
+    tricky = tmp_path / "tricky.jsonl"
+    tricky.write_text(json.dumps({"prompt": "List two.", "chosen": "- a\n- b",
+                                  "rejected": "<iframe src=x></iframe>"}) + "\n")  # fmt: skip
+    shown = client.predict(str(tiny_model_dir), str(tricky), False, False, api_name="/preview")
+    assert "&lt;iframe src=x&gt;&lt;/iframe&gt;" in shown and "<iframe" not in shown
+    assert "- a\n- b" in shown  # a list reply as written, not rendered as Markdown
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "hi", "chosen": "a"}\nnot json\n')
-    uploaded = client.predict(handle_file(str(bad)), api_name="/upload")
+    uploaded, note = client.predict(handle_file(str(bad)), api_name="/upload")
     assert uploaded.startswith(str(runs)) and uploaded.endswith("bad.jsonl")  # copied inside
-    error = client.predict(str(tiny_model_dir), uploaded, False, api_name="/preview")
-    assert error.startswith("**Cannot use") and "line" in error
-    missing = client.predict("/no/such/model", pairs, False, api_name="/preview")
-    assert missing.startswith("**Cannot use")
+    error = client.predict(str(tiny_model_dir), uploaded, False, False, api_name="/preview")
+    assert "Cannot use" in error and "line 1" in error and "skip bad rows" in error
+    skipped = client.predict(str(tiny_model_dir), uploaded, False, True, api_name="/preview")
+    assert "Cannot use" in skipped and "no usable preference pairs" in skipped  # both rows bad
+    missing = client.predict("/no/such/model", pairs, False, False, api_name="/preview")
+    assert "Cannot use" in missing and "/no/such/model" in missing
+    text_file = tmp_path / "notes.txt"
+    text_file.write_text("hello")
+    kept, refused = client.predict(handle_file(str(text_file)), api_name="/upload")
+    assert value(kept) is None and "notes.txt is not a dataset file" in refused  # box unchanged
 
 
-def test_start_refuses_impossible_settings_and_bad_names(served, tiny_model_dir):
+def test_start_refuses_impossible_settings_bad_names_and_too_little_data(
+    served, tiny_model_dir, tmp_path
+):
     client, manager, _, pairs = served
-    args = ["", str(tiny_model_dir), pairs, False, False, "cpu"]
-    _, message = client.predict(
-        *args, *form(max_length=32, max_prompt_length=32), api_name="/start"
-    )
+    _, message = client.predict(*start_args(str(tiny_model_dir), pairs, max_length=32,
+                                            max_prompt_length=32), api_name="/start")  # fmt: skip
     assert message.startswith("**Not started:**") and "max_prompt_length" in message
-    args[0] = "../escape"
-    _, message = client.predict(*args, *form(), api_name="/start")
-    assert "not allowed" in message
-    assert manager.names() == [FAKE_RUN]
-
-
-def test_train_follow_stop_download_export_delete(served, tiny_model_dir):
-    client, manager, runs, pairs = served
-    args = ["live", str(tiny_model_dir), pairs, False, False, "cpu"]
-    selected, message = client.predict(*args, *form(), api_name="/start")
-    assert value(selected) == "live" and "live" in message
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        _, progress = client.predict("live", api_name="/show_run")
-        if "running · step" in progress and not progress.split("step ")[1].startswith("0/"):
-            break
-        time.sleep(0.5)
-    assert "running" in progress, progress
-    # Chat answers while the run trains (in its own process), base and a checkpoint alike.
-    columns = [app_module.BASE_CHOICE, f"{FAKE_RUN}/step-000010", "(off)"]
-    _, left, right, _ = client.predict(
-        "Still there?", 1.0, 1.0, 8, 3, *columns, [], [], [], api_name="/send"
+    _, message = client.predict(
+        *start_args(str(tiny_model_dir), pairs, "../escape"), api_name="/start"
     )
+    assert "not allowed" in message
+    _, message = client.predict(*start_args(str(tiny_model_dir), pairs, max_steps=None),
+                                api_name="/start")  # fmt: skip
+    assert "max_steps: empty; expected a whole number" in message
+    two = write_pairs(tmp_path / "two.jsonl", n=2)
+    _, message = client.predict(*start_args(str(tiny_model_dir), str(two), "tiny-data",
+                                            batch_size=4), api_name="/start")  # fmt: skip
+    assert "2 usable pair(s), fewer than one batch of 4" in message
+    assert manager.names() == [FAKE_RUN]  # nothing was created
+
+
+def wait_running(client, name: str, past_step: int = 0, timeout: float = 120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        _, progress, *_ = client.predict(name, 0.0, api_name="/show_run")
+        if (
+            "running · step" in progress
+            and int(progress.split("step ")[1].split("/")[0]) > past_step
+        ):
+            return progress
+        time.sleep(0.5)
+    raise AssertionError(progress)
+
+
+def test_train_stop_resume_download_export_delete(served, tiny_model_dir):
+    client, manager, runs, pairs = served
+    selected, message = client.predict(
+        *start_args(str(tiny_model_dir), pairs, "live"), api_name="/start"
+    )
+    assert value(selected) == "live" and "Created run **live**" in message
+    wait_running(client, "live")
+    # Chat answers while the run trains (in its own process), base and a checkpoint alike.
+    _, left, right, _ = client.predict("Still there?", BASE_CHOICE, f"{FAKE_RUN}/step-000010",
+                                       "(off)", *SETTINGS, api_name="/send")  # fmt: skip
     assert left[-1]["content"][0]["text"] and right[-1]["content"][0]["text"]
-    assert manager.status("live")["status"] == "running"
-    plot, _ = client.predict("live", api_name="/show_run")
-    assert plot is not None
     assert "stop it first" in client.predict("live", api_name="/delete")[1]
     stopped = client.predict("live", api_name="/stop")
-    assert stopped.startswith("Stopped **live**") and "checkpoint saved" in stopped
-    table = client.predict(api_name="/runs")
+    (checkpoint,) = manager.checkpoints("live")  # the last completed step, saved on the way out
+    step = int(checkpoint.removeprefix("step-"))
+    assert stopped.startswith("Stopped **live**") and f"after step {step}" in stopped
+    assert f"{checkpoint} (step {step})" in stopped  # the message names what is on disk
+    # The tick brings the new checkpoint into the dropdown without a page reload.
+    _, _, _, table, overlay, checkpoints = client.predict("live", 0.0, None, api_name="/tick")
+    assert value(checkpoints) == checkpoint and ["live", "live"] in overlay["choices"]
     assert {row[0]: row[1] for row in table["data"]} == {"live": "stopped", FAKE_RUN: "finished"}
-    checkpoint = value(client.predict("live", api_name="/run_checkpoints"))
-    assert checkpoint.startswith("step-")
-    archive = client.predict("live", checkpoint, api_name="/download")
-    assert archive.endswith(".zip")
-    exported = client.predict("live", checkpoint, api_name="/export")
-    assert exported.startswith("Merged model written to")
-    assert "Export failed" in client.predict(FAKE_RUN, "step-000010", api_name="/export")
+    # Resume continues from that checkpoint: no step logged twice, none missing.
+    _, message = client.predict("live", api_name="/resume")
+    assert "Resuming **live**" in message and checkpoint in message
+    wait_running(client, "live", past_step=step + 1)
+    assert client.predict("live", api_name="/stop").startswith("Stopped **live**")
+    steps = [r["step"] for r in manager.metrics("live") if r["kind"] == "train"]
+    assert steps == list(range(1, len(steps) + 1)) and len(steps) > step + 1
+    latest = manager.checkpoints("live")[-1]
+    archive, _ = client.predict("live", latest, api_name="/download")
+    with zipfile.ZipFile(archive) as zf:
+        assert "adapter_model.safetensors" in zf.namelist() and "optimizer.pt" not in zf.namelist()
+    assert client.predict("live", latest, api_name="/export").startswith("Merged model written to")
     assert "Export failed" in client.predict("live", "../../x", api_name="/export")
-    overlay = client.predict(["live", FAKE_RUN], api_name="/compare")
-    assert overlay is not None
+    overlay = client.predict(["live", FAKE_RUN], 0.0, api_name="/compare")
+    sft_accuracy = [t for t in plot_data(overlay) if t["name"] == FAKE_RUN and t["yaxis"] == "y3"]
+    assert sft_accuracy and set(sft_accuracy[0]["y"]) == {0.75}  # beta 0, accuracy shown as logged
     _, deleted = client.predict("live", api_name="/delete")
     assert deleted == "Deleted **live**." and not (runs / "live").exists()
 
 
-def test_chat_side_by_side_regenerate_vote_and_votes_dataset(served, tiny_model_dir):
+def test_chat_votes_one_per_exchange_with_undo_and_dataset(served, tiny_model_dir):
     client, manager, runs, pairs = served
     column = f"{FAKE_RUN}/step-000010"
-    updates = client.predict(app_module.BASE_CHOICE, "(off)", "(off)", api_name="/checkpoints")
+    updates = client.predict(api_name="/checkpoints")
     assert [column in u["choices"][-1] for u in updates] == [True] * 3
-    settings = [1.0, 1.0, 16, 7]  # sampling: greedy, the random tiny model only writes newlines
-    columns = [app_module.BASE_CHOICE, column, "(off)"]
+    columns = [BASE_CHOICE, column, "(off)"]
+    client.predict(api_name="/clear")  # the session's conversation so far is kept until cleared
     message, left, right, third = client.predict(
-        "Say something.", *settings, *columns, [], [], [], api_name="/send"
+        "Say something.", *columns, *SETTINGS, api_name="/send"
     )
     assert message == "" and third == []
     answers = [h[-1]["content"][0]["text"] for h in (left, right)]
@@ -167,34 +221,87 @@ def test_chat_side_by_side_regenerate_vote_and_votes_dataset(served, tiny_model_
         temperature=1.0, top_p=1.0, max_new_tokens=16, seed=7,
     )  # fmt: skip
     assert [d.strip() for d in direct] == [a.strip() for a in answers]  # the page trims
-    again = client.predict(*settings, *columns, left, right, [], api_name="/regenerate")
+    again = client.predict(*columns, *SETTINGS, api_name="/regenerate")
     assert [h[-1]["content"][0]["text"] for h in again[:2]] == answers  # same seed, same answers
-    saved = client.predict(*columns, left, right, [], api_name="/vote_right")
-    assert "Vote saved" in saved
-    client.predict(*columns, left, right, [], api_name="/vote_tie")
-    lines = [json.loads(line) for line in (runs / "votes.jsonl").read_text().splitlines()]
-    assert lines[0]["chosen"] == answers[1] and lines[0]["rejected"] == answers[0]
-    assert lines[0]["prompt"] == "Say something." and lines[1]["tie"] is True
+    for kind in ("right", "right", "left", "tie"):  # a user changing their mind
+        saved, table = client.predict(*columns, *SETTINGS, api_name=f"/vote_{kind}")
+        assert "Vote saved" in saved
+    (vote,) = [json.loads(line) for line in (runs / "votes.jsonl").read_text().splitlines()]
+    assert vote["winner"] == "tie" and len(table["data"]) == 1  # one vote: the last click
+    client.predict(*columns, *SETTINGS, api_name="/vote_right")
+    (vote,) = [json.loads(line) for line in (runs / "votes.jsonl").read_text().splitlines()]
+    assert vote["chosen"].strip() == answers[1] and vote["rejected"].strip() == answers[0]
+    assert vote["prompt"] == "Say something." and vote["chosen_model"] == column
     dataset, note = client.predict(api_name="/votes_dataset")
-    assert "1 preference pairs" in note
-    assert json.loads(open(dataset).readline())["chosen"] == answers[1]
+    assert "1 preference pair(s) from 1 vote(s)" in note
+    assert json.loads(open(dataset).readline())["chosen"].strip() == answers[1]
+    message, table = client.predict(api_name="/undo_vote")
+    assert "Removed the vote" in message and table["data"] == []
+    assert client.predict(api_name="/undo_vote")[0] == "No votes to undo."
     with pytest.raises(Exception, match="two"):
-        client.predict(
-            app_module.BASE_CHOICE, "(off)", "(off)", left, [], [], api_name="/vote_left"
-        )
+        client.predict(BASE_CHOICE, "(off)", "(off)", *SETTINGS, api_name="/vote_left")
     assert client.predict(api_name="/clear") == ([], [], [])
+
+
+def test_empty_message_changes_nothing(served):
+    """A blank Send is answered with a notice; no pane turns into an error, no turn is added."""
+    client, *_ = served
+    columns = [BASE_CHOICE, "(off)", "(off)"]
+    client.predict(api_name="/clear")
+    _, first, _, _ = client.predict("Hello?", *columns, *SETTINGS, api_name="/send")
+    outputs = client.predict("   ", *columns, *SETTINGS, api_name="/send")
+    assert all(value(out) is None for out in outputs)  # every output skipped: nothing changed
+    regenerated, _, _ = client.predict(*columns, *SETTINGS, api_name="/regenerate")
+    assert [m["role"] for m in regenerated] == ["user", "assistant"] == [m["role"] for m in first]
 
 
 def test_chat_reports_a_missing_checkpoint(served):
     client, *_ = served
     with pytest.raises(Exception, match="no checkpoint"):
-        client.predict(
-            "hi", 0.0, 1.0, 8, 0, "base model", f"{FAKE_RUN}/step-999", "(off)", [], [], [],
-            api_name="/send",
-        )  # fmt: skip
+        client.predict("hi", BASE_CHOICE, f"{FAKE_RUN}/step-999", "(off)", 0.0, 1.0, 8, 0,
+                       api_name="/send")  # fmt: skip
 
 
-def test_page_load_shows_the_latest_run(served):
+def test_tick_shows_the_latest_run_and_its_config_loads_into_the_form(served, tiny_model_dir):
     client, *_ = served
-    selected, table, _ = client.predict(api_name="/current_run")
+    selected, plot, progress, table, _, checkpoint = client.predict(
+        None, 0.6, None, api_name="/tick"
+    )
     assert value(selected) in {row[0] for row in table["data"]}
+    assert value(checkpoint) and progress.startswith(f"**{value(selected)}**")
+    names = {t.get("name") for t in plot_data(plot)}
+    assert {"chosen", "total", "accuracy"} <= names
+    loaded = client.predict(FAKE_RUN, api_name="/load_config")
+    values = dict(zip([*FORM_NAMES, "model", "dataset", "run_name", "sft"], loaded, strict=True))
+    assert (
+        values["model"] == str(tiny_model_dir) and values["beta"] == 0.0 and values["sft"] is True
+    )
+    assert values["run_name"] == f"{FAKE_RUN}-again" and values["max_steps"] == -1
+
+
+def test_evaluate_judges_base_and_checkpoint_or_says_why_not(served, tiny_model_dir):
+    """The Evaluate button: a run on the default dataset gets a pass-rate table and bar chart; a run
+    on data without judges gets a message saying why."""
+    from orpo_lab.config import TrainConfig
+    from orpo_lab.train import train
+
+    client, manager, runs, pairs = served
+    common = dict(model=str(tiny_model_dir), output_dir=str(runs), max_steps=1, batch_size=2,
+                  max_eval_pairs=4, max_length=96, max_prompt_length=64, device="cpu")  # fmt: skip
+    train(TrainConfig(dataset="default", run_name="judged", max_train_pairs=8, **common))
+    train(TrainConfig(dataset=pairs, run_name="unjudged", **common))
+    table, chart = client.predict("judged", "step-000001", 6, api_name="/evaluate")
+    rows = {row[0]: row for row in table["data"]}
+    assert set(rows) == {"arithmetic", "bullets", "concise", "all"}
+    assert rows["all"][1] == 6 and all(row[1] == 2 for f, row in rows.items() if f != "all")
+    assert all(cell.endswith("%") for row in rows.values() for cell in row[2:])
+    bars = json.loads(chart["plot"])["data"]
+    assert [b["name"] for b in bars] == [
+        "base, in-domain",
+        "base, ood",
+        "trained, in-domain",
+        "trained, ood",
+    ]
+    assert (runs / "judged" / "generations.json").is_file()
+    with pytest.raises(Exception, match="needs a 'family' column"):
+        client.predict("unjudged", "step-000001", 6, api_name="/evaluate")

@@ -1,22 +1,23 @@
-"""The app as a user sees it: headless chromium (Playwright) against the app with the tiny model.
+"""The app as a user sees it: headless chromium (Playwright) against the real app.
 
-Start a short run, watch the curves get points, stop it, ask the base model and the new checkpoint
-the same question side by side (streamed), vote, and find the vote in the votes file. Screenshots
-go to $ORPO_LAB_SCREENSHOTS when it is set (`ORPO_LAB_SCREENSHOTS=docs` refreshes the README's),
-else to the test's temporary folder.
+With the tiny model: train, stop (the message names the checkpoint on disk), resume to the end,
+an SFT run beside it overlaid (one colour per run in every panel, SFT accuracy not 0), chat with
+the checkpoint, four vote clicks that leave one vote, undo. With the real default model (slow):
+Stop mid-run and Resume give the losses of an uninterrupted run; an ORPO checkpoint answers an
+out-of-domain question better than the base model. Screenshots go to $ORPO_LAB_SCREENSHOTS when it
+is set (`ORPO_LAB_SCREENSHOTS=docs` refreshes the README's), else to the test's temporary folder.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 
 import pytest
 from test_app import free_port, write_pairs
 
-import app as app_module
+from orpo_lab.ui import build_app
 
 pytestmark = pytest.mark.browser
 CHROMIUM = "/usr/bin/chromium"
@@ -41,127 +42,235 @@ def browser():
         browser.close()
 
 
-def fill(page, elem_id: str, value) -> None:
-    box = page.locator(f"#{elem_id} input, #{elem_id} textarea").first
-    box.fill(str(value))
-    box.press("Tab")  # Gradio takes the value on change/blur
-
-
-def pick_second_column(page, column: str) -> None:
-    """In the Chat tab: list the checkpoints again and put `column` in the second column."""
-    page.locator("#refresh-columns").click()
-    page.locator("#column-2 input").click()
-    page.get_by_role("option", name=column).click()
-
-
-def ask_both(page, question: str, timeout: int) -> list[str]:
-    """Send `question` to the columns; wait until both answers are complete and return them."""
-    fill(page, "chat-message", question)
-    page.locator("#send").click()
-    bots = [page.locator(f"#chat-{i} .message.bot, #chat-{i} [data-testid='bot']") for i in (1, 2)]
-    for bot in bots:
-        bot.last.wait_for(timeout=timeout)
-    page.wait_for_function(
-        "() => !document.querySelector('#send button, button#send')?.disabled", timeout=timeout
-    )
-    page.wait_for_timeout(500)
-    return [bot.last.inner_text().strip() for bot in bots]
-
-
 def shots_dir(tmp_path: Path) -> Path:
     folder = Path(os.environ.get("ORPO_LAB_SCREENSHOTS") or tmp_path / "shots")
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
 
-def test_train_stop_chat_vote(browser, tiny_model_dir, tmp_path):
-    runs, shots = tmp_path / "runs", shots_dir(tmp_path)
-    pairs = write_pairs(tmp_path / "pairs.jsonl")
-    demo = app_module.build_app(str(tiny_model_dir), runs, device="cpu")
-    demo.orpo_manager.grace_s = 60
+def fill(page, elem_id: str, value) -> None:
+    box = page.locator(f"#{elem_id} input, #{elem_id} textarea").first
+    box.fill(str(value))
+    box.press("Tab")  # Gradio takes the value on change/blur
+
+
+def text_of(page, elem_id: str) -> str:
+    return page.locator(f"#{elem_id}").inner_text()
+
+
+def wait_text(page, elem_id: str, fragment: str, timeout: int = 120_000) -> str:
+    """Wait until the element's text holds `fragment`; on timeout say what it held."""
+    try:
+        page.wait_for_function(
+            "([id, f]) => document.querySelector('#' + id)?.innerText.includes(f)",
+            arg=[elem_id, fragment], timeout=timeout,
+        )  # fmt: skip
+    except Exception as err:
+        raise AssertionError(
+            f"#{elem_id} never showed {fragment!r}: {text_of(page, elem_id)!r}"
+        ) from err
+    return text_of(page, elem_id)
+
+
+def open_app(browser, demo, dialogs: list | None = None):
     _, url, _ = demo.launch(prevent_thread_lock=True, server_port=free_port(), quiet=True)
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    try:
-        page.goto(url)
-        # ---- Train tab: a short run on the tiny model
-        fill(page, "dataset", pairs)
-        fill(page, "run-name", "browser-run")
-        page.get_by_text("hyperparameters").click()
-        hyper = dict(max_steps=400, batch_size=2, max_length=96, max_prompt_length=48,
-                     lora_r=4, lora_alpha=8, eval_every=0, save_every=0)  # fmt: skip
-        page.locator("#hp-save_every input").wait_for()  # the folded form mounts when first opened
-        for name, value in hyper.items():
+
+    def accept(dialog):  # "Delete run ...?" confirmations: noted and accepted
+        if dialogs is not None:
+            dialogs.append(dialog.message)
+        dialog.accept()
+
+    page.on("dialog", accept)
+    page.goto(url)
+    return page
+
+
+def set_form(page, values: dict) -> None:
+    """Open the hyperparameters, fill them, fold them again."""
+    page.locator("#hyperparameters").get_by_text("hyperparameters").click()
+    page.locator("#hp-save_every input").wait_for()  # the folded form mounts when first opened
+    for name, value in values.items():
+        fill(page, f"hp-{name}", value)
+    page.wait_for_timeout(500)
+    for name, value in values.items():  # a field filled while it mounted can fall back: refill
+        if page.locator(f"#hp-{name} input").input_value() != str(value):
             fill(page, f"hp-{name}", value)
-        page.wait_for_timeout(500)
-        for name, value in hyper.items():  # a field filled while it mounted can fall back: refill
-            if page.locator(f"#hp-{name} input").input_value() != str(value):
-                fill(page, f"hp-{name}", value)
-        page.get_by_text("hyperparameters").click()  # fold it again for the screenshot
-        page.locator("#start").click()
-        try:
-            page.wait_for_function(
-                "() => /running · step ([3-9]|\\d\\d+)\\//.test(document.querySelector('#progress').innerText)",
-                timeout=120_000,
-            )
-        except Exception as err:  # say what the page and the run showed instead
-            log = runs / "browser-run" / "train.log"
-            raise AssertionError(
-                f"progress: {page.locator('#progress').inner_text()!r}; message: "
-                f"{page.locator('#train-message').inner_text()!r}; log tail: "
-                f"{log.read_text()[-1500:] if log.is_file() else 'no log'}"
-            ) from err
-        points = page.wait_for_function(
-            """() => { const p = document.querySelector('#train-plot .js-plotly-plot');
-                       return p && p.data && p.data.length && p.data[0].x.length >= 2 && p.data[0].x.length; }""",
-            timeout=30_000,
-        ).json_value()
-        assert points >= 2
+    page.locator("#hyperparameters").get_by_text("hyperparameters").click()
+
+
+def start_run(page, name: str, dataset, form: dict, sft: bool = False) -> None:
+    fill(page, "dataset", dataset)
+    fill(page, "run-name", name)
+    if sft != page.locator("#sft input").is_checked():
+        page.locator("#sft input").click()
+    set_form(page, form)
+    page.locator("#start").click()
+    wait_text(page, "train-message", f"Created run {name}")
+
+
+def wait_step(page, name: str, past: int, timeout: int = 120_000) -> int:
+    """Wait until the progress line shows `name` running past step `past`; returns that step."""
+    page.wait_for_function(
+        """([name, past]) => { const t = document.querySelector('#progress').innerText;
+             const m = t.match(/running · step (\\d+)\\//);
+             return t.startsWith(name) && m && Number(m[1]) > past; }""",
+        arg=[name, past], timeout=timeout,
+    )  # fmt: skip
+    return int(text_of(page, "progress").split("step ")[1].split("/")[0])
+
+
+def wait_answers(page, columns=(1, 2), timeout: float = 120.0) -> list[str]:
+    """Wait until every column has answered and the answers stopped growing (streaming is over)."""
+    import time
+
+    bots = [page.locator(f"#chat-{i} .message.bot, #chat-{i} [data-testid='bot']") for i in columns]
+    for bot in bots:
+        bot.last.wait_for(timeout=timeout * 1000)
+    deadline, last, stable_since = time.monotonic() + timeout, None, time.monotonic()
+    while time.monotonic() < deadline:
+        now = [bot.last.inner_text() for bot in bots]
+        if now != last:
+            last, stable_since = now, time.monotonic()
+        elif time.monotonic() - stable_since > 2.0:
+            return [text.strip() for text in now]
+        page.wait_for_timeout(200)
+    raise AssertionError(f"answers still changing after {timeout} s: {last}")
+
+
+def plot_traces(page, elem_id: str) -> list[dict]:
+    return page.evaluate(
+        f"""() => (document.querySelector('#{elem_id} .js-plotly-plot')?.data || [])
+                   .map(t => ({{name: t.name, color: t.line && t.line.color, y: Array.from(t.y),
+                               xaxis: t.xaxis || 'x', showlegend: t.showlegend}}))"""
+    )
+
+
+TINY_FORM = dict(max_steps=100, batch_size=2, max_length=96, max_prompt_length=48, lora_r=4,
+                 lora_alpha=8, eval_every=0, save_every=0, learning_rate=5e-3)  # fmt: skip
+
+
+def test_train_stop_resume_overlay_chat_votes(browser, tiny_model_dir, tmp_path):
+    runs, shots = tmp_path / "runs", shots_dir(tmp_path)
+    pairs = write_pairs(tmp_path / "pairs.jsonl")
+    demo = build_app(str(tiny_model_dir), runs, device="cpu")
+    manager, dialogs = demo.orpo_manager, []
+    page = open_app(browser, demo, dialogs)
+    try:
+        # ---- train, stop: the message says which checkpoint is on disk
+        start_run(page, "orpo", pairs, TINY_FORM)
+        wait_step(page, "orpo", 3)
+        page.locator("#stop").click()
+        message = wait_text(page, "train-message", "Stopped orpo")
+        (checkpoint,) = manager.checkpoints("orpo")
+        assert f"last checkpoint on disk: {checkpoint}" in message
+        # The checkpoint list follows the disk without a page reload.
+        page.wait_for_function(
+            "(c) => document.querySelector('#checkpoint-select input').value === c", arg=checkpoint
+        )
+        # ---- resume: it continues from that checkpoint and finishes
+        page.locator("#resume").click()
+        wait_text(page, "train-message", f"Resuming orpo from {checkpoint}")
+        wait_text(page, "progress", "orpo: finished", timeout=240_000)
+        steps = [r["step"] for r in manager.metrics("orpo") if r["kind"] == "train"]
+        assert steps == list(range(1, TINY_FORM["max_steps"] + 1))  # none twice, none missing
         page.locator("#train-plot").scroll_into_view_if_needed()
         page.screenshot(path=str(shots / "train.png"), full_page=True)
-        page.locator("#stop").click()
-        page.wait_for_function(
-            "() => document.querySelector('#train-message').innerText.includes('Stopped browser-run')",
-            timeout=90_000,
-        )
-        assert "checkpoint saved" in page.locator("#train-message").inner_text()
-        (checkpoint,) = demo.orpo_manager.checkpoints("browser-run")
 
-        # ---- Chat tab: base model and the new checkpoint answer side by side
+        # ---- an SFT run beside it, then the overlay
+        start_run(page, "sft", pairs, TINY_FORM | dict(max_steps=60), sft=True)
+        assert page.locator("#hp-beta input").input_value() == "0"  # what an SFT run trains with
+        wait_text(page, "progress", "sft: finished", timeout=240_000)
+        for name in ("orpo", "sft"):
+            page.locator("#overlay-select input").click()
+            page.get_by_role("option", name=name, exact=True).click()
+        page.keyboard.press("Escape")
+        page.locator("#overlay-btn").click()
+        page.wait_for_function(
+            "() => (document.querySelector('#compare-plot .js-plotly-plot')?.data || []).length >= 12"
+        )
+        traces = plot_traces(page, "compare-plot")
+        colours = {
+            name: {t["color"] for t in traces if t["name"] == name} for name in ("orpo", "sft")
+        }
+        assert all(len(c) == 1 for c in colours.values()) and colours["orpo"] != colours["sft"]
+        sft_accuracy = [t for t in traces if t["name"] == "sft" and t["xaxis"] == "x3"]
+        assert sft_accuracy and max(sft_accuracy[0]["y"]) > 0  # beta 0, yet accuracy is measured
+        page.locator("#compare-plot").scroll_into_view_if_needed()
+        page.screenshot(path=str(shots / "overlay.png"), full_page=True)
+
+        # ---- chat with the ORPO checkpoint; four clicks on one exchange leave one vote
         page.get_by_role("tab", name="Chat").click()
-        column = f"browser-run/{checkpoint}"
-        pick_second_column(page, column)
+        page.locator("#refresh-columns").click()
+        page.locator("#column-2 input").click()
+        column = f"orpo/{manager.checkpoints('orpo')[-1]}"
+        page.get_by_role("option", name=column).click()
         page.get_by_text("generation settings").click()
         fill(page, "temperature", 1)  # the random tiny model writes only newlines when greedy
-        fill(page, "max-new-tokens", 256)
-        # Count the updates the right column receives while it streams.
-        page.evaluate(
-            """() => { window.lengths = [];
-                       new MutationObserver(() => window.lengths.push(
-                         document.querySelector('#chat-2').innerText.length))
-                       .observe(document.querySelector('#chat-2'),
-                                {childList: true, subtree: true, characterData: true}); }"""
-        )
-        answers = ask_both(page, "Tell me something.", timeout=60_000)
-        assert all(answers) and answers[0] != answers[1]
-        lengths = page.evaluate("window.lengths")
-        assert len(set(lengths)) >= 3, lengths  # the answer grew in several steps: streamed
-        page.screenshot(path=str(shots / "chat.png"), full_page=True)
+        fill(page, "chat-message", "Tell me something.")
+        page.locator("#send").click()
+        wait_answers(page)
+        for button in ("vote-right", "vote-right", "vote-left", "vote-tie"):
+            page.locator(f"#{button}").click()
+            wait_text(page, "vote-message", "Vote saved")
+            page.wait_for_timeout(300)
+        wait_text(page, "vote-message", "Vote saved (tie")
+        (vote,) = [json.loads(line) for line in (runs / "votes.jsonl").read_text().splitlines()]
+        assert vote["winner"] == "tie" and vote["right_model"] == column
+        page.get_by_text("recorded votes").click()
+        page.locator("#undo-vote").click()
+        wait_text(page, "vote-message", "Removed the vote")
+        assert (runs / "votes.jsonl").read_text() == ""
 
-        # ---- vote: the right column (the checkpoint) is better
-        page.locator("#vote-right").click()
-        page.wait_for_function(
-            "() => document.querySelector('#vote-message').innerText.includes('Vote saved')",
-            timeout=30_000,
-        )
-        (line,) = (runs / "votes.jsonl").read_text().splitlines()
-        vote = json.loads(line)
-        assert vote["prompt"] == "Tell me something." and vote["winner"] == "right"
-        assert vote["chosen_model"] == column
-        # The page shows the answer as Markdown: compare the first letters only.
-        assert re.sub(r"\W+", "", vote["chosen"])[:12] == re.sub(r"\W+", "", answers[1])[:12]
+        # ---- delete asks first (the dialog is accepted here), then the run is gone
+        page.get_by_role("tab", name="Train").click()
+        page.locator("#run-select input").click()
+        page.get_by_role("option", name="sft", exact=True).click()
+        wait_text(page, "progress", "sft: finished")
+        page.locator("#delete").click()
+        wait_text(page, "artefact-message", "Deleted sft")
+        assert dialogs == ["Delete run sft, its checkpoints and metrics?"]
+        assert not (runs / "sft").exists()
     finally:
+        page.screenshot(path=str(tmp_path / "last.png"), full_page=True)  # what the page showed
         page.close()
         demo.close()
+
+
+@pytest.mark.slow
+def test_stop_and_resume_of_the_default_model_equal_an_uninterrupted_run(browser, tmp_path):
+    """CPU, the real default model: Stop mid-run keeps the last completed step (the message names
+    it), Resume continues to the end, and the losses equal those of a run never stopped."""
+    from orpo_lab.config import TrainConfig
+    from orpo_lab.train import train
+
+    form = dict(max_steps=8, batch_size=2, max_length=96, max_prompt_length=48, eval_every=0,
+                save_every=0, learning_rate=5e-4, lora_r=8, lora_alpha=16)  # fmt: skip
+    runs = tmp_path / "runs"
+    reference = train(TrainConfig(**form, output_dir=str(tmp_path / "ref"), run_name="ref",
+                                  device="cpu", beta=0.5))  # fmt: skip
+    assert reference["step"] == 8
+    demo = build_app("default", runs, device="cpu")
+    page = open_app(browser, demo)
+    try:
+        start_run(page, "real", "default", form)
+        wait_step(page, "real", 2, timeout=240_000)
+        page.locator("#stop").click()
+        message = wait_text(page, "train-message", "Stopped real")
+        (checkpoint,) = demo.orpo_manager.checkpoints("real")
+        assert f"after step {int(checkpoint[5:])}" in message and checkpoint in message
+        page.locator("#resume").click()
+        wait_text(page, "progress", "real: finished", timeout=300_000)
+    finally:
+        page.screenshot(path=str(tmp_path / "last.png"), full_page=True)  # what the page showed
+        page.close()
+        demo.close()
+    resumed = [r for r in demo.orpo_manager.metrics("real") if r["kind"] == "train"]
+    whole = [json.loads(line) for line in (tmp_path / "ref" / "ref" / "metrics.jsonl").open()]
+    whole = [r for r in whole if r["kind"] == "train"]
+    assert [r["step"] for r in resumed] == [r["step"] for r in whole] == list(range(1, 9))
+    for a, b in zip(resumed, whole, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4), a["step"]
 
 
 @pytest.mark.slow
@@ -177,29 +286,29 @@ def test_real_model_and_orpo_checkpoint_side_by_side(browser, tmp_path):
                                                      max_steps=60, eval_every=0, save_every=0,
                                                      device="cpu")))  # fmt: skip
     train(cfg)
-    demo = app_module.build_app("default", runs, device="cpu")
-    _, url, _ = demo.launch(prevent_thread_lock=True, server_port=free_port(), quiet=True)
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    demo = build_app("default", runs, device="cpu")
+    page = open_app(browser, demo)
     try:
-        page.goto(url)
         page.get_by_role("tab", name="Chat").click()
-        pick_second_column(page, "orpo/step-000060")
+        page.locator("#refresh-columns").click()
+        page.locator("#column-2 input").click()
+        page.get_by_role("option", name="orpo/step-000060").click()
         page.get_by_text("generation settings").click()
         fill(page, "temperature", 0)  # greedy: the same answers every run
         fill(page, "max-new-tokens", 96)
         question = "What are three countries?"  # bullets family, a kind of prompt never trained on
-        ask_both(page, question, timeout=120_000)
+        fill(page, "chat-message", question)
+        page.locator("#send").click()
+        wait_answers(page)
         page.screenshot(path=str(shots / "chat.png"), full_page=True)
         # Judge what the model wrote (the votes file keeps the raw text; the page shows Markdown).
         page.locator("#vote-right").click()
-        page.wait_for_function(
-            "() => document.querySelector('#vote-message').innerText.includes('Vote saved')",
-            timeout=30_000,
-        )
+        wait_text(page, "vote-message", "Vote saved")
         vote = json.loads((runs / "votes.jsonl").read_text().splitlines()[-1])
         record = {"prompt": question}
         assert judge("bullets", record, vote["chosen"]), vote["chosen"]  # the checkpoint
         assert not judge("bullets", record, vote["rejected"]), vote["rejected"]  # the base model
     finally:
+        page.screenshot(path=str(tmp_path / "last.png"), full_page=True)  # what the page showed
         page.close()
         demo.close()

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import threading
+from pathlib import Path
 
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
 from orpo_lab.chat import (
-    BASE,
     ModelPool,
     content_text,
     generate,
@@ -28,6 +29,9 @@ def make_adapter(model_dir, out_dir, seed: int):
     config = LoraConfig(r=4, lora_alpha=64, target_modules="all-linear", init_lora_weights=False)
     peft_model = get_peft_model(model, config)
     peft_model.save_pretrained(out_dir)
+    # What makes a folder a checkpoint of a run (orpo_lab.checkpoint writes it last).
+    state = {"step": 10, "config": {"model": str(model_dir), "beta": 0.5}, "metrics": {}}
+    (Path(out_dir) / "trainer_state.json").write_text(json.dumps(state))
     return out_dir
 
 
@@ -134,14 +138,20 @@ def test_pool_is_safe_from_several_threads(pool, checkpoints):
     assert not errors and results == [expected] * 3
 
 
-def test_sampling_is_seeded(pool):
-    settings = dict(max_new_tokens=8, temperature=1.0, top_p=0.9)
+def test_sampling_is_seeded_and_really_samples(pool):
+    """Same seed, same text; other seeds give other texts (a sampler that ignored temperature and
+    decoded greedily would give one text for every seed), and greedy decoding ignores the seed."""
+    settings = dict(max_new_tokens=12, temperature=1.0, top_p=1.0)
     a = pool.generate([PROMPT], [None], seed=3, **settings)
-    b = pool.generate([PROMPT], [None], seed=3, **settings)
-    assert a == b
+    assert a == pool.generate([PROMPT], [None], seed=3, **settings)
+    others = {pool.generate([PROMPT], [None], seed=s, **settings)[0] for s in range(4, 9)}
+    assert len(others | {a[0]}) >= 3
+    greedy = dict(max_new_tokens=12, temperature=0.0)
+    assert pool.generate([PROMPT], [None], seed=1, **greedy) == pool.generate(
+        [PROMPT], [None], seed=2, **greedy
+    )
 
 
 def test_bad_checkpoint_is_a_readable_error(pool, tmp_path):
     with pytest.raises(ModelLoadError, match="adapter_config.json"):
         pool.add_adapter(tmp_path)
-    assert BASE == "__base__"

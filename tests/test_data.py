@@ -11,15 +11,13 @@ from conftest import build_tiny_model
 from orpo_lab.data import (
     IGNORE,
     MIN_RESPONSE_TOKENS,
-    PreferenceDataError,
     collate,
     collate_padded,
     end_of_turn_id,
-    load_preferences,
     tokenize_dataset,
     tokenize_pair,
-    votes_to_dataset,
 )
+from orpo_lab.preferences import PreferenceDataError, load_preferences, votes_to_dataset
 
 SINGLE = {"prompt": "What is 7 + 5?", "chosen": "7 + 5 = 12.", "rejected": "7 + 5 = 13, I think."}
 MULTI_PROMPT = [

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from orpo_lab.data import load_preferences
 from orpo_lab.default_dataset import FAMILIES, JUDGES, build, judge
+from orpo_lab.preferences import load_preferences
 
 ROOT = Path(__file__).resolve().parents[1]
 

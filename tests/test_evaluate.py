@@ -6,11 +6,12 @@ import json
 
 import pytest
 
+from orpo_lab.checkpoint import CheckpointError
 from orpo_lab.config import TrainConfig
-from orpo_lab.data import load_preferences
 from orpo_lab.default_dataset import judge
 from orpo_lab.evaluate import evaluate_run, pass_rates, stratified
-from orpo_lab.train import TrainingError, train
+from orpo_lab.preferences import load_preferences
+from orpo_lab.train import train
 
 
 def test_judges_read_conversational_prompts():
@@ -43,7 +44,7 @@ def test_evaluate_run_judges_base_and_checkpoint(tmp_path, tiny_model_dir):
                       run_name="r", max_steps=2, batch_size=2, max_length=128,
                       max_prompt_length=64, eval_every=0, max_eval_pairs=8, device="cpu",
                       learning_rate=1e-2)  # fmt: skip
-    with pytest.raises(TrainingError, match="no checkpoint"):
+    with pytest.raises(CheckpointError, match="no checkpoint"):
         evaluate_run(cfg.run_dir)
     train(cfg)
     report = evaluate_run(cfg.run_dir, max_prompts=12, max_new_tokens=4)

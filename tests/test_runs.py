@@ -14,39 +14,45 @@ import time
 
 import pytest
 
-from orpo_lab.runs import RunError, RunManager, read_metrics, validate_run_name
+from orpo_lab.rundir import RunDir, read_metrics
+from orpo_lab.runs import RunError, RunManager, validate_run_name
 
 # Behaviour by run name: "crash*" dies, "stubborn*" ignores STOP, anything else trains slowly and
-# honours STOP; "quick*" finishes after 3 steps.
+# honours STOP; "quick*" finishes after 3 steps. It speaks the run-folder protocol through RunDir,
+# as the real trainer does, and a resumed run (--resume) continues after its last checkpoint.
 FAKE_TRAINER = textwrap.dedent(
     """
     import json, os, sys, time, yaml
-    from pathlib import Path
+    from orpo_lab.rundir import RunDir
     cfg = yaml.safe_load(open(sys.argv[sys.argv.index("--config") + 1]))
-    run = Path(cfg["output_dir"]) / cfg["run_name"]
+    run = RunDir(os.path.join(cfg["output_dir"], cfg["run_name"]))
     name = cfg["run_name"]
-    def status(s, step, msg=""):
-        tmp = run / ".status.tmp"
-        tmp.write_text(json.dumps({"status": s, "message": msg, "step": step, "total_steps": 100,
-                                   "pid": os.getpid(), "updated": time.time()}))
-        os.replace(tmp, run / "status.json")
-    status("running", 0)
-    print("fake trainer started", flush=True)
+    latest = run.latest_checkpoint()
+    start = int(latest.name.removeprefix("step-")) if "--resume" in sys.argv and latest else 0
+    run.clear_stale_stop(os.getpid(), time.time() - 1)
+    run.write_status("running", "training", step=start, total_steps=100, pid=os.getpid(),
+                     step_s=0.05)
+    print("fake trainer started", "resume" if start else "", flush=True)
     if name.startswith("crash"):
         raise SystemExit("Traceback: something broke in the fake trainer")
+    def save(step):
+        folder = run.checkpoints_dir / f"step-{step:06d}"
+        folder.mkdir(parents=True)
+        (folder / "adapter_config.json").write_text("{}")
+        (folder / "trainer_state.json").write_text(json.dumps({"step": step}))
     total = 3 if name.startswith("quick") else 100
-    with open(run / "metrics.jsonl", "a") as f:
-        for step in range(1, total + 1):
-            f.write(json.dumps({"kind": "train", "step": step, "loss": 1.0 / step}) + "\\n")
-            f.flush()
-            status("running", step)
-            if (run / "STOP").exists() and not name.startswith("stubborn"):
-                (run / "checkpoints" / f"step-{step:06d}").mkdir(parents=True)
-                (run / "checkpoints" / f"step-{step:06d}" / "adapter_config.json").write_text("{}")
-                status("stopped", step, "stopped on request")
-                sys.exit(0)
-            time.sleep(0.05)
-    status("finished", total)
+    for step in range(start + 1, total + 1):
+        run.append_metrics({"kind": "train", "step": step, "loss": 1.0 / step, "step_s": 0.05})
+        run.write_status(step=step)
+        if run.stop_requested() and not name.startswith("stubborn"):
+            save(step)
+            run.clear_stop()
+            run.write_status("stopped", f"stopped on request after step {step}; "
+                             + run.describe_checkpoints())
+            sys.exit(0)
+        time.sleep(0.05)
+    save(total)
+    run.write_status("finished", f"finished {total} steps")
     """
 )
 
@@ -115,8 +121,10 @@ def test_queue_runs_one_at_a_time_and_stop_saves(manager):
     assert manager.status(second)["status"] == "queued"
     assert wait_for(lambda: len(manager.metrics(first)) >= 2)
     assert manager.stop(first) == "stopped"
-    assert manager.status(first)["status"] == "stopped"
-    assert manager.checkpoints(first)  # the trainer saved at its next step
+    status = manager.status(first)
+    assert status["status"] == "stopped"
+    (saved,) = manager.checkpoints(first)  # the trainer saved at its next step, and says which
+    assert saved in status["message"]
     # The queue advanced: the second run started as soon as the device was free.
     assert wait_for(lambda: manager.status(second)["status"] == "running")
     with pytest.raises(RunError, match="stop it first"):
@@ -134,6 +142,8 @@ def test_stop_escalates_to_kill(manager):
     assert time.monotonic() - started < 8
     status = manager.status(name)
     assert status["status"] == "stopped" and "killed" in status["message"]
+    assert "no checkpoint on disk" in status["message"]  # what the folder holds, nothing more
+    assert not (manager.run_dir(name) / "STOP").exists()
 
 
 def test_cancel_a_queued_run(manager):
@@ -173,21 +183,6 @@ def test_unknown_run_and_checkpoint_are_refused(manager):
         manager.checkpoint_path("quick-ck", "../../etc")
 
 
-def _stub_preferences() -> bool:
-    from orpo_lab import preferences
-
-    try:
-        preferences.load_preferences("default", split="train")
-    except NotImplementedError:
-        return True
-    except Exception:
-        return False
-    return False
-
-
-@pytest.mark.skipif(
-    _stub_preferences(), reason="orpo_lab.preferences.load_preferences not written yet"
-)
 def test_real_training_run_end_to_end(tmp_path, tiny_model_dir):
     """The real trainer in its own process: metrics stream in, STOP saves a loadable adapter."""
     data = tmp_path / "pairs.jsonl"
@@ -210,3 +205,50 @@ def test_real_training_run_end_to_end(tmp_path, tiny_model_dir):
     (checkpoint,) = manager.checkpoints(name)
     archive = manager.zip_checkpoint(name, checkpoint)
     assert archive.suffix == ".zip" and archive.stat().st_size > 0
+
+
+def test_resume_continues_a_stopped_run_from_its_checkpoint(manager):
+    name = manager.start({}, "slow-resume")
+    assert wait_for(lambda: len(manager.metrics(name)) >= 3)
+    assert manager.stop(name) == "stopped"
+    (first,) = manager.checkpoints(name)
+    manager.resume(name)
+    assert wait_for(lambda: manager.status(name)["status"] == "running")
+    assert "resume" in (manager.run_dir(name) / "train.log").read_text()
+    after = int(first.removeprefix("step-"))
+    assert wait_for(lambda: manager.metrics(name)[-1]["step"] > after + 2)
+    steps = [r["step"] for r in manager.metrics(name)]
+    assert steps == list(range(1, len(steps) + 1))  # no step twice, none missing
+    with pytest.raises(RunError, match="nothing to resume yet"):
+        manager.resume(name)
+    assert manager.stop(name) == "stopped"
+
+
+def test_grace_grows_with_the_measured_step_time(manager):
+    name = manager.start({"max_steps": 3}, "quick-grace")
+    assert wait_for(lambda: manager.status(name)["status"] == "finished")
+    RunDir(manager.run_dir(name)).write_status(step_s=40.0)  # a slow CPU step
+    assert manager.grace(name) == manager.grace_s + 120.0
+
+
+def test_too_small_dataset_is_refused_before_a_run_exists(manager, tmp_path):
+    votes = tmp_path / "two.jsonl"
+    votes.write_text(
+        '{"prompt": "a", "chosen": "b", "rejected": "c"}\n'
+        '{"prompt": "d", "chosen": "e", "rejected": "f"}\n'
+    )
+    with pytest.raises(RunError, match="2 usable pair.*one batch of 4"):
+        manager.start({"dataset": str(votes), "batch_size": 4}, "too-small")
+    assert not manager.run_dir("too-small").exists()
+
+
+def test_resume_needs_a_checkpoint_and_an_ended_run(manager):
+    busy = manager.start({"device": "cpu"}, "slow-busy2")
+    queued = manager.start({"device": "cpu"}, "slow-queued")
+    assert manager.stop(queued) == "cancelled"
+    with pytest.raises(RunError, match="no checkpoint to resume from"):
+        manager.resume(queued)
+    assert not (manager.run_dir(queued) / "checkpoints").exists()
+    with pytest.raises(RunError, match="nothing to resume yet"):
+        manager.resume(busy)
+    manager.stop(busy)

@@ -15,7 +15,13 @@ import torch
 from safetensors.torch import load_file
 
 from orpo_lab.config import TrainConfig
-from orpo_lab.train import NonFiniteLoss, TrainingError, checkpoints, train
+from orpo_lab.rundir import RunDir
+from orpo_lab.train import NonFiniteLoss, TrainingError, train
+
+
+def checkpoints(run_dir: Path) -> list[Path]:
+    return RunDir(run_dir).checkpoints()
+
 
 ANIMALS = ["cat", "dog", "owl", "fox", "bee", "cow", "elk", "yak", "ant", "bat", "eel", "hen"]
 
@@ -95,20 +101,6 @@ def same_trajectory(
             assert ra[k] == pytest.approx(rb[k], rel=1e-4, abs=1e-5), (ra["step"], k)
 
 
-@pytest.fixture(scope="module")
-def learnable_model_dir(tmp_path_factory, default_tokenizer):
-    """The tiny model with 10x wider embeddings. At the usual 0.02 init its tied logits stay near
-    uniform (|logit| <= |h| |e| ~ 1.3), which caps what a LoRA can learn at about ln(V) - 1.3 nats."""
-    from conftest import build_tiny_model
-
-    model = build_tiny_model(len(default_tokenizer))
-    model.model.embed_tokens.weight.data.mul_(10)
-    folder = tmp_path_factory.mktemp("learnable")
-    model.save_pretrained(folder)
-    default_tokenizer.save_pretrained(folder)
-    return folder
-
-
 def test_loss_goes_down_and_only_lora_weights_change(tmp_path, data, learnable_model_dir):
     tiny_model_dir = learnable_model_dir
     cfg = make_config(tmp_path, data, tiny_model_dir, max_steps=12, save_every=0, eval_every=0)
@@ -153,8 +145,8 @@ def test_qlora_gradients_equal_lora_on_the_dequantized_base(tmp_path, data, lear
     import bitsandbytes as bnb
     from bitsandbytes.functional import dequantize_4bit
 
+    from orpo_lab.build import build_model
     from orpo_lab.model import add_lora, load_model
-    from orpo_lab.train import build_model
 
     cfg = qlora_config(tmp_path, data, learnable_model_dir)
     qlora, tok = build_model(cfg, None)
@@ -247,7 +239,7 @@ def test_qlora_run_learns_resumes_and_exports_a_full_precision_model(
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from orpo_lab.train import export_merged
+    from orpo_lab.checkpoint import export_merged
 
     out = export_merged(checkpoints(whole.run_dir)[-1], tmp_path / "merged")
     assert "quantization_config" not in json.loads((out / "config.json").read_text())
@@ -263,8 +255,10 @@ def test_accumulation_equals_one_big_batch(tmp_path, data, tiny_model_dir):
     """Batch 4 x accumulation 1 and batch 1 x accumulation 4 give the same gradients, loss and weights."""
     from accelerate import Accelerator
 
+    from orpo_lab.build import build_model, load_pairs
     from orpo_lab.data import collate
-    from orpo_lab.train import PairLogps, build_model, load_pairs, step_gradients
+    from orpo_lab.logps import PairLogps
+    from orpo_lab.step import forward_backward
 
     grads, metrics = [], []
     for bs, acc in [(4, 1), (1, 4)]:
@@ -282,7 +276,7 @@ def test_accumulation_equals_one_big_batch(tmp_path, data, tiny_model_dir):
             collate(pairs[i * bs : (i + 1) * bs], "padded", tok.pad_token_id) for i in range(acc)
         ]
         wrapped = PairLogps(model, cfg.nll_scope, 16)
-        metrics.append(step_gradients(Accelerator(cpu=True), wrapped, micro, cfg, cfg.run_dir, 1))
+        metrics.append(forward_backward(Accelerator(cpu=True), wrapped, micro, cfg))
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
     for key in ("loss", "nll_loss", "or_loss", "logps/chosen", "logps/rejected"):
         assert metrics[0][key] == pytest.approx(metrics[1][key], rel=1e-5)
@@ -357,7 +351,7 @@ def test_resume_continues_the_same_trajectory(tmp_path, data, tiny_model_dir, la
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-7)
     evals = lines(parts.run_dir, "eval")
-    assert [e["step"] for e in evals] == [0, 2, 3, 4, 6]
+    assert [e["step"] for e in evals] == [0, 2, 4, 6]  # a stop skips its evaluation
 
 
 def test_stop_file_saves_and_stops(tmp_path, data, tiny_model_dir):
@@ -485,7 +479,7 @@ def test_impossible_configs_are_refused_with_what_to_change(changes, message):
 
 def run_cli(*args, env=None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "orpo_lab.train", *args],
+        [sys.executable, "-m", "orpo_lab.cli", *args],
         capture_output=True,
         text=True,
         env=env,
@@ -574,7 +568,7 @@ def test_two_process_torchrun_equals_one_process(tmp_path, data, tiny_model_dir)
             "--master_port",
             "29533",
             "-m",
-            "orpo_lab.train",
+            "orpo_lab.cli",
             *common,
             "--run-name",
             "two",

@@ -1,0 +1,94 @@
+"""What a run is made of: the model to train (LoRA, QLoRA or every weight) and its tokenised pairs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from orpo_lab.config import TrainConfig
+from orpo_lab.data import tokenize_dataset
+from orpo_lab.model import add_lora, load_model, pick_device
+from orpo_lab.preferences import load_preferences
+from orpo_lab.step import TrainingError
+
+
+def build_model(cfg: TrainConfig, resume_from: Path | None):
+    """The model to train: LoRA on the base (default), QLoRA (LoRA on a 4-bit base), or every weight."""
+    if cfg.load_in_4bit:
+        model, tokenizer = _load_4bit(cfg)
+    else:
+        # LoRA keeps the frozen base in the compute dtype; full fine-tuning keeps fp32 master weights.
+        precision = "fp32" if cfg.full_finetune else cfg.precision
+        source = str(resume_from) if (resume_from and cfg.full_finetune) else cfg.model
+        model, tokenizer = load_model(source, cfg.device, precision, cfg.trust_remote_code)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    if not cfg.full_finetune and resume_from is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, resume_from, is_trainable=True)
+    elif not cfg.full_finetune:
+        targets = cfg.lora_target_modules
+        targets = targets if targets == "all-linear" else [t.strip() for t in targets.split(",")]
+        torch.manual_seed(cfg.seed)
+        model = add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, targets)
+    model.config.use_cache = False
+    return model, tokenizer
+
+
+def _load_4bit(cfg: TrainConfig):
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise TrainingError(
+            "load_in_4bit (QLoRA) needs bitsandbytes, which is not installed: "
+            "`pip install 'orpo-lab[qlora]'` (or `pip install bitsandbytes`), or drop load_in_4bit."
+        )
+    from peft import prepare_model_for_kbit_training
+
+    model, tokenizer = load_model(
+        cfg.model, cfg.device, cfg.precision, cfg.trust_remote_code, load_in_4bit=True
+    )
+    model = prepare_model_for_kbit_training(model, cfg.gradient_checkpointing)
+    if pick_device(cfg.device).type == "cpu":
+        # bitsandbytes (0.50) repacks a Linear4bit weight for a faster CPU kernel on its first
+        # eval-mode forward and keeps that layout; that kernel has no backward, so every step after
+        # a held-out evaluation would get wrong gradients through the frozen base (measured: LoRA
+        # gradients 55% off). Keep the layout that autograd goes through.
+        import bitsandbytes as bnb
+
+        for module in model.modules():
+            if isinstance(module, bnb.nn.Linear4bit):
+                module.support_avx512bf16_for_cpu = False
+    return model, tokenizer
+
+
+def load_pairs(cfg: TrainConfig, tokenizer):
+    """Tokenised train pairs and held-out pairs (None when there are none), and tokenising stats."""
+    train_ds = load_preferences(cfg.dataset, split="train", skip_bad_rows=cfg.skip_bad_rows)
+    try:
+        eval_ds = load_preferences(cfg.eval_dataset or cfg.dataset, split="test",
+                                   skip_bad_rows=cfg.skip_bad_rows)  # fmt: skip
+    except Exception:  # noqa: BLE001 - a dataset without a test split simply has no held-out evaluation
+        if cfg.eval_dataset:
+            raise
+        eval_ds = None
+    train, stats = tokenize_dataset(train_ds, tokenizer, cfg.max_length, cfg.max_prompt_length)
+    held_out = None
+    if eval_ds is not None:
+        held_out, _ = tokenize_dataset(eval_ds, tokenizer, cfg.max_length, cfg.max_prompt_length)
+        held_out = subset(list(held_out), cfg.max_eval_pairs, cfg.seed)
+    return subset(list(train), cfg.max_train_pairs, cfg.seed), held_out, stats
+
+
+def subset(items: list, n: int, seed: int) -> list:
+    """`n` items drawn at random (seeded), in their original order; all of them when n is 0.
+
+    Test splits are often sorted by kind (the default one is): the first n would all be one kind.
+    """
+    if not n or n >= len(items):
+        return items
+    perm = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed)).tolist()
+    return [items[i] for i in sorted(perm[:n])]

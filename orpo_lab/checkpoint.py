@@ -1,0 +1,178 @@
+"""Checkpoints: save one, resume from one, export one (merged model, or the adapter alone).
+
+    checkpoints/step-000050/
+      adapter_model.safetensors, adapter_config.json   (LoRA; full fine-tuning: the model files)
+      tokenizer files
+      optimizer.pt, scheduler.pt, rng.pt               the training state that resume needs
+      trainer_state.json                               {"step", "config", "metrics"}, written last
+
+A save goes to a temporary folder that is renamed when complete, so a kill mid-save never leaves
+a broken step-N. Which checkpoints exist is `RunDir.checkpoints()`'s business.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import zipfile
+from pathlib import Path
+
+import torch
+
+from orpo_lab.rundir import CHECKPOINT_PREFIX, RunDir, write_json_atomic
+
+TRAINING_STATE = ("optimizer.pt", "scheduler.pt", "rng.pt", "trainer_state.json")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used for what was asked; the message says what to do."""
+
+
+def save_checkpoint(
+    run: RunDir, step: int, model, tokenizer, optimizer, scheduler, config, metrics: dict,
+    state_dict: dict | None = None, keep: int = 0,
+) -> Path:  # fmt: skip
+    """Write checkpoints/step-NNNNNN atomically; keep the newest `keep` (0: all). Returns its path.
+
+    `state_dict`: the gathered weights when the model is sharded (FSDP); else the model's own.
+    """
+    final = run.checkpoints_dir / f"{CHECKPOINT_PREFIX}{step:06d}"
+    tmp = final.with_name(f".tmp-{final.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    model.save_pretrained(tmp, state_dict=state_dict)
+    tokenizer.save_pretrained(tmp)
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    torch.save({"torch": torch.get_rng_state()}, tmp / "rng.pt")
+    state = {"step": step, "config": config.to_dict(), "metrics": metrics}
+    write_json_atomic(tmp / "trainer_state.json", state)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    if keep:
+        for old in run.checkpoints()[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_training_state(checkpoint: Path, optimizer, scheduler) -> int:
+    """Restore optimizer, scheduler and RNG from a checkpoint; returns the step it was saved at."""
+    optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=True))
+    scheduler.load_state_dict(torch.load(checkpoint / "scheduler.pt", weights_only=True))
+    torch.set_rng_state(torch.load(checkpoint / "rng.pt", weights_only=True)["torch"])
+    return int(read_state(checkpoint)["step"])
+
+
+def read_state(checkpoint: str | Path) -> dict:
+    """trainer_state.json of a checkpoint: {"step", "config", "metrics"}."""
+    path = Path(checkpoint) / "trainer_state.json"
+    if not path.is_file():
+        raise CheckpointError(
+            f"{checkpoint} is not an ORPO Lab checkpoint (no trainer_state.json): expected a "
+            "folder runs/NAME/checkpoints/step-NNNNNN."
+        )
+    return json.loads(path.read_text())
+
+
+def _adapter_checkpoint(checkpoint: str | Path) -> tuple[Path, dict]:
+    checkpoint = Path(checkpoint)
+    state = read_state(checkpoint)
+    if not (checkpoint / "adapter_config.json").is_file():
+        raise CheckpointError(
+            f"{checkpoint} holds a fully fine-tuned model, not a LoRA adapter: it is already a "
+            "model folder that transformers loads (`from_pretrained`)."
+        )
+    return checkpoint, state
+
+
+def export_merged(checkpoint: str | Path, out_dir: str | Path) -> Path:
+    """Merge a checkpoint's LoRA adapter into its base model: a standalone folder plain transformers loads."""
+    from peft import PeftModel
+
+    from orpo_lab.model import load_model
+
+    checkpoint, state = _adapter_checkpoint(checkpoint)
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        raise CheckpointError(
+            f"{out_dir} already exists: choose another --out (nothing was overwritten)."
+        )
+    config = state["config"]
+    base, tokenizer = load_model(
+        config["model"], device="cpu", precision="fp32",
+        trust_remote_code=config.get("trust_remote_code", False),
+    )  # fmt: skip
+    merged = PeftModel.from_pretrained(base, checkpoint).merge_and_unload()
+    tmp = out_dir.with_name(f".tmp-{out_dir.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    merged.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    os.replace(tmp, out_dir)
+    return out_dir
+
+
+def public_base_id(model: str) -> str:
+    """The base model's name as others can load it: the hub id of the default model, else as given."""
+    from orpo_lab.model import DEFAULT_HUB_ID, DEFAULT_MODEL
+
+    return DEFAULT_HUB_ID if model == DEFAULT_MODEL else model
+
+
+def model_card(state: dict, base_id: str) -> str:
+    """A short README.md for an exported adapter: what it was trained from, on what, and how."""
+    cfg, metrics = state["config"], state.get("metrics") or {}
+    method = (
+        "SFT (beta = 0, the baseline)"
+        if not cfg.get("beta")
+        else f"ORPO, beta (lambda) = {cfg['beta']}"
+    )
+    lines = [
+        "---",
+        f"base_model: {base_id}",
+        "library_name: peft",
+        "tags: [orpo, lora, orpo-lab]",
+        "---",
+        "",
+        f"# LoRA adapter trained with ORPO Lab ({method})",
+        "",
+        f"- base model: `{base_id}`",
+        f"- data: `{cfg.get('dataset')}`",
+        f"- steps: {state['step']} of batch {cfg.get('batch_size')} x {cfg.get('grad_accum')} pairs, "
+        f"learning rate {cfg.get('learning_rate')}, LoRA r {cfg.get('lora_r')} / alpha {cfg.get('lora_alpha')}",
+    ]
+    if "loss" in metrics:
+        lines.append(
+            f"- at the last step: loss {metrics['loss']:.4g}, chosen log-prob "
+            f"{metrics.get('logps/chosen', float('nan')):.4g}, rejected log-prob "
+            f"{metrics.get('logps/rejected', float('nan')):.4g}"
+        )
+    lines += [
+        "",
+        "Load it with peft: `PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), path)`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def export_adapter(checkpoint: str | Path, target: str | Path) -> Path:
+    """A zip of the PEFT adapter alone: weights, adapter_config.json naming a loadable base model,
+    tokenizer files and a model card. The training state (optimizer, RNG) stays in the run folder."""
+    checkpoint, state = _adapter_checkpoint(checkpoint)
+    base_id = public_base_id(state["config"]["model"])
+    adapter_config = json.loads((checkpoint / "adapter_config.json").read_text())
+    adapter_config["base_model_name_or_path"] = base_id
+    target = Path(target).with_suffix(".zip")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".tmp-{target.name}")
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+        for path in sorted(checkpoint.iterdir()):
+            if path.is_file() and path.name not in TRAINING_STATE + (
+                "adapter_config.json",
+                "README.md",
+            ):
+                zf.write(path, path.name)
+        zf.writestr("adapter_config.json", json.dumps(adapter_config, indent=2))
+        zf.writestr("README.md", model_card(state, base_id))
+    os.replace(tmp, target)
+    return target

@@ -1,0 +1,87 @@
+"""`orpo-lab`: train, resume, evaluate or export from the command line.
+
+The arguments are parsed and the data checked before torch and the model are imported, so `--help`
+answers at once and a bad `--dataset` is reported before a model loads. Ctrl-C (SIGINT) or SIGTERM
+asks the run to stop: the last completed step is saved and the process exits cleanly; a second
+Ctrl-C exits at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+
+from orpo_lab.config import build_parser, config_from_args
+
+
+def _error(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def install_stop_signals(stop: threading.Event) -> None:
+    """First SIGINT/SIGTERM: set `stop` (save, then exit). Second: exit at once (no save)."""
+
+    def handle(signum, frame):
+        if stop.is_set():
+            print("\nsecond stop signal: exiting now, without saving", file=sys.stderr, flush=True)
+            os._exit(128 + signum)
+        stop.set()
+        print(
+            "\nstop requested: saving the last completed step, then exiting "
+            "(Ctrl-C again to quit at once)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    signal.signal(signal.SIGINT, handle)
+    signal.signal(signal.SIGTERM, handle)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.export:
+            from orpo_lab.checkpoint import export_merged
+
+            if not args.out:
+                return _error("--export needs --out DIR, the folder for the merged model.")
+            print(f"merged model written to {export_merged(args.export, args.out)}")
+            return 0
+        if args.evaluate:
+            from orpo_lab.evaluate import evaluate_run
+
+            report = evaluate_run(args.evaluate, max_prompts=args.eval_prompts)
+            print(json.dumps(report["summary"], indent=1))
+            return 0
+        cfg = config_from_args(args)
+        from orpo_lab.runs import check_data
+
+        check_data(cfg)  # a broken or too small dataset fails here, before the model loads
+        from orpo_lab.train import train
+
+        stop = threading.Event()
+        install_stop_signals(stop)
+        last = train(cfg, stop_event=stop)
+        record = {k: v for k, v in last.items() if k != "kind"}
+        print(json.dumps(record, indent=1))
+        if stop.is_set():
+            print(
+                f"stopped: resume with `orpo-lab --config {cfg.run_dir / 'config.yaml'} --resume`"
+            )
+        return 0
+    except ValueError as err:  # config, data, checkpoint and run errors all say what to do
+        return _error(str(err))
+    except RuntimeError as err:
+        from orpo_lab.train import TrainingError
+
+        if isinstance(err, TrainingError):
+            return _error(str(err))
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

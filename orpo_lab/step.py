@@ -1,0 +1,143 @@
+"""One optimiser step's gradients and one held-out evaluation: functions of the wrapped model.
+
+`forward_backward` is the step: forward every micro-batch through `PairLogps`, the ORPO loss,
+backward, with the normalisation that makes gradient accumulation and DDP equal one big batch.
+`held_out_metrics` is the evaluation. `orpo_lab.train` calls them in its loop; benchmarks and
+tests call them directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import nullcontext
+
+import torch
+
+from orpo_lab.config import TrainConfig
+from orpo_lab.data import collate
+from orpo_lab.loss import orpo_loss
+
+
+class TrainingError(RuntimeError):
+    """Training stopped on a problem the user must fix; the message says what to do."""
+
+
+class NonFiniteLoss(TrainingError):
+    """The loss or the weights became NaN or inf; the last good checkpoint is kept."""
+
+
+class StopRequested(Exception):
+    """Raised between micro-batches when a stop was requested: the step in progress is dropped."""
+
+
+def micro_batch_indices(k: int, n: int, global_batch: int, seed: int) -> list[int]:
+    """Pair indices of global micro-batch k: a fresh seeded permutation each epoch, so resume is exact."""
+    per_epoch = n // global_batch
+    epoch, j = divmod(k, per_epoch)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch))
+    return perm[j * global_batch : (j + 1) * global_batch].tolist()
+
+
+def pair_tokens(pairs) -> int:
+    """Tokens of the pairs as plain rows (prompt+chosen, prompt+rejected), the same for every layout."""
+    return sum(
+        2 * len(p["prompt_ids"]) + len(p["chosen_ids"]) + len(p["rejected_ids"]) for p in pairs
+    )
+
+
+def to_device(batch: dict, device) -> dict:
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def forward_backward(
+    accelerator,
+    wrapped,
+    micro: list[dict],
+    cfg: TrainConfig,
+    stop: Callable[[], bool] | None = None,
+) -> dict:
+    """Forward, ORPO loss and backward of every micro-batch of one optimiser step; its metrics.
+
+    The NLL is normalised by the NLL tokens of the whole step and the odds-ratio term by its pairs,
+    over all processes, so batch 4 x accumulation 1 and batch 1 x accumulation 4 give the same
+    gradients. `stop()` is asked before every micro-batch after the first: StopRequested if true.
+    """
+    world, device = accelerator.num_processes, accelerator.device
+
+    def total(value: float) -> float:
+        return accelerator.reduce(torch.tensor(float(value), device=device), "sum").item()
+
+    nll_tokens = total(sum(_nll_count(b, cfg.nll_scope) for b in micro))
+    pairs_in_step = total(sum(b["num_pairs"] for b in micro))
+    sums: dict[str, float] = {}
+    for i, batch in enumerate(micro):
+        if i and stop is not None and stop():
+            raise StopRequested
+        sync = nullcontext() if i == len(micro) - 1 else accelerator.no_sync(wrapped)
+        with sync:
+            chosen, rejected, nll_sum, _ = wrapped(**to_device(batch, device))
+            nll = nll_sum / max(nll_tokens, 1.0)
+            loss, m = orpo_loss(chosen, rejected, nll, cfg.beta, pairs_in_step=pairs_in_step)
+            if total(not torch.isfinite(loss)):
+                raise NonFiniteLoss(f"The loss became {loss.item()}")
+            # DDP averages gradients over processes; the loss is a share of the global step: undo it.
+            accelerator.backward(loss * world)
+        share = batch["num_pairs"] / sum(b["num_pairs"] for b in micro)  # of this process's step
+        for key, value in m.items():
+            sums[key] = sums.get(key, 0.0) + value * (1.0 if key in ("loss", "nll_loss") else share)
+    return _mean_over_processes(accelerator, sums)
+
+
+def _nll_count(batch: dict, scope: str) -> int:
+    """Tokens the NLL covers in this micro-batch: the chosen responses (and their prompts)."""
+    chosen = (batch["target_seq"] >= 0) & (batch["target_seq"] < batch["num_pairs"])
+    if scope == "response":
+        chosen &= ~batch["target_in_prompt"]
+    return int(chosen.sum())
+
+
+def _mean_over_processes(accelerator, sums: dict[str, float]) -> dict[str, float]:
+    """Loss terms add up over processes (each is a share of the step); the other metrics average."""
+    if accelerator.num_processes == 1:
+        return sums
+    keys = sorted(sums)
+    total = accelerator.reduce(
+        torch.tensor([sums[k] for k in keys], device=accelerator.device), "sum"
+    )
+    n = accelerator.num_processes
+    return {
+        k: v.item() / (1 if k in ("loss", "nll_loss") else n)
+        for k, v in zip(keys, total, strict=True)
+    }
+
+
+@torch.no_grad()
+def held_out_metrics(
+    wrapped, pairs: list, cfg: TrainConfig, pad_id: int, device, stop=None
+) -> dict | None:
+    """Held-out preference accuracy (chosen mean log-prob above rejected) and mean log-probs.
+
+    Returns None when `stop()` becomes true between batches: a stop never waits for an evaluation.
+    """
+    wrapped.eval()
+    chosen, rejected = [], []
+    try:
+        for i in range(0, len(pairs), cfg.batch_size):
+            if stop is not None and stop():
+                return None
+            batch = to_device(collate(pairs[i : i + cfg.batch_size], cfg.layout, pad_id), device)
+            c, r, _, _ = wrapped(**batch)
+            chosen.append(c.float())
+            rejected.append(r.float())
+    finally:
+        wrapped.train()
+    c, r = torch.cat(chosen), torch.cat(rejected)
+    _, m = orpo_loss(c, r, torch.zeros(()), cfg.beta)
+    return {
+        "eval/accuracy": m["rewards/accuracies"],
+        "eval/logps_chosen": m["logps/chosen"],
+        "eval/logps_rejected": m["logps/rejected"],
+        "eval/log_odds_chosen": m["log_odds_chosen"],
+        "eval/log_odds_ratio": m["log_odds_ratio"],
+        "eval/pairs": len(pairs),
+    }

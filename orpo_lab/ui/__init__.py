@@ -1,0 +1,62 @@
+"""The Gradio app, one small function per panel, each creating its components and wiring its events.
+
+    train_tab.py   dataset panel, hyperparameters, launch (start, stop, resume)
+    runs_panel.py  the run shown live, the runs table and overlay, artefacts, judged evaluation
+    chat_tab.py    side-by-side chat with checkpoints, votes
+    views.py       the text and tables shown (pure functions, tested without a browser)
+
+All state is on disk (runs, votes) or in the `AppContext`; `build_app` creates no thread or
+folder until it is called.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+
+from orpo_lab.chat import ModelPool
+from orpo_lab.runs import RunManager
+from orpo_lab.ui.chat_tab import chat_tab, column_updates, votes_table, wire_chat
+from orpo_lab.ui.common import BASE_CHOICE, OFF_CHOICE, AppContext
+from orpo_lab.ui.runs_panel import live_panel, runs_panel, wire_runs
+from orpo_lab.ui.train_tab import train_tab, wire_dataset, wire_launch
+
+__all__ = ["BASE_CHOICE", "OFF_CHOICE", "AppContext", "build_app"]
+
+INTRO = (
+    "# ORPO Lab\nOdds Ratio Preference Optimization: train a LoRA adapter on preference pairs, "
+    "watch chosen and rejected log-probs move apart, then chat with the result."
+)
+
+
+def build_app(
+    model: str = "default", runs_dir: str | Path = "runs", device: str = "auto"
+) -> gr.Blocks:
+    """The app over a runs folder; `model` is the default base model of training and chat."""
+    manager = RunManager(runs_dir)
+    ctx = AppContext(model=model, manager=manager, pool=ModelPool(model, device=device),
+                     votes_path=manager.runs_dir / "votes.jsonl",
+                     uploads=manager.runs_dir / ".uploads")  # fmt: skip
+    with gr.Blocks(title="ORPO Lab") as demo:
+        gr.Markdown(INTRO)
+        with gr.Tab("Train"):
+            train = train_tab(ctx)
+            live = live_panel(ctx)
+            runs = runs_panel()
+        with gr.Tab("Chat"):
+            chat = chat_tab(ctx)
+        wire_dataset(ctx, train.data)
+        wire_launch(ctx, train.data, train.form, train.launch, live)
+        wire_runs(ctx, live, runs, train)
+        wire_chat(ctx, chat)
+        # A (re)loaded page lists every checkpoint and the votes so far (the timer draws the runs).
+        demo.load(lambda: column_updates(ctx), None, chat.columns, api_visibility="private")
+        demo.load(lambda: votes_table(ctx), None, chat.votes, api_visibility="private")
+    manager.watch()  # the queue advances and crashes show even with no page open
+    demo.orpo_context, demo.orpo_manager, demo.orpo_pool = (
+        ctx,
+        manager,
+        ctx.pool,
+    )  # tests, notebooks
+    return demo

@@ -1,0 +1,59 @@
+"""What every panel of the app shares: the context (runs, models, files) and named handler inputs."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from orpo_lab.chat import ModelPool
+from orpo_lab.runs import RunManager
+
+BASE_CHOICE = "base model"
+OFF_CHOICE = "(off)"
+
+
+@dataclass
+class AppContext:
+    """The state behind the page: every panel reads and changes it through these objects."""
+
+    model: str  # the default base model of training and chat
+    manager: RunManager  # the runs folder and its training processes
+    pool: ModelPool  # the chat's base model and loaded adapters
+    votes_path: Path  # votes.jsonl (orpo_lab.votes)
+    uploads: Path  # uploaded datasets, kept beside the runs
+
+    def checkpoint_choices(self) -> list[str]:
+        """ "run/step-000040" for every checkpoint of every run, newest run first."""
+        return [f"{n}/{c}" for n in self.manager.names() for c in self.manager.checkpoints(n)]
+
+    def checkpoint_of(self, choice: str) -> Path | None:
+        """The folder of a "run/checkpoint" choice; None for the base model."""
+        if choice == BASE_CHOICE:
+            return None
+        run, _, checkpoint = choice.partition("/")
+        return self.manager.checkpoint_path(run, checkpoint)
+
+
+def named(names: list[str], fn: Callable[[dict], object]) -> Callable:
+    """A Gradio handler that hands `fn` one dict {name: value} instead of positional values.
+
+    Gradio passes input components positionally, in the order given; naming them here keeps the
+    handlers readable and the API's parameter order stable. Generators stay generators (streaming).
+    """
+    if inspect.isgeneratorfunction(fn):
+
+        def stream(*values):
+            yield from fn(dict(zip(names, values, strict=True)))
+
+        handler = stream
+    else:
+
+        def handler(*values):
+            return fn(dict(zip(names, values, strict=True)))
+
+    inner = getattr(fn, "func", fn)  # a functools.partial names the function it wraps
+    handler.__name__ = getattr(inner, "__name__", "handler")
+    handler.__doc__ = inner.__doc__
+    return handler

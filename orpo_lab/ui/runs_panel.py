@@ -1,0 +1,215 @@
+"""The Train tab's lower half: the run shown live, the runs table, the overlay, a run's artefacts
+(checkpoint zip, merged export, config, delete) and the judged evaluation of a checkpoint."""
+
+from __future__ import annotations
+
+from functools import partial
+from types import SimpleNamespace
+
+import gradio as gr
+import plotly.graph_objects as go
+import yaml
+
+from orpo_lab.plots import compare_figure, metrics_figure
+from orpo_lab.rundir import ACTIVE
+from orpo_lab.ui.common import AppContext
+from orpo_lab.ui.train_tab import DEFAULTS, FORM_NAMES
+from orpo_lab.ui.views import EVAL_COLUMNS, RUN_COLUMNS, pass_rate_table, progress_text, runs_table
+
+CURVES_HELP = (
+    "Lines are the training batches (a new batch every step, so they jump); dots are the same "
+    "held-out pairs at every evaluation: the numbers to compare. Chosen is blue, rejected red."
+)
+
+
+def live_panel(ctx: AppContext) -> SimpleNamespace:
+    p = SimpleNamespace()
+    with gr.Row():
+        p.run = gr.Dropdown(ctx.manager.names(), label="run shown", elem_id="run-select", scale=3,
+                            allow_custom_value=True)  # fmt: skip
+        p.smoothing = gr.Slider(0, 0.95, 0.6, step=0.05, label="smoothing of the training lines",
+                                info="0 = raw", scale=1, elem_id="smoothing")  # fmt: skip
+    p.progress = gr.Markdown(elem_id="progress")
+    gr.Markdown(CURVES_HELP)
+    p.plot = gr.Plot(label="training curves", elem_id="train-plot")
+    p.seen = gr.State("")  # what the page last drew: redraw only when the folder changed
+    p.timer = gr.Timer(2.0)
+    return p
+
+
+def runs_panel() -> SimpleNamespace:
+    p = SimpleNamespace()
+    gr.Markdown("## Runs")
+    p.table = gr.Dataframe(headers=RUN_COLUMNS, value=[], interactive=False, wrap=True,
+                           elem_id="runs-table")  # fmt: skip
+    with gr.Row():
+        p.overlay = gr.Dropdown([], multiselect=True, label="overlay runs (e.g. SFT vs ORPO)",
+                                scale=3, elem_id="overlay-select", allow_custom_value=True)  # fmt: skip
+        p.overlay_btn = gr.Button("Overlay", scale=1, elem_id="overlay-btn")
+    p.compare = gr.Plot(label="runs compared", elem_id="compare-plot")
+    gr.Markdown("### The run shown: its checkpoints and files")
+    with gr.Row():
+        # Choices follow the disk; the handlers check every value they are sent.
+        p.checkpoint = gr.Dropdown([], label="checkpoint", elem_id="checkpoint-select",
+                                   allow_custom_value=True)  # fmt: skip
+        p.zip = gr.Button("Download adapter (zip)", elem_id="zip")
+        p.export = gr.Button("Merge and export", elem_id="export")
+        p.delete = gr.Button("Delete run", variant="stop", elem_id="delete")
+    p.download = gr.File(label="adapter zip", interactive=False, elem_id="download")
+    p.artefact = gr.Markdown(elem_id="artefact-message")
+    with gr.Accordion("config of the run shown", open=False):
+        p.config = gr.Code(language="yaml", label="config.yaml", interactive=False)
+        p.load_config = gr.Button("Load into the form", size="sm", elem_id="load-config")
+    with gr.Accordion("evaluate: base model vs this checkpoint, judged", open=False):
+        gr.Markdown("Greedy answers to held-out prompts of the default dataset, each checked by its "
+                    "family's judge; out-of-domain (ood) prompts are of kinds never trained on.")  # fmt: skip
+        with gr.Row():
+            p.eval_prompts = gr.Slider(6, 210, 30, step=3, label="held-out prompts",
+                                       elem_id="eval-prompts")  # fmt: skip
+            p.evaluate = gr.Button("Evaluate", elem_id="evaluate")
+        p.eval_table = gr.Dataframe(headers=EVAL_COLUMNS, value=[], interactive=False,
+                                    elem_id="eval-table")  # fmt: skip
+        p.eval_plot = gr.Plot(label="judged pass rates", elem_id="eval-plot")
+    return p
+
+
+def _checkpoint_update(ctx: AppContext, name: str | None, current: str | None = None):
+    names = ctx.manager.names()
+    choices = ctx.manager.checkpoints(name) if name in names else []
+    if current in choices:
+        return gr.update(choices=choices)  # keep what the user picked
+    return gr.update(choices=choices, value=choices[-1] if choices else None)
+
+
+def _config_text(ctx: AppContext, name: str | None) -> str:
+    if not name or name not in ctx.manager.names():
+        return ""
+    return yaml.safe_dump(ctx.manager.config(name), sort_keys=False)
+
+
+def pass_rate_figure(summary: dict) -> go.Figure:
+    """Bars of judged pass rates: base vs trained, in-domain and out-of-domain, per family."""
+    families = sorted(k for k in summary["base"] if k != "all") + ["all"]
+    fig = go.Figure()
+    for model, colour in (("base", "#7f7f7f"), ("trained", "#2ca02c")):
+        for domain, pattern in (("in_domain", ""), ("ood", "/")):
+            fig.add_bar(x=families, y=[100 * summary[model][f][domain] for f in families],
+                        name=f"{model}, {domain.replace('_', '-')}", marker_color=colour,
+                        marker_pattern_shape=pattern)  # fmt: skip
+    fig.update_layout(barmode="group", yaxis_title="pass rate (%)", yaxis_range=[0, 100],
+                      height=340, template="plotly_white", margin=dict(l=50, r=20, t=30, b=40))  # fmt: skip
+    return fig
+
+
+def show(ctx: AppContext, name, smoothing):
+    """Everything about the run shown, when another run is picked."""
+    if not name or name not in ctx.manager.names():
+        return None, "", gr.update(choices=[], value=None), None, ""
+    records, status = ctx.manager.metrics(name), ctx.manager.status(name)
+    return (metrics_figure(records, smoothing, name), progress_text(name, status, records),
+            _checkpoint_update(ctx, name), None, _config_text(ctx, name))  # fmt: skip
+
+
+def tick(ctx: AppContext, name, seen, smoothing, checkpoint):
+    """Every 2 s: redraw what changed on disk, nothing when nothing did (an idle page is cheap).
+
+    A value the user picked is never overwritten (a tick in flight would undo their click):
+    only choices follow the disk, and a value only when the old one is gone.
+    """
+    signature = f"{ctx.manager.signature()}|{name}|{smoothing}"
+    if signature == seen:
+        return [gr.skip()] * 7
+    summaries = ctx.manager.list_runs()
+    names = [s["name"] for s in summaries]
+    active = [s["name"] for s in summaries if s["status"]["status"] in ACTIVE]
+    shown = name if name in names else ([*active, *names, None][0])
+    plot, progress = None, ""
+    if shown:
+        records, status = ctx.manager.metrics(shown), ctx.manager.status(shown)
+        plot, progress = (
+            metrics_figure(records, smoothing, shown),
+            progress_text(shown, status, records),
+        )
+    run = gr.update(choices=names) if shown == name else gr.update(choices=names, value=shown)
+    return (run, plot, progress, signature, runs_table(summaries), gr.update(choices=names),
+            _checkpoint_update(ctx, shown, checkpoint))  # fmt: skip
+
+
+def overlay(ctx: AppContext, names, smoothing):
+    present = [n for n in names or [] if n in ctx.manager.names()]
+    return compare_figure({n: ctx.manager.metrics(n) for n in present}, smoothing)
+
+
+def download(ctx: AppContext, name, checkpoint):
+    try:
+        return str(ctx.manager.zip_checkpoint(name, checkpoint)), ""
+    except ValueError as err:
+        return None, f"**Not zipped:** {err}"
+
+
+def export(ctx: AppContext, name, checkpoint):
+    try:
+        return f"Merged model written to `{ctx.manager.export(name, checkpoint)}`."
+    except ValueError as err:
+        return f"**Export failed:** {err}"
+
+
+def delete(ctx: AppContext, name):
+    if not name:  # the confirmation was declined (or nothing selected)
+        return gr.skip(), "Nothing deleted."
+    try:
+        ctx.manager.delete(name)
+    except ValueError as err:
+        return gr.skip(), f"**Not deleted:** {err}"
+    names = ctx.manager.names()
+    return gr.update(choices=names, value=names[0] if names else None), f"Deleted **{name}**."
+
+
+def load_config(ctx: AppContext, name):
+    """The form, model and dataset as the run had them, and a fresh run name."""
+    config = {
+        **DEFAULTS.to_dict(),
+        **(ctx.manager.config(name) if name in ctx.manager.names() else {}),
+    }
+    new_name = f"{name}-again" if name else ""
+    return [config[n] for n in FORM_NAMES] + [config["model"], config["dataset"], new_name,
+                                              config["beta"] == 0]  # fmt: skip
+
+
+def evaluate(ctx: AppContext, name, checkpoint, prompts, progress=gr.Progress(track_tqdm=True)):  # noqa: B008
+    from orpo_lab.evaluate import evaluate_run
+
+    try:
+        path = ctx.manager.checkpoint_path(name or "", checkpoint or "")
+        report = evaluate_run(ctx.manager.run_dir(name), path, max_prompts=int(prompts))
+    except (ValueError, OSError) as err:
+        raise gr.Error(str(err)) from err
+    return pass_rate_table(report["summary"]), pass_rate_figure(report["summary"])
+
+
+def wire_runs(ctx: AppContext, live, runs, train) -> None:
+    show_outputs = [live.plot, live.progress, runs.checkpoint, runs.download, runs.config]
+    live.run.change(
+        partial(show, ctx), [live.run, live.smoothing], show_outputs, api_name="show_run"
+    )
+    live.smoothing.change(lambda n, s: show(ctx, n, s)[0], [live.run, live.smoothing], live.plot,
+                          api_visibility="private", show_progress="hidden")  # fmt: skip
+    live.timer.tick(partial(tick, ctx), [live.run, live.seen, live.smoothing, runs.checkpoint],
+                    [live.run, live.plot, live.progress, live.seen, runs.table, runs.overlay,
+                     runs.checkpoint], api_name="tick", show_progress="hidden")  # fmt: skip
+    runs.overlay_btn.click(
+        partial(overlay, ctx), [runs.overlay, live.smoothing], runs.compare, api_name="compare"
+    )
+    runs.zip.click(partial(download, ctx), [live.run, runs.checkpoint], [runs.download, runs.artefact],
+                   api_name="download")  # fmt: skip
+    runs.export.click(
+        partial(export, ctx), [live.run, runs.checkpoint], runs.artefact, api_name="export"
+    )
+    runs.delete.click(partial(delete, ctx), live.run, [live.run, runs.artefact], api_name="delete",
+                      js="(run) => (run && confirm(`Delete run ${run}, its checkpoints and metrics?`)) ? run : null")  # fmt: skip
+    launch, data = train.launch, train.data
+    runs.load_config.click(partial(load_config, ctx), live.run,
+                           [*train.form.values(), data.model, data.dataset, launch.run_name, launch.sft],
+                           api_name="load_config")  # fmt: skip
+    runs.evaluate.click(partial(evaluate, ctx), [live.run, runs.checkpoint, runs.eval_prompts],
+                        [runs.eval_table, runs.eval_plot], api_name="evaluate")  # fmt: skip

@@ -1,0 +1,249 @@
+"""The Train tab's upper half: the dataset panel, the hyperparameters and the launch panel."""
+
+from __future__ import annotations
+
+import html
+import re
+import shutil
+from dataclasses import fields
+from pathlib import Path
+from types import SimpleNamespace
+
+import gradio as gr
+
+from orpo_lab.config import PRESETS, TrainConfig
+from orpo_lab.ui.common import AppContext, named
+from orpo_lab.ui.views import escaped_block
+
+HELP = {f.name: f.metadata["help"] for f in fields(TrainConfig)}
+DEFAULTS = TrainConfig()
+DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+PRESET_CHOICES = {"CPU, quick": "cpu-quick", "GPU": "gpu"}
+
+
+def _number(name: str, label: str, whole: bool = False):
+    return gr.Number(getattr(DEFAULTS, name), label=label, info=HELP[name], elem_id=f"hp-{name}",
+                     precision=0 if whole else None)  # fmt: skip
+
+
+# The form's hyperparameters, in order: field -> component factory.
+FORM = {
+    "beta": lambda: gr.Number(DEFAULTS.beta, label="beta (lambda)", minimum=0, info=HELP["beta"],
+                              elem_id="hp-beta"),
+    "learning_rate": lambda: _number("learning_rate", "learning rate"),
+    "max_steps": lambda: _number("max_steps", "max steps", whole=True),
+    "epochs": lambda: _number("epochs", "epochs"),
+    "batch_size": lambda: _number("batch_size", "batch size", whole=True),
+    "grad_accum": lambda: _number("grad_accum", "grad accumulation", whole=True),
+    "max_length": lambda: _number("max_length", "max length", whole=True),
+    "max_prompt_length": lambda: _number("max_prompt_length", "max prompt length", whole=True),
+    "lora_r": lambda: _number("lora_r", "LoRA r", whole=True),
+    "lora_alpha": lambda: _number("lora_alpha", "LoRA alpha", whole=True),
+    "nll_scope": lambda: gr.Radio(["response", "prompt_response"], value=DEFAULTS.nll_scope,
+                                  label="NLL scope", info=HELP["nll_scope"], elem_id="hp-nll_scope"),
+    "eval_every": lambda: _number("eval_every", "eval every (steps)", whole=True),
+    "save_every": lambda: _number("save_every", "save every (steps)", whole=True),
+}  # fmt: skip
+FORM_NAMES = list(FORM)
+DATA_NAMES = ["model", "dataset", "trust_remote_code", "skip_bad_rows"]
+LAUNCH_NAMES = ["run_name", "sft", "device"]
+
+
+def safe_filename(name: str) -> str:
+    stem = re.sub(r"[^A-Za-z0-9._-]", "_", Path(name).name).lstrip(".")
+    return stem or "upload"
+
+
+# ---------------------------------------------------------------- dataset panel
+
+
+def dataset_panel(ctx: AppContext) -> SimpleNamespace:
+    """Model and data: a path or hub id, an upload, the chat votes; a preview that checks them."""
+    p = SimpleNamespace()
+    p.model = gr.Textbox(ctx.model, label="model", info=HELP["model"], elem_id="model")
+    p.dataset = gr.Textbox("default", label="dataset", info=HELP["dataset"], elem_id="dataset")
+    with gr.Row():
+        p.upload = gr.UploadButton("Upload a dataset (.jsonl .json .csv .parquet)", size="sm",
+                                   elem_id="upload")  # fmt: skip
+        p.votes = gr.Button("Use my chat votes", size="sm", elem_id="use-votes")
+        p.preview_btn = gr.Button("Preview and check", size="sm", elem_id="preview-btn")
+    with gr.Row():
+        p.trust_remote_code = gr.Checkbox(False, label="trust remote code",
+                                          info=HELP["trust_remote_code"])  # fmt: skip
+        p.skip_bad_rows = gr.Checkbox(False, label="skip bad rows", info=HELP["skip_bad_rows"],
+                                      elem_id="skip-bad-rows")  # fmt: skip
+    return p
+
+
+def preview(ctx: AppContext, v: dict) -> str:
+    """The first pairs exactly as the model will see them, or what is wrong with data or model."""
+    from orpo_lab.model import load_tokenizer
+    from orpo_lab.preferences import load_preferences
+
+    try:
+        pairs = load_preferences(v["dataset"].strip() or "default", split="train",
+                                 skip_bad_rows=bool(v["skip_bad_rows"]))  # fmt: skip
+        tokenizer = load_tokenizer(v["model"].strip() or ctx.model,
+                                   trust_remote_code=bool(v["trust_remote_code"]))  # fmt: skip
+    except Exception as err:  # a broken file or a missing model: say so inline
+        return f"<p><b>Cannot use this dataset/model:</b></p>{escaped_block(str(err))}"
+    from orpo_lab.data import encode_prompt
+
+    blocks = [f"<p>{len(pairs)} training pairs. The first ones, as the model sees them:</p>"]
+    for pair in list(pairs)[:3]:
+        blocks.append(
+            "<p><b>prompt</b> (chat template applied)</p>" + escaped_block(tokenizer.decode(encode_prompt(pair["prompt"], tokenizer)))
+            + "<p><b>chosen</b></p>" + escaped_block(pair["chosen"])
+            + "<p><b>rejected</b></p>" + escaped_block(pair["rejected"])
+        )  # fmt: skip
+    return "<hr>".join(blocks)
+
+
+def wire_dataset(ctx: AppContext, p: SimpleNamespace) -> None:
+    def upload_dataset(file):
+        if not file:
+            return gr.skip(), gr.skip()
+        if Path(file).suffix.lower() not in DATA_SUFFIXES:
+            name = html.escape(Path(file).name)
+            return gr.skip(), (f"<p><b>Not used:</b> {name} is not a dataset file; upload "
+                               f"{' / '.join(DATA_SUFFIXES)}.</p>")  # fmt: skip
+        ctx.uploads.mkdir(parents=True, exist_ok=True)
+        target = ctx.uploads / safe_filename(file)  # never a path the client chose
+        shutil.copyfile(file, target)
+        return str(target), f"<p>Uploaded as <code>{target}</code>: press Preview and check.</p>"
+
+    def votes_dataset():
+        """The chat votes as a dataset file (ties, duplicates and contradictions left out)."""
+        from orpo_lab.preferences import votes_to_dataset
+        from orpo_lab.votes import clean_votes, describe, read_votes
+
+        pairs, report = clean_votes(read_votes(ctx.votes_path))
+        if not pairs:
+            return (
+                gr.skip(),
+                f"<p><b>No usable votes yet:</b> {describe(report)} Vote in the Chat tab.</p>",
+            )
+        try:
+            dataset = votes_to_dataset(pairs)
+        except ValueError as err:
+            return gr.skip(), f"<p><b>Cannot use the votes:</b></p>{escaped_block(str(err))}"
+        ctx.uploads.mkdir(parents=True, exist_ok=True)
+        target = ctx.uploads / "chat-votes.jsonl"
+        dataset.to_json(target, lines=True, force_ascii=False)
+        return str(target), f"<p>{describe(report)}</p>"
+
+    p.upload.upload(upload_dataset, p.upload, [p.dataset, p.preview], api_name="upload")
+    p.votes.click(votes_dataset, None, [p.dataset, p.preview], api_name="votes_dataset")
+    p.preview_btn.click(named(DATA_NAMES, lambda v: preview(ctx, v)),
+                        [p.model, p.dataset, p.trust_remote_code, p.skip_bad_rows], p.preview,
+                        api_name="preview")  # fmt: skip
+
+
+# ---------------------------------------------------------------- hyperparameters and launch
+
+
+def hyperparameter_panel() -> dict:
+    """The form: field name -> component, folded away under the presets."""
+    with gr.Accordion("hyperparameters", open=False, elem_id="hyperparameters"):
+        with gr.Row(equal_height=True):
+            return {name: make() for name, make in FORM.items()}
+
+
+def launch_panel() -> SimpleNamespace:
+    p = SimpleNamespace()
+    p.run_name = gr.Textbox("", label="run name", elem_id="run-name",
+                            info="letters, digits, '.', '_', '-'; empty: a timestamp")  # fmt: skip
+    p.preset = gr.Radio(list(PRESET_CHOICES), label="preset", elem_id="preset",
+                        info="fill the form with a starting point")  # fmt: skip
+    p.sft = gr.Checkbox(False, label="SFT baseline (beta = 0)", elem_id="sft",
+                        info="the same loop without the odds-ratio term, to compare")  # fmt: skip
+    p.device = gr.Dropdown(
+        ["auto", "cpu", "cuda"], value="auto", label="device", info=HELP["device"]
+    )
+    p.beta_memory = gr.State(None)  # beta as it was before SFT was ticked
+    return p
+
+
+def train_tab(ctx: AppContext) -> SimpleNamespace:
+    """Lay out the upper half of the Train tab; returns its panels (data, form, launch)."""
+    with gr.Row():
+        with gr.Column(scale=2):
+            data = dataset_panel(ctx)
+        with gr.Column(scale=1):
+            launch = launch_panel()
+    data.preview = gr.HTML(elem_id="preview")
+    form = hyperparameter_panel()
+    with gr.Row():
+        launch.start = gr.Button("Start training", variant="primary", elem_id="start")
+        launch.stop = gr.Button("Stop", variant="stop", elem_id="stop")
+        launch.resume = gr.Button("Resume", elem_id="resume")
+    launch.message = gr.Markdown(elem_id="train-message")
+    return SimpleNamespace(data=data, form=form, launch=launch)
+
+
+def form_config(v: dict, default_model: str) -> dict:
+    """Form values -> TrainConfig values (types are checked by TrainConfig.from_dict)."""
+    config = {name: v[name] for name in FORM_NAMES}
+    config.update(model=(v["model"] or "").strip() or default_model,
+                  dataset=(v["dataset"] or "").strip() or "default",
+                  trust_remote_code=bool(v["trust_remote_code"]),
+                  skip_bad_rows=bool(v["skip_bad_rows"]), device=v["device"] or "auto")  # fmt: skip
+    if v["sft"]:
+        config["beta"] = 0.0  # the SFT baseline: the same loop with the odds-ratio term off
+    return config
+
+
+def wire_launch(ctx, data, form: dict, launch, live) -> None:
+    """Presets, the SFT switch, Start, Stop and Resume; `live` is the run shown below."""
+    manager = ctx.manager
+    form_inputs = list(form.values())
+
+    def apply_preset(label):
+        values = {**DEFAULTS.to_dict(), **PRESETS[PRESET_CHOICES[label]]}
+        return [values[name] for name in FORM_NAMES]
+
+    def sft_switch(sft, beta, remembered):
+        if sft:  # beta 0 is what an SFT run trains with: show it, keep the field from edits
+            return gr.update(value=0, interactive=False), beta
+        return gr.update(value=remembered if remembered else DEFAULTS.beta, interactive=True), None
+
+    def start(v):
+        try:
+            name = manager.start(form_config(v, ctx.model), (v["run_name"] or "").strip() or None)
+        except ValueError as err:  # RunError is a ValueError too
+            gr.Warning(str(err).splitlines()[0])
+            return gr.skip(), f"**Not started:** {err}"
+        queued = manager.status(name)["status"] == "queued"
+        when = "it starts when its device is free" if queued else "it started at once"
+        return gr.update(choices=manager.names(), value=name), f"Created run **{name}** ({when})."
+
+    def stop(name):
+        if not name:
+            return "Select a run first."
+        try:
+            how = manager.stop(name)
+        except ValueError as err:
+            return f"**Error:** {err}"
+        status = manager.status(name)
+        verb = {"stopped": "Stopped", "killed": "Killed", "cancelled": "Cancelled"}.get(how)
+        if verb is None:
+            return f"**{name}** is not running ({status.get('status')})."
+        return f"{verb} **{name}**: {status.get('message')}"  # the status says what is on disk
+
+    def resume(name):
+        try:
+            checkpoint = manager.resume(name or "")
+        except ValueError as err:
+            return gr.skip(), f"**Not resumed:** {err}"
+        state = manager.status(name)["status"]
+        return gr.update(value=name), f"Resuming **{name}** from {checkpoint} ({state})."
+
+    launch.preset.change(apply_preset, launch.preset, form_inputs, api_name="preset")
+    launch.sft.change(sft_switch, [launch.sft, form["beta"], launch.beta_memory],
+                      [form["beta"], launch.beta_memory], api_name="sft_switch")  # fmt: skip
+    names = DATA_NAMES + LAUNCH_NAMES + FORM_NAMES
+    inputs = [data.model, data.dataset, data.trust_remote_code, data.skip_bad_rows,
+              launch.run_name, launch.sft, launch.device, *form_inputs]  # fmt: skip
+    launch.start.click(named(names, start), inputs, [live.run, launch.message], api_name="start")
+    launch.stop.click(stop, live.run, launch.message, api_name="stop")
+    launch.resume.click(resume, live.run, [live.run, launch.message], api_name="resume")

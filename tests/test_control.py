@@ -1,0 +1,246 @@
+"""Run control that keeps the work: stop between micro-batches, stale STOP files, resume without a
+checkpoint, Ctrl-C on the command line, config errors; and what the loop logs (SFT accuracy, lr)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import torch
+from test_train import (
+    adapter,
+    checkpoints,
+    lines,
+    make_config,
+    same_trajectory,
+)
+
+from orpo_lab.rundir import RunDir
+from orpo_lab.train import TrainingError, train
+
+
+@pytest.fixture()
+def data(tmp_path):
+    from test_train import write_pairs
+
+    return write_pairs(tmp_path / "train.jsonl", 16), write_pairs(
+        tmp_path / "test.jsonl", 8, offset=100
+    )
+
+
+def status_of(cfg) -> dict:
+    return RunDir(cfg.run_dir).read_status()
+
+
+def test_stop_between_micro_batches_keeps_the_last_completed_step(tmp_path, data, tiny_model_dir):
+    """grad_accum 2: a stop asked during step 3's first micro-batch drops step 3 and saves step 2;
+    the resumed run then equals an uninterrupted one, step for step."""
+    whole = make_config(tmp_path, data, tiny_model_dir, run_name="whole", max_steps=5,
+                        batch_size=2, grad_accum=2, save_every=0, eval_every=0)  # fmt: skip
+    train(whole)
+    parts = make_config(tmp_path, data, tiny_model_dir, run_name="parts", max_steps=5,
+                        batch_size=2, grad_accum=2, save_every=0, eval_every=0)  # fmt: skip
+    stop = threading.Event()
+    calls = {"n": 0}
+    import orpo_lab.logps as logps
+
+    real_forward = logps.PairLogps.forward
+
+    def counting_forward(self, *args, **kwargs):
+        calls["n"] += self.training  # training forwards only, not the held-out evaluation's
+        if calls["n"] == 5 and self.training:  # step 3, first micro-batch (2 per step)
+            stop.set()
+        return real_forward(self, *args, **kwargs)
+
+    logps.PairLogps.forward = counting_forward
+    try:
+        train(parts, stop_event=stop)
+    finally:
+        logps.PairLogps.forward = real_forward
+    status = status_of(parts)
+    assert status["status"] == "stopped" and status["step"] == 2, status
+    assert "after step 2" in status["message"] and "step-000002" in status["message"]
+    assert [c.name for c in checkpoints(parts.run_dir)] == ["step-000002"]
+    assert [r["step"] for r in lines(parts.run_dir)] == [1, 2]
+    parts.resume = True
+    train(parts)
+    same_trajectory(lines(whole.run_dir), lines(parts.run_dir))
+    a, b = adapter(whole.run_dir), adapter(parts.run_dir)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-7)
+
+
+def test_stop_before_the_first_step_saves_nothing_and_says_so(tmp_path, data, tiny_model_dir):
+    cfg = make_config(tmp_path, data, tiny_model_dir, max_steps=5)
+    stop = threading.Event()
+    stop.set()  # asked while the model loads: the step-0 evaluation and the loop end at once
+    train(cfg, stop_event=stop)
+    status = status_of(cfg)
+    assert status["status"] == "stopped" and status["step"] == 0
+    assert "before the first step" in status["message"]
+    assert "no checkpoint on disk" in status["message"]
+    assert checkpoints(cfg.run_dir) == [] and lines(cfg.run_dir, "eval") == []
+
+
+def test_stale_stop_file_does_not_end_a_resume(tmp_path, data, tiny_model_dir):
+    """A killed run leaves STOP behind (for its dead pid); the next --resume must train on."""
+    cfg = make_config(tmp_path, data, tiny_model_dir, max_steps=4, save_every=2, eval_every=0)
+    stop = threading.Event()
+    train(cfg, callback=lambda r: r["kind"] == "train" and r["step"] == 2 and stop.set(),
+          stop_event=stop)  # fmt: skip
+    RunDir(cfg.run_dir).request_stop(pid=2**22 + 4321)  # meant for a process that is gone
+    cfg.resume = True
+    train(cfg)
+    assert status_of(cfg)["status"] == "finished"
+    assert [r["step"] for r in lines(cfg.run_dir)] == [1, 2, 3, 4]
+    assert not (cfg.run_dir / "STOP").exists()
+
+
+def test_resume_without_a_checkpoint_says_so_and_changes_nothing(tmp_path, data, tiny_model_dir):
+    cfg = make_config(tmp_path, data, tiny_model_dir, resume=True)
+    with pytest.raises(TrainingError, match="Nothing to resume.*no checkpoint"):
+        train(cfg)
+    assert not (cfg.run_dir / "metrics.jsonl").exists()
+
+
+def test_sft_run_logs_its_real_preference_accuracy(tmp_path, data, learnable_model_dir):
+    """beta = 0: accuracy comes from the log-probs, so it is not stuck at 0 as TRL's would be (its
+    rewards, beta * logp, are all 0); TRL's reward margin stays 0, the log-prob margin does not."""
+    cfg = make_config(tmp_path, data, learnable_model_dir, beta=0.0, max_steps=6, eval_every=3)
+    train(cfg)
+    rows, evals = lines(cfg.run_dir), lines(cfg.run_dir, "eval")
+    assert all(r["rewards/margins"] == 0.0 and r["rewards/chosen"] == 0.0 for r in rows)
+    assert rows[-1]["logps/margins"] > 0 and rows[-1]["rewards/accuracies"] > 0.5
+    # The held-out pairs: one-word chosen replies become far likelier per token than rambling ones.
+    assert (
+        evals[-1]["eval/accuracy"] > 0.5
+        and evals[-1]["eval/logps_chosen"] > evals[0]["eval/logps_chosen"]
+    )
+
+
+def test_logged_learning_rate_is_the_one_the_step_used(tmp_path, data, tiny_model_dir):
+    """Linear warmup over 4 steps from 0: step 1 trains at lr 0, step 2 at lr/4, ..."""
+    cfg = make_config(tmp_path, data, tiny_model_dir, max_steps=5, warmup_steps=4,
+                      lr_scheduler="linear", learning_rate=1e-2, save_every=0, eval_every=0)  # fmt: skip
+    train(cfg)
+    assert [r["lr"] for r in lines(cfg.run_dir)] == pytest.approx([0.0, 2.5e-3, 5e-3, 7.5e-3, 1e-2])
+
+
+CLI = [sys.executable, "-m", "orpo_lab.cli"]
+
+
+def cli_args(cfg) -> list[str]:
+    cfg_path = cfg.run_dir.parent / f"{cfg.run_name}.yaml"
+    cfg_path.parent.mkdir(parents=True, exist_ok=True)
+    cfg.to_yaml(cfg_path)
+    return [*CLI, "--config", str(cfg_path)]
+
+
+def test_ctrl_c_saves_the_last_step_and_exits_cleanly(tmp_path, data, tiny_model_dir):
+    cfg = make_config(tmp_path, data, tiny_model_dir, max_steps=100000, save_every=0, eval_every=0)
+    proc = subprocess.Popen(
+        cli_args(cfg), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    metrics = cfg.run_dir / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(lines_if(metrics)) < 3:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-2000:]
+    assert "stop requested" in err and "--resume" in out
+    status = status_of(cfg)
+    assert status["status"] == "stopped"
+    (saved,) = checkpoints(cfg.run_dir)
+    assert int(saved.name.removeprefix("step-")) == status["step"] >= 2
+
+
+def lines_if(path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(ln) for ln in path.read_text().splitlines() if '"train"' in ln]
+
+
+SLOW_SAVE = """
+import sys, time
+import orpo_lab.train as engine
+from orpo_lab.cli import main
+real = engine.save_checkpoint
+def slow(*args, **kwargs):
+    print("saving", file=sys.stderr, flush=True)
+    time.sleep(60)  # a save that takes long: the second Ctrl-C must not wait for it
+    return real(*args, **kwargs)
+engine.save_checkpoint = slow
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_second_ctrl_c_exits_at_once(tmp_path, data, tiny_model_dir):
+    cfg = make_config(tmp_path, data, tiny_model_dir, max_steps=100000, save_every=0, eval_every=0)
+    args = [sys.executable, "-c", SLOW_SAVE, *cli_args(cfg)[3:]]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not lines_if(cfg.run_dir / "metrics.jsonl"):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    while "saving" not in proc.stderr.readline():  # the first stop is saving (slowly)
+        pass
+    began = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 128 + signal.SIGINT and "exiting now" in err
+    assert time.monotonic() - began < 10
+
+
+@pytest.mark.parametrize(
+    "text, fragments",
+    [
+        ("max_steps: five\n", ["max_steps: expected a whole number, got 'five'"]),
+        (
+            "beta: [1, 2]\nlora_r: 2.5\n",
+            ["beta: expected a number", "lora_r: expected a whole number"],
+        ),
+        ("learning_rate: .inf\n", ["learning_rate: expected a finite number"]),
+        ("max_stepz: 3\n", ["Unknown config keys: max_stepz"]),
+        ("- a list\n", ["must hold a mapping"]),
+    ],
+)
+def test_config_errors_name_field_value_and_expectation(tmp_path, text, fragments):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    proc = subprocess.run(
+        [*CLI, "--config", str(path)], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    for fragment in fragments:
+        assert fragment in proc.stderr
+
+
+def test_help_answers_before_heavy_imports():
+    """--help must not wait for torch: nothing heavy is imported before the arguments are parsed."""
+    code = (
+        "import sys; from orpo_lab.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "heavy = [m for m in ('torch', 'transformers', 'datasets', 'peft') if m in sys.modules]\n"
+        "print('HEAVY', heavy)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert "--eval-prompts" in out.stdout and "HEAVY []" in out.stdout, out.stdout[-500:]
+
+
+def test_a_bad_dataset_is_reported_before_the_model_loads(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "hi", "chosen": "a"}\n')
+    began = time.monotonic()
+    proc = subprocess.run([*CLI, "--dataset", str(bad), "--model", "/no/such/model", "--run-name",
+                           "x", "--output-dir", str(tmp_path)], capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert proc.returncode == 2 and "line 1" in proc.stderr and "rejected" in proc.stderr
+    assert "/no/such/model" not in proc.stderr  # the model was never looked at
+    assert not (tmp_path / "x").exists()
+    assert time.monotonic() - began < 60
