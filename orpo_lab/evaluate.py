@@ -10,9 +10,10 @@ import json
 from pathlib import Path
 
 from orpo_lab.chat import generate
-from orpo_lab.data import load_preferences
+from orpo_lab.config import TrainConfig
 from orpo_lab.default_dataset import JUDGES
 from orpo_lab.model import load_model
+from orpo_lab.splits import load_config_splits
 
 
 def generate_answers(
@@ -80,7 +81,10 @@ def evaluate_run(
         )
     checkpoint = Path(checkpoint or kept[-1])
     config = json.loads((checkpoint / "trainer_state.json").read_text())["config"]
-    held_out = load_preferences(config["eval_dataset"] or config["dataset"], split="test")
+    # The run's own held-out pairs (its test split, eval_dataset or carve): never its training pairs.
+    _, held_out, info = load_config_splits(TrainConfig.from_dict(config))
+    if held_out is None:
+        raise TrainingError(f"The run has no held-out pairs to judge ({info['held_out']}).")
     if "family" not in held_out.column_names:
         raise TrainingError(
             "Generation judging needs a 'family' column with a judge per family "

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from orpo_lab.config import TrainConfig, build_parser, config_from_args
-from orpo_lab.data import collate, load_preferences, tokenize_dataset
+from orpo_lab.data import collate, prepare_pairs
 from orpo_lab.logps import PairLogps
 from orpo_lab.loss import orpo_loss
 from orpo_lab.model import add_lora, load_model, pick_device, pick_dtype
@@ -146,31 +146,8 @@ def build_model(cfg: TrainConfig, resume_from: Path | None):
 
 
 def load_pairs(cfg: TrainConfig, tokenizer):
-    """Tokenised train pairs and held-out pairs (None when there are none)."""
-    train_ds = load_preferences(cfg.dataset, split="train")
-    try:
-        eval_ds = load_preferences(cfg.eval_dataset or cfg.dataset, split="test")
-    except Exception:  # noqa: BLE001 - a dataset without a test split simply has no held-out evaluation
-        if cfg.eval_dataset:
-            raise
-        eval_ds = None
-    train, stats = tokenize_dataset(train_ds, tokenizer, cfg.max_length, cfg.max_prompt_length)
-    held_out = None
-    if eval_ds is not None:
-        held_out, _ = tokenize_dataset(eval_ds, tokenizer, cfg.max_length, cfg.max_prompt_length)
-        held_out = _subset(list(held_out), cfg.max_eval_pairs, cfg.seed)
-    return _subset(list(train), cfg.max_train_pairs, cfg.seed), held_out, stats
-
-
-def _subset(items: list, n: int, seed: int) -> list:
-    """`n` items drawn at random (seeded), in their original order; all of them when n is 0.
-
-    Test splits are often sorted by kind (the default one is): the first n would all be one kind.
-    """
-    if not n or n >= len(items):
-        return items
-    perm = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed)).tolist()
-    return [items[i] for i in sorted(perm[:n])]
+    """Tokenised train pairs, held-out pairs (None when there are none) and stats (`prepare_pairs`)."""
+    return prepare_pairs(cfg, tokenizer)
 
 
 def pair_tokens(pairs) -> int:
@@ -291,7 +268,12 @@ def _train(cfg, accelerator, run_dir, resume_from, set_status, callback, stop_ev
         scheduler.load_state_dict(torch.load(resume_from / "scheduler.pt", weights_only=True))
         torch.set_rng_state(torch.load(resume_from / "rng.pt", weights_only=True)["torch"])
         start = json.loads((resume_from / "trainer_state.json").read_text())["step"]
-    wrapped = accelerator.prepare(PairLogps(model, cfg.nll_scope, cfg.logps_chunk_size))
+    pair_logps = PairLogps(model, cfg.nll_scope, cfg.logps_chunk_size)
+    # Verified on the first pairs before any wrapping: the fast path must equal the model's logits.
+    logps_check = pair_logps.verify(
+        collate(train_pairs[: cfg.batch_size], cfg.layout, tokenizer.pad_token_id)
+    )
+    wrapped = accelerator.prepare(pair_logps)
     # The scheduler is not prepared: accelerate would step it once per process, changing the schedule.
     optimizer = accelerator.prepare(optimizer)
     device, pad_id = accelerator.device, tokenizer.pad_token_id
@@ -324,8 +306,10 @@ def _train(cfg, accelerator, run_dir, resume_from, set_status, callback, stop_ev
                 "processes": world,
                 "device": str(accelerator.device),
                 "mixed_precision": accelerator.mixed_precision,
+                "data": stats["data"],
             }
         )
+        log({"kind": "event", "step": start, "event": "logps_check", **logps_check})
     set_status(message="training", step=start, total_steps=total)
     if held_out and start == 0:
         # The held-out numbers before any update: the baseline every curve is read against.
