@@ -7,9 +7,9 @@ from pathlib import Path
 import torch
 
 from orpo_lab.config import TrainConfig
-from orpo_lab.data import tokenize_dataset
+from orpo_lab.data import set_chat_template, tokenize_dataset
 from orpo_lab.model import add_lora, load_model, pick_device
-from orpo_lab.preferences import load_preferences
+from orpo_lab.splits import load_config_splits
 from orpo_lab.step import TrainingError
 
 
@@ -66,21 +66,24 @@ def _load_4bit(cfg: TrainConfig):
 
 
 def load_pairs(cfg: TrainConfig, tokenizer):
-    """Tokenised train pairs and held-out pairs (None when there are none), and tokenising stats."""
-    train_ds = load_preferences(cfg.dataset, split="train", skip_bad_rows=cfg.skip_bad_rows)
-    try:
-        eval_ds = load_preferences(cfg.eval_dataset or cfg.dataset, split="test",
-                                   skip_bad_rows=cfg.skip_bad_rows)  # fmt: skip
-    except Exception:  # noqa: BLE001 - a dataset without a test split simply has no held-out evaluation
-        if cfg.eval_dataset:
-            raise
-        eval_ds = None
+    """(train pairs, held-out pairs or None, stats) of a run, tokenised: see `prepare_pairs`."""
+    return prepare_pairs(cfg, tokenizer)
+
+
+def prepare_pairs(cfg, tokenizer):
+    """A run's data, from its TrainConfig: (train pairs, held-out pairs or None, stats), tokenised.
+
+    Applies cfg.chat_template to the tokenizer (so checkpoints save it). stats: {"pairs",
+    "truncated"} of the training pairs and "data", `load_splits`'s info for the run log.
+    """
+    set_chat_template(tokenizer, cfg.chat_template)
+    train_ds, eval_ds, info = load_config_splits(cfg)
     train, stats = tokenize_dataset(train_ds, tokenizer, cfg.max_length, cfg.max_prompt_length)
     held_out = None
     if eval_ds is not None:
         held_out, _ = tokenize_dataset(eval_ds, tokenizer, cfg.max_length, cfg.max_prompt_length)
-        held_out = subset(list(held_out), cfg.max_eval_pairs, cfg.seed)
-    return subset(list(train), cfg.max_train_pairs, cfg.seed), held_out, stats
+        held_out = subset(held_out, cfg.max_eval_pairs, cfg.seed)
+    return subset(train, cfg.max_train_pairs, cfg.seed), held_out, {**stats, "data": info}
 
 
 def subset(items: list, n: int, seed: int) -> list:
@@ -92,3 +95,6 @@ def subset(items: list, n: int, seed: int) -> list:
         return items
     perm = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed)).tolist()
     return [items[i] for i in sorted(perm[:n])]
+
+
+# ---------------------------------------------------------------- batching

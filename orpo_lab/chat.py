@@ -57,12 +57,10 @@ def _encode(
     tokenizer, conversations: Sequence[Sequence[dict]]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     # Left padding: every row's last prompt token sits in the last column, where generation starts.
-    rows = []
-    for messages in conversations:
-        text = tokenizer.apply_chat_template(
-            normalize_messages(messages), tokenize=False, add_generation_prompt=True
-        )
-        rows.append(tokenizer(text, add_special_tokens=False)["input_ids"])
+    # The prompt is encoded exactly as in training (chat template, or plain text without one).
+    from orpo_lab.data import encode_prompt
+
+    rows = [encode_prompt(normalize_messages(messages), tokenizer) for messages in conversations]
     width = max(len(r) for r in rows)
     input_ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
     attention_mask = torch.zeros((len(rows), width), dtype=torch.long)

@@ -102,6 +102,7 @@ def export_merged(checkpoint: str | Path, out_dir: str | Path) -> Path:
     base, tokenizer = load_model(
         config["model"], device="cpu", precision="fp32",
         trust_remote_code=config.get("trust_remote_code", False),
+        chat_template=config.get("chat_template", ""),  # the template the run trained with
     )  # fmt: skip
     merged = PeftModel.from_pretrained(base, checkpoint).merge_and_unload()
     tmp = out_dir.with_name(f".tmp-{out_dir.name}")

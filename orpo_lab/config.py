@@ -24,8 +24,36 @@ class TrainConfig:
     model: str = _f(
         "default", "'default' (SmolLM2-135M-Instruct), a local model directory, or a hub id"
     )
-    dataset: str = _f("default", "'default', a .jsonl/.json/.csv/.parquet file, or a hub id")
-    eval_dataset: str = _f("", "held-out pairs; empty: the test split of `dataset` when it has one")
+    dataset: str = _f(
+        "default",
+        "'default', a .jsonl/.json/.csv/.parquet file, a folder of <split> files, or a hub id",
+    )
+    eval_dataset: str = _f(
+        "",
+        "held-out pairs (a file, or the test_split of a folder/hub id); empty: the test_split of "
+        "`dataset` when it has one, else held_out_size pairs carved out of its training pairs",
+    )
+    column_map: str = _f(
+        "",
+        "rename columns, 'old=new' comma-separated (new: prompt, chosen, rejected, system; "
+        "'old=' drops a column), e.g. question=prompt",
+    )
+    train_split: str = _f("train", "split of `dataset` to train on (e.g. train_prefs)")
+    test_split: str = _f(
+        "test", "split of `dataset` (or eval_dataset) to evaluate on (e.g. test_prefs)"
+    )
+    held_out_size: float = _f(
+        0.1,
+        "pairs carved out of the training data for evaluation when there is no test split: a "
+        "fraction (< 1) or a count (>= 1), at most max_eval_pairs; 0 = no held-out evaluation",
+    )
+    skip_bad_rows: bool = _f(
+        False, "drop rows that break the data rules (the run log counts them) instead of stopping"
+    )
+    chat_template: str = _f(
+        "",
+        "empty: the model's own; 'chatml', or a .jinja file: the template for a model without one",
+    )
     output_dir: str = _f("runs", "folder that holds one sub-folder per run")
     run_name: str = _f("", "sub-folder name; empty: a timestamp")
     # the objective
@@ -56,9 +84,6 @@ class TrainConfig:
     max_length: int = _f(256, "longest prompt+response in tokens")
     max_prompt_length: int = _f(128, "longest prompt in tokens")
     max_train_pairs: int = _f(0, "use only the first N training pairs after shuffling; 0 = all")
-    skip_bad_rows: bool = _f(
-        False, "drop rows that cannot be used (and say how many) instead of stopping"
-    )
     # model and adapter
     lora_r: int = _f(16, "LoRA rank")
     lora_alpha: int = _f(32, "LoRA scaling numerator (scale = alpha / r)")
@@ -89,6 +114,14 @@ class TrainConfig:
     trust_remote_code: bool = _f(False, "allow model code from the hub (only for models you trust)")
 
     def __post_init__(self) -> None:
+        if isinstance(self.column_map, dict):  # YAML may give a mapping: keep the one string form
+            self.column_map = ",".join(f"{old}={new or ''}" for old, new in self.column_map.items())
+        problems = self._training_problems() + self._data_problems()
+        if problems:
+            raise ValueError("Invalid training config:\n- " + "\n- ".join(problems))
+
+    def _training_problems(self) -> list[str]:
+        """What is impossible about the objective, the optimisation and the model settings."""
         problems = []
         for f in fields(self):
             choices = f.metadata.get("choices")
@@ -105,14 +138,8 @@ class TrainConfig:
             problems.append(f"beta must be >= 0 (0 = SFT baseline); got {self.beta}")
         if self.learning_rate <= 0:
             problems.append(f"learning_rate must be > 0; got {self.learning_rate}")
-        for name in (
-            "batch_size",
-            "grad_accum",
-            "max_length",
-            "max_prompt_length",
-            "lora_r",
-            "lora_alpha",
-        ):
+        for name in ("batch_size", "grad_accum", "max_length", "max_prompt_length", "lora_r",
+                     "lora_alpha"):  # fmt: skip
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1; got {getattr(self, name)}")
         if self.max_steps <= 0 and self.epochs <= 0:
@@ -128,8 +155,26 @@ class TrainConfig:
             )
         if self.logps_chunk_size < 0:
             problems.append(f"logps_chunk_size must be >= 0; got {self.logps_chunk_size}")
-        if problems:
-            raise ValueError("Invalid training config:\n- " + "\n- ".join(problems))
+        return problems
+
+    def _data_problems(self) -> list[str]:
+        """What is impossible about the columns, splits and held-out pairs."""
+        problems = []
+        try:
+            parse_column_map(self.column_map)
+        except ValueError as err:
+            problems.append(str(err))
+        for name in ("train_split", "test_split"):
+            if not str(getattr(self, name)).strip():
+                problems.append(f"{name} must name a split (e.g. train, test_prefs); got nothing")
+        if self.held_out_size < 0 or (
+            self.held_out_size >= 1 and self.held_out_size != int(self.held_out_size)
+        ):
+            problems.append(
+                "held_out_size must be 0 (none), a fraction below 1, or a whole number of pairs; "
+                f"got {self.held_out_size}"
+            )
+        return problems
 
     @property
     def run_dir(self) -> Path:
@@ -156,6 +201,9 @@ class TrainConfig:
             )
         converted, problems = {}, []
         for name, value in values.items():
+            if name == "column_map" and isinstance(value, dict):  # YAML may give a mapping
+                converted[name] = value
+                continue
             try:
                 converted[name] = _coerce(str(known[name].type), value)
             except ValueError as err:
@@ -200,6 +248,41 @@ def _coerce(kind: str, value: Any) -> Any:
     if not number.is_integer():
         raise ValueError(f"expected {expected}")
     return int(number)
+
+
+COLUMN_TARGETS = ("prompt", "chosen", "rejected", "system")
+
+
+def parse_column_map(value: str | dict | None) -> dict[str, str]:
+    """'question=prompt,good=chosen' (or a mapping) -> {"question": "prompt", "good": "chosen"}.
+
+    Targets are the fields the loader reads (COLUMN_TARGETS); an empty target ('old=') drops the
+    column. Raises ValueError saying which item is wrong and what is expected.
+    """
+    if not value:
+        return {}
+    if isinstance(value, dict):
+        items = [(old, "" if new is None else new) for old, new in value.items()]  # None: drop
+    else:  # "old=new" items; an item without "=" is kept whole, to be refused below
+        items = [
+            tuple(i.split("=", 1)) if "=" in i else (i, None) for i in value.split(",") if i.strip()
+        ]
+    mapping: dict[str, str] = {}
+    for old, new in items:
+        old, new = str(old).strip(), None if new is None else str(new).strip()
+        if not old or new is None:
+            raise ValueError(
+                f"column_map item {old or '(empty)'!r} is not 'old=new': write e.g. question=prompt"
+            )
+        if new and new not in COLUMN_TARGETS:
+            raise ValueError(
+                f"column_map maps {old!r} to {new!r}: the target must be one of "
+                f"{', '.join(COLUMN_TARGETS)} (or nothing, 'old=', to drop the column)"
+            )
+        if new and new in mapping.values():
+            raise ValueError(f"column_map maps two columns to {new!r}: keep one")
+        mapping[old] = new
+    return mapping
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

@@ -1,7 +1,14 @@
-"""Preference pairs -> token ids -> batches: tokenisation with the chat template, and three collators.
+"""Preference pairs -> token ids -> batches: prompt rendering, tokenisation, and three collators.
 
-Loading and validating files lives in `orpo_lab/preferences.py`, which uses `encode_prompt` from
-here to check prompt budgets (this module imports nothing from it: no import cycle).
+Loading and validating files lives in `orpo_lab/preferences.py` (the layout rules), `sources.py` and
+`splits.py` (held-out pairs); this module imports nothing from them (preferences uses
+`encode_prompt` from here to check prompt budgets), so there is no import cycle.
+
+Prompts are rendered in one place, `render_prompt`, for training and for chat alike: through the
+tokenizer's chat template when it has one; without one (a plain base model such as GPT-2) a prompt
+that is a single user turn is plain text and the pair is trained as TRL trains standard data:
+prompt, then response, then EOS. Anything else (a system message, several turns) needs a template:
+`set_chat_template` ('chatml' or a .jinja file; TrainConfig.chat_template).
 
 The batch contract (identical for the "padded", "packed" and "prefix" layouts):
   input_ids        (R, T) long
@@ -22,24 +29,67 @@ end-of-turn token of every response must be scored.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
+from pathlib import Path
 
 import torch
 
 IGNORE = -100
 MIN_RESPONSE_TOKENS = 4  # truncation keeps at least this many response tokens, then the end-of-turn
 _SENTINEL = "ORPO_LAB_SENTINEL_REPLY"
+# Named templates for models without one (`set_chat_template`); any other template: a .jinja file.
+CHAT_TEMPLATES = {
+    "chatml": (
+        "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content']"
+        " + '<|im_end|>\\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+    ),
+}
+
+
+class ChatTemplateError(ValueError):
+    """A conversation that a tokenizer without a chat template cannot render; says what to do."""
+
+
+def has_chat_template(tokenizer) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def set_chat_template(tokenizer, template: str) -> None:
+    """Give the tokenizer a chat template: "" keeps its own, a name of CHAT_TEMPLATES, or a .jinja file."""
+    if not template:
+        return
+    if template in CHAT_TEMPLATES:
+        text = CHAT_TEMPLATES[template]
+    elif Path(template).expanduser().is_file():
+        text = Path(template).expanduser().read_text(encoding="utf-8")
+    else:
+        raise ValueError(
+            f"chat_template {template!r} is neither a known name ({', '.join(CHAT_TEMPLATES)}) nor "
+            "an existing template file (Jinja, as in a tokenizer's chat_template.jinja)."
+        )
+    if tokenizer.chat_template != text:
+        tokenizer.chat_template = text
+        tokenizer._orpo_lab_eot = None  # the end-of-turn token follows the template
 
 
 def end_of_turn_id(tokenizer) -> int:
     """The token the chat template writes right after an assistant message (ChatML: <|im_end|>).
 
     Derived by rendering a conversation with a sentinel reply, not hard-coded; falls back to EOS
-    when the template writes no special token after the reply.
+    when the template writes no special token after the reply, or when there is no template.
     """
     cached = getattr(tokenizer, "_orpo_lab_eot", None)
     if cached is not None:
         return cached
+    if not has_chat_template(tokenizer):
+        if tokenizer.eos_token_id is None:
+            raise ChatTemplateError(
+                "The tokenizer has neither a chat template nor an EOS token, so a response has no "
+                "end: set chat_template, or use a tokenizer with an EOS token."
+            )
+        return tokenizer.eos_token_id
     messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": _SENTINEL}]
     text = tokenizer.apply_chat_template(messages, tokenize=False)
     suffix = text[text.index(_SENTINEL) + len(_SENTINEL) :]
@@ -52,11 +102,30 @@ def end_of_turn_id(tokenizer) -> int:
     return eot
 
 
+def render_prompt(messages: list[dict], tokenizer) -> str:
+    """The text a reply follows: the chat template with the assistant header, or plain text.
+
+    Without a chat template only a single user turn has a plain-text form (standard-format data).
+    """
+    if has_chat_template(tokenizer):
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    if len(messages) == 1 and messages[0]["role"] == "user":
+        return messages[0]["content"]
+    roles = [m["role"] for m in messages]
+    raise ChatTemplateError(
+        f"This model's tokenizer has no chat template, so a prompt can only be plain text (one user "
+        f"turn); this one has the roles {roles}. Either give it a template (TrainConfig "
+        f"chat_template / --chat-template: a .jinja file or {', '.join(map(repr, CHAT_TEMPLATES))}), "
+        "or use standard-format data (prompt/chosen/rejected strings, no system column)."
+    )
+
+
 def encode_prompt(messages: list[dict], tokenizer) -> list[int]:
-    """The prompt through the chat template, ending with the assistant header (generation prompt)."""
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    # The rendered text already holds any BOS the template wants: add no second one.
-    return tokenizer(text, add_special_tokens=False).input_ids
+    """`render_prompt` as token ids: the one prompt encoding of training and chat."""
+    text = render_prompt(messages, tokenizer)
+    # A rendered template already holds any BOS it wants: add no second one. Plain text gets the
+    # special tokens the tokenizer adds to any text (a Llama base model's BOS; GPT-2: none).
+    return tokenizer(text, add_special_tokens=not has_chat_template(tokenizer)).input_ids
 
 
 def encode_response(text: str, tokenizer) -> list[int]:
@@ -114,11 +183,37 @@ def tokenize_dataset(
     ds: Iterable[dict], tokenizer, max_length: int = 512, max_prompt_length: int = 256
 ):
     """Tokenise every pair; returns (list of tokenized pairs, {"pairs", "truncated"})."""
-    pairs = [tokenize_pair(ex, tokenizer, max_length, max_prompt_length) for ex in ds]
+    pairs = []
+    for i, ex in enumerate(ds):
+        try:
+            pairs.append(tokenize_pair(ex, tokenizer, max_length, max_prompt_length))
+        except ChatTemplateError as err:
+            raise ChatTemplateError(f"pair {i}: {err}") from None
     return pairs, {"pairs": len(pairs), "truncated": sum(p["truncated"] for p in pairs)}
 
 
-# ---------------------------------------------------------------- batching
+def preview_pairs(
+    pairs: Iterable[dict],
+    tokenizer,
+    n: int = 3,
+    max_length: int = 512,
+    max_prompt_length: int = 256,
+) -> list[dict]:
+    """The first `n` pairs exactly as trained: which tokens are prompt and which are response.
+
+    Per pair: {"prompt", "chosen", "rejected"} the decoded text of each part (the response ones end
+    with the end-of-turn token that is scored), {"prompt_tokens", ...} one string per token, and
+    "truncated". For the app's dataset preview: a wrong split shows before any training.
+    """
+    out = []
+    for pair in itertools.islice(pairs, n):
+        ids = tokenize_pair(pair, tokenizer, max_length, max_prompt_length)
+        row = {"truncated": ids["truncated"]}
+        for part in ("prompt", "chosen", "rejected"):
+            row[part] = tokenizer.decode(ids[f"{part}_ids"])
+            row[f"{part}_tokens"] = [tokenizer.decode([i]) for i in ids[f"{part}_ids"]]
+        out.append(row)
+    return out
 
 
 def _sequence_rows(pair: dict, seq: int, chosen: bool) -> dict:

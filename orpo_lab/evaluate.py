@@ -13,10 +13,11 @@ from tqdm.auto import tqdm
 
 from orpo_lab.chat import generate
 from orpo_lab.checkpoint import CheckpointError, read_state
+from orpo_lab.config import TrainConfig
 from orpo_lab.default_dataset import JUDGES
 from orpo_lab.model import load_model
-from orpo_lab.preferences import load_preferences
 from orpo_lab.rundir import RunDir
+from orpo_lab.splits import load_config_splits
 
 
 def generate_answers(
@@ -97,20 +98,24 @@ def evaluate_run(
         )
     checkpoint = Path(checkpoint or run.latest_checkpoint())
     config = read_state(checkpoint)["config"]
-    held_out = load_preferences(config["eval_dataset"] or config["dataset"], split="test")
+    # The run's own held-out pairs (its test split, eval_dataset or carve): never its training pairs.
+    _, held_out, info = load_config_splits(TrainConfig.from_dict(config))
+    if held_out is None:
+        raise ValueError(f"The run has no held-out pairs to judge ({info['held_out']}).")
     if "family" not in held_out.column_names:
         raise ValueError(
             "Generation judging needs a 'family' column with a judge per family "
             f"({', '.join(JUDGES)}): the default dataset has one, this dataset does not."
         )
     records = stratified([r for r in held_out if r["family"] in JUDGES], max_prompts)
-    base, tokenizer = load_model(config["model"], config["device"], config["precision"])
+    cfg = TrainConfig.from_dict(config)
+    base, tokenizer = load_model(cfg.model, cfg.device, cfg.precision, cfg.trust_remote_code)
     base_answers, base_pass = judge_model(base, tokenizer, records, max_new_tokens, "base model")
     if (checkpoint / "adapter_config.json").is_file():
         # Merged for generation: the same outputs, without LoRA's extra matmuls on every token.
         tuned = PeftModel.from_pretrained(base, checkpoint).merge_and_unload()
     else:
-        tuned, _ = load_model(str(checkpoint), config["device"], config["precision"])
+        tuned, _ = load_model(str(checkpoint), cfg.device, cfg.precision, cfg.trust_remote_code)
     tuned_answers, tuned_pass = judge_model(
         tuned, tokenizer, records, max_new_tokens, checkpoint.name
     )

@@ -3,6 +3,13 @@
 `PairLogps` wraps the model (plain or peft) so that the batch contract of `orpo_lab.data` goes in and
 (chosen means, rejected means, NLL sum, NLL token count) come out: the one module that DDP wraps, so
 that a whole step is one forward.
+
+The fast path computes log-probs from the decoder's hidden states and the lm_head weight, chunk by
+chunk, never building the (R, T, V) logits. That equals the model's own logits only when its head is
+a plain linear layer: Gemma-2 soft-caps its logits, Granite divides them, Cohere scales them, and the
+next architecture may do something else. So nothing is assumed: `check_fast_logps` compares both on
+a real batch, and `PairLogps.verify` switches to the model's own logits when they differ, saying why.
+A PairLogps that was never verified verifies itself on its first forward.
 """
 
 from __future__ import annotations
@@ -12,12 +19,100 @@ import torch
 from orpo_lab.loss import sequence_logps, token_logps, token_logps_from_hidden
 
 
+def _base(model):
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def _inputs(model, input_ids, attention_mask, position_ids) -> dict:
+    if attention_mask.dim() == 4:
+        # Additive block masks must match the attention dtype (bf16 on GPU), with a finite minimum.
+        dtype = _base(model).get_input_embeddings().weight.dtype
+        blocked = torch.finfo(dtype).min
+        attention_mask = torch.where(attention_mask < 0, blocked, 0.0).to(dtype)
+    return dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
+
+
+def _fast_token_logps(model, inputs: dict, targets, chunk_size: int) -> torch.Tensor:
+    """(R, T) log-probs from the decoder's (R, T, H) hidden states; the (R, T, V) logits never exist."""
+    base = _base(model)
+    head = base.get_output_embeddings()
+    hidden = base.get_decoder()(**inputs, use_cache=False).last_hidden_state
+    return token_logps_from_hidden(hidden, head.weight, targets, chunk_size, head.bias)
+
+
+def _report(ok, diff, tolerance, tokens: int, reason: str) -> dict:
+    return {"fast_path_ok": ok, "max_abs_diff": diff, "tolerance": tolerance, "tokens": tokens,
+            "reason": reason}  # fmt: skip
+
+
+@torch.no_grad()
+def check_fast_logps(model, batch: dict, chunk_size: int) -> dict:
+    """Compare the fast path's token log-probs with the model's own forward on one batch.
+
+    Returns {"fast_path_ok", "max_abs_diff", "tolerance", "tokens", "reason"}. The tolerance is
+    what rounding alone explains: 1e-3 plus eps * max |logit| (eps of the logits' dtype). Rounding
+    moves each logit by at most eps/2 * max |logit|, so the target logit and the log-sum-exp each
+    by that much; the fast path stays float32. A head that transforms its logits (soft-capping,
+    scaling) differs by far more on real weights. Runs in eval mode (no dropout: no random numbers
+    are drawn) and restores the mode.
+    """
+    scored = batch["targets"] != -100  # (R, T)
+    tokens = int(scored.sum())
+    if not tokens:
+        return _report(None, None, None, 0, "the batch scores no token: nothing to compare")
+    training = model.training
+    model.eval()
+    try:
+        inputs = _inputs(model, batch["input_ids"], batch["attention_mask"], batch["position_ids"])
+        logits = model(**inputs, use_cache=False).logits  # (R, T, V) from the model's own head
+        reference = token_logps(logits, batch["targets"])
+        tolerance = 1e-3 + torch.finfo(logits.dtype).eps * logits[scored].abs().max().item()
+        del logits
+        try:
+            fast = _fast_token_logps(model, inputs, batch["targets"], chunk_size)
+        except Exception as err:  # noqa: BLE001 - any failure means: use the model's own logits
+            reason = (
+                f"the decoder and lm_head could not be used alone ({type(err).__name__}: {err})"
+            )
+            return _report(False, None, tolerance, tokens, reason)
+    finally:
+        model.train(training)
+    diff = (fast - reference)[scored].abs().max().item()
+    if diff <= tolerance:
+        reason = f"hidden @ lm_head.T matches the model's logits (max |diff| {diff:.2e} <= {tolerance:.2e})"
+        return _report(True, diff, tolerance, tokens, reason)
+    reason = (
+        f"hidden @ lm_head.T differs from the model's logits by up to {diff:.3g} (tolerance "
+        f"{tolerance:.2e}): its head transforms the logits (e.g. soft-capping or scaling)"
+    )
+    return _report(False, diff, tolerance, tokens, reason)
+
+
 class PairLogps(torch.nn.Module):
     """Wraps a causal LM so one forward returns what the ORPO loss needs (and DDP sees the whole step)."""
 
     def __init__(self, model: torch.nn.Module, nll_scope: str, chunk_size: int):
         super().__init__()
         self.model, self.nll_scope, self.chunk_size = model, nll_scope, chunk_size
+        self.check: dict | None = None  # the last `verify` report
+
+    def verify(self, batch: dict) -> dict:
+        """Check the fast path on `batch` (see `check_fast_logps`); on a mismatch use full logits.
+
+        Returns the report plus "logps_path": "chunked" or "full_logits", for the run log.
+        """
+        if not self.chunk_size:
+            self.check = {"logps_path": "full_logits", "reason": "logps_chunk_size=0 asks for it"}
+            return self.check
+        device = next(self.model.parameters()).device
+        on_device = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        report = check_fast_logps(self.model, on_device, self.chunk_size)
+        if report["fast_path_ok"] is None:  # nothing scored: check again on the next batch
+            return {**report, "logps_path": "chunked"}
+        if not report["fast_path_ok"]:
+            self.chunk_size = 0
+        self.check = {**report, "logps_path": "chunked" if self.chunk_size else "full_logits"}
+        return self.check
 
     def forward(
         self,
@@ -29,24 +124,15 @@ class PairLogps(torch.nn.Module):
         target_in_prompt,
         num_pairs,
     ):
+        if self.chunk_size and self.check is None:
+            self.verify(dict(input_ids=input_ids, attention_mask=attention_mask,
+                             position_ids=position_ids, targets=targets))  # fmt: skip
         if self.nll_scope == "response":
             # Prompt tokens are never needed: skip their lm_head work entirely.
             targets = targets.masked_fill(target_in_prompt, -100)
-        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-        if attention_mask.dim() == 4:
-            # Additive block masks must match the attention dtype (bf16 on GPU), with a finite minimum.
-            dtype = base.get_input_embeddings().weight.dtype
-            blocked = torch.finfo(dtype).min
-            attention_mask = torch.where(attention_mask < 0, blocked, 0.0).to(dtype)
-        inputs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
-        head = base.get_output_embeddings()
-        plain_head = getattr(base.config, "final_logit_softcapping", None) is None and not hasattr(
-            base.config, "logit_scale"
-        )
-        if self.chunk_size and plain_head:
-            # (R, T, H) hidden states; log-probs only at scored positions, never the (R, T, V) logits.
-            hidden = base.get_decoder()(**inputs, use_cache=False).last_hidden_state
-            tok = token_logps_from_hidden(hidden, head.weight, targets, self.chunk_size, head.bias)
+        inputs = _inputs(self.model, input_ids, attention_mask, position_ids)
+        if self.chunk_size:
+            tok = _fast_token_logps(self.model, inputs, targets, self.chunk_size)
         else:
             tok = token_logps(self.model(**inputs, use_cache=False).logits, targets)
         scored = targets != -100

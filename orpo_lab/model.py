@@ -174,9 +174,13 @@ def pick_dtype(device: torch.device, precision: str = "auto") -> torch.dtype:
 
 
 def load_tokenizer(
-    name: str = DEFAULT_MODEL, trust_remote_code: bool = False
+    name: str = DEFAULT_MODEL, trust_remote_code: bool = False, chat_template: str = ""
 ) -> PreTrainedTokenizerBase:
-    """The model's tokenizer, with a pad token (the EOS token when the model has none)."""
+    """The model's tokenizer, with a pad token (the EOS token when the model has none).
+
+    `chat_template`: "" keeps the model's own (or none: plain text, see `orpo_lab.data`), a name
+    ("chatml") or a .jinja file replaces it.
+    """
     source = resolve_model(name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
@@ -185,6 +189,10 @@ def load_tokenizer(
     if tokenizer.pad_token is None:
         # Safe because labels are masked by position, never by token value (see data.py).
         tokenizer.pad_token = tokenizer.eos_token
+    if chat_template:
+        from orpo_lab.data import set_chat_template  # data.py imports `datasets`: only when needed
+
+        set_chat_template(tokenizer, chat_template)
     return tokenizer
 
 
@@ -194,11 +202,13 @@ def load_model(
     precision: str = "auto",
     trust_remote_code: bool = False,
     load_in_4bit: bool = False,
+    chat_template: str = "",
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load (model, tokenizer) from "default", a local directory or a hub id, on the chosen device.
 
     `load_in_4bit`: the linear weights as bitsandbytes NF4 (QLoRA, Dettmers et al. 2023: double-
     quantised scales, matmuls in the `precision` dtype); everything else as usual.
+    `chat_template`: see `load_tokenizer`.
     """
     source = resolve_model(name)
     dev = pick_device(device)
@@ -224,7 +234,7 @@ def load_model(
         )
     except OSError as err:
         raise load_error(name, source, err) from err
-    tokenizer = load_tokenizer(source, trust_remote_code=trust_remote_code)
+    tokenizer = load_tokenizer(source, trust_remote_code, chat_template)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return (model if load_in_4bit else model.to(dev)), tokenizer

@@ -1,32 +1,57 @@
-"""Load preference data from any accepted source and format, validate it, and normalise it.
+"""Preference rows in any common layout -> prompt messages, chosen reply, rejected reply: one rule set.
 
-Sources: "default" (the shipped dataset), a .jsonl/.json/.csv/.parquet file, a directory holding
-<split>.<ext>, an in-memory `datasets.Dataset`, or a hub id. Formats (as TRL defines them):
-  standard        {"prompt": str, "chosen": str, "rejected": str}
-  conversational  {"prompt": [messages], "chosen": [assistant message], "rejected": [assistant message]}
-  implicit prompt {"chosen": [messages], "rejected": [messages]} sharing all but the last message
-  other names     column_map={"question": "prompt", "good": "chosen", "bad": "rejected"}
-Every format becomes prompt = list of {"role", "content"}, chosen = str, rejected = str (the final
-assistant reply); extra columns are kept. Bad rows raise `PreferenceDataError` naming the file, the
-row (the line for JSONL), the field, what was expected and what to do; with skip_bad_rows=True they
-are dropped and a `SkippedRowsWarning` (attributes: skipped, total, problems) says how many.
+Where rows come from (files, folders of splits, DatasetDicts, hub ids) is `orpo_lab.sources`; which
+pairs are held out is `orpo_lab.splits`. Every row becomes prompt = list of {"role", "content"},
+chosen = str, rejected = str (the final assistant replies); extra columns are kept. The rules,
+applied in this order to every row:
+  1. column_map renames columns first ({"question": "prompt"}; "old=" drops a column). A mapped
+     column replaces a column that already has the target name.
+  2. chosen/rejected are each a string (the reply) or a message list (a whole conversation ending
+     with the assistant's reply). Everything before the two final replies must be identical: those
+     shared leading turns H are the conversation so far.
+  3. The prompt:
+     - no prompt column: H when there is one (TRL's implicit prompt: UltraFeedback, Capybara);
+       for two strings, their longest common beginning (HH-RLHF, TRL's implicit data), cut back
+       to a boundary: right after the last "\n\nAssistant:" when the shared text has one (an
+       HH-RLHF transcript stays plain text, and replies that start alike stay whole), else back to
+       the whitespace before the word where they differ (a word is never split). The rest of each
+       string is its response, leading whitespace included (as TRL does).
+     - a prompt column and no H: the prompt (a string is one user message).
+     - a prompt column and H (UltraFeedback-binarized, orpo-dpo-mix-40k, Capybara): H is the
+       prompt; the given prompt must agree with it, or the row is refused (never duplicated): a
+       string must equal H's last user turn (the one answered) or its first (the opening question,
+       as Capybara stores it); a message list must be H's start or end, or end with H (it adds a
+       system message): the longer one is used.
+  4. A `system` column (a string; empty = none) becomes the first message, a system message; a
+     conversation that already has a different system message is refused.
+  5. chosen and rejected must differ. Extra columns whose values change type between rows become
+     JSON text (a warning names them) instead of failing in Arrow.
+Bad rows raise `PreferenceDataError` naming the file, the row (the line for JSONL), the field, what
+was expected and what to do; with skip_bad_rows=True they are dropped and a `SkippedRowsWarning`
+(attributes: skipped, total, problems) says how many.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from pathlib import Path
 
 import datasets
 
-FILE_TYPES = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+from orpo_lab.config import parse_column_map
+from orpo_lab.sources import (  # noqa: F401  (PreferenceDataError and split_names re-exported)
+    PreferenceDataError,
+    RowError,
+    read_jsonl,
+    read_split,
+    split_names,
+)
+
 SHOWN_PROBLEMS = 5
-FIELDS = ("prompt", "chosen", "rejected")
-
-
-class PreferenceDataError(ValueError):
-    """Preference data that cannot be used; the message names file, row, field and the fix."""
+FIELDS = ("prompt", "chosen", "rejected", "system")
+TRANSCRIPT_REPLY = "\n\nAssistant:"  # HH-RLHF's marker before each assistant turn
 
 
 class SkippedRowsWarning(UserWarning):
@@ -37,147 +62,31 @@ class SkippedRowsWarning(UserWarning):
         self.skipped, self.total, self.problems = skipped, total, problems
 
 
-class _RowError(Exception):
-    def __init__(self, field: str | None, problem: str):
-        super().__init__(f"field {field!r}: {problem}" if field else problem)
-
-
-def _default_path(split: str) -> Path:
-    from orpo_lab.default_dataset import DATA_DIR
-
-    path = DATA_DIR / f"{split}.jsonl"
-    if not path.is_file():
-        raise PreferenceDataError(
-            f"The default dataset has no split {split!r}: use 'train' or 'test'."
-        )
-    return path
-
-
-def _check_utf8(path: Path, raw: bytes) -> None:
-    try:
-        raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        line = raw[: err.start].count(b"\n") + 1
-        raise PreferenceDataError(
-            f"{path}: line {line}: bytes that are not UTF-8 ({raw[err.start : err.start + 4]!r} at byte "
-            f"{err.start}). Expected UTF-8 text: re-save the file as UTF-8."
-        ) from None
-
-
-def _read_jsonl(path: Path) -> list[tuple[str, dict | _RowError]]:
-    """(location, row) per line; an undecodable or malformed line gets a _RowError in place of its row."""
-    rows = []
-    for number, raw in enumerate(path.read_bytes().splitlines(), start=1):
-        where = f"{path}: line {number}"
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as err:
-            rows.append(
-                (
-                    where,
-                    _RowError(
-                        None,
-                        f"bytes that are not UTF-8 at column {err.start + 1}; expected UTF-8 text: re-save the file as UTF-8",
-                    ),
-                )
-            )
-            continue
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            rows.append(
-                (
-                    where,
-                    _RowError(
-                        None,
-                        f"malformed JSON ({err.msg} at column {err.colno}); expected one JSON object per line",
-                    ),
-                )
-            )
-            continue
-        if not isinstance(row, dict):
-            row = _RowError(
-                None,
-                f"expected a JSON object with prompt/chosen/rejected, got {type(row).__name__}",
-            )
-        rows.append((where, row))
-    return rows
-
-
-def _read_file(path: Path) -> list[tuple[str, dict | _RowError]]:
-    if path.suffix == ".jsonl":
-        return _read_jsonl(path)
-    if path.suffix != ".parquet":
-        _check_utf8(path, path.read_bytes())
-    try:
-        ds = datasets.load_dataset(FILE_TYPES[path.suffix], data_files=str(path), split="train")
-    except Exception as err:  # datasets raises many types; the user needs the file and the cause
-        raise PreferenceDataError(
-            f"{path}: could not be read as {path.suffix[1:]} ({type(err).__name__}: {err}). "
-            f"Expected a {path.suffix[1:]} file with prompt/chosen/rejected columns."
-        ) from err
-    # A data row's line in a CSV is its row number + 1 (the header) when no cell spans lines.
-    return [(f"{path}: row {i + 1}", row) for i, row in enumerate(ds)]
-
-
-def _resolve(source, split: str) -> tuple[str, list[tuple[str, dict | _RowError]]]:
-    if isinstance(source, datasets.Dataset):
-        return "in-memory dataset", [
-            (f"in-memory dataset: row {i}", row) for i, row in enumerate(source)
-        ]
-    if isinstance(source, datasets.DatasetDict):
-        return _resolve(source[split], split)
-    path = _default_path(split) if source == "default" else Path(str(source)).expanduser()
-    if path.is_dir():
-        found = [path / f"{split}{ext}" for ext in FILE_TYPES if (path / f"{split}{ext}").is_file()]
-        if not found:
-            raise PreferenceDataError(
-                f"{path}: no {split}.jsonl/.json/.csv/.parquet in this directory."
-            )
-        path = found[0]
-    if path.suffix in FILE_TYPES:
-        if not path.is_file():
-            raise PreferenceDataError(
-                f"{path}: file not found. Expected an existing .jsonl/.json/.csv/.parquet file."
-            )
-        return str(path), _read_file(path)
-    if path.exists() or str(source).startswith((".", "/", "~")):
-        raise PreferenceDataError(
-            f"{source}: expected a .jsonl, .json, .csv or .parquet file, 'default' or a hub id."
-        )
-    try:  # a hub id, for users with hub access
-        ds = datasets.load_dataset(str(source), split=split)
-    except Exception as err:
-        raise PreferenceDataError(
-            f"{source}: not a local file and could not be loaded from the hub ({err})."
-        ) from err
-    return str(source), [(f"{source}: row {i}", row) for i, row in enumerate(ds)]
+# ---------------------------------------------------------------- one row, the rule set
 
 
 def _text(value, field: str) -> str:
     if value is None:
-        raise _RowError(field, "missing; expected a non-empty string")
+        raise RowError(field, "missing; expected a non-empty string")
     if not isinstance(value, str):
-        raise _RowError(
+        raise RowError(
             field, f"expected a string, got {type(value).__name__} ({str(value)[:40]!r})"
         )
     if not value.strip():
-        raise _RowError(field, "empty; expected a non-empty reply")
+        raise RowError(field, "empty; expected a non-empty reply")
     return value
 
 
 def _messages(value, field: str) -> list[dict]:
     if not isinstance(value, list) or not value:
-        raise _RowError(
+        raise RowError(
             field,
             f"expected a non-empty list of {{'role', 'content'}} messages, got {type(value).__name__}",
         )
     out = []
     for k, msg in enumerate(value):
         if not isinstance(msg, dict) or not isinstance(msg.get("role"), str):
-            raise _RowError(f"{field}[{k}]", "expected a message {'role': str, 'content': str}")
+            raise RowError(f"{field}[{k}]", "expected a message {'role': str, 'content': str}")
         out.append(
             {"role": msg["role"], "content": _text(msg.get("content"), f"{field}[{k}].content")}
         )
@@ -190,44 +99,171 @@ def _reply(value, field: str) -> tuple[list[dict], str]:
         return [], _text(value, field)
     msgs = _messages(value, field)
     if msgs[-1]["role"] != "assistant":
-        raise _RowError(
+        raise RowError(
             field, f"the last message must be the assistant's reply, got role {msgs[-1]['role']!r}"
         )
     return msgs[:-1], msgs[-1]["content"]
 
 
+def _same(a: list[dict], b: list[dict]) -> bool:
+    """Messages equal up to surrounding whitespace (exports often add or drop a final newline)."""
+    return len(a) == len(b) and all(
+        x["role"] == y["role"] and x["content"].strip() == y["content"].strip()
+        for x, y in zip(a, b, strict=True)
+    )
+
+
+def split_shared_text(chosen: str, rejected: str) -> tuple[str, str, str]:
+    """(prompt, chosen response, rejected response) of two strings that share their beginning.
+
+    Rule 3 of the module docstring: the longest common prefix, cut back to right after the last
+    HH-RLHF "\\n\\nAssistant:" in it, else to the whitespace before the word where they differ.
+    """
+    shared = os.path.commonprefix([chosen, rejected])
+    if TRANSCRIPT_REPLY in shared:
+        cut = shared.rindex(TRANSCRIPT_REPLY) + len(TRANSCRIPT_REPLY)
+    else:
+        cut = len(shared)
+        while cut and not shared[cut - 1].isspace():  # back to the start of the differing word
+            cut -= 1
+        while cut and shared[cut - 1].isspace():  # and over the whitespace before it
+            cut -= 1
+        if not cut:  # one word with no space before it: split where they differ
+            cut = len(shared)
+    if not shared[:cut].strip():
+        raise RowError(
+            "prompt",
+            "missing; chosen and rejected share no beginning to take as the prompt: give a prompt "
+            "column (or column_map a column to prompt)",
+        )
+    return shared[:cut], chosen[cut:], rejected[cut:]
+
+
+def _explicit_prompt(given, head: list[dict]) -> list[dict]:
+    """Rule 3 when a prompt column is given: it must agree with the conversation in chosen/rejected."""
+    string = isinstance(given, str)
+    prompt = (
+        [{"role": "user", "content": _text(given, "prompt")}]
+        if string
+        else _messages(given, "prompt")
+    )
+    if not head:
+        return prompt
+    if string:
+        users = [m for m in head if m["role"] == "user"]
+        if users and (_same(prompt, users[-1:]) or _same(prompt, users[:1])):
+            return head
+        raise RowError(
+            "prompt",
+            f"{given[:60]!r} is not the last (or first) user turn of the conversation in "
+            f"chosen/rejected ({(users[-1]['content'] if users else '(no user turn)')[:60]!r}); "
+            "fix the row, or drop the prompt column (column_map prompt=) to use the conversation",
+        )
+    n = len(prompt)
+    if _same(prompt, head[:n]) or _same(prompt, head[-n:]):
+        return head
+    if _same(prompt[-len(head) :], head):
+        return prompt
+    raise RowError(
+        "prompt",
+        f"the messages (roles {[m['role'] for m in prompt]}) disagree with the conversation in "
+        f"chosen/rejected (roles {[m['role'] for m in head]}); give one of them, or make them agree",
+    )
+
+
 def normalise_row(row: dict) -> dict:
-    """One row in any accepted format -> {"prompt": [messages], "chosen": str, "rejected": str, ...}."""
+    """One row in any accepted layout -> {"prompt": [messages], "chosen": str, "rejected": str, ...}.
+
+    Applies rules 2-5 of the module docstring (column_map, rule 1, is applied before).
+    """
     for field in ("chosen", "rejected"):
         if field not in row or row[field] is None:
-            raise _RowError(
+            raise RowError(
                 field,
                 "missing; every row needs 'chosen' and 'rejected' (use column_map for other names)",
             )
-    head_c, chosen = _reply(row["chosen"], "chosen")
+    head, chosen = _reply(row["chosen"], "chosen")
     head_r, rejected = _reply(row["rejected"], "rejected")
-    if head_c != head_r:
-        raise _RowError(
+    if not _same(head, head_r):
+        raise RowError(
             "rejected",
             "chosen and rejected conversations must share everything before the final reply",
         )
-    if row.get("prompt") is None:
-        if not head_c:
-            raise _RowError(
-                "prompt",
-                "missing; give a prompt, or chosen/rejected as whole conversations (implicit prompt)",
-            )
-        prompt = head_c
-    elif isinstance(row["prompt"], str):
-        prompt = [{"role": "user", "content": _text(row["prompt"], "prompt")}] + head_c
+    if row.get("prompt") is not None:
+        prompt = _explicit_prompt(row["prompt"], head)
+    elif head:
+        prompt = head
+    elif isinstance(row["chosen"], str) and isinstance(row["rejected"], str):
+        text, chosen, rejected = split_shared_text(chosen, rejected)
+        prompt = [{"role": "user", "content": text}]
+        chosen, rejected = _text(chosen, "chosen"), _text(rejected, "rejected")  # never empty
     else:
-        prompt = _messages(row["prompt"], "prompt") + head_c
+        raise RowError(
+            "prompt",
+            "missing; give a prompt, or chosen/rejected as whole conversations (implicit prompt)",
+        )
+    system = row.get("system")
+    if system is not None:
+        if not isinstance(system, str):
+            raise RowError("system", f"expected a string, got {type(system).__name__}")
+        if system.strip() and prompt[0]["role"] == "system":
+            if prompt[0]["content"].strip() != system.strip():
+                raise RowError(
+                    "system",
+                    "differs from the system message already in the conversation; keep one "
+                    "(column_map system= drops the column)",
+                )
+        elif system.strip():
+            prompt = [{"role": "system", "content": system}] + prompt
     if chosen.strip() == rejected.strip():
-        raise _RowError(
+        raise RowError(
             "rejected", "identical to chosen; a preference pair needs two different replies"
         )
     extra = {k: v for k, v in row.items() if k not in FIELDS}
     return {"prompt": prompt, "chosen": chosen, "rejected": rejected, **extra}
+
+
+# ---------------------------------------------------------------- whole datasets
+
+
+def _json_text(value) -> str | None:
+    return value if value is None or isinstance(value, str) else json.dumps(value, default=str)
+
+
+def _to_dataset(name: str, good: list[tuple[str, dict]]) -> datasets.Dataset:
+    """Rows -> Dataset; an extra column whose values change type between rows becomes JSON text.
+
+    Every row gets every column (None where it had none): `from_list` reads the columns off the
+    first row and would silently drop one that appears later.
+    """
+    columns = list(dict.fromkeys(k for _, r in good for k in r))
+    rows = [{c: r.get(c) for c in columns} for _, r in good]
+    try:
+        return datasets.Dataset.from_list(rows)
+    except Exception:  # noqa: BLE001 - pyarrow's ArrowInvalid / ArrowTypeError: find the columns
+        pass
+    for column in columns[3:]:  # prompt, chosen, rejected are normalised: only extras can clash
+        values = [r[column] for r in rows]
+        try:
+            datasets.Dataset.from_dict({column: values})
+            continue
+        except Exception:  # noqa: BLE001 - any Arrow failure means: keep this column as text
+            pass
+        kinds = [(where, type(r[column])) for (where, _), r in zip(good, rows, strict=True)
+                 if r[column] is not None]  # fmt: skip
+        first = kinds[0][1]
+        other = next((f"{kind.__name__} at {where}" for where, kind in kinds if kind is not first),
+                     "values nested differently")  # fmt: skip
+        warnings.warn(
+            f"{name}: column {column!r} holds values of different types ({first.__name__} at "
+            f"{kinds[0][0]}, {other}); kept as JSON text. Drop it with column_map {column}= if "
+            "training does not need it.",
+            UserWarning,
+            stacklevel=4,
+        )
+        for r in rows:
+            r[column] = _json_text(r[column])
+    return datasets.Dataset.from_list(rows)
 
 
 def _validate(
@@ -238,9 +274,7 @@ def _validate(
     good, problems = [], []
     for where, row in located:
         try:
-            if isinstance(
-                row, _RowError
-            ):  # a line that could not be read, or a missing mapped column
+            if isinstance(row, RowError):  # a line that could not be read, or a bad mapped column
                 raise row
             record = normalise_row(row)
             if max_prompt_tokens is not None:
@@ -248,20 +282,17 @@ def _validate(
 
                 n = len(encode_prompt(record["prompt"], tokenizer))
                 if n > max_prompt_tokens:
-                    raise _RowError(
+                    raise RowError(
                         "prompt",
                         f"{n} tokens with the chat template, over the budget of {max_prompt_tokens}; shorten it or raise max_prompt_tokens",
                     )
-            good.append(record)
-        except _RowError as err:
+            good.append((where, record))
+        except RowError as err:
             problems.append(f"{where}: {err}")
     if problems and not skip_bad_rows:
         shown = "\n  ".join(problems[:SHOWN_PROBLEMS])
-        more = (
-            f"\n  ... and {len(problems) - SHOWN_PROBLEMS} more"
-            if len(problems) > SHOWN_PROBLEMS
-            else ""
-        )
+        more = len(problems) - SHOWN_PROBLEMS
+        more = f"\n  ... and {more} more" if more > 0 else ""
         raise PreferenceDataError(
             f"{name}: {len(problems)} bad row(s). First problems:\n  {shown}{more}\n"
             "Fix these rows, or skip them: skip_bad_rows (--skip-bad-rows; in the app, the "
@@ -281,39 +312,47 @@ def _validate(
         raise PreferenceDataError(
             f"{name}: no usable preference pairs. Expected rows with prompt, chosen and rejected."
         )
-    return datasets.Dataset.from_list(good)
+    return _to_dataset(name, good)
+
+
+def _rename(row, column_map: dict[str, str]):
+    if isinstance(row, RowError):
+        return row
+    missing = [old for old in column_map if old not in row]
+    if missing:
+        target = column_map[missing[0]]
+        return RowError(
+            missing[0],
+            f"missing (column_map maps it to {target or 'nothing'!r}); the columns here are "
+            f"{', '.join(row)}: check the names",
+        )
+    targets = set(column_map.values())
+    renamed = {k: v for k, v in row.items() if k not in column_map and k not in targets}
+    renamed.update({new: row[old] for old, new in column_map.items() if new})
+    return renamed
 
 
 def load_preferences(
     source,
     split: str = "train",
-    column_map: dict[str, str] | None = None,
+    column_map: dict[str, str] | str | None = None,
     skip_bad_rows: bool = False,
     max_prompt_tokens: int | None = None,
     tokenizer=None,
 ) -> datasets.Dataset:
-    """Load, validate and normalise preference pairs (see the module docstring for sources and formats).
+    """Load, validate and normalise one split of preference pairs (the module docstring has the rules).
 
-    Returns a Dataset with prompt (list of messages), chosen (str), rejected (str) and any extra
-    columns. Never writes to the source. Raises PreferenceDataError listing the first bad rows,
-    unless skip_bad_rows=True (then a SkippedRowsWarning reports how many were dropped).
+    `split` names a split of a folder, DatasetDict, hub id or "default"; a single file or Dataset
+    has only "train". `column_map`: {"old": "new"} or "old=new,old2=new2". Returns a Dataset with
+    prompt (list of messages), chosen (str), rejected (str) and any extra columns. Never writes to
+    the source. Raises PreferenceDataError listing the first bad rows, unless skip_bad_rows=True
+    (then a SkippedRowsWarning reports how many were dropped).
     """
-    name, located = _resolve(source, split)
-    if column_map:
-        located = [(where, _rename(row, column_map)) for where, row in located]
+    name, located = read_split(source, split)
+    mapping = parse_column_map(column_map)
+    if mapping:
+        located = [(where, _rename(row, mapping)) for where, row in located]
     return _validate(name, located, skip_bad_rows, max_prompt_tokens, tokenizer)
-
-
-def _rename(row, column_map: dict[str, str]):
-    if isinstance(row, _RowError):
-        return row
-    missing = [old for old in column_map if old not in row]
-    if missing:
-        return _RowError(
-            missing[0],
-            f"missing (column_map maps it to {column_map[missing[0]]!r}); check the column names",
-        )
-    return {column_map.get(k, k): v for k, v in row.items()}
 
 
 def votes_to_dataset(votes, skip_bad_rows: bool = False) -> datasets.Dataset:
@@ -327,12 +366,12 @@ def votes_to_dataset(votes, skip_bad_rows: bool = False) -> datasets.Dataset:
     other fields (e.g. "time", "model") are kept.
     """
     if isinstance(votes, (str, Path)):
-        name, located = str(votes), _read_jsonl(Path(votes))
+        name, located = str(votes), read_jsonl(Path(votes))
     else:
         name, located = "votes", [(f"votes: row {i}", v) for i, v in enumerate(votes)]
     pairs = []
     for where, vote in located:
-        if isinstance(vote, _RowError):
+        if isinstance(vote, RowError):
             pairs.append((where, vote))
             continue
         winner = vote.get("winner")

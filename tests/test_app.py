@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import html
 import json
+import re
 import socket
 import time
 import zipfile
@@ -76,8 +78,17 @@ def form(**changes):
     return list({**FORM_VALUES, **changes}.values())
 
 
+DATA_OPTIONS = ["", "train", "test", 0.1, ""]  # column map, splits, held-out size, chat template
+
+
+def data_args(model, dataset, skip_bad_rows=False, **options):
+    values = dict(zip(["column_map", "train_split", "test_split", "held_out_size", "chat_template"],
+                      DATA_OPTIONS, strict=True)) | options  # fmt: skip
+    return [model, dataset, False, skip_bad_rows, *values.values()]
+
+
 def start_args(model, dataset, run_name="", sft=False, **changes):
-    return [model, dataset, False, False, run_name, sft, "cpu", *form(**changes)]
+    return [*data_args(model, dataset), run_name, sft, "cpu", *form(**changes)]
 
 
 def plot_data(plot) -> list[dict]:
@@ -101,23 +112,26 @@ def test_sft_box_shows_beta_zero_and_gives_the_old_value_back(served):
 
 def test_preview_shows_text_exactly_and_reports_bad_files(served, tiny_model_dir, tmp_path):
     client, _, runs, pairs = served
-    text = client.predict(str(tiny_model_dir), pairs, False, False, api_name="/preview")
-    assert "&lt;|im_start|&gt;user" in text and "<b>chosen</b>" in text
+    text = client.predict(*data_args(str(tiny_model_dir), pairs), api_name="/preview")
+    assert (
+        "&lt;|im_start|&gt;" in text and "<b>chosen</b>" in text and "held out: 2 of the 16" in text
+    )
     tricky = tmp_path / "tricky.jsonl"
     tricky.write_text(json.dumps({"prompt": "List two.", "chosen": "- a\n- b",
                                   "rejected": "<iframe src=x></iframe>"}) + "\n")  # fmt: skip
-    shown = client.predict(str(tiny_model_dir), str(tricky), False, False, api_name="/preview")
-    assert "&lt;iframe src=x&gt;&lt;/iframe&gt;" in shown and "<iframe" not in shown
-    assert "- a\n- b" in shown  # a list reply as written, not rendered as Markdown
+    shown = client.predict(*data_args(str(tiny_model_dir), str(tricky)), api_name="/preview")
+    plain = html.unescape(re.sub(r"<[^>]+>", "", shown))  # the text without the token spans
+    assert "<iframe src=x></iframe>" in plain and "<iframe" not in shown  # shown, never run
+    assert "- a\n- b" in plain  # a list reply as written, not rendered as Markdown
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "hi", "chosen": "a"}\nnot json\n')
     uploaded, note = client.predict(handle_file(str(bad)), api_name="/upload")
     assert uploaded.startswith(str(runs)) and uploaded.endswith("bad.jsonl")  # copied inside
-    error = client.predict(str(tiny_model_dir), uploaded, False, False, api_name="/preview")
+    error = client.predict(*data_args(str(tiny_model_dir), uploaded), api_name="/preview")
     assert "Cannot use" in error and "line 1" in error and "skip bad rows" in error
-    skipped = client.predict(str(tiny_model_dir), uploaded, False, True, api_name="/preview")
+    skipped = client.predict(*data_args(str(tiny_model_dir), uploaded, True), api_name="/preview")
     assert "Cannot use" in skipped and "no usable preference pairs" in skipped  # both rows bad
-    missing = client.predict("/no/such/model", pairs, False, False, api_name="/preview")
+    missing = client.predict(*data_args("/no/such/model", pairs), api_name="/preview")
     assert "Cannot use" in missing and "/no/such/model" in missing
     text_file = tmp_path / "notes.txt"
     text_file.write_text("hello")
@@ -142,7 +156,7 @@ def test_start_refuses_impossible_settings_bad_names_and_too_little_data(
     two = write_pairs(tmp_path / "two.jsonl", n=2)
     _, message = client.predict(*start_args(str(tiny_model_dir), str(two), "tiny-data",
                                             batch_size=4), api_name="/start")  # fmt: skip
-    assert "2 usable pair(s), fewer than one batch of 4" in message
+    assert "1 usable training pair(s), fewer than one batch of 4" in message  # 1 held out
     assert manager.names() == [FAKE_RUN]  # nothing was created
 
 
@@ -272,7 +286,9 @@ def test_tick_shows_the_latest_run_and_its_config_loads_into_the_form(served, ti
     names = {t.get("name") for t in plot_data(plot)}
     assert {"chosen", "total", "accuracy"} <= names
     loaded = client.predict(FAKE_RUN, api_name="/load_config")
-    values = dict(zip([*FORM_NAMES, "model", "dataset", "run_name", "sft"], loaded, strict=True))
+    names = [*FORM_NAMES, "model", "dataset", "column_map", "train_split", "test_split",
+             "held_out_size", "chat_template", "run_name", "sft"]  # fmt: skip
+    values = dict(zip(names, loaded, strict=True))
     assert (
         values["model"] == str(tiny_model_dir) and values["beta"] == 0.0 and values["sft"] is True
     )

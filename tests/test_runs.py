@@ -237,7 +237,7 @@ def test_too_small_dataset_is_refused_before_a_run_exists(manager, tmp_path):
         '{"prompt": "a", "chosen": "b", "rejected": "c"}\n'
         '{"prompt": "d", "chosen": "e", "rejected": "f"}\n'
     )
-    with pytest.raises(RunError, match="2 usable pair.*one batch of 4"):
+    with pytest.raises(RunError, match="1 usable training pair.*one batch of 4"):  # 1 held out
         manager.start({"dataset": str(votes), "batch_size": 4}, "too-small")
     assert not manager.run_dir("too-small").exists()
 

@@ -13,7 +13,7 @@ import yaml
 from orpo_lab.plots import compare_figure, metrics_figure
 from orpo_lab.rundir import ACTIVE
 from orpo_lab.ui.common import AppContext
-from orpo_lab.ui.train_tab import DEFAULTS, FORM_NAMES
+from orpo_lab.ui.train_tab import DATA_OPTIONS, DEFAULTS, FORM_NAMES
 from orpo_lab.ui.views import EVAL_COLUMNS, RUN_COLUMNS, pass_rate_table, progress_text, runs_table
 
 CURVES_HELP = (
@@ -172,7 +172,8 @@ def load_config(ctx: AppContext, name):
         **(ctx.manager.config(name) if name in ctx.manager.names() else {}),
     }
     new_name = f"{name}-again" if name else ""
-    return [config[n] for n in FORM_NAMES] + [config["model"], config["dataset"], new_name,
+    data = [config[n] for n in DATA_OPTIONS]
+    return [config[n] for n in FORM_NAMES] + [config["model"], config["dataset"], *data, new_name,
                                               config["beta"] == 0]  # fmt: skip
 
 
@@ -209,7 +210,8 @@ def wire_runs(ctx: AppContext, live, runs, train) -> None:
                       js="(run) => (run && confirm(`Delete run ${run}, its checkpoints and metrics?`)) ? run : null")  # fmt: skip
     launch, data = train.launch, train.data
     runs.load_config.click(partial(load_config, ctx), live.run,
-                           [*train.form.values(), data.model, data.dataset, launch.run_name, launch.sft],
+                           [*train.form.values(), data.model, data.dataset, *[getattr(data, n) for n in DATA_OPTIONS],
+         launch.run_name, launch.sft],
                            api_name="load_config")  # fmt: skip
     runs.evaluate.click(partial(evaluate, ctx), [live.run, runs.checkpoint, runs.eval_prompts],
                         [runs.eval_table, runs.eval_plot], api_name="evaluate")  # fmt: skip

@@ -45,7 +45,8 @@ FORM = {
     "save_every": lambda: _number("save_every", "save every (steps)", whole=True),
 }  # fmt: skip
 FORM_NAMES = list(FORM)
-DATA_NAMES = ["model", "dataset", "trust_remote_code", "skip_bad_rows"]
+DATA_OPTIONS = ["column_map", "train_split", "test_split", "held_out_size", "chat_template"]
+DATA_NAMES = ["model", "dataset", "trust_remote_code", "skip_bad_rows", *DATA_OPTIONS]
 LAUNCH_NAMES = ["run_name", "sft", "device"]
 
 
@@ -72,29 +73,63 @@ def dataset_panel(ctx: AppContext) -> SimpleNamespace:
                                           info=HELP["trust_remote_code"])  # fmt: skip
         p.skip_bad_rows = gr.Checkbox(False, label="skip bad rows", info=HELP["skip_bad_rows"],
                                       elem_id="skip-bad-rows")  # fmt: skip
+    with gr.Accordion("data options: columns, splits, held-out pairs, chat template", open=False,
+                      elem_id="data-options"):  # fmt: skip
+        with gr.Row():
+            p.column_map = gr.Textbox("", label="column map", info=HELP["column_map"],
+                                      elem_id="column-map", placeholder="question=prompt")  # fmt: skip
+            p.train_split = gr.Textbox(DEFAULTS.train_split, label="train split",
+                                       info=HELP["train_split"], elem_id="train-split")  # fmt: skip
+            p.test_split = gr.Textbox(DEFAULTS.test_split, label="test split",
+                                      info=HELP["test_split"], elem_id="test-split")  # fmt: skip
+        with gr.Row():
+            p.held_out_size = gr.Number(DEFAULTS.held_out_size, label="held-out size",
+                                        info=HELP["held_out_size"], elem_id="held-out-size")  # fmt: skip
+            p.chat_template = gr.Textbox("", label="chat template", info=HELP["chat_template"],
+                                         elem_id="chat-template")  # fmt: skip
     return p
 
 
+def data_components(p: SimpleNamespace) -> list:
+    """The dataset panel's inputs, in DATA_NAMES order."""
+    return [getattr(p, name) for name in DATA_NAMES]
+
+
+def _tokens_html(tokens: list[str], colour: str) -> str:
+    """Tokens as alternating shaded spans, so every token boundary is visible."""
+    shades = (f"background:{colour}33", f"background:{colour}66")
+    return "".join(f'<span style="{shades[i % 2]}">{html.escape(t)}</span>'
+                   for i, t in enumerate(tokens))  # fmt: skip
+
+
 def preview(ctx: AppContext, v: dict) -> str:
-    """The first pairs exactly as the model will see them, or what is wrong with data or model."""
+    """The first pairs exactly as trained (prompt tokens, response tokens), the held-out split, or
+    what is wrong with the data or the model."""
+    from orpo_lab.data import preview_pairs
     from orpo_lab.model import load_tokenizer
-    from orpo_lab.preferences import load_preferences
+    from orpo_lab.splits import load_config_splits
 
     try:
-        pairs = load_preferences(v["dataset"].strip() or "default", split="train",
-                                 skip_bad_rows=bool(v["skip_bad_rows"]))  # fmt: skip
-        tokenizer = load_tokenizer(v["model"].strip() or ctx.model,
-                                   trust_remote_code=bool(v["trust_remote_code"]))  # fmt: skip
-    except Exception as err:  # a broken file or a missing model: say so inline
+        cfg = TrainConfig.from_dict({k: v[k] for k in DATA_OPTIONS} | {
+            "dataset": (v["dataset"] or "").strip() or "default",
+            "skip_bad_rows": bool(v["skip_bad_rows"])})  # fmt: skip
+        train, _, info = load_config_splits(cfg)
+        tokenizer = load_tokenizer((v["model"] or "").strip() or ctx.model,
+                                   bool(v["trust_remote_code"]), cfg.chat_template)  # fmt: skip
+        shown = preview_pairs(train, tokenizer, n=3, max_length=cfg.max_length,
+                              max_prompt_length=cfg.max_prompt_length)  # fmt: skip
+    except Exception as err:  # a broken file, a missing model, a template it needs: say so inline
         return f"<p><b>Cannot use this dataset/model:</b></p>{escaped_block(str(err))}"
-    from orpo_lab.data import encode_prompt
-
-    blocks = [f"<p>{len(pairs)} training pairs. The first ones, as the model sees them:</p>"]
-    for pair in list(pairs)[:3]:
+    blocks = [f"<p>{info['train_pairs']} training pairs; held out: {html.escape(info['held_out'])}. "
+              "The first pairs exactly as the model trains on them, one shaded span per token: "
+              "<b>prompt</b> (grey, not scored), <b>chosen</b> (blue) and <b>rejected</b> (red) "
+              "responses.</p>"]  # fmt: skip
+    for pair in shown:
+        cut = " <i>(cut to fit max_length)</i>" if pair["truncated"] else ""
         blocks.append(
-            "<p><b>prompt</b> (chat template applied)</p>" + escaped_block(tokenizer.decode(encode_prompt(pair["prompt"], tokenizer)))
-            + "<p><b>chosen</b></p>" + escaped_block(pair["chosen"])
-            + "<p><b>rejected</b></p>" + escaped_block(pair["rejected"])
+            f"<p><b>prompt</b>{cut}</p><pre style='white-space:pre-wrap'>{_tokens_html(pair['prompt_tokens'], '#888888')}</pre>"
+            f"<p><b>chosen</b></p><pre style='white-space:pre-wrap'>{_tokens_html(pair['chosen_tokens'], '#1f77b4')}</pre>"
+            f"<p><b>rejected</b></p><pre style='white-space:pre-wrap'>{_tokens_html(pair['rejected_tokens'], '#d62728')}</pre>"
         )  # fmt: skip
     return "<hr>".join(blocks)
 
@@ -134,8 +169,7 @@ def wire_dataset(ctx: AppContext, p: SimpleNamespace) -> None:
 
     p.upload.upload(upload_dataset, p.upload, [p.dataset, p.preview], api_name="upload")
     p.votes.click(votes_dataset, None, [p.dataset, p.preview], api_name="votes_dataset")
-    p.preview_btn.click(named(DATA_NAMES, lambda v: preview(ctx, v)),
-                        [p.model, p.dataset, p.trust_remote_code, p.skip_bad_rows], p.preview,
+    p.preview_btn.click(named(DATA_NAMES, lambda v: preview(ctx, v)), data_components(p), p.preview,
                         api_name="preview")  # fmt: skip
 
 
@@ -184,6 +218,7 @@ def train_tab(ctx: AppContext) -> SimpleNamespace:
 def form_config(v: dict, default_model: str) -> dict:
     """Form values -> TrainConfig values (types are checked by TrainConfig.from_dict)."""
     config = {name: v[name] for name in FORM_NAMES}
+    config.update({name: v[name] for name in DATA_OPTIONS})
     config.update(model=(v["model"] or "").strip() or default_model,
                   dataset=(v["dataset"] or "").strip() or "default",
                   trust_remote_code=bool(v["trust_remote_code"]),
@@ -242,8 +277,7 @@ def wire_launch(ctx, data, form: dict, launch, live) -> None:
     launch.sft.change(sft_switch, [launch.sft, form["beta"], launch.beta_memory],
                       [form["beta"], launch.beta_memory], api_name="sft_switch")  # fmt: skip
     names = DATA_NAMES + LAUNCH_NAMES + FORM_NAMES
-    inputs = [data.model, data.dataset, data.trust_remote_code, data.skip_bad_rows,
-              launch.run_name, launch.sft, launch.device, *form_inputs]  # fmt: skip
+    inputs = [*data_components(data), launch.run_name, launch.sft, launch.device, *form_inputs]
     launch.start.click(named(names, start), inputs, [live.run, launch.message], api_name="start")
     launch.stop.click(stop, live.run, launch.message, api_name="stop")
     launch.resume.click(resume, live.run, [live.run, launch.message], api_name="resume")
