@@ -8,6 +8,7 @@ peft's mixed-adapter inference routes each row through its own adapter (`adapter
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 from collections import OrderedDict
@@ -356,6 +357,25 @@ class ModelPool:
                 )
 
         yield from _stream_worker(run, streamer)
+
+    def score(self, pair: dict, checkpoints: Sequence[str | Path | None], **budgets) -> list:
+        """`orpo_lab.token_view.score_pair` of one pair {"prompt", "chosen", "rejected"} under each
+        checkpoint (None: the base model alone), on the one base model in memory."""
+        from peft import PeftModel
+
+        from orpo_lab.token_view import score_pair
+
+        self.load()
+        scores = []
+        with self.lock:
+            for checkpoint in checkpoints:
+                if checkpoint is not None:
+                    self.model.set_adapter(self.add_adapter(checkpoint))
+                plain = checkpoint is None and isinstance(self.model, PeftModel)
+                with self.model.disable_adapter() if plain else contextlib.nullcontext():
+                    scores.append(score_pair(self.model, self.tokenizer, pair["prompt"],
+                                             pair["chosen"], pair["rejected"], **budgets))  # fmt: skip
+        return scores
 
     def generate(self, conversations, checkpoints, **settings) -> list[str]:
         """The final answers of `stream`."""

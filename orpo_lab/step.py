@@ -15,7 +15,7 @@ import torch
 
 from orpo_lab.config import TrainConfig
 from orpo_lab.data import collate
-from orpo_lab.loss import orpo_loss
+from orpo_lab.loss import odds_weight, or_penalty, orpo_loss
 
 
 class TrainingError(RuntimeError):
@@ -131,7 +131,7 @@ def held_out_metrics(
             rejected.append(r.float())
     finally:
         wrapped.train()
-    c, r = torch.cat(chosen), torch.cat(rejected)
+    c, r = torch.cat(chosen), torch.cat(rejected)  # (N,) mean log-probs of the held-out pairs
     _, m = orpo_loss(c, r, torch.zeros(()), cfg.beta)
     return {
         "eval/accuracy": m["rewards/accuracies"],
@@ -140,4 +140,27 @@ def held_out_metrics(
         "eval/log_odds_chosen": m["log_odds_chosen"],
         "eval/log_odds_ratio": m["log_odds_ratio"],
         "eval/pairs": len(pairs),
+        **weighting_quantiles(c, r),
     }
+
+
+WEIGHT_QUANTILES = (10, 25, 50, 75, 90)
+
+
+def weighting_quantiles(chosen: torch.Tensor, rejected: torch.Tensor) -> dict[str, float]:
+    """How hard the pairs pull (paper section 4.3, notebook 02), spread over the pairs.
+
+    Per pair: delta(d) = `or_penalty` (near 1 while the model prefers the rejected response) and the
+    1/(1-P) factors (`odds_weight`) on the chosen and the rejected gradient. Logged as quantiles:
+    eval/delta_q50 is the median pair's delta. (N,) mean log-probs in; float32 maths.
+    """
+    c, r = chosen.float(), rejected.float()
+    q = torch.tensor(WEIGHT_QUANTILES, dtype=torch.float32) / 100
+    out = {}
+    for stem, values in (("delta", or_penalty(c, r)), ("weight_chosen", odds_weight(c)),
+                         ("weight_rejected", odds_weight(r))):  # fmt: skip
+        for pct, value in zip(
+            WEIGHT_QUANTILES, torch.quantile(values.cpu(), q).tolist(), strict=True
+        ):
+            out[f"eval/{stem}_q{pct}"] = value
+    return out

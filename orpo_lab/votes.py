@@ -148,3 +148,21 @@ def describe(report: dict[str, int]) -> str:
         parts.append(f"{report['contradictions']} contradicting vote(s) dropped (the same answers "
                      "preferred both ways)")  # fmt: skip
     return "; ".join(parts) + "."
+
+
+def blind_tally(votes: list[dict]) -> list[list]:
+    """Blind votes per pair of models: [model, other model, its wins, the other's wins, ties].
+
+    Counted by model, never by side: which pane showed which model was random. Pairs sorted by name.
+    """
+    table: dict[tuple[str, str], list[int]] = {}
+    for v in votes:
+        if not v.get("blind"):
+            continue
+        pair = tuple(sorted((v.get("left_model", ""), v.get("right_model", ""))))
+        counts = table.setdefault(pair, [0, 0, 0])
+        if v.get("winner") == "tie":
+            counts[2] += 1
+        else:
+            counts[pair.index(v["chosen_model"])] += 1
+    return [[a, b, *counts] for (a, b), counts in sorted(table.items())]

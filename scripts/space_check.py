@@ -133,8 +133,9 @@ def use(client: Client, model: str, preset: str, expect_model: bool) -> None:
     checkpoint = checkpoint["value"] if isinstance(checkpoint, dict) else checkpoint
     columns = ["base model", f"space-check/{checkpoint}", "(off)"]
     _, left, right, _ = client.predict(
-        "What is the capital of France?", *columns, 0.0, 1.0, 24, 0, api_name="/send"
+        "What is the capital of France?", *columns, 0.0, 1.0, 24, 0, False, api_name="/send"
     )
+    left, right = (h["value"] if isinstance(h, dict) else h for h in (left, right))
     for name, chat in zip(columns, (left, right), strict=False):
         print(f"{name}: {chat[-1]['content'][0]['text']!r}")
         assert chat[-1]["content"][0]["text"].strip()

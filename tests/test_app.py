@@ -26,8 +26,8 @@ FORM_VALUES = dict(
     max_length=96, max_prompt_length=48, lora_r=4, lora_alpha=8, nll_scope="response",
     eval_every=0, save_every=0,
 )  # fmt: skip
-SETTINGS = [1.0, 1.0, 16, 7]  # temperature, top p, max new tokens, seed: the random tiny model
-# writes only newlines when greedy, so the tests sample (seeded)
+SETTINGS = [1.0, 1.0, 16, 7, False]  # temperature, top p, max new tokens, seed, blind mode: the
+# random tiny model writes only newlines when greedy, so the tests sample (seeded)
 
 
 def free_port() -> int:
@@ -181,8 +181,9 @@ def test_train_stop_resume_download_export_delete(served, tiny_model_dir):
     assert value(selected) == "live" and "Created run **live**" in message
     wait_running(client, "live")
     # Chat answers while the run trains (in its own process), base and a checkpoint alike.
-    _, left, right, _ = client.predict("Still there?", BASE_CHOICE, f"{FAKE_RUN}/step-000010",
-                                       "(off)", *SETTINGS, api_name="/send")  # fmt: skip
+    _, left, right, _ = map(value, client.predict("Still there?", BASE_CHOICE,
+                                                  f"{FAKE_RUN}/step-000010", "(off)", *SETTINGS,
+                                                  api_name="/send"))  # fmt: skip
     assert left[-1]["content"][0]["text"] and right[-1]["content"][0]["text"]
     assert "stop it first" in client.predict("live", api_name="/delete")[1]
     stopped = client.predict("live", api_name="/stop")
@@ -191,7 +192,7 @@ def test_train_stop_resume_download_export_delete(served, tiny_model_dir):
     assert stopped.startswith("Stopped **live**") and f"after step {step}" in stopped
     assert f"{checkpoint} (step {step})" in stopped  # the message names what is on disk
     # The tick brings the new checkpoint into the dropdown without a page reload.
-    _, _, _, table, overlay, checkpoints = client.predict("live", 0.0, None, api_name="/tick")
+    _, _, _, table, overlay, checkpoints, _ = client.predict("live", 0.0, None, api_name="/tick")
     assert value(checkpoints) == checkpoint and ["live", "live"] in overlay["choices"]
     assert {row[0]: row[1] for row in table["data"]} == {"live": "stopped", FAKE_RUN: "finished"}
     # Resume continues from that checkpoint: no step logged twice, none missing.
@@ -221,8 +222,8 @@ def test_chat_votes_one_per_exchange_with_undo_and_dataset(served, tiny_model_di
     assert [column in u["choices"][-1] for u in updates] == [True] * 3
     columns = [BASE_CHOICE, column, "(off)"]
     client.predict(api_name="/clear")  # the session's conversation so far is kept until cleared
-    message, left, right, third = client.predict(
-        "Say something.", *columns, *SETTINGS, api_name="/send"
+    message, left, right, third = map(
+        value, client.predict("Say something.", *columns, *SETTINGS, api_name="/send")
     )
     assert message == "" and third == []
     answers = [h[-1]["content"][0]["text"] for h in (left, right)]
@@ -235,10 +236,10 @@ def test_chat_votes_one_per_exchange_with_undo_and_dataset(served, tiny_model_di
         temperature=1.0, top_p=1.0, max_new_tokens=16, seed=7,
     )  # fmt: skip
     assert [d.strip() for d in direct] == [a.strip() for a in answers]  # the page trims
-    again = client.predict(*columns, *SETTINGS, api_name="/regenerate")
+    again = [value(h) for h in client.predict(*columns, *SETTINGS, api_name="/regenerate")]
     assert [h[-1]["content"][0]["text"] for h in again[:2]] == answers  # same seed, same answers
     for kind in ("right", "right", "left", "tie"):  # a user changing their mind
-        saved, table = client.predict(*columns, *SETTINGS, api_name=f"/vote_{kind}")
+        saved, table, *_ = client.predict(*columns, *SETTINGS, api_name=f"/vote_{kind}")
         assert "Vote saved" in saved
     (vote,) = [json.loads(line) for line in (runs / "votes.jsonl").read_text().splitlines()]
     assert vote["winner"] == "tie" and len(table["data"]) == 1  # one vote: the last click
@@ -249,12 +250,12 @@ def test_chat_votes_one_per_exchange_with_undo_and_dataset(served, tiny_model_di
     dataset, note = client.predict(api_name="/votes_dataset")
     assert "1 preference pair(s) from 1 vote(s)" in note
     assert json.loads(open(dataset).readline())["chosen"].strip() == answers[1]
-    message, table = client.predict(api_name="/undo_vote")
+    message, table, _ = client.predict(api_name="/undo_vote")
     assert "Removed the vote" in message and table["data"] == []
     assert client.predict(api_name="/undo_vote")[0] == "No votes to undo."
     with pytest.raises(Exception, match="two"):
         client.predict(BASE_CHOICE, "(off)", "(off)", *SETTINGS, api_name="/vote_left")
-    assert client.predict(api_name="/clear") == ([], [], [])
+    assert client.predict(api_name="/clear") == ([], [], [])  # the three panes, emptied
 
 
 def test_empty_message_changes_nothing(served):
@@ -262,25 +263,26 @@ def test_empty_message_changes_nothing(served):
     client, *_ = served
     columns = [BASE_CHOICE, "(off)", "(off)"]
     client.predict(api_name="/clear")
-    _, first, _, _ = client.predict("Hello?", *columns, *SETTINGS, api_name="/send")
+    _, first, _, _ = map(value, client.predict("Hello?", *columns, *SETTINGS, api_name="/send"))
     outputs = client.predict("   ", *columns, *SETTINGS, api_name="/send")
     assert all(value(out) is None for out in outputs)  # every output skipped: nothing changed
-    regenerated, _, _ = client.predict(*columns, *SETTINGS, api_name="/regenerate")
+    regenerated = value(client.predict(*columns, *SETTINGS, api_name="/regenerate")[0])
     assert [m["role"] for m in regenerated] == ["user", "assistant"] == [m["role"] for m in first]
 
 
 def test_chat_reports_a_missing_checkpoint(served):
     client, *_ = served
     with pytest.raises(Exception, match="no checkpoint"):
-        client.predict("hi", BASE_CHOICE, f"{FAKE_RUN}/step-999", "(off)", 0.0, 1.0, 8, 0,
+        client.predict("hi", BASE_CHOICE, f"{FAKE_RUN}/step-999", "(off)", 0.0, 1.0, 8, 0, False,
                        api_name="/send")  # fmt: skip
 
 
 def test_tick_shows_the_latest_run_and_its_config_loads_into_the_form(served, tiny_model_dir):
     client, *_ = served
-    selected, plot, progress, table, _, checkpoint = client.predict(
+    selected, plot, progress, table, _, checkpoint, weighting = client.predict(
         None, 0.6, None, api_name="/tick"
     )
+    assert weighting is not None  # the gradient-weighting figure (empty here: no held-out records)
     assert value(selected) in {row[0] for row in table["data"]}
     assert value(checkpoint) and progress.startswith(f"**{value(selected)}**")
     names = {t.get("name") for t in plot_data(plot)}
@@ -321,3 +323,57 @@ def test_evaluate_judges_base_and_checkpoint_or_says_why_not(served, tiny_model_
     assert (runs / "judged" / "generations.json").is_file()
     with pytest.raises(Exception, match="needs a 'family' column"):
         client.predict("unjudged", "step-000001", 6, api_name="/evaluate")
+
+
+def test_blind_battles_hide_names_until_the_vote_and_count_models_not_sides(
+    tiny_model_dir, tmp_path
+):
+    """Blind mode: columns 1 and 2 answer as A and B in a seeded random order per battle; the labels
+    hide the names until the vote; the vote and the tally name the model that won, not the side."""
+    import random
+
+    runs = tmp_path / "runs"
+    make_adapter(tiny_model_dir, runs / "ckpt" / "checkpoints" / "step-000010", seed=5)
+    (runs / "ckpt" / "config.yaml").write_text(yaml.safe_dump({"model": str(tiny_model_dir)}))
+    demo = build_app(str(tiny_model_dir), runs, device="cpu", seed=3)
+    _, url, _ = demo.launch(prevent_thread_lock=True, server_port=free_port(), quiet=True)
+    client, column = Client(url, verbose=False), "ckpt/step-000010"
+    blind = [*SETTINGS[:4], True]
+    asked = [{"role": "user", "content": "Pick one."}]
+    pool, ckpt = (
+        ModelPool(str(tiny_model_dir), device="cpu"),
+        runs / "ckpt" / "checkpoints" / "step-000010",
+    )
+    settings = dict(temperature=1.0, top_p=1.0, max_new_tokens=16, seed=7)
+    # The batch order changes what each row samples: the direct answers of both orders.
+    base_first = pool.generate([asked, asked], [None, ckpt], **settings)
+    ckpt_first = pool.generate([asked, asked], [ckpt, None], **settings)
+    draws = random.Random(3)
+    expected = [column if draws.random() < 0.5 else BASE_CHOICE for _ in range(4)]
+    try:
+        seen = []
+        for _ in range(4):
+            _, a, b, third = client.predict("Pick one.", BASE_CHOICE, column, "(off)", *blind,
+                                            api_name="/send")  # fmt: skip
+            assert (a["label"], b["label"]) == ("A", "B")  # no name before the vote
+            texts = [x["value"][-1]["content"][0]["text"].strip() for x in (a, b)]
+            if texts == [t.strip() for t in base_first]:
+                model_a = BASE_CHOICE
+            else:
+                assert texts == [t.strip() for t in ckpt_first], texts
+                model_a = column
+            seen.append(model_a)
+            message, _, tally, a, b, _ = client.predict(BASE_CHOICE, column, "(off)", *blind,
+                                                        api_name="/vote_left")  # fmt: skip
+            model_b = column if model_a == BASE_CHOICE else BASE_CHOICE
+            assert f"A was **{model_a}**, B was **{model_b}**" in message
+            assert (a["label"], b["label"]) == (f"A: {model_a}", f"B: {model_b}")
+            vote = json.loads((runs / "votes.jsonl").read_text().splitlines()[-1])
+            assert vote["blind"] and vote["chosen_model"] == model_a and vote["winner"] == "left"
+        assert seen == expected and set(seen) == {BASE_CHOICE, column}  # seeded, both orders
+        # Every vote went to side A. A battle repeated word for word is the same exchange (its vote
+        # replaces the earlier one): two exchanges remain, one per order, so each model won once.
+        # Counted by side, A would have 2 wins and B none.
+        assert tally["data"] == [[BASE_CHOICE, column, 1, 1, 0]]
+    finally:
+        demo.close()

@@ -274,25 +274,62 @@ def test_stop_and_resume_of_the_default_model_equal_an_uninterrupted_run(browser
 
 
 @pytest.mark.slow
-def test_real_model_and_orpo_checkpoint_side_by_side(browser, tmp_path):
-    """The default model and a checkpoint of a 60-step default-recipe ORPO run, in the Chat tab: the
-    checkpoint answers an out-of-domain "three things" question as a bullet list, the base does not."""
+def test_default_model_inside_orpo_and_blind_vote(browser, tmp_path):
+    """The default model, a 60-step ORPO run and its SFT twin (the default recipe): the gradient
+    weighting shrinks as pairs separate; the token view shows ORPO lifting a held-out pair's
+    log-odds ratio more than SFT; a blind battle hides the names until the vote, and the ORPO
+    checkpoint answers an out-of-domain "three things" question as a bullet list, the base not."""
     from orpo_lab.config import PRESETS, TrainConfig
     from orpo_lab.default_dataset import judge
     from orpo_lab.train import train
 
     runs, shots = tmp_path / "runs", shots_dir(tmp_path)
-    cfg = TrainConfig(**(PRESETS["cpu-quick"] | dict(output_dir=str(runs), run_name="orpo",
-                                                     max_steps=60, eval_every=0, save_every=0,
-                                                     device="cpu")))  # fmt: skip
-    train(cfg)
-    demo = build_app("default", runs, device="cpu")
+    recipe = PRESETS["cpu-quick"] | dict(output_dir=str(runs), max_steps=60, eval_every=20,
+                                         save_every=0, device="cpu")  # fmt: skip
+    train(TrainConfig(**recipe, run_name="orpo"))
+    train(TrainConfig(**(recipe | dict(beta=0.0, eval_every=0)), run_name="sft"))
+    demo = build_app("default", runs, device="cpu", seed=0)
     page = open_app(browser, demo)
     try:
+        # ---- Train tab: how hard the pairs pull, evaluation by evaluation
+        page.locator("#run-select input").click()
+        page.get_by_role("option", name="orpo", exact=True).click()
+        wait_text(page, "progress", "orpo: finished")
+        page.wait_for_function(
+            "() => (document.querySelector('#weighting-plot .js-plotly-plot')?.data || []).length >= 9"
+        )
+        medians = [t for t in plot_traces(page, "weighting-plot") if t["name"] == "delta median"]
+        assert len(medians[0]["y"]) == 4 and medians[0]["y"][-1] < medians[0]["y"][0]
+        page.locator("#weighting-plot").scroll_into_view_if_needed()
+        page.screenshot(path=str(shots / "weighting.png"))
+
+        # ---- Inside ORPO: one held-out pair, ORPO next to SFT
+        page.get_by_role("tab", name="Inside ORPO").click()
+        page.locator("#view-refresh").click()
+        for elem_id, option in (
+            ("view-first", "orpo/step-000060"),
+            ("view-second", "sft/step-000060"),
+        ):
+            page.locator(f"#{elem_id} input").click()
+            page.get_by_role("option", name=option, exact=True).click()
+        page.wait_for_function(
+            "() => document.querySelector('#view-prompt textarea').value.length > 0", timeout=60_000
+        )  # the first held-out pair fills the boxes
+        page.locator("#view-show").click()
+        page.wait_for_function(
+            "() => document.querySelectorAll('#token-view h4').length === 2", timeout=120_000
+        )
+        page.screenshot(path=str(shots / "tokens.png"), full_page=True)
+        page.get_by_text("the numbers behind the colours").click()
+        text = page.locator("#token-numbers").inner_text()
+        assert "orpo/step-000060" in text and "sft/step-000060" in text
+
+        # ---- Chat: a blind battle, base model vs the ORPO checkpoint
         page.get_by_role("tab", name="Chat").click()
         page.locator("#refresh-columns").click()
         page.locator("#column-2 input").click()
         page.get_by_role("option", name="orpo/step-000060").click()
+        page.locator("#blind input").click()
         page.get_by_text("generation settings").click()
         fill(page, "temperature", 0)  # greedy: the same answers every run
         fill(page, "max-new-tokens", 96)
@@ -300,15 +337,34 @@ def test_real_model_and_orpo_checkpoint_side_by_side(browser, tmp_path):
         fill(page, "chat-message", question)
         page.locator("#send").click()
         wait_answers(page)
-        page.screenshot(path=str(shots / "chat.png"), full_page=True)
-        # Judge what the model wrote (the votes file keeps the raw text; the page shows Markdown).
-        page.locator("#vote-right").click()
-        wait_text(page, "vote-message", "Vote saved")
+        labels = [page.locator(f"#chat-{i}").inner_text() for i in (1, 2)]
+        assert all("orpo" not in label and "base model" not in label for label in labels)
+        page.screenshot(path=str(shots / "blind.png"), full_page=True)
+        page.locator("#vote-left").click()
+        reveal = wait_text(page, "vote-message", "A was")
         vote = json.loads((runs / "votes.jsonl").read_text().splitlines()[-1])
+        assert vote["blind"] and vote["chosen_model"] == vote["left_model"]
+        assert f"A was {vote['left_model']}, B was {vote['right_model']}" in reveal
+        by_model = {vote["left_model"]: vote["left"], vote["right_model"]: vote["right"]}
         record = {"prompt": question}
-        assert judge("bullets", record, vote["chosen"]), vote["chosen"]  # the checkpoint
-        assert not judge("bullets", record, vote["rejected"]), vote["rejected"]  # the base model
+        assert judge("bullets", record, by_model["orpo/step-000060"]), by_model
+        assert not judge("bullets", record, by_model["base model"]), by_model
     finally:
-        page.screenshot(path=str(tmp_path / "last.png"), full_page=True)  # what the page showed
+        page.screenshot(path=str(tmp_path / "last.png"), full_page=True)
         page.close()
         demo.close()
+    # The token view's numbers: ORPO lifted the pair's log-odds ratio more than SFT did.
+    scores = demo.orpo_context.pool.score(
+        _first_held_out_pair(runs), [None, runs / "orpo/checkpoints/step-000060",
+                                     runs / "sft/checkpoints/step-000060"])  # fmt: skip
+    base, orpo, sft = (s.log_odds_ratio for s in scores)
+    assert orpo - base > sft - base and orpo > base
+
+
+def _first_held_out_pair(runs) -> dict:
+    from orpo_lab.config import TrainConfig
+    from orpo_lab.rundir import RunDir
+    from orpo_lab.splits import load_config_splits
+
+    cfg = TrainConfig.from_yaml(RunDir(runs / "orpo").config_path)
+    return load_config_splits(cfg)[1][0]

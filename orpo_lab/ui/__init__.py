@@ -2,7 +2,8 @@
 
     train_tab.py   dataset panel, hyperparameters, launch (start, stop, resume)
     runs_panel.py  the run shown live, the runs table and overlay, artefacts, judged evaluation
-    chat_tab.py    side-by-side chat with checkpoints, votes
+    chat_tab.py    side-by-side chat with checkpoints, votes, blind A/B battles
+    inside_tab.py  one pair token by token: what a checkpoint did to each token's log-prob
     views.py       the text and tables shown (pure functions, tested without a browser)
 
 All state is on disk (runs, votes) or in the `AppContext`; `build_app` creates no thread or
@@ -11,6 +12,7 @@ folder until it is called.
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import gradio as gr
@@ -19,8 +21,10 @@ from orpo_lab.chat import ModelPool
 from orpo_lab.runs import RunManager
 from orpo_lab.ui.chat_tab import chat_tab, column_updates, votes_table, wire_chat
 from orpo_lab.ui.common import BASE_CHOICE, OFF_CHOICE, AppContext
+from orpo_lab.ui.inside_tab import checkpoint_updates, inside_tab, wire_inside
 from orpo_lab.ui.runs_panel import live_panel, runs_panel, wire_runs
 from orpo_lab.ui.train_tab import train_tab, wire_dataset, wire_launch
+from orpo_lab.votes import blind_tally, read_votes
 
 __all__ = ["BASE_CHOICE", "OFF_CHOICE", "AppContext", "build_app"]
 
@@ -31,13 +35,15 @@ INTRO = (
 
 
 def build_app(
-    model: str = "default", runs_dir: str | Path = "runs", device: str = "auto"
-) -> gr.Blocks:
-    """The app over a runs folder; `model` is the default base model of training and chat."""
+    model: str = "default", runs_dir: str | Path = "runs", device: str = "auto",
+    seed: int | None = None,
+) -> gr.Blocks:  # fmt: skip
+    """The app over a runs folder; `model` is the default base model of training and chat.
+    `seed` fixes the blind A/B order (tests); None draws it fresh."""
     manager = RunManager(runs_dir)
     ctx = AppContext(model=model, manager=manager, pool=ModelPool(model, device=device),
                      votes_path=manager.runs_dir / "votes.jsonl",
-                     uploads=manager.runs_dir / ".uploads")  # fmt: skip
+                     uploads=manager.runs_dir / ".uploads", rng=random.Random(seed))  # fmt: skip
     with gr.Blocks(title="ORPO Lab") as demo:
         gr.Markdown(INTRO)
         with gr.Tab("Train"):
@@ -46,13 +52,19 @@ def build_app(
             runs = runs_panel()
         with gr.Tab("Chat"):
             chat = chat_tab(ctx)
+        with gr.Tab("Inside ORPO"):
+            inside = inside_tab(ctx)
         wire_dataset(ctx, train.data)
         wire_launch(ctx, train.data, train.form, train.launch, live)
         wire_runs(ctx, live, runs, train)
         wire_chat(ctx, chat)
+        wire_inside(ctx, inside)
         # A (re)loaded page lists every checkpoint and the votes so far (the timer draws the runs).
         demo.load(lambda: column_updates(ctx), None, chat.columns, api_visibility="private")
-        demo.load(lambda: votes_table(ctx), None, chat.votes, api_visibility="private")
+        demo.load(lambda: checkpoint_updates(ctx), None, [inside.first, inside.second,
+                  inside.reference], api_visibility="private")  # fmt: skip
+        demo.load(lambda: (votes_table(ctx), blind_tally(read_votes(ctx.votes_path))), None,
+                  [chat.votes, chat.tally], api_visibility="private")  # fmt: skip
     manager.watch()  # the queue advances and crashes show even with no page open
     demo.orpo_context, demo.orpo_manager, demo.orpo_pool = (
         ctx,

@@ -11,12 +11,14 @@ import gradio as gr
 
 from orpo_lab.chat import common_base, content_text
 from orpo_lab.ui.common import BASE_CHOICE, OFF_CHOICE, AppContext, named
-from orpo_lab.votes import read_votes, record_vote, undo_vote
+from orpo_lab.votes import blind_tally, read_votes, record_vote, undo_vote
 
 COLUMNS = 3  # chat columns; each answers as the base model or as one checkpoint
 VOTE_COLUMNS = ["time", "prompt", "winner", "chosen model", "rejected model"]
 SETTING_NAMES = ["temperature", "top_p", "max_new_tokens", "seed"]
 COLUMN_NAMES = [f"column_{i}" for i in range(COLUMNS)]
+TALLY_COLUMNS = ["model", "other model", "its wins", "the other's wins", "ties"]
+SIDES = ("A", "B")
 
 
 def chat_tab(ctx: AppContext) -> SimpleNamespace:
@@ -29,6 +31,10 @@ def chat_tab(ctx: AppContext) -> SimpleNamespace:
             for i in range(COLUMNS)
         ]  # fmt: skip
         p.refresh = gr.Button("Refresh checkpoints", size="sm", elem_id="refresh-columns")
+    p.blind_on = gr.Checkbox(False, label="blind A/B vote", elem_id="blind",
+                             info="columns 1 and 2 answer as A and B in random order; their names "
+                                  "show after your vote (as in arena evaluations)")  # fmt: skip
+    p.blind = gr.State({"models": None, "revealed": False})  # the battle: which model is A and B
     with gr.Row():
         p.bots = [gr.Chatbot(elem_id=f"chat-{i + 1}", label=f"column {i + 1}", height=380,
                              buttons=["copy"]) for i in range(COLUMNS)]  # fmt: skip
@@ -60,6 +66,8 @@ def chat_tab(ctx: AppContext) -> SimpleNamespace:
     with gr.Accordion("recorded votes", open=False):
         p.votes = gr.Dataframe(headers=VOTE_COLUMNS, value=[], interactive=False, elem_id="votes")
         p.undo = gr.Button("Undo the last vote", size="sm", elem_id="undo-vote")
+    with gr.Accordion("blind votes: wins per pair of models", open=False):
+        p.tally = gr.Dataframe(headers=TALLY_COLUMNS, value=[], interactive=False, elem_id="tally")
     return p
 
 
@@ -105,79 +113,147 @@ def answer(ctx: AppContext, histories: list[list], columns: list[str], settings:
         raise gr.Error(str(err)) from err
 
 
-def send(ctx: AppContext, v: dict):
-    """Add the message to every column that is on and stream their answers."""
+def panes(ctx: AppContext, v: dict) -> tuple[list[str], dict]:
+    """The model each pane answers as, and the blind battle (a new one draws a new order).
+
+    Outside blind mode the panes are the columns. In blind mode panes 1 and 2 are columns 1 and 2
+    in an order drawn at random for each battle (a battle ends with its vote or a Clear).
+    """
     columns = [v[n] for n in COLUMN_NAMES]
+    if not v["blind_on"]:
+        return columns, v["blind"]
+    pair, state = columns[:2], v["blind"]
+    if OFF_CHOICE in pair or not all(pair) or pair[0] == pair[1]:
+        raise gr.Error("Blind mode compares two different models: set columns 1 and 2.")
+    if (
+        state.get("models") is None
+        or state.get("revealed")
+        or sorted(state["models"]) != sorted(pair)
+    ):
+        state = {"models": pair[::-1] if ctx.rng.random() < 0.5 else list(pair), "revealed": False}
+    return [*state["models"], OFF_CHOICE], state
+
+
+def pane_labels(v: dict, state: dict) -> list[str]:
+    """ "A" and "B" while a blind battle is open, with the names once it is voted on."""
+    if not v["blind_on"] or not state.get("models"):
+        return [f"column {i + 1}" for i in range(COLUMNS)]
+    names = [
+        f"{side}: {m}" if state["revealed"] else side
+        for side, m in zip(SIDES, state["models"], strict=True)
+    ]
+    return [*names, "(off in blind mode)"]
+
+
+def _shown(histories: list[list], labels: list[str]) -> list:
+    return [gr.update(value=h, label=label) for h, label in zip(histories, labels, strict=True)]
+
+
+def send(ctx: AppContext, v: dict):
+    """Add the message to every pane that is on and stream their answers."""
+    columns, state = panes(ctx, v)
     if not (v["message"] or "").strip() or not _on(columns):
         gr.Warning("Type a message first." if _on(columns) else "Switch at least one column on.")
-        yield gr.skip(), gr.skip(), *[gr.skip()] * COLUMNS  # nothing sent, nothing changed
+        yield gr.skip(), gr.skip(), gr.skip(), *[gr.skip()] * COLUMNS  # nothing sent or changed
         return
-    histories = [list(h) for h in v["histories"]]
+    fresh = v["blind_on"] and state is not v["blind"]  # a new blind battle starts from nothing
+    histories = [[] if fresh else list(h) for h in v["histories"]]
     for i in _on(columns):
         histories[i] += [{"role": "user", "content": v["message"]},
                          {"role": "assistant", "content": ""}]  # fmt: skip
+    labels = pane_labels(v, state)
     for updated in answer(ctx, histories, columns, _settings(v)):
-        yield "", updated, *updated
+        yield "", updated, state, *_shown(updated, labels)
 
 
 def regenerate(ctx: AppContext, v: dict):
-    """Answer the last message again (other settings or seed)."""
-    columns, histories = [v[n] for n in COLUMN_NAMES], [list(h) for h in v["histories"]]
+    """Answer the last message again (other settings or seed), in the same panes."""
+    columns = (
+        [*v["blind"]["models"], OFF_CHOICE]
+        if v["blind_on"] and v["blind"].get("models")
+        else [v[n] for n in COLUMN_NAMES]
+    )
+    histories = [list(h) for h in v["histories"]]
     if not _on(columns) or any(not histories[i] for i in _on(columns)):
         gr.Warning("Nothing to regenerate yet: send a message first.")
         yield gr.skip(), *[gr.skip()] * COLUMNS
         return
     for i in _on(columns):
         histories[i][-1] = {"role": "assistant", "content": ""}
+    labels = pane_labels(v, v["blind"])
     for updated in answer(ctx, histories, columns, _settings(v)):
-        yield updated, *updated
+        yield updated, *_shown(updated, labels)
 
 
 def vote(ctx: AppContext, kind: str, v: dict):
-    """Record which of the first two columns answered better (one vote per exchange)."""
-    columns, histories = [v[n] for n in COLUMN_NAMES], v["histories"]
-    on = _on(columns)
+    """Record which of the first two panes answered better (one vote per exchange). In blind mode
+    the vote names the models behind A and B, and only then are they shown."""
+    blind = bool(v["blind_on"] and v["blind"].get("models"))
+    columns = [*v["blind"]["models"], OFF_CHOICE] if blind else [v[n] for n in COLUMN_NAMES]
+    histories, on = v["histories"], _on(columns)
     if len(on) < 2:
         raise gr.Error("Voting compares two columns: switch on at least two.")
     left, right = histories[on[0]], histories[on[1]]
     if not left or not right or left[-1]["role"] != "assistant" or right[-1]["role"] != "assistant":
         raise gr.Error("Nothing to vote on yet: ask something first.")
     try:
-        vote = record_vote(ctx.votes_path, left[:-1], content_text(left[-1]["content"]),
-                           content_text(right[-1]["content"]), kind, columns[on[0]],
-                           columns[on[1]])  # fmt: skip
+        saved = record_vote(ctx.votes_path, left[:-1], content_text(left[-1]["content"]),
+                            content_text(right[-1]["content"]), kind, columns[on[0]],
+                            columns[on[1]], blind=blind)  # fmt: skip
     except ValueError as err:
         raise gr.Error(str(err)) from err
     total = len(read_votes(ctx.votes_path))
-    return (f"Vote saved ({kind}; replaces any earlier vote on this exchange): {total} vote(s) "
-            f"in `{ctx.votes_path}`. Id {vote['id']}."), votes_table(ctx)  # fmt: skip
+    message = (f"Vote saved ({kind}; replaces any earlier vote on this exchange): {total} vote(s) "
+               f"in `{ctx.votes_path}`. Id {saved['id']}.")  # fmt: skip
+    state = v["blind"]
+    if blind:
+        state = {**state, "revealed": True}
+        winner = {"left": "A", "right": "B", "tie": "neither"}[kind]
+        message = (f"A was **{columns[0]}**, B was **{columns[1]}**; you preferred {winner}. "
+                   "Send again for a new blind battle. " + message)  # fmt: skip
+    labels = [gr.update(label=label) for label in pane_labels(v, state)]
+    return message, votes_table(ctx), state, blind_tally(read_votes(ctx.votes_path)), *labels
 
 
 def undo(ctx: AppContext):
     removed = undo_vote(ctx.votes_path)
+    tally = blind_tally(read_votes(ctx.votes_path))
     if removed is None:
-        return "No votes to undo.", votes_table(ctx)
-    return f"Removed the vote {removed['id']} ({removed['winner']}).", votes_table(ctx)
+        return "No votes to undo.", votes_table(ctx), tally
+    return f"Removed the vote {removed['id']} ({removed['winner']}).", votes_table(ctx), tally
+
+
+def blind_switch(on: bool):
+    """Entering or leaving blind mode starts from empty panes, labelled for the mode."""
+    labels = [*SIDES, "(off in blind mode)"] if on else [f"column {i + 1}" for i in range(COLUMNS)]
+    empty = [[] for _ in range(COLUMNS)]
+    return (
+        empty,
+        {"models": None, "revealed": False},
+        *[gr.update(value=[], label=label) for label in labels],
+    )
 
 
 def wire_chat(ctx: AppContext, p: SimpleNamespace) -> None:
-    inputs = [p.histories, *p.columns, *p.settings]
-    names = ["histories", *COLUMN_NAMES, *SETTING_NAMES]
+    inputs = [p.histories, *p.columns, *p.settings, p.blind_on, p.blind]
+    names = ["histories", *COLUMN_NAMES, *SETTING_NAMES, "blind_on", "blind"]
     outputs = [p.histories, *p.bots]
+    send_inputs, send_names = [p.message, *inputs], ["message", *names]
+    send_outputs = [p.message, p.histories, p.blind, *p.bots]
 
     p.refresh.click(lambda: column_updates(ctx), None, p.columns, api_name="checkpoints")
-    send_inputs, send_names = [p.message, *inputs], ["message", *names]
-    p.send.click(
-        named(send_names, partial(send, ctx)), send_inputs, [p.message, *outputs], api_name="send"
-    )
-    p.message.submit(named(send_names, partial(send, ctx)), send_inputs, [p.message, *outputs],
+    p.send.click(named(send_names, partial(send, ctx)), send_inputs, send_outputs, api_name="send")
+    p.message.submit(named(send_names, partial(send, ctx)), send_inputs, send_outputs,
                      api_visibility="private")  # fmt: skip
     p.regenerate.click(
         named(names, partial(regenerate, ctx)), inputs, outputs, api_name="regenerate"
     )
     empty = [[] for _ in range(COLUMNS)]
-    p.clear.click(lambda: (empty, *empty), None, outputs, api_name="clear")
+    p.clear.click(lambda: (empty, {"models": None, "revealed": False}, *empty), None,
+                  [p.histories, p.blind, *p.bots], api_name="clear")  # fmt: skip
+    vote_outputs = [p.vote_message, p.votes, p.blind, p.tally, *p.bots]
     for button, kind in ((p.left, "left"), (p.right, "right"), (p.tie, "tie")):
-        button.click(named(names, partial(vote, ctx, kind)), inputs,
-                     [p.vote_message, p.votes], api_name=f"vote_{kind}")  # fmt: skip
-    p.undo.click(partial(undo, ctx), None, [p.vote_message, p.votes], api_name="undo_vote")
+        button.click(named(names, partial(vote, ctx, kind)), inputs, vote_outputs,
+                     api_name=f"vote_{kind}")  # fmt: skip
+    p.undo.click(partial(undo, ctx), None, [p.vote_message, p.votes, p.tally], api_name="undo_vote")
+    p.blind_on.change(blind_switch, p.blind_on, [p.histories, p.blind, *p.bots], api_name="blind")

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import inspect
+import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from orpo_lab.chat import ModelPool
@@ -23,6 +24,7 @@ class AppContext:
     pool: ModelPool  # the chat's base model and loaded adapters
     votes_path: Path  # votes.jsonl (orpo_lab.votes)
     uploads: Path  # uploaded datasets, kept beside the runs
+    rng: random.Random = field(default_factory=random.Random)  # blind A/B order (seeded in tests)
 
     def checkpoint_choices(self) -> list[str]:
         """ "run/step-000040" for every checkpoint of every run, newest run first."""

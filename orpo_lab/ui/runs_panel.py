@@ -10,12 +10,18 @@ import gradio as gr
 import plotly.graph_objects as go
 import yaml
 
-from orpo_lab.plots import compare_figure, metrics_figure
+from orpo_lab.plots import compare_figure, metrics_figure, weighting_figure
 from orpo_lab.rundir import ACTIVE
 from orpo_lab.ui.common import AppContext
 from orpo_lab.ui.train_tab import DATA_OPTIONS, DEFAULTS, FORM_NAMES
 from orpo_lab.ui.views import EVAL_COLUMNS, RUN_COLUMNS, pass_rate_table, progress_text, runs_table
 
+WEIGHTING_HELP = (
+    "**How hard each pair pulls**, at every held-out evaluation: ORPO's gradient is delta(d) times the "
+    "chosen and rejected gradients scaled by 1/(1-P) (paper section 4.3; notebook "
+    "`02_loss_gradient.ipynb` derives it). delta falls as pairs are separated; the line is the median "
+    "pair, the bands hold the middle 50% and 80% of the pairs."
+)
 CURVES_HELP = (
     "Lines are the training batches (a new batch every step, so they jump); dots are the same "
     "held-out pairs at every evaluation: the numbers to compare. Chosen is blue, rejected red."
@@ -32,6 +38,10 @@ def live_panel(ctx: AppContext) -> SimpleNamespace:
     p.progress = gr.Markdown(elem_id="progress")
     gr.Markdown(CURVES_HELP)
     p.plot = gr.Plot(label="training curves", elem_id="train-plot")
+    gr.Markdown(WEIGHTING_HELP)
+    p.weighting = gr.Plot(
+        label="gradient weighting on the held-out pairs", elem_id="weighting-plot"
+    )
     p.seen = gr.State("")  # what the page last drew: redraw only when the folder changed
     p.timer = gr.Timer(2.0)
     return p
@@ -104,10 +114,11 @@ def pass_rate_figure(summary: dict) -> go.Figure:
 def show(ctx: AppContext, name, smoothing):
     """Everything about the run shown, when another run is picked."""
     if not name or name not in ctx.manager.names():
-        return None, "", gr.update(choices=[], value=None), None, ""
+        return None, "", gr.update(choices=[], value=None), None, "", None
     records, status = ctx.manager.metrics(name), ctx.manager.status(name)
     return (metrics_figure(records, smoothing, name), progress_text(name, status, records),
-            _checkpoint_update(ctx, name), None, _config_text(ctx, name))  # fmt: skip
+            _checkpoint_update(ctx, name), None, _config_text(ctx, name),
+            weighting_figure(records))  # fmt: skip
 
 
 def tick(ctx: AppContext, name, seen, smoothing, checkpoint):
@@ -118,21 +129,22 @@ def tick(ctx: AppContext, name, seen, smoothing, checkpoint):
     """
     signature = f"{ctx.manager.signature()}|{name}|{smoothing}"
     if signature == seen:
-        return [gr.skip()] * 7
+        return [gr.skip()] * 8
     summaries = ctx.manager.list_runs()
     names = [s["name"] for s in summaries]
     active = [s["name"] for s in summaries if s["status"]["status"] in ACTIVE]
     shown = name if name in names else ([*active, *names, None][0])
-    plot, progress = None, ""
+    plot, progress, weighting = None, "", None
     if shown:
         records, status = ctx.manager.metrics(shown), ctx.manager.status(shown)
         plot, progress = (
             metrics_figure(records, smoothing, shown),
             progress_text(shown, status, records),
         )
+        weighting = weighting_figure(records)
     run = gr.update(choices=names) if shown == name else gr.update(choices=names, value=shown)
     return (run, plot, progress, signature, runs_table(summaries), gr.update(choices=names),
-            _checkpoint_update(ctx, shown, checkpoint))  # fmt: skip
+            _checkpoint_update(ctx, shown, checkpoint), weighting)  # fmt: skip
 
 
 def overlay(ctx: AppContext, names, smoothing):
@@ -189,7 +201,8 @@ def evaluate(ctx: AppContext, name, checkpoint, prompts, progress=gr.Progress(tr
 
 
 def wire_runs(ctx: AppContext, live, runs, train) -> None:
-    show_outputs = [live.plot, live.progress, runs.checkpoint, runs.download, runs.config]
+    show_outputs = [live.plot, live.progress, runs.checkpoint, runs.download, runs.config,
+                    live.weighting]  # fmt: skip
     live.run.change(
         partial(show, ctx), [live.run, live.smoothing], show_outputs, api_name="show_run"
     )
@@ -197,7 +210,7 @@ def wire_runs(ctx: AppContext, live, runs, train) -> None:
                           api_visibility="private", show_progress="hidden")  # fmt: skip
     live.timer.tick(partial(tick, ctx), [live.run, live.seen, live.smoothing, runs.checkpoint],
                     [live.run, live.plot, live.progress, live.seen, runs.table, runs.overlay,
-                     runs.checkpoint], api_name="tick", show_progress="hidden")  # fmt: skip
+                     runs.checkpoint, live.weighting], api_name="tick", show_progress="hidden")  # fmt: skip
     runs.overlay_btn.click(
         partial(overlay, ctx), [runs.overlay, live.smoothing], runs.compare, api_name="compare"
     )

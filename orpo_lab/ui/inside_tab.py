@@ -1,0 +1,150 @@
+"""The "Inside ORPO" tab: one pair token by token, coloured by how training moved each token's
+log-prob (a reference model -> a checkpoint, next to a second checkpoint such as the SFT run), with
+the pair's mean log-probs, log-odds ratio and L_OR before and after (`orpo_lab.token_view`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+from functools import partial
+from types import SimpleNamespace
+
+import gradio as gr
+
+from orpo_lab.config import TrainConfig
+from orpo_lab.ui.common import BASE_CHOICE, AppContext
+from orpo_lab.ui.views import token_delta_html
+
+NONE_CHOICE = "(none)"
+OWN_PAIR = "type my own pair"
+INTRO = (
+    "Pick a checkpoint (say the ORPO run's) and, next to it, another (the SFT run's): every token of "
+    "a held-out pair's chosen and rejected responses is coloured by how much that checkpoint moved "
+    "its log-prob from the reference model, **green** up and **red** down (hover for the numbers). "
+    "ORPO pulls the chosen response up and pushes the rejected one down; SFT lifts both."
+)
+
+
+def inside_tab(ctx: AppContext) -> SimpleNamespace:
+    p = SimpleNamespace()
+    gr.Markdown(INTRO)
+    with gr.Row():
+        p.first = gr.Dropdown([], label="checkpoint", elem_id="view-first", allow_custom_value=True)
+        p.second = gr.Dropdown([NONE_CHOICE], value=NONE_CHOICE, label="next to it",
+                               elem_id="view-second", allow_custom_value=True)  # fmt: skip
+        p.reference = gr.Dropdown([BASE_CHOICE], value=BASE_CHOICE, label="changes from",
+                                  elem_id="view-reference", allow_custom_value=True)  # fmt: skip
+        p.refresh = gr.Button("Refresh checkpoints", size="sm", elem_id="view-refresh")
+    p.pair = gr.Dropdown([OWN_PAIR], value=OWN_PAIR, label="pair: a held-out pair of the run, or your own",
+                         elem_id="view-pair", allow_custom_value=True)  # fmt: skip
+    with gr.Row():
+        p.prompt = gr.Textbox(label="prompt", lines=2, elem_id="view-prompt")
+        p.chosen = gr.Textbox(label="chosen response", lines=2, elem_id="view-chosen")
+        p.rejected = gr.Textbox(label="rejected response", lines=2, elem_id="view-rejected")
+    p.show = gr.Button("Show the tokens", variant="primary", elem_id="view-show")
+    p.view = gr.HTML(elem_id="token-view")
+    with gr.Accordion("the numbers behind the colours", open=False):
+        p.numbers = gr.JSON(elem_id="token-numbers")
+    return p
+
+
+def checkpoint_updates(ctx: AppContext):
+    choices = ctx.checkpoint_choices()
+    return (gr.update(choices=choices, value=choices[0] if choices else None),
+            gr.update(choices=[NONE_CHOICE, *choices]),
+            gr.update(choices=[BASE_CHOICE, *choices]))  # fmt: skip
+
+
+def held_out_pairs(ctx: AppContext, choice: str | None, limit: int = 40) -> list[dict]:
+    """The first held-out pairs of the run a "run/checkpoint" choice belongs to (never its training
+    pairs: the same split the run evaluated on)."""
+    from orpo_lab.splits import load_config_splits
+
+    run = (choice or "").partition("/")[0]
+    if run not in ctx.manager.names():
+        return []
+    _, held_out, _ = load_config_splits(TrainConfig.from_dict(ctx.manager.config(run)))
+    return [] if held_out is None else list(held_out.select(range(min(limit, len(held_out)))))
+
+
+def _prompt_text(prompt) -> str:
+    return prompt if isinstance(prompt, str) else prompt[-1]["content"]
+
+
+def pair_choices(ctx: AppContext, choice: str | None):
+    try:
+        pairs = held_out_pairs(ctx, choice)
+    except ValueError:  # the run's data is gone or broken: only own pairs then
+        pairs = []
+    labels = [f"{i + 1}: {_prompt_text(p['prompt'])[:70]}" for i, p in enumerate(pairs)]
+    return gr.update(choices=[*labels, OWN_PAIR], value=labels[0] if labels else OWN_PAIR)
+
+
+def fill_pair(ctx: AppContext, choice: str | None, label: str | None):
+    """Put the picked held-out pair into the three boxes (a user turn's text for chat prompts)."""
+    if not label or label == OWN_PAIR:
+        return gr.skip(), gr.skip(), gr.skip()
+    pair = held_out_pairs(ctx, choice)[int(label.split(":")[0]) - 1]
+    return _prompt_text(pair["prompt"]), pair["chosen"], pair["rejected"]
+
+
+def _summary(before, after) -> str:
+    rows = [("chosen mean log-prob", before.chosen.mean_logp, after.chosen.mean_logp),
+            ("rejected mean log-prob", before.rejected.mean_logp, after.rejected.mean_logp),
+            ("log-odds ratio", before.log_odds_ratio, after.log_odds_ratio),
+            ("L_OR", before.or_loss, after.or_loss)]  # fmt: skip
+    cells = "".join(f"<tr><td>{name}</td><td>{b:.3f}</td><td>{a:.3f}</td><td>{a - b:+.3f}</td></tr>"
+                    for name, b, a in rows)  # fmt: skip
+    return ("<table><tr><th></th><th>before</th><th>after</th><th>change</th></tr>"
+            f"{cells}</table>")  # fmt: skip
+
+
+def _view(reference: str, target: str, before, after, change: dict) -> str:
+    title = f"<h4>{html.escape(reference)} &rarr; {html.escape(target)}</h4>"
+    parts = [title, _summary(before, after)]
+    for side in ("chosen", "rejected"):
+        score = getattr(after, side)
+        parts.append(f"<p><b>{side}</b></p>" + token_delta_html(
+            score.tokens, getattr(before, side).token_logps, score.token_logps))  # fmt: skip
+    return "<div style='flex: 1; min-width: 360px'>" + "".join(parts) + "</div>"
+
+
+def show_tokens(ctx: AppContext, first, second, reference, prompt, chosen, rejected):
+    """Score the pair under the reference and the one or two checkpoints; colour every token."""
+    from orpo_lab.chat import common_base
+    from orpo_lab.token_view import token_change
+
+    if not first:
+        raise gr.Error("Pick a checkpoint first (train a run, then Refresh checkpoints).")
+    if not all((text or "").strip() for text in (prompt, chosen, rejected)):
+        raise gr.Error("A pair needs a prompt, a chosen and a rejected response.")
+    targets = [c for c in (first, second) if c and c != NONE_CHOICE]
+    try:
+        paths = [ctx.checkpoint_of(c) for c in (reference, *targets)]
+        ctx.pool.load(common_base(paths, ctx.pool.model_name))
+        scores = ctx.pool.score({"prompt": prompt, "chosen": chosen, "rejected": rejected}, paths)
+    except (ValueError, OSError) as err:
+        raise gr.Error(str(err)) from err
+    before, views, numbers = (
+        scores[0],
+        [],
+        {"reference": reference, "before": dataclasses.asdict(scores[0])},
+    )
+    for target, after in zip(targets, scores[1:], strict=True):
+        change = token_change(before, after)
+        views.append(_view(reference, target, before, after, change))
+        numbers[target] = {"after": dataclasses.asdict(after), "change": change}
+    return "<div style='display: flex; gap: 24px; flex-wrap: wrap'>" + "".join(
+        views
+    ) + "</div>", numbers
+
+
+def wire_inside(ctx: AppContext, p: SimpleNamespace) -> None:
+    p.refresh.click(partial(checkpoint_updates, ctx), None, [p.first, p.second, p.reference],
+                    api_name="view_checkpoints")  # fmt: skip
+    p.first.change(partial(pair_choices, ctx), p.first, p.pair, api_name="view_pairs")
+    p.pair.change(partial(fill_pair, ctx), [p.first, p.pair], [p.prompt, p.chosen, p.rejected],
+                  api_name="view_pair")  # fmt: skip
+    p.show.click(partial(show_tokens, ctx),
+                 [p.first, p.second, p.reference, p.prompt, p.chosen, p.rejected],
+                 [p.view, p.numbers], api_name="token_view")  # fmt: skip
