@@ -198,7 +198,6 @@ def weighting_figure(records: list[dict]) -> go.Figure:
                                  line=dict(color=colour), showlegend=False), 1, col)  # fmt: skip
         fig.update_yaxes(title_text=y_title, row=1, col=col)
     _steps_axis(fig, max_step)
-    fig.update_yaxes(tickformat=".3~g")
     fig.update_layout(height=330, margin=dict(l=50, r=20, t=50, b=40), template="plotly_white",
                       uirevision="weighting")  # fmt: skip
     return fig

@@ -197,7 +197,7 @@ def test_train_stop_resume_download_export_delete(served, tiny_model_dir):
     assert {row[0]: row[1] for row in table["data"]} == {"live": "stopped", FAKE_RUN: "finished"}
     # Resume continues from that checkpoint: no step logged twice, none missing.
     _, message = client.predict("live", api_name="/resume")
-    assert "Resuming **live**" in message and checkpoint in message
+    assert "Resumed **live**" in message and checkpoint in message
     wait_running(client, "live", past_step=step + 1)
     assert client.predict("live", api_name="/stop").startswith("Stopped **live**")
     steps = [r["step"] for r in manager.metrics("live") if r["kind"] == "train"]

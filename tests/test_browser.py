@@ -170,10 +170,14 @@ def test_train_stop_resume_overlay_chat_votes(browser, tiny_model_dir, tmp_path)
         )
         # ---- resume: it continues from that checkpoint and finishes
         page.locator("#resume").click()
-        wait_text(page, "train-message", f"Resuming orpo from {checkpoint}")
+        wait_text(page, "train-message", f"Resumed orpo from {checkpoint}")
         wait_text(page, "progress", "orpo: finished", timeout=240_000)
         steps = [r["step"] for r in manager.metrics("orpo") if r["kind"] == "train"]
         assert steps == list(range(1, TINY_FORM["max_steps"] + 1))  # none twice, none missing
+        newest = manager.checkpoints("orpo")[-1]  # the checkpoint list follows to the newest
+        page.wait_for_function(
+            "(c) => document.querySelector('#checkpoint-select input').value === c", arg=newest
+        )
         page.locator("#train-plot").scroll_into_view_if_needed()
         page.screenshot(path=str(shots / "train.png"), full_page=True)
 

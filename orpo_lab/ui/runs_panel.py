@@ -43,6 +43,7 @@ def live_panel(ctx: AppContext) -> SimpleNamespace:
         label="gradient weighting on the held-out pairs", elem_id="weighting-plot"
     )
     p.seen = gr.State("")  # what the page last drew: redraw only when the folder changed
+    p.pinned = gr.State(False)  # the user picked a checkpoint: stop following the newest
     p.timer = gr.Timer(2.0)
     return p
 
@@ -84,6 +85,7 @@ def runs_panel() -> SimpleNamespace:
 
 
 def _checkpoint_update(ctx: AppContext, name: str | None, current: str | None = None):
+    """The run's checkpoints; the newest selected unless the user picked one (`current`)."""
     names = ctx.manager.names()
     choices = ctx.manager.checkpoints(name) if name in names else []
     if current in choices:
@@ -121,7 +123,7 @@ def show(ctx: AppContext, name, smoothing):
             weighting_figure(records))  # fmt: skip
 
 
-def tick(ctx: AppContext, name, seen, smoothing, checkpoint):
+def tick(ctx: AppContext, name, seen, smoothing, checkpoint, pinned):
     """Every 2 s: redraw what changed on disk, nothing when nothing did (an idle page is cheap).
 
     A value the user picked is never overwritten (a tick in flight would undo their click):
@@ -144,7 +146,7 @@ def tick(ctx: AppContext, name, seen, smoothing, checkpoint):
         weighting = weighting_figure(records)
     run = gr.update(choices=names) if shown == name else gr.update(choices=names, value=shown)
     return (run, plot, progress, signature, runs_table(summaries), gr.update(choices=names),
-            _checkpoint_update(ctx, shown, checkpoint), weighting)  # fmt: skip
+            _checkpoint_update(ctx, shown, checkpoint if pinned else None), weighting)  # fmt: skip
 
 
 def overlay(ctx: AppContext, names, smoothing):
@@ -206,9 +208,12 @@ def wire_runs(ctx: AppContext, live, runs, train) -> None:
     live.run.change(
         partial(show, ctx), [live.run, live.smoothing], show_outputs, api_name="show_run"
     )
+    live.run.change(lambda: False, None, live.pinned, api_visibility="private")
+    runs.checkpoint.input(lambda: True, None, live.pinned, api_visibility="private")
     live.smoothing.change(lambda n, s: show(ctx, n, s)[0], [live.run, live.smoothing], live.plot,
                           api_visibility="private", show_progress="hidden")  # fmt: skip
-    live.timer.tick(partial(tick, ctx), [live.run, live.seen, live.smoothing, runs.checkpoint],
+    live.timer.tick(partial(tick, ctx), [live.run, live.seen, live.smoothing, runs.checkpoint,
+                                         live.pinned],
                     [live.run, live.plot, live.progress, live.seen, runs.table, runs.overlay,
                      runs.checkpoint, live.weighting], api_name="tick", show_progress="hidden")  # fmt: skip
     runs.overlay_btn.click(

@@ -270,8 +270,7 @@ def wire_launch(ctx, data, form: dict, launch, live) -> None:
             checkpoint = manager.resume(name or "")
         except ValueError as err:
             return gr.skip(), f"**Not resumed:** {err}"
-        state = manager.status(name)["status"]
-        return gr.update(value=name), f"Resuming **{name}** from {checkpoint} ({state})."
+        return gr.update(value=name), f"Resumed **{name}** from {checkpoint}."
 
     launch.preset.change(apply_preset, launch.preset, form_inputs, api_name="preset")
     launch.sft.change(sft_switch, [launch.sft, form["beta"], launch.beta_memory],
