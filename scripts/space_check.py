@@ -116,7 +116,7 @@ def use(client: Client, model: str, preset: str, expect_model: bool) -> None:
     assert "im_start" in preview and "training pairs" in preview, preview
     values = dict(zip(FORM_NAMES, client.predict(preset, api_name="/preset"), strict=True))
     values.update(max_steps=3, eval_every=0, save_every=0)
-    _, message = client.predict(
+    _, message, _ = client.predict(
         *data, "space-check", False, "auto", *values.values(),
         api_name="/start",
     )  # fmt: skip

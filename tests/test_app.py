@@ -143,18 +143,18 @@ def test_start_refuses_impossible_settings_bad_names_and_too_little_data(
     served, tiny_model_dir, tmp_path
 ):
     client, manager, _, pairs = served
-    _, message = client.predict(*start_args(str(tiny_model_dir), pairs, max_length=32,
+    _, message, _ = client.predict(*start_args(str(tiny_model_dir), pairs, max_length=32,
                                             max_prompt_length=32), api_name="/start")  # fmt: skip
     assert message.startswith("**Not started:**") and "max_prompt_length" in message
-    _, message = client.predict(
+    _, message, _ = client.predict(
         *start_args(str(tiny_model_dir), pairs, "../escape"), api_name="/start"
     )
     assert "not allowed" in message
-    _, message = client.predict(*start_args(str(tiny_model_dir), pairs, max_steps=None),
+    _, message, _ = client.predict(*start_args(str(tiny_model_dir), pairs, max_steps=None),
                                 api_name="/start")  # fmt: skip
     assert "max_steps: empty; expected a whole number" in message
     two = write_pairs(tmp_path / "two.jsonl", n=2)
-    _, message = client.predict(*start_args(str(tiny_model_dir), str(two), "tiny-data",
+    _, message, _ = client.predict(*start_args(str(tiny_model_dir), str(two), "tiny-data",
                                             batch_size=4), api_name="/start")  # fmt: skip
     assert "1 usable training pair(s), fewer than one batch of 4" in message  # 1 held out
     assert manager.names() == [FAKE_RUN]  # nothing was created
@@ -175,7 +175,7 @@ def wait_running(client, name: str, past_step: int = 0, timeout: float = 120):
 
 def test_train_stop_resume_download_export_delete(served, tiny_model_dir):
     client, manager, runs, pairs = served
-    selected, message = client.predict(
+    selected, message, _ = client.predict(
         *start_args(str(tiny_model_dir), pairs, "live"), api_name="/start"
     )
     assert value(selected) == "live" and "Created run **live**" in message
@@ -192,11 +192,11 @@ def test_train_stop_resume_download_export_delete(served, tiny_model_dir):
     assert stopped.startswith("Stopped **live**") and f"after step {step}" in stopped
     assert f"{checkpoint} (step {step})" in stopped  # the message names what is on disk
     # The tick brings the new checkpoint into the dropdown without a page reload.
-    _, _, _, table, overlay, checkpoints, _ = client.predict("live", 0.0, None, api_name="/tick")
+    _, _, _, table, overlay, checkpoints, _, _ = client.predict("live", 0.0, None, api_name="/tick")
     assert value(checkpoints) == checkpoint and ["live", "live"] in overlay["choices"]
     assert {row[0]: row[1] for row in table["data"]} == {"live": "stopped", FAKE_RUN: "finished"}
     # Resume continues from that checkpoint: no step logged twice, none missing.
-    _, message = client.predict("live", api_name="/resume")
+    _, message, _ = client.predict("live", api_name="/resume")
     assert "Resumed **live**" in message and checkpoint in message
     wait_running(client, "live", past_step=step + 1)
     assert client.predict("live", api_name="/stop").startswith("Stopped **live**")
@@ -279,10 +279,11 @@ def test_chat_reports_a_missing_checkpoint(served):
 
 def test_tick_shows_the_latest_run_and_its_config_loads_into_the_form(served, tiny_model_dir):
     client, *_ = served
-    selected, plot, progress, table, _, checkpoint, weighting = client.predict(
+    selected, plot, progress, table, _, checkpoint, weighting, timer = client.predict(
         None, 0.6, None, api_name="/tick"
     )
     assert weighting is not None  # the gradient-weighting figure (empty here: no held-out records)
+    assert value(timer) == 10.0  # nothing is running: the page polls slowly (2 s while a run is active)
     assert value(selected) in {row[0] for row in table["data"]}
     assert value(checkpoint) and progress.startswith(f"**{value(selected)}**")
     names = {t.get("name") for t in plot_data(plot)}

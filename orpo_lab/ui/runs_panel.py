@@ -22,6 +22,7 @@ WEIGHTING_HELP = (
     "`02_loss_gradient.ipynb` derives it). delta falls as pairs are separated; the line is the median "
     "pair, the bands hold the middle 50% and 80% of the pairs."
 )
+BUSY_TICK_S, IDLE_TICK_S = 2.0, 10.0  # poll the runs folder often only while a run is not over
 CURVES_HELP = (
     "Lines are the training batches (a new batch every step, so they jump); dots are the same "
     "held-out pairs at every evaluation: the numbers to compare. Chosen is blue, rejected red."
@@ -44,7 +45,7 @@ def live_panel(ctx: AppContext) -> SimpleNamespace:
     )
     p.seen = gr.State("")  # what the page last drew: redraw only when the folder changed
     p.pinned = gr.State(False)  # the user picked a checkpoint: stop following the newest
-    p.timer = gr.Timer(2.0)
+    p.timer = gr.Timer(BUSY_TICK_S)
     return p
 
 
@@ -131,7 +132,7 @@ def tick(ctx: AppContext, name, seen, smoothing, checkpoint, pinned):
     """
     signature = f"{ctx.manager.signature()}|{name}|{smoothing}"
     if signature == seen:
-        return [gr.skip()] * 8
+        return [gr.skip()] * 9
     summaries = ctx.manager.list_runs()
     names = [s["name"] for s in summaries]
     active = [s["name"] for s in summaries if s["status"]["status"] in ACTIVE]
@@ -145,8 +146,10 @@ def tick(ctx: AppContext, name, seen, smoothing, checkpoint, pinned):
         )
         weighting = weighting_figure(records)
     run = gr.update(choices=names) if shown == name else gr.update(choices=names, value=shown)
+    interval = BUSY_TICK_S if active else IDLE_TICK_S  # an idle page costs almost nothing
     return (run, plot, progress, signature, runs_table(summaries), gr.update(choices=names),
-            _checkpoint_update(ctx, shown, checkpoint if pinned else None), weighting)  # fmt: skip
+            _checkpoint_update(ctx, shown, checkpoint if pinned else None), weighting,
+            gr.Timer(interval))  # fmt: skip
 
 
 def overlay(ctx: AppContext, names, smoothing):
@@ -215,7 +218,8 @@ def wire_runs(ctx: AppContext, live, runs, train) -> None:
     live.timer.tick(partial(tick, ctx), [live.run, live.seen, live.smoothing, runs.checkpoint,
                                          live.pinned],
                     [live.run, live.plot, live.progress, live.seen, runs.table, runs.overlay,
-                     runs.checkpoint, live.weighting], api_name="tick", show_progress="hidden")  # fmt: skip
+                     runs.checkpoint, live.weighting, live.timer], api_name="tick",
+                    show_progress="hidden")  # fmt: skip
     runs.overlay_btn.click(
         partial(overlay, ctx), [runs.overlay, live.smoothing], runs.compare, api_name="compare"
     )

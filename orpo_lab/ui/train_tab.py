@@ -247,10 +247,11 @@ def wire_launch(ctx, data, form: dict, launch, live) -> None:
             name = manager.start(form_config(v, ctx.model), (v["run_name"] or "").strip() or None)
         except ValueError as err:  # RunError is a ValueError too
             gr.Warning(str(err).splitlines()[0])
-            return gr.skip(), f"**Not started:** {err}"
+            return gr.skip(), f"**Not started:** {err}", gr.skip()
         queued = manager.status(name)["status"] == "queued"
         when = "it starts when its device is free" if queued else "it started at once"
-        return gr.update(choices=manager.names(), value=name), f"Created run **{name}** ({when})."
+        return (gr.update(choices=manager.names(), value=name), f"Created run **{name}** ({when}).",
+                gr.Timer(2.0))  # fmt: skip
 
     def stop(name):
         if not name:
@@ -269,14 +270,15 @@ def wire_launch(ctx, data, form: dict, launch, live) -> None:
         try:
             checkpoint = manager.resume(name or "")
         except ValueError as err:
-            return gr.skip(), f"**Not resumed:** {err}"
-        return gr.update(value=name), f"Resumed **{name}** from {checkpoint}."
+            return gr.skip(), f"**Not resumed:** {err}", gr.skip()
+        return gr.update(value=name), f"Resumed **{name}** from {checkpoint}.", gr.Timer(2.0)
 
     launch.preset.change(apply_preset, launch.preset, form_inputs, api_name="preset")
     launch.sft.change(sft_switch, [launch.sft, form["beta"], launch.beta_memory],
                       [form["beta"], launch.beta_memory], api_name="sft_switch")  # fmt: skip
     names = DATA_NAMES + LAUNCH_NAMES + FORM_NAMES
     inputs = [*data_components(data), launch.run_name, launch.sft, launch.device, *form_inputs]
-    launch.start.click(named(names, start), inputs, [live.run, launch.message], api_name="start")
+    busy = [live.run, launch.message, live.timer]  # a new or resumed run: follow it closely again
+    launch.start.click(named(names, start), inputs, busy, api_name="start")
     launch.stop.click(stop, live.run, launch.message, api_name="stop")
-    launch.resume.click(resume, live.run, [live.run, launch.message], api_name="resume")
+    launch.resume.click(resume, live.run, busy, api_name="resume")
