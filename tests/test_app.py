@@ -283,7 +283,9 @@ def test_tick_shows_the_latest_run_and_its_config_loads_into_the_form(served, ti
         None, 0.6, None, api_name="/tick"
     )
     assert weighting is not None  # the gradient-weighting figure (empty here: no held-out records)
-    assert value(timer) == 10.0  # nothing is running: the page polls slowly (2 s while a run is active)
+    assert (
+        value(timer) == 10.0
+    )  # nothing is running: the page polls slowly (2 s while a run is active)
     assert value(selected) in {row[0] for row in table["data"]}
     assert value(checkpoint) and progress.startswith(f"**{value(selected)}**")
     names = {t.get("name") for t in plot_data(plot)}
