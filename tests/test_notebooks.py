@@ -3,13 +3,18 @@
 Each notebook runs top to bottom in a kernel of this test's own interpreter (a temporary kernel spec,
 so a `python3` kernel of another environment can never be picked up). One extra cell is appended that
 prints a JSON object of chosen values from the notebook's namespace; the asserts read real values.
-Notebooks 4 and 5 share one temporary runs folder, so notebook 5 reuses notebook 4's runs.
+Every exercise cell (tagged "exercise") runs with its hidden solution (the python block of the next
+`<details>` markdown cell) appended, so the self-check after it must pass: solutions cannot rot.
+The notebooks share one temporary runs folder, so notebook 5 reuses notebook 4's runs.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import re
 import sys
+import time
 from pathlib import Path
 
 import nbformat
@@ -36,31 +41,60 @@ def notebook_env(tmp_path_factory) -> dict[str, str]:
     return {"JUPYTER_PATH": str(root), "ORPO_LAB_QUICK": "1", "ORPO_LAB_RUNS": str(runs)}
 
 
+def solution_code(nb, exercise_index: int) -> str:
+    """The python block of the first `<details>` markdown cell after cell `exercise_index`."""
+    for cell in nb.cells[exercise_index + 1 :]:
+        if cell.cell_type == "markdown" and "<details>" in cell.source:
+            return re.search(r"```python\n(.*?)```", cell.source, re.DOTALL).group(1)
+    raise AssertionError(f"no <details> solution after exercise cell {exercise_index}")
+
+
+def exercise_indices(nb) -> list[int]:
+    return [i for i, c in enumerate(nb.cells) if "exercise" in c.metadata.get("tags", [])]
+
+
 def run_notebook(name: str, values: dict[str, str], env: dict, monkeypatch) -> dict:
-    """Execute notebooks/<name> and return {key: value of the expression values[key]} from its kernel."""
+    """Execute notebooks/<name> and return {key: value of the expression values[key]} from its kernel.
+
+    Also returned: "solved", the notebook's exercise_N_solved flags (each exercise run with its
+    solution), and "seconds", the wall time of the run.
+    """
     for key, value in env.items():
         monkeypatch.setenv(key, value)  # the kernel inherits this process's environment
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    for i in exercise_indices(nb):
+        nb.cells[i].source += "\n" + solution_code(nb, i)
+    solved = "{k: v for k, v in globals().items() if re.fullmatch(r'exercise_\\d+_solved', k)}"
     fields = ", ".join(
-        f"{key!r}: {expr}" for key, expr in {**values, "executable": "sys.executable"}.items()
+        f"{key!r}: {expr}"
+        for key, expr in {**values, "solved": solved, "executable": "sys.executable"}.items()
     )
     nb.cells.append(
-        nbformat.v4.new_code_cell(f"import json, sys\nprint({MARKER!r} + json.dumps({{{fields}}}))")
+        nbformat.v4.new_code_cell(
+            f"import json, re, sys\nprint({MARKER!r} + json.dumps({{{fields}}}))"
+        )
     )
     client = NotebookClient(
-        nb, kernel_name=KERNEL, timeout=600, resources={"metadata": {"path": str(NOTEBOOKS)}}
+        nb, kernel_name=KERNEL, timeout=1800, resources={"metadata": {"path": str(NOTEBOOKS)}}
     )
+    began = time.perf_counter()
     client.execute()
     text = "".join(o.get("text", "") for o in nb.cells[-1].outputs if o.output_type == "stream")
     line = next(ln for ln in text.splitlines() if ln.startswith(MARKER))
     result = json.loads(line[len(MARKER) :])
     assert result.pop("executable") == sys.executable  # the notebook ran in this environment
+    result["seconds"] = time.perf_counter() - began
+    print(f"{name}: {result['seconds']:.0f} s in quick mode; values {result}")
+    # Every exercise was run with its solution, and its self-check passed.
+    assert len(result["solved"]) == len(exercise_indices(nb)) >= 1, name
+    assert all(result["solved"].values()), result["solved"]
     return result
 
 
 def test_notebooks_are_stored_without_outputs():
     names = sorted(p.name for p in NOTEBOOKS.glob("*.ipynb"))
     assert names == [
+        "00_why_orpo.ipynb",
         "01_odds.ipynb",
         "02_loss_gradient.ipynb",
         "03_text_to_logps.ipynb",
@@ -76,6 +110,45 @@ def test_notebooks_are_stored_without_outputs():
         assert nb.cells[0].cell_type == "markdown" and "you will learn" in intro, name
         assert "What to try next" in nb.cells[-1].source
         assert "ORPO_LAB_QUICK" in code[0].source
+        # Exercises: a cell for the learner's answer, a self-check right after it, a hidden solution.
+        exercises = exercise_indices(nb)
+        assert exercises, f"{name} has no exercise (a code cell tagged 'exercise')"
+        for i in exercises:
+            check = nb.cells[i + 1]
+            assert check.cell_type == "code" and "assert" in check.source, name
+            assert "None" in nb.cells[i].source  # the learner replaces None
+            assert solution_code(nb, i).strip(), name
+
+
+@pytest.mark.slow
+def test_00_why_orpo(notebook_env, monkeypatch):
+    v = run_notebook(
+        "00_why_orpo.ipynb",
+        {
+            "sigma_matches": "sigma_matches",
+            "dpo_start": "dpo_start_losses",
+            "or_start": "orpo_start_losses",
+            "chosen": "[sft_chosen_before, sft_chosen_after]",
+            "rejected": "[sft_rejected_before, sft_rejected_after]",
+            "shared": "shared",
+            "same": "same",
+            "shared_gain": "gain",
+            "lora_share": "trainable / total",
+        },
+        notebook_env,
+        monkeypatch,
+    )
+    assert v["sigma_matches"]  # sigma(log OR) == OR / (1 + OR)
+    # DPO starts with policy == reference: log 2 for every pair; ORPO's term already reads each pair.
+    assert v["dpo_start"] == pytest.approx([math.log(2)] * 6, abs=1e-6)
+    assert max(v["or_start"]) - min(v["or_start"]) > 0.2
+    assert 0.01 < v["lora_share"] < 0.05
+    # The paper's Figure 3 on the default model and dataset: SFT raises the held-out rejected replies.
+    (chosen0, chosen1), (rejected0, rejected1) = v["chosen"], v["rejected"]
+    assert chosen1 - chosen0 > 0.5
+    assert rejected1 - rejected0 > 0.2
+    # The arithmetic pair shares a prefix with identical log-probs, raised by SFT on both sides.
+    assert v["shared"] >= 3 and v["same"] and v["shared_gain"] > 0.5
 
 
 def test_01_odds(notebook_env, monkeypatch):
@@ -109,6 +182,9 @@ def test_02_loss_gradient(notebook_env, monkeypatch):
             "stable_rel_error": "stable_max_rel_error",
             "loss": "loss.item()",
             "hand": "hand.item()",
+            "nll": "nll.item()",
+            "metrics_explained": "metrics_explained",
+            "plateau": "[plateau_value, plateau_odds]",
         },
         notebook_env,
         monkeypatch,
@@ -119,6 +195,13 @@ def test_02_loss_gradient(notebook_env, monkeypatch):
     )  # naive log(1 - exp(x)) is -inf at x = -1e-9
     assert v["stable_rel_error"] < 1e-5
     assert v["loss"] == pytest.approx(v["hand"], abs=1e-6)
+    # L_SFT as the library reduces it: token mean, (0.4*12 + 1.2*30 + 0.2*8) / 50 = 0.848.
+    assert v["nll"] == pytest.approx(0.848, abs=1e-6)
+    assert v["metrics_explained"]  # every metric key recomputed from its stated definition
+    # The chosen-side gradient levels off at odds(y_l): e^-1 / (1 - e^-1) = 0.58198 at the slider's start.
+    plateau, odds = v["plateau"]
+    assert odds == pytest.approx(math.exp(-1) / (1 - math.exp(-1)), rel=1e-9)
+    assert plateau == pytest.approx(odds, rel=1e-5)
 
 
 @pytest.mark.slow
@@ -134,6 +217,12 @@ def test_03_text_to_logps(notebook_env, monkeypatch):
             "rejected_logp": "rejected_logp",
             "by_value": "int(by_value.sum())",
             "scored": "int(scored[0].sum())",
+            "counter_example": "joint != parts",
+            "log_or": "[log_or, log_or_with_prompt]",
+            "sum_prefers_chosen": "sum_prefers_chosen",
+            "mean_prefers_chosen": "mean_prefers_chosen",
+            "share_sum_chosen": "share_sum_chosen",
+            "widget_score": "[my_score.preference, my_score.log_odds_ratio, my_score.or_loss]",
         },
         notebook_env,
         monkeypatch,
@@ -143,6 +232,19 @@ def test_03_text_to_logps(notebook_env, monkeypatch):
     assert v["eot"] == v["pad"]
     assert v["by_value"] == v["scored"] - 1
     assert -10 < v["chosen_logp"] < 0 and -10 < v["rejected_logp"] < 0
+    # A real tokenizer counter-example to enc(a + b) == enc(a) + enc(b) was found and printed.
+    assert v["counter_example"]
+    # Counting the prompt into mean log-probs changes the log-odds ratio: it does not cancel.
+    assert abs(v["log_or"][0] - v["log_or"][1]) > 0.02
+    # The rambling concise pair: the sum prefers the short chosen reply, the mean the rejected one;
+    # over concise pairs the sum follows the length.
+    assert v["sum_prefers_chosen"] and not v["mean_prefers_chosen"]
+    assert v["share_sum_chosen"] >= 0.9
+    # The widget scored its default pair (Paris vs Lyon) through score_pair: consistent numbers.
+    preference, log_or, or_loss = v["widget_score"]
+    assert preference == pytest.approx(1 / (1 + math.exp(-log_or)), rel=1e-5)
+    assert or_loss == pytest.approx(-math.log(preference), rel=1e-5)
+    assert preference > 0.5
 
 
 @pytest.mark.slow
@@ -150,28 +252,48 @@ def test_04_training(notebook_env, monkeypatch):
     v = run_notebook(
         "04_training.ipynb",
         {
+            "one_step_losses": "one_step_losses",
             "sft_rejected": "sft_rejected",
             "orpo_rejected": "orpo_rejected",
+            "sft_chosen": "sft_chosen",
+            "orpo_chosen": "orpo_chosen",
             "sft_train_rejected": "sft_train_rejected",
             "orpo_train_rejected": "orpo_train_rejected",
             "margins": "{str(k): m for k, m in sweep_margins.items()}",
+            "run_seconds": "run_seconds",
         },
         notebook_env,
         monkeypatch,
     )
+    # The step written out by hand lowers the loss of its batch, step after step.
+    losses = v["one_step_losses"]
+    assert len(losses) == 5 and losses[-1] < losses[0] - 0.1
     sft, orpo = v["sft_rejected"], v["orpo_rejected"]
     assert sft[0] == pytest.approx(orpo[0])  # the same held-out pairs and start
-    assert sft[-1] > sft[0]  # SFT on the chosen replies raises the rejected ones too (the paper)
-    assert orpo[-1] < sft[-1]  # the odds-ratio term holds them down
-    assert v["orpo_train_rejected"] < v["sft_train_rejected"]  # same last batch in both runs
-    assert set(v["margins"]) == {"0.0", "0.5", "1.0"}
+    # The paper's observation in the learner's own quick run, each by a clear margin: SFT on the chosen
+    # replies raises the held-out rejected ones, ORPO lowers them.
+    assert sft[-1] - sft[0] > 0.15
+    assert orpo[0] - orpo[-1] > 0.3
+    # Both learn the chosen replies.
+    for chosen in (v["sft_chosen"], v["orpo_chosen"]):
+        assert chosen[-1] - chosen[0] > 0.5
+    assert v["orpo_train_rejected"] < v["sft_train_rejected"] - 0.3  # same last batch in both runs
+    assert set(v["margins"]) == {"0.0", "1.0"}  # quick mode: SFT and the main run, no extra lambdas
+    assert v["margins"]["1.0"] > v["margins"]["0.0"] + 0.5
 
 
 @pytest.mark.slow
 def test_05_compare_outputs(notebook_env, monkeypatch):
     v = run_notebook(
         "05_compare_outputs.ipynb",
-        {"table": "pass_table", "answers": "answers", "n": "len(records)"},
+        {
+            "table": "pass_table",
+            "answers": "answers",
+            "n": "len(records)",
+            "mean_log_or": "mean_log_or",
+            "own_log_or": "own_log_or",
+            "free_answers": "free_answers",
+        },
         notebook_env,
         monkeypatch,
     )
@@ -182,3 +304,14 @@ def test_05_compare_outputs(notebook_env, monkeypatch):
             assert rates[family]["n"] == 2  # one in-domain and one ood prompt in quick mode
             assert 0.0 <= rates[family]["all"] <= 1.0
     assert all(len(a) == v["n"] for a in v["answers"].values())
+    # Even the quick runs taught the formats: both trained models pass clearly more prompts.
+    base = v["table"]["base"]["all"]["all"]
+    assert v["table"]["SFT"]["all"]["all"] >= base + 0.3
+    assert v["table"]["ORPO"]["all"]["all"] >= base + 0.3
+    # Where the answers cannot tell SFT from ORPO, the log-odds of the same held-out pairs can.
+    lor = v["mean_log_or"]
+    assert lor["ORPO"] > lor["SFT"] + 0.5 and lor["SFT"] > lor["base"]
+    own = v["own_log_or"]  # the widget's default pair: a concise reply vs a rambling one
+    assert own["ORPO"] > own["SFT"] > own["base"]
+    assert set(v["free_answers"]) == {"base", "SFT", "ORPO"}
+    assert all(a.strip() for a in v["free_answers"].values())
