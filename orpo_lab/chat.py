@@ -370,7 +370,9 @@ class ModelPool:
         with self.lock:
             for checkpoint in checkpoints:
                 if checkpoint is not None:
-                    self.model.set_adapter(self.add_adapter(checkpoint))
+                    # Added first: the first adapter wraps self.model in a PeftModel.
+                    name = self.add_adapter(checkpoint)
+                    self.model.set_adapter(name)
                 plain = checkpoint is None and isinstance(self.model, PeftModel)
                 with self.model.disable_adapter() if plain else contextlib.nullcontext():
                     scores.append(score_pair(self.model, self.tokenizer, pair["prompt"],
