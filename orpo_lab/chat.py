@@ -382,28 +382,3 @@ class ModelPool:
     def generate(self, conversations, checkpoints, **settings) -> list[str]:
         """The final answers of `stream`."""
         return _last(self.stream(conversations, checkpoints, **settings), [""] * len(conversations))
-
-
-def checkpoint_base(checkpoint: str | Path, default: str) -> str:
-    """The base model a checkpoint was trained on (its trainer_state.json), else `default`."""
-    import json
-
-    state = Path(checkpoint) / "trainer_state.json"
-    try:
-        return json.loads(state.read_text())["config"]["model"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return default
-
-
-def common_base(checkpoints: Sequence[str | Path | None], default: str) -> str:
-    """The one base model that every checkpoint (None = the base itself) answers on top of.
-
-    ValueError naming the bases when they differ: adapters of different models cannot share a batch.
-    """
-    bases = {checkpoint_base(c, default) for c in checkpoints if c is not None}
-    if len(bases) > 1:
-        raise ValueError(
-            f"These checkpoints come from different base models ({', '.join(sorted(bases))}): "
-            "compare checkpoints of one base model at a time."
-        )
-    return bases.pop() if bases else default

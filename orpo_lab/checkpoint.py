@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -177,3 +178,25 @@ def export_adapter(checkpoint: str | Path, target: str | Path) -> Path:
         zf.writestr("README.md", model_card(state, base_id))
     os.replace(tmp, target)
     return target
+
+
+def checkpoint_base(checkpoint: str | Path, default: str) -> str:
+    """The base model a checkpoint was trained on (its trainer_state.json), else `default`."""
+    try:
+        return read_state(checkpoint)["config"]["model"]
+    except (CheckpointError, OSError, ValueError, KeyError, TypeError):
+        return default
+
+
+def common_base(checkpoints: Sequence[str | Path | None], default: str) -> str:
+    """The one base model that every checkpoint (None = the base itself) answers on top of.
+
+    ValueError naming the bases when they differ: adapters of different models cannot share a batch.
+    """
+    bases = {checkpoint_base(c, default) for c in checkpoints if c is not None}
+    if len(bases) > 1:
+        raise ValueError(
+            f"These checkpoints come from different base models ({', '.join(sorted(bases))}): "
+            "compare checkpoints of one base model at a time."
+        )
+    return bases.pop() if bases else default

@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 
+from orpo_lab.presets import PRESETS
 from orpo_lab.rundir import RUN_NAME
 
 
@@ -299,76 +300,6 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
             f"Config file {path} must hold a mapping of field: value; got {type(values).__name__}."
         )
     return values
-
-
-# Starting points; the app shows them as buttons and the CLI takes `--preset`.
-PRESETS: dict[str, dict[str, Any]] = {
-    # About 3 minutes on a 2-core CPU with the default model and dataset (bench/alignment.py measures
-    # it). lambda = 1: at 120 steps of 4 pairs, 0.5 left held-out preference accuracy at ~94%.
-    "cpu-quick": dict(
-        max_steps=120,
-        batch_size=4,
-        grad_accum=1,
-        learning_rate=5e-4,
-        beta=1.0,
-        lora_r=16,
-        lora_alpha=32,
-        max_length=192,
-        max_prompt_length=96,
-        eval_every=40,
-        save_every=40,
-    ),
-    # The notebooks' runs: notebook 4 trains ORPO with these and SFT with beta=0; notebook 5 reuses both.
-    # Quick: 30 steps each, about 2 minutes for the two on a 2-core CPU; the higher learning rate makes
-    # SFT raise and ORPO lower the held-out rejected log-prob within those steps. The full variant trains
-    # twice as long and evaluates on more held-out pairs.
-    "notebook-quick": dict(
-        max_steps=30,
-        batch_size=4,
-        grad_accum=1,
-        learning_rate=1e-3,
-        warmup_steps=3,
-        beta=1.0,
-        lora_r=16,
-        lora_alpha=32,
-        max_length=128,
-        max_prompt_length=64,
-        eval_every=10,
-        max_eval_pairs=32,
-        save_every=0,
-        seed=0,
-    ),
-    "notebook": dict(
-        max_steps=60,
-        batch_size=4,
-        grad_accum=1,
-        learning_rate=1e-3,
-        warmup_steps=3,
-        beta=1.0,
-        lora_r=16,
-        lora_alpha=32,
-        max_length=128,
-        max_prompt_length=64,
-        eval_every=10,
-        max_eval_pairs=64,
-        save_every=0,
-        seed=0,
-    ),
-    "gpu": dict(
-        epochs=1.0,
-        max_steps=-1,
-        batch_size=16,
-        grad_accum=1,
-        learning_rate=2e-4,
-        beta=0.1,
-        lora_r=32,
-        lora_alpha=64,
-        max_length=1024,
-        max_prompt_length=512,
-        eval_every=100,
-        save_every=200,
-    ),
-}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -315,7 +315,7 @@ def test_default_model_inside_orpo_and_blind_vote(browser, tmp_path):
             ("view-second", "sft/step-000060"),
         ):
             page.locator(f"#{elem_id} input").click()
-            page.get_by_role("option", name=option, exact=True).click()
+            page.locator(f"#{elem_id}").get_by_role("option", name=option, exact=True).click()
         page.wait_for_function(
             "() => document.querySelector('#view-prompt textarea').value.length > 0", timeout=60_000
         )  # the first held-out pair fills the boxes

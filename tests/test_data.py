@@ -393,7 +393,7 @@ def test_bad_rows_are_refused_with_file_line_and_field(tmp_path, line, fragments
     with pytest.raises(PreferenceDataError) as err:
         load_preferences(path)
     message = str(err.value)
-    for fragment in [str(path), "1 bad row(s)", "skip_bad_rows=True", *fragments]:
+    for fragment in [str(path), "1 bad row(s)", "skip_bad_rows (--skip-bad-rows", *fragments]:
         assert fragment in message, (fragment, message)
 
 

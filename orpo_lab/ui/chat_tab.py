@@ -9,7 +9,8 @@ from types import SimpleNamespace
 
 import gradio as gr
 
-from orpo_lab.chat import common_base, content_text
+from orpo_lab.chat import content_text
+from orpo_lab.checkpoint import common_base
 from orpo_lab.ui.common import BASE_CHOICE, OFF_CHOICE, AppContext, named
 from orpo_lab.votes import blind_tally, read_votes, record_vote, undo_vote
 

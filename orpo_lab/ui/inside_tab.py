@@ -111,7 +111,7 @@ def _view(reference: str, target: str, before, after, change: dict) -> str:
 
 def show_tokens(ctx: AppContext, first, second, reference, prompt, chosen, rejected):
     """Score the pair under the reference and the one or two checkpoints; colour every token."""
-    from orpo_lab.chat import common_base
+    from orpo_lab.checkpoint import common_base
     from orpo_lab.token_view import token_change
 
     if not first:
