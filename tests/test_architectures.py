@@ -17,11 +17,13 @@ import torch
 import transformers as tf
 
 from orpo_lab.chat import ModelPool
+from orpo_lab.checkpoint import export_merged
 from orpo_lab.config import TrainConfig
 from orpo_lab.data import collate, tokenize_pair
 from orpo_lab.logps import PairLogps
 from orpo_lab.loss import sequence_logps, token_logps
-from orpo_lab.train import checkpoints, export_merged, train
+from orpo_lab.rundir import RunDir
+from orpo_lab.train import train
 
 SMALL = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
              num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True,
@@ -116,7 +118,7 @@ def test_architecture_trains_checks_chats_and_exports(tmp_path, default_tokenize
     assert wrapped.check["logps_path"] == check["logps_path"]  # verified itself on first use
 
     # Chat: the base model and the checkpoint answer side by side (GPT-2: the prompt as plain text).
-    final = checkpoints(cfg.run_dir)[-1]
+    final = RunDir(cfg.run_dir).latest_checkpoint()
     pool = ModelPool(str(folder), device="cpu")
     answers = pool.generate(
         [[{"role": "user", "content": "Hi"}]] * 2, [None, final], max_new_tokens=3
