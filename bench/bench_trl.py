@@ -3,14 +3,17 @@
 Both train the same LoRA (r, alpha, dropout 0, all linear layers) on the same model, batches
 (TRL reads orpo_lab's batch order with a sequential sampler), max_length, beta, learning rate,
 schedule (linear, no warmup), optimiser (torch AdamW) and clipping (1.0), without gradient
-checkpointing; orpo_lab's NLL is set to TRL's scope (prompt + response). Precision: fp32 on CPU
-(TRL: bf16=False, use_cpu=True), bf16 on CUDA.
+checkpointing; orpo_lab's NLL is set to TRL's scope (prompt + response). Precisions (`--precisions`,
+default fp32,bf16 on CPU, bf16 on CUDA): fp32 = both in float32 (TRL: bf16=False, use_cpu=True);
+bf16 = both load the base model in bf16, orpo_lab keeps its LoRA weights, optimiser state and loss in
+float32 (its precision="bf16"), TRL trains with bf16=True (autocast) as its users would.
 
 Steps, in order:
   1. check     step-0 loss: TRL's loss on its first batch vs orpo_lab's PairLogps + orpo_loss on
                the same token ids (fp32, every layout x chunk size); must agree within 1e-4.
                Also how TRL's tokenisation of the pairs differs from orpo_lab's.
-  2. compare   orpo_lab, TRL, orpo_lab, TRL, ... each run a fresh process: `--warmup` steps
+  2. compare   orpo_lab and TRL in each precision, in turn, rep after rep, each run a fresh
+               process: `--warmup` steps
                dropped, then `--steps` measured; median step time -> pairs/s, tokens/s; peak memory
                (CPU: ru_maxrss of the whole process; CUDA: torch.cuda.max_memory_allocated).
   3. ablation  orpo_lab's step for layout padded/packed/prefix x logps_chunk_size 0/1024, round robin.
@@ -60,6 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="tokenizer for the random-init model ('default' or a directory)",
     )
     p.add_argument("--batch", type=int, default=4, help="preference pairs per step")
+    p.add_argument(
+        "--precisions",
+        default=None,
+        help="comma-separated, of fp32 and bf16: each contender runs in each (default: fp32,bf16 "
+        "on CPU, bf16 on CUDA); bf16 = orpo_lab's bf16 base / TRL's bf16=True",
+    )
     p.add_argument("--max-length", type=int, default=None, help="default: 256 on CPU, 2048 on CUDA")
     p.add_argument("--max-prompt-length", type=int, default=None, help="default: max_length // 2")
     p.add_argument("--steps", type=int, default=10, help="measured steps per repetition")
@@ -142,6 +151,8 @@ def prepare(args, out: Path) -> dict:
     max_length = args.max_length or (2048 if cuda else 256)
     spec = {
         "device": args.device, "precision": "bf16" if cuda else "fp32", "model": "default",
+        "precisions": args.precisions.split(",") if args.precisions else (
+            ["bf16"] if cuda else ["fp32", "bf16"]),
         "batch": args.batch, "max_length": max_length,
         "max_prompt_length": args.max_prompt_length or max_length // 2, "steps": args.steps,
         "warmup": args.warmup, "lr": args.lr, "beta": args.beta, "lora_r": args.lora_r,
@@ -165,18 +176,26 @@ def prepare(args, out: Path) -> dict:
 
 
 def compare(spec: dict, reps: int, out: Path) -> dict:
-    runs = {"ours": [], "trl": []}
+    """Every contender (orpo_lab and TRL in each precision) once per rep, in turn: load drift on a
+    shared machine hits all of them alike."""
+    runs = {key: [] for key in contenders(spec)}
     for rep in range(reps):
-        for name in ("ours", "trl"):  # alternate: load drift on a shared machine hits both alike
-            runs[name].append(worker(name, spec, out, f"{name}-{rep}"))
+        for key in runs:
+            name, precision = key.split("-")
+            runs[key].append(worker(name, spec | {"precision": precision}, out, f"{key}-{rep}"))
     return summarise(spec, runs)
+
+
+def contenders(spec: dict) -> list[str]:
+    """ "ours-fp32", "trl-fp32", "ours-bf16", ...: orpo_lab and TRL in each of spec["precisions"]."""
+    return [f"{name}-{p}" for p in spec["precisions"] for name in ("ours", "trl")]
 
 
 def summarise(spec: dict, runs: dict[str, list[dict]]) -> dict:
     """Medians over every measured step of every rep, ratios, and (CUDA) MFU."""
     summary = {}
-    for name, results in runs.items():
-        summary[name] = {
+    for key, results in runs.items():
+        summary[key] = {
             "median_step_s": statistics.median(s for r in results for s in r["step_s"]),
             "median_cpu_step_s": statistics.median(s for r in results for s in r["cpu_step_s"]),
             "min_step_s": min(s for r in results for s in r["step_s"]),
@@ -187,30 +206,41 @@ def summarise(spec: dict, runs: dict[str, list[dict]]) -> dict:
             "tokens_per_step": results[0]["tokens_per_step"],
             "loss_last": [r["loss_last"] for r in results],
         }
-        s = summary[name]
+        s = summary[key]
         s["pairs_per_s"] = spec["batch"] / s["median_step_s"]
         s["tokens_per_s"] = statistics.median(s["tokens_per_s_per_rep"])
-    n = runs["trl"][0]["matmul_params"]
+    n = next(r for key, r in runs.items() if key.startswith("trl"))[0]["matmul_params"]
     summary["matmul_params"] = n
-    summary["ratio_pairs_per_s"] = summary["ours"]["pairs_per_s"] / summary["trl"]["pairs_per_s"]
-    # Same work per step on both sides, so the CPU-time ratio is the throughput ratio on idle cores.
-    summary["ratio_cpu"] = (
-        summary["trl"]["median_cpu_step_s"] / summary["ours"]["median_cpu_step_s"]
-    )
-    # The fastest step is the one least slowed by other jobs: on a shared machine, the best estimate.
-    summary["ratio_min_step"] = summary["trl"]["min_step_s"] / summary["ours"]["min_step_s"]
-    # Each rep's two runs are neighbours in time: their ratio cancels slow load drift.
-    summary["ratio_pairs_per_s_per_rep"] = [
-        o["pairs_per_s"] / t["pairs_per_s"] for o, t in zip(runs["ours"], runs["trl"], strict=True)
-    ]
-    summary["ratio_peak"] = summary["ours"]["peak_bytes"] / summary["trl"]["peak_bytes"]
+    pairs = [(f"ours-{p}", f"trl-{p}") for p in spec["precisions"]]
+    if {"ours-bf16", "trl-fp32"} <= set(runs):
+        pairs.append(("ours-bf16", "trl-fp32"))  # the issue-16 target: against TRL's CPU default
+    if {"ours-bf16", "ours-fp32"} <= set(runs):
+        pairs.append(("ours-bf16", "ours-fp32"))  # what bf16 itself buys
+    summary["ratios"] = {f"{a} / {b}": ratios(runs[a], runs[b], summary[a], summary[b])
+                         for a, b in pairs if a in runs and b in runs}  # fmt: skip
     if spec["device"] == "cuda":
         # LoRA: forward 2N + backward into activations 2N FLOPs per token; the frozen base has no
         # weight gradients (full fine-tuning would be 6N). N = weights of all linear layers incl. lm_head.
-        for name in ("ours", "trl"):
-            flops = 4 * n * summary[name]["tokens_per_s"]
-            summary[name]["mfu"] = flops / (spec["peak_tflops"] * 1e12)
+        for key in runs:
+            flops = 4 * n * summary[key]["tokens_per_s"]
+            summary[key]["mfu"] = flops / (spec["peak_tflops"] * 1e12)
     return summary
+
+
+def ratios(runs_a: list[dict], runs_b: list[dict], a: dict, b: dict) -> dict:
+    """How much faster (and how much bigger) contender a is than b."""
+    return {
+        "pairs_per_s": a["pairs_per_s"] / b["pairs_per_s"],
+        # Same work per step on both sides, so the CPU-time ratio is the throughput ratio on idle cores.
+        "cpu": b["median_cpu_step_s"] / a["median_cpu_step_s"],
+        # The fastest step is the one least slowed by other jobs: on a shared machine, the best estimate.
+        "min_step": b["min_step_s"] / a["min_step_s"],
+        # Each rep's runs are neighbours in time: their ratio cancels slow load drift.
+        "per_rep": [
+            x["pairs_per_s"] / y["pairs_per_s"] for x, y in zip(runs_a, runs_b, strict=True)
+        ],
+        "peak": a["peak_bytes"] / b["peak_bytes"],
+    }
 
 
 def markdown(results: dict) -> str:
@@ -239,19 +269,23 @@ def markdown(results: dict) -> str:
         lines += ["", "| contender | median step (s) | CPU s/step | pairs/s | tokens/s | "
                   "peak memory (GiB) | before step 1 (GiB) |" + (" MFU |" if mfu else ""),
                   "|---|---|---|---|---|---|---|" + ("---|" if mfu else "")]  # fmt: skip
-        for name, label in (("ours", f"orpo_lab ({spec['layout']}, chunk {spec['chunk']})"),
-                            ("trl", "TRL ORPOTrainer")):  # fmt: skip
-            r = s[name]
+        for key in contenders(spec):
+            name, precision = key.split("-")
+            label = (f"orpo_lab ({spec['layout']}, chunk {spec['chunk']})" if name == "ours"
+                     else "TRL ORPOTrainer") + f", {precision}"  # fmt: skip
+            r = s[key]
             lines.append(f"| {label} | {r['median_step_s']:.3f} | {r['median_cpu_step_s']:.2f} | "
                          f"{r['pairs_per_s']:.2f} | "
                          f"{r['tokens_per_s']:.0f} | {r['peak_bytes'] / GIB:.2f} | "
                          f"{r['before_train_bytes'] / GIB:.2f} |"
                          + (f" {100 * r['mfu']:.1f}% |" if mfu else ""))  # fmt: skip
-        per_rep = ", ".join(f"x{x:.2f}" for x in s["ratio_pairs_per_s_per_rep"])
-        lines.append(f"\norpo_lab / TRL: pairs/s x{s['ratio_pairs_per_s']:.2f} (wall; per rep: "
-                     f"{per_rep}), x{s['ratio_cpu']:.2f} by CPU time per step, x{s['ratio_min_step']:.2f} by "
-                     f"fastest step; peak memory "
-                     f"x{s['ratio_peak']:.2f} (memory: {mem_note}).")  # fmt: skip
+        lines.append("")
+        for pair, x in s["ratios"].items():
+            per_rep = ", ".join(f"x{v:.2f}" for v in x["per_rep"])
+            lines.append(f"- {pair}: pairs/s x{x['pairs_per_s']:.2f} (wall; per rep: {per_rep}), "
+                         f"x{x['cpu']:.2f} by CPU time per step, x{x['min_step']:.2f} by fastest "
+                         f"step; peak memory x{x['peak']:.2f}")  # fmt: skip
+        lines.append(f"\nMemory: {mem_note}.")
     if "ablation" in results:
         lines += ["", "| orpo_lab layout / chunk | median step (s) | CPU s/step | pairs/s |"
                   + (" peak (GiB) |" if spec["device"] == "cuda" else ""),
@@ -270,14 +304,14 @@ def report_only(out: Path) -> int:
     results = json.loads((out / "results.json").read_text())
     logs = out / "logs"
     runs = {
-        n: [
+        key: [
             json.loads(f.read_text())
-            for f in sorted(logs.glob(f"{n}-*.json"))
+            for f in sorted(logs.glob(f"{key}-*.json"))
             if f.stem.split("-")[-1].isdigit()
         ]
-        for n in ("ours", "trl")
-    }  # fmt: skip (ours-0.json, not ours-0.spec.json)
-    if runs["ours"] and runs["trl"]:
+        for key in contenders(results["spec"])
+    }  # fmt: skip (ours-fp32-0.json, not ours-fp32-0.spec.json)
+    if all(runs.values()):
         results["compare"] = summarise(results["spec"], runs)
     for name in ("check", "ablation"):
         if (logs / f"{name}.json").is_file():

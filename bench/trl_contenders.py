@@ -234,7 +234,7 @@ def _trl_trainer(a: dict, rows: list[dict], max_steps: int, callbacks=()):
         output_dir=tempfile.mkdtemp(prefix="bench-trl-"), per_device_train_batch_size=a["batch"],
         max_steps=max_steps, learning_rate=a["lr"], lr_scheduler_type="linear", warmup_steps=0,
         optim="adamw_torch", weight_decay=0.0, max_grad_norm=1.0, beta=a["beta"],
-        max_length=a["max_length"], bf16=cuda and a["precision"] != "fp32", use_cpu=not cuda,
+        max_length=a["max_length"], bf16=a["precision"] == "bf16", use_cpu=not cuda,
         gradient_checkpointing=False, logging_steps=1, report_to="none", save_strategy="no",
         train_sampling_strategy="sequential", dataloader_num_workers=0, disable_tqdm=True,
         remove_unused_columns=False, seed=a["seed"],

@@ -8,9 +8,29 @@ import torch
 
 from orpo_lab.config import TrainConfig
 from orpo_lab.data import set_chat_template, tokenize_dataset
-from orpo_lab.model import add_lora, load_model, pick_device
+from orpo_lab.model import add_lora, load_model, pick_device, pick_precision
 from orpo_lab.splits import load_config_splits
 from orpo_lab.step import TrainingError
+
+DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+def precision_plan(cfg: TrainConfig) -> dict:
+    """How a run computes: {"precision", "precision_reason", "base", "autocast"}.
+
+    "precision" is the compute dtype `pick_precision` chooses for the device ("auto": bf16 on CUDA
+    and on CPUs with bf16 matrix units). LoRA and QLoRA hold the frozen base in it ("base"); the
+    adapter weights and AdamW state stay float32 (peft keeps adapters in float32), and so do the
+    log-probs and the loss. "autocast" (accelerate's mixed_precision) runs on top on CUDA; on CPU a
+    bf16 base alone measured faster than with autocast on top (BENCHMARKS.md). Full fine-tuning
+    keeps float32 master weights and computes under autocast.
+    """
+    device = pick_device(cfg.device)
+    dtype, reason = pick_precision(device, cfg.precision)
+    name = DTYPE_NAMES[dtype]
+    base = "fp32" if cfg.full_finetune else name
+    autocast = name if (cfg.full_finetune or device.type != "cpu") and name != "fp32" else "no"
+    return {"precision": name, "precision_reason": reason, "base": base, "autocast": autocast}
 
 
 def build_model(cfg: TrainConfig, resume_from: Path | None):
@@ -19,7 +39,7 @@ def build_model(cfg: TrainConfig, resume_from: Path | None):
         model, tokenizer = _load_4bit(cfg)
     else:
         # LoRA keeps the frozen base in the compute dtype; full fine-tuning keeps fp32 master weights.
-        precision = "fp32" if cfg.full_finetune else cfg.precision
+        precision = precision_plan(cfg)["base"]
         source = str(resume_from) if (resume_from and cfg.full_finetune) else cfg.model
         model, tokenizer = load_model(source, cfg.device, precision, cfg.trust_remote_code)
     if cfg.gradient_checkpointing:

@@ -105,10 +105,24 @@ class TrainConfig:
     logps_chunk_size: int = _f(1024, "positions per lm_head chunk for log-probs; 0 = full logits")
     # run control
     seed: int = _f(0, "seed for data order, LoRA init and dropout")
-    precision: str = _f("auto", "auto: fp32 on CPU, bf16 on CUDA", ("auto", "fp32", "bf16", "fp16"))
+    precision: str = _f(
+        "auto",
+        "auto: bf16 on CUDA and on a CPU with bf16 matrix units (AMX or AVX512-BF16), else fp32 "
+        "(LoRA: a bf16 frozen base, float32 adapter, optimizer state, log-probs and loss)",
+        ("auto", "fp32", "bf16", "fp16"),
+    )
     device: str = _f("auto", "auto, cpu, cuda, cuda:1, ...")
     eval_every: int = _f(25, "optimiser steps between held-out evaluations; 0 = only at the end")
-    max_eval_pairs: int = _f(64, "held-out pairs per evaluation; 0 = all")
+    max_eval_pairs: int = _f(
+        64,
+        "held-out pairs kept (a seeded sample of a larger split); the last step scores all of "
+        "them; 0 = all",
+    )
+    eval_subset_pairs: int = _f(
+        64,
+        "held-out pairs scored by the evaluations before the last step: a fixed seeded subset "
+        "of the held-out pairs (cheaper curves); 0 = all of them every time",
+    )
     save_every: int = _f(50, "optimiser steps between checkpoints; 0 = only at the end")
     save_total_limit: int = _f(3, "checkpoints kept (oldest deleted first)")
     resume: bool = _f(False, "continue the run in output_dir/run_name from its last checkpoint")
@@ -154,6 +168,9 @@ class TrainConfig:
             problems.append(
                 "load_in_4bit (QLoRA) trains a LoRA adapter: drop full_finetune or load_in_4bit"
             )
+        for name in ("max_eval_pairs", "eval_subset_pairs"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must be >= 0 (0 = all); got {getattr(self, name)}")
         if self.logps_chunk_size < 0:
             problems.append(f"logps_chunk_size must be >= 0; got {self.logps_chunk_size}")
         return problems

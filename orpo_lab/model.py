@@ -15,6 +15,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -159,18 +160,63 @@ def pick_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-def pick_dtype(device: torch.device, precision: str = "auto") -> torch.dtype:
-    """float32 on CPU (bf16 autocast there is many times slower), bf16 on CUDA where supported."""
+CPU_BF16_FLAGS = {
+    "amx_bf16": "AMX bf16 units",
+    "avx512_bf16": "AVX512-BF16 instructions",
+}
+
+
+def cpu_flags(text: str | None = None) -> set[str]:
+    """The CPU's feature flags from /proc/cpuinfo (or its `text`); empty where there is none."""
+    if text is None:
+        try:
+            text = Path("/proc/cpuinfo").read_text()
+        except OSError:  # not Linux: no flags known, so no bf16 claim is made
+            return set()
+    line = next((ln for ln in text.splitlines() if ln.startswith(("flags", "Features"))), "")
+    return set(line.partition(":")[2].split())
+
+
+def cpu_bf16_units(flags: Iterable[str] | None = None) -> str | None:
+    """The CPU's native bf16 matrix flag ("amx_bf16" before "avx512_bf16"), or None without one.
+
+    `flags`: the CPU's feature flags; this machine's (/proc/cpuinfo) when None. Only these make
+    bf16 matmuls faster than float32 on a CPU; elsewhere bf16 is converted in software and slower.
+    """
+    have = set(cpu_flags() if flags is None else flags)
+    return next((flag for flag in CPU_BF16_FLAGS if flag in have), None)
+
+
+def pick_precision(
+    device: torch.device, precision: str = "auto", flags: Iterable[str] | None = None
+) -> tuple[torch.dtype, str]:
+    """(compute dtype, why): "auto" picks bf16 on CUDA with bf16 support and on a CPU with native
+    bf16 matrix units (AMX or AVX512-BF16), float32 elsewhere. `flags`: see `cpu_bf16_units`."""
     table = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
     if precision != "auto":
         if precision not in table:
             raise ValueError(
                 f"precision must be one of auto, {', '.join(table)}; got {precision!r}."
             )
-        return table[precision]
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
+        return table[precision], f"precision={precision} was asked for"
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return torch.bfloat16, "CUDA device with bf16 support"
+        return torch.float32, "CUDA device without bf16 support"
+    if device.type != "cpu":
+        return torch.float32, f"{device.type} device: float32 (bf16 is not measured there)"
+    unit = cpu_bf16_units(flags)
+    if unit is None:
+        return torch.float32, (
+            "CPU without native bf16 units (no amx_bf16 or avx512_bf16 flag): bf16 would be "
+            "slower than float32 there"
+        )
+    return torch.bfloat16, f"CPU has {CPU_BF16_FLAGS[unit]} ({unit} in /proc/cpuinfo)"
+
+
+def pick_dtype(device: torch.device, precision: str = "auto") -> torch.dtype:
+    """The compute dtype of `pick_precision`, without the reason."""
+    return pick_precision(device, precision)[0]
 
 
 def load_tokenizer(

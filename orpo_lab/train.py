@@ -23,12 +23,11 @@ import torch
 from accelerate import Accelerator, DistributedType
 from transformers import get_scheduler
 
-from orpo_lab.build import build_model, load_pairs
+from orpo_lab.build import build_model, load_pairs, precision_plan, subset
 from orpo_lab.checkpoint import load_training_state, save_checkpoint
 from orpo_lab.config import TrainConfig
 from orpo_lab.data import collate
 from orpo_lab.logps import PairLogps
-from orpo_lab.model import pick_device, pick_dtype
 from orpo_lab.rundir import RunDir
 from orpo_lab.step import (
     NonFiniteLoss,
@@ -66,7 +65,8 @@ class Run:
     scheduler: object
     params: list
     train_pairs: list
-    held_out: list | None
+    held_out: list | None  # every held-out pair: the last step's evaluation
+    eval_subset: list | None  # the fixed seeded subset the evaluations before the last step score
     total_steps: int
     per_epoch: int
     stop_event: threading.Event | None = None
@@ -156,9 +156,9 @@ def log_step(run: Run, step: int, metrics: dict, grad_norm, lr: float, micro, be
     return record
 
 
-def log_eval(run: Run, step: int) -> None:
-    """Held-out metrics at `step`, unless a stop arrives while they are computed."""
-    metrics = held_out_metrics(run.wrapped, run.held_out, run.cfg, run.tokenizer.pad_token_id,
+def log_eval(run: Run, step: int, pairs: list) -> None:
+    """Held-out metrics of `pairs` at `step`, unless a stop arrives while they are computed."""
+    metrics = held_out_metrics(run.wrapped, pairs, run.cfg, run.tokenizer.pad_token_id,
                                run.accelerator.device, run.stop_requested)  # fmt: skip
     if metrics is not None:
         run.log({"kind": "eval", "step": step, **metrics})
@@ -210,8 +210,10 @@ def loop(run: Run, start: int) -> dict:
         if run.stop_requested():                                            # stop?
             return stopped(run, step, last, saved)
         final = step == run.total_steps
-        if run.held_out and (final or (cfg.eval_every and step % cfg.eval_every == 0)):
-            log_eval(run, step)                                             # eval?
+        if run.held_out and final:                                          # eval? (all pairs)
+            log_eval(run, step, run.held_out)
+        elif run.held_out and cfg.eval_every and step % cfg.eval_every == 0:  # (the subset)
+            log_eval(run, step, run.eval_subset)
         if final or (cfg.save_every and step % cfg.save_every == 0):
             saved = _save_or_fail(run, step, last)                          # save?
     run.status("finished", f"finished {run.total_steps} steps; checkpoint step-{saved:06d} saved",
@@ -260,9 +262,8 @@ def train(
     started = time.time()
     cfg.run_name = cfg.run_name or time.strftime("run-%Y%m%d-%H%M%S")
     folder = RunDir(cfg.run_dir)
-    precision = pick_dtype(pick_device(cfg.device), cfg.precision)
-    mixed = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(precision, "no")
-    accelerator = Accelerator(mixed_precision=mixed, cpu=cfg.device == "cpu")
+    plan = precision_plan(cfg)
+    accelerator = Accelerator(mixed_precision=plan["autocast"], cpu=cfg.device == "cpu")
     resume_from = _resume_point(cfg, folder, accelerator)
     if accelerator.is_main_process:
         folder.path.mkdir(parents=True, exist_ok=True)
@@ -271,7 +272,7 @@ def train(
         folder.write_status("running", "loading model and data", step=0, total_steps=0,
                             pid=os.getpid())  # fmt: skip
     try:
-        run, start = prepare(cfg, accelerator, folder, resume_from, callback, stop_event)
+        run, start = prepare(cfg, accelerator, folder, resume_from, callback, stop_event, plan)
         return loop(run, start)
     except torch.OutOfMemoryError as err:
         _fail(accelerator, folder, f"{OOM_ADVICE} ({folder.describe_checkpoints()})")
@@ -308,8 +309,15 @@ def _resume_point(cfg: TrainConfig, folder: RunDir, accelerator) -> Path | None:
     return latest
 
 
-def prepare(cfg, accelerator, folder, resume_from, callback, stop_event) -> tuple[Run, int]:
-    """Model, data, optimiser and schedule of the run; the start event and step-0 evaluation."""
+def prepare(
+    cfg, accelerator, folder, resume_from, callback, stop_event, plan: dict | None = None
+) -> tuple[Run, int]:
+    """Model, data, optimiser and schedule of the run; the start event and step-0 evaluation.
+
+    `plan`: `build.precision_plan(cfg)`, whose "precision" and "precision_reason" the start event
+    records.
+    """
+    plan = plan or precision_plan(cfg)
     world = accelerator.num_processes
     model, tokenizer = build_model(cfg, resume_from)
     train_pairs, held_out, stats = load_pairs(cfg, tokenizer)
@@ -336,17 +344,19 @@ def prepare(cfg, accelerator, folder, resume_from, callback, stop_event) -> tupl
     wrapped = accelerator.prepare(pair_logps)
     # The scheduler is not prepared: accelerate would step it once per process, changing the schedule.
     optimizer = accelerator.prepare(optimizer)
+    eval_subset = held_out and subset(held_out, cfg.eval_subset_pairs, cfg.seed)
     run = Run(cfg, accelerator, folder, wrapped, tokenizer, optimizer, scheduler, params,
-              train_pairs, held_out, total, per_epoch, stop_event, callback)  # fmt: skip
+              train_pairs, held_out, eval_subset, total, per_epoch, stop_event, callback)  # fmt: skip
     if run.main and start:
         folder.truncate_metrics(after_step=start)  # lines after the checkpoint would repeat
     run.log({"kind": "event", "step": start, "event": "resumed" if start else "started",
              "train_pairs": len(train_pairs), "truncated_pairs": stats.get("truncated", 0),
-             "eval_pairs": len(held_out or []), "total_steps": total, "processes": world,
-             "device": str(accelerator.device), "mixed_precision": accelerator.mixed_precision,
-             "data": stats["data"]})  # fmt: skip
+             "eval_pairs": len(held_out or []), "eval_subset_pairs": len(eval_subset or []),
+             "total_steps": total, "processes": world, "device": str(accelerator.device),
+             "precision": plan["precision"], "precision_reason": plan["precision_reason"],
+             "mixed_precision": accelerator.mixed_precision, "data": stats["data"]})  # fmt: skip
     run.log({"kind": "event", "step": start, "event": "logps_check", **logps_check})
     run.status("running", "training", step=start, total_steps=total)
     if held_out and start == 0:
-        log_eval(run, 0)  # the held-out numbers before any update: what every curve is read against
+        log_eval(run, 0, eval_subset)  # the numbers before any update: what curves are read against
     return run, start

@@ -1,0 +1,155 @@
+"""Precision choice (bf16 where the CPU has bf16 matrix units) and what a bf16 run keeps in float32;
+the held-out subset scored during training vs every held-out pair at the end."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import orpo_lab.model as model_module
+from orpo_lab.build import build_model, load_pairs, precision_plan
+from orpo_lab.config import TrainConfig
+from orpo_lab.data import collate
+from orpo_lab.logps import PairLogps
+from orpo_lab.loss import orpo_loss
+from orpo_lab.model import cpu_bf16_units, cpu_flags, pick_precision
+from orpo_lab.rundir import RunDir
+from orpo_lab.train import train
+
+CPU = torch.device("cpu")
+SAPPHIRE_RAPIDS = {"avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "amx_int8"}
+COOPER_LAKE = {"avx512f", "avx512_bf16"}  # also AMD Zen 4
+SKYLAKE = {"avx2", "fma", "avx512f"}  # AVX-512, but no bf16 instructions
+
+
+def test_bf16_units_are_read_from_the_cpu_flags():
+    assert cpu_bf16_units(SAPPHIRE_RAPIDS) == "amx_bf16"
+    assert cpu_bf16_units(COOPER_LAKE) == "avx512_bf16"
+    assert cpu_bf16_units(SKYLAKE) is None
+    assert cpu_bf16_units(set()) is None  # not Linux: nothing known, nothing claimed
+    cpuinfo = "processor\t: 0\nflags\t\t: fpu sse avx512f amx_bf16 amx_tile\nbogomips\t: 4000\n"
+    assert cpu_flags(cpuinfo) == {"fpu", "sse", "avx512f", "amx_bf16", "amx_tile"}
+    assert cpu_flags("processor\t: 0\n") == set()
+
+
+def test_auto_picks_bf16_only_with_bf16_units_and_says_why():
+    dtype, why = pick_precision(CPU, "auto", SAPPHIRE_RAPIDS)
+    assert dtype == torch.bfloat16 and why == "CPU has AMX bf16 units (amx_bf16 in /proc/cpuinfo)"
+    dtype, why = pick_precision(CPU, "auto", COOPER_LAKE)
+    assert dtype == torch.bfloat16 and "avx512_bf16 in /proc/cpuinfo" in why
+    # Without the units bf16 is converted in software: float32, as before, never slower.
+    dtype, why = pick_precision(CPU, "auto", SKYLAKE)
+    assert dtype == torch.float32 and "no amx_bf16 or avx512_bf16" in why
+    # An explicit choice wins whatever the CPU has.
+    assert pick_precision(CPU, "fp32", SAPPHIRE_RAPIDS) == (
+        torch.float32,
+        "precision=fp32 was asked for",
+    )
+    assert pick_precision(CPU, "bf16", SKYLAKE)[0] == torch.bfloat16
+
+
+@pytest.mark.parametrize(
+    ("flags", "full", "expected"),
+    [
+        (SAPPHIRE_RAPIDS, False, ("bf16", "bf16", "no")),  # bf16 base, no autocast on top (faster)
+        (SKYLAKE, False, ("fp32", "fp32", "no")),
+        (SAPPHIRE_RAPIDS, True, ("bf16", "fp32", "bf16")),  # float32 master weights + autocast
+        (SKYLAKE, True, ("fp32", "fp32", "no")),
+    ],
+)
+def test_precision_plan_of_a_cpu_run(monkeypatch, flags, full, expected):
+    monkeypatch.setattr(model_module, "cpu_flags", lambda text=None: flags)
+    plan = precision_plan(TrainConfig(device="cpu", full_finetune=full))
+    assert (plan["precision"], plan["base"], plan["autocast"]) == expected
+
+
+def _pairs(path, n, offset=0):
+    rows = [{"prompt": f"Name animal number {i}.", "chosen": "Cat.",
+             "rejected": f"Well, animal {i} could be many things."} for i in range(offset, offset + n)]  # fmt: skip
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def _config(tmp_path, model_dir, **changes) -> TrainConfig:
+    values = dict(model=str(model_dir), dataset=_pairs(tmp_path / "train.jsonl", 16),
+                  eval_dataset=_pairs(tmp_path / "test.jsonl", 12, offset=100),
+                  output_dir=str(tmp_path / "runs"), run_name="t", max_steps=4, batch_size=4,
+                  learning_rate=1e-2, warmup_steps=0, eval_every=2, save_every=4, max_length=64,
+                  max_prompt_length=48, device="cpu")  # fmt: skip
+    return TrainConfig(**(values | changes))
+
+
+def _records(cfg: TrainConfig, kind: str) -> list[dict]:
+    rows = [json.loads(ln) for ln in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if r["kind"] == kind]
+
+
+def test_a_bf16_run_keeps_adapter_optimizer_logps_and_loss_in_float32(tmp_path, tiny_model_dir):
+    """The frozen base is bf16; what is trained and what the loss sees is float32, and the step-0
+    loss is the float32 one up to bf16 rounding of the base (measured 2e-4 relative here)."""
+    cfg = _config(tmp_path, tiny_model_dir, precision="bf16")
+    model, tokenizer = build_model(cfg, None)
+    trained = [p for p in model.parameters() if p.requires_grad]
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    assert trained and all(p.dtype == torch.float32 for p in trained)
+    assert {p.dtype for p in frozen} == {torch.bfloat16}
+    pairs, _, _ = load_pairs(cfg, tokenizer)
+    batch = collate(pairs[:4], cfg.layout, tokenizer.pad_token_id)
+    chosen, rejected, nll_sum, nll_count = PairLogps(model, cfg.nll_scope, 16)(**batch)
+    assert chosen.dtype == rejected.dtype == nll_sum.dtype == torch.float32
+    loss_bf16, _ = orpo_loss(chosen, rejected, nll_sum / nll_count, cfg.beta)
+
+    model32, _ = build_model(_config(tmp_path, tiny_model_dir, precision="fp32"), None)
+    c, r, s, n = PairLogps(model32, cfg.nll_scope, 16)(**batch)
+    loss_fp32, _ = orpo_loss(c, r, s / n, cfg.beta)
+    assert loss_bf16.dtype == torch.float32
+    assert loss_bf16.item() == pytest.approx(loss_fp32.item(), rel=1e-2)
+
+    train(cfg)
+    started = _records(cfg, "event")[0]
+    assert started["precision"] == "bf16" and started["precision_reason"] == (
+        "precision=bf16 was asked for"
+    )
+    checkpoint = RunDir(cfg.run_dir).latest_checkpoint()
+    adapter = load_file(checkpoint / "adapter_model.safetensors")
+    assert {t.dtype for t in adapter.values()} == {torch.float32}
+    state = torch.load(checkpoint / "optimizer.pt", weights_only=True)
+    moments = [t for s in state["state"].values() for k, t in s.items() if k != "step"]
+    assert moments and {t.dtype for t in moments} == {torch.float32}
+
+
+@pytest.mark.parametrize(
+    ("flags", "precision", "reason"),
+    [
+        (SAPPHIRE_RAPIDS, "bf16", "CPU has AMX bf16 units (amx_bf16 in /proc/cpuinfo)"),
+        (SKYLAKE, "fp32", "CPU without native bf16 units"),
+    ],
+)
+def test_the_start_event_says_which_precision_and_why(
+    monkeypatch, tmp_path, tiny_model_dir, flags, precision, reason
+):
+    monkeypatch.setattr(model_module, "cpu_flags", lambda text=None: flags)
+    cfg = _config(tmp_path, tiny_model_dir, max_steps=1, eval_every=0, save_every=0)
+    train(cfg)
+    started = _records(cfg, "event")[0]
+    assert started["event"] == "started" and started["precision"] == precision
+    assert started["precision_reason"].startswith(reason)
+
+
+def test_training_scores_a_fixed_subset_and_the_last_step_every_held_out_pair(
+    tmp_path, tiny_model_dir
+):
+    cfg = _config(tmp_path, tiny_model_dir, precision="fp32", eval_subset_pairs=5)
+    train(cfg)
+    evals = _records(cfg, "eval")
+    assert [(r["step"], r["eval/pairs"]) for r in evals] == [(0, 5), (2, 5), (4, 12)]
+    assert _records(cfg, "event")[0]["eval_subset_pairs"] == 5
+
+    # 0 = every held-out pair every time (what the curves were before).
+    again = _config(tmp_path, tiny_model_dir, precision="fp32", eval_subset_pairs=0,
+                    run_name="all")  # fmt: skip
+    train(again)
+    assert [r["eval/pairs"] for r in _records(again, "eval")] == [12, 12, 12]
