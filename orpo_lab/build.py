@@ -18,11 +18,11 @@ DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp
 def precision_plan(cfg: TrainConfig) -> dict:
     """How a run computes: {"precision", "precision_reason", "base", "autocast"}.
 
-    "precision" is the compute dtype `pick_precision` chooses for the device ("auto": bf16 on CUDA
-    and on CPUs with bf16 matrix units). LoRA and QLoRA hold the frozen base in it ("base"); the
+    "precision" is the compute dtype `pick_precision` chooses for the device ("auto": bf16 on CUDA,
+    float32 on CPU). LoRA and QLoRA hold the frozen base in it ("base"); the
     adapter weights and AdamW state stay float32 (peft keeps adapters in float32), and so do the
     log-probs and the loss. "autocast" (accelerate's mixed_precision) runs on top on CUDA; on CPU a
-    bf16 base alone measured faster than with autocast on top (BENCHMARKS.md). Full fine-tuning
+    bf16 base alone measured faster than with autocast on top. Full fine-tuning
     keeps float32 master weights and computes under autocast.
     """
     device = pick_device(cfg.device)

@@ -190,8 +190,14 @@ def cpu_bf16_units(flags: Iterable[str] | None = None) -> str | None:
 def pick_precision(
     device: torch.device, precision: str = "auto", flags: Iterable[str] | None = None
 ) -> tuple[torch.dtype, str]:
-    """(compute dtype, why): "auto" picks bf16 on CUDA with bf16 support and on a CPU with native
-    bf16 matrix units (AMX or AVX512-BF16), float32 elsewhere. `flags`: see `cpu_bf16_units`."""
+    """(compute dtype, why). "auto": bf16 on CUDA with bf16 support, float32 elsewhere.
+
+    On a CPU "auto" stays float32 even with native bf16 units (AMX or AVX512-BF16; `flags`, see
+    `cpu_bf16_units`, only change the reason): measured on a 2-core AMX Xeon, a LoRA step of the
+    default model at the default batch was no faster with a bf16 base (x0.95) or bf16 autocast, because
+    at a few hundred tokens per step the matmuls are small and the float32 head and LoRA paths stay
+    (BENCHMARKS.md, "bf16 on a CPU"). precision="bf16" is there to try it on other CPUs and batches.
+    """
     table = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
     if precision != "auto":
         if precision not in table:
@@ -208,10 +214,13 @@ def pick_precision(
     unit = cpu_bf16_units(flags)
     if unit is None:
         return torch.float32, (
-            "CPU without native bf16 units (no amx_bf16 or avx512_bf16 flag): bf16 would be "
-            "slower than float32 there"
+            "CPU without native bf16 units (no amx_bf16 or avx512_bf16 flag): float32; bf16 "
+            "would be converted in software, slower"
         )
-    return torch.bfloat16, f"CPU has {CPU_BF16_FLAGS[unit]} ({unit} in /proc/cpuinfo)"
+    return torch.float32, (
+        f"CPU with {CPU_BF16_FLAGS[unit]} ({unit}): float32, which measured as fast as a bf16 "
+        "base for LoRA steps of a few hundred tokens (BENCHMARKS.md); precision=bf16 to try bf16"
+    )
 
 
 def pick_dtype(device: torch.device, precision: str = "auto") -> torch.dtype:

@@ -84,7 +84,8 @@ def test_architecture_trains_checks_chats_and_exports(tmp_path, default_tokenize
     cfg = TrainConfig(model=str(folder), dataset=str(data), output_dir=str(tmp_path / "runs"),
                       run_name=arch, max_steps=2, batch_size=2, learning_rate=1e-3, warmup_steps=0,
                       lora_r=4, lora_alpha=8, max_length=32, max_prompt_length=24, held_out_size=2,
-                      eval_every=0, save_every=0, device="cpu", logps_chunk_size=16)  # fmt: skip
+                      eval_every=0, save_every=0, device="cpu", logps_chunk_size=16,
+                      precision="fp32")  # fmt: skip
     train(cfg)
     records = [json.loads(ln) for ln in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if r["kind"] == "train"]
