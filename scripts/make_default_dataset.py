@@ -34,7 +34,7 @@ Generated deterministically (seed 1234) by `orpo_lab/default_dataset.py`:
     .venv/bin/python scripts/make_default_dataset.py --check  # fails if these files are stale
 
 Each line: `{"prompt": str, "chosen": str, "rejected": str, "family": str, "ood": bool}`.
-Load it with `orpo_lab.data.load_preferences("default", split="train" | "test")`.
+Load it with `orpo_lab.preferences.load_preferences("default", split="train" | "test")`.
 
 ## Families
 

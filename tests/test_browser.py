@@ -279,7 +279,7 @@ def test_stop_and_resume_of_the_default_model_equal_an_uninterrupted_run(browser
 
 @pytest.mark.slow
 def test_default_model_inside_orpo_and_blind_vote(browser, tmp_path):
-    """The default model, a 60-step ORPO run and its SFT twin (the default recipe): the gradient
+    """The default model, a 30-step ORPO run and its SFT twin (the notebooks' quick recipe): the gradient
     weighting shrinks as pairs separate; the token view shows ORPO lifting a held-out pair's
     log-odds ratio more than SFT; a blind battle hides the names until the vote, and the ORPO
     checkpoint answers an out-of-domain "three things" question as a bullet list, the base not."""
@@ -288,8 +288,7 @@ def test_default_model_inside_orpo_and_blind_vote(browser, tmp_path):
     from orpo_lab.train import train
 
     runs, shots = tmp_path / "runs", shots_dir(tmp_path)
-    recipe = PRESETS["cpu-quick"] | dict(output_dir=str(runs), max_steps=60, eval_every=20,
-                                         save_every=0, device="cpu")  # fmt: skip
+    recipe = PRESETS["notebook-quick"] | dict(output_dir=str(runs), device="cpu")
     train(TrainConfig(**recipe, run_name="orpo"))
     train(TrainConfig(**(recipe | dict(beta=0.0, eval_every=0)), run_name="sft"))
     demo = build_app("default", runs, device="cpu", seed=0)
@@ -311,8 +310,8 @@ def test_default_model_inside_orpo_and_blind_vote(browser, tmp_path):
         page.get_by_role("tab", name="Inside ORPO").click()
         page.locator("#view-refresh").click()
         for elem_id, option in (
-            ("view-first", "orpo/step-000060"),
-            ("view-second", "sft/step-000060"),
+            ("view-first", "orpo/step-000030"),
+            ("view-second", "sft/step-000030"),
         ):
             page.locator(f"#{elem_id} input").click()
             page.locator(f"#{elem_id}").get_by_role("option", name=option, exact=True).click()
@@ -326,13 +325,13 @@ def test_default_model_inside_orpo_and_blind_vote(browser, tmp_path):
         page.screenshot(path=str(shots / "tokens.png"), full_page=True)
         page.get_by_text("the numbers behind the colours").click()
         text = page.locator("#token-numbers").inner_text()
-        assert "orpo/step-000060" in text and "sft/step-000060" in text
+        assert "orpo/step-000030" in text and "sft/step-000030" in text
 
         # ---- Chat: a blind battle, base model vs the ORPO checkpoint
         page.get_by_role("tab", name="Chat").click()
         page.locator("#refresh-columns").click()
         page.locator("#column-2 input").click()
-        page.get_by_role("option", name="orpo/step-000060").click()
+        page.get_by_role("option", name="orpo/step-000030").click()
         page.locator("#blind input").click()
         page.get_by_text("generation settings").click()
         fill(page, "temperature", 0)  # greedy: the same answers every run
@@ -351,7 +350,7 @@ def test_default_model_inside_orpo_and_blind_vote(browser, tmp_path):
         assert f"A was {vote['left_model']}, B was {vote['right_model']}" in reveal
         by_model = {vote["left_model"]: vote["left"], vote["right_model"]: vote["right"]}
         record = {"prompt": question}
-        assert judge("bullets", record, by_model["orpo/step-000060"]), by_model
+        assert judge("bullets", record, by_model["orpo/step-000030"]), by_model
         assert not judge("bullets", record, by_model["base model"]), by_model
     finally:
         page.screenshot(path=str(tmp_path / "last.png"), full_page=True)
@@ -359,8 +358,8 @@ def test_default_model_inside_orpo_and_blind_vote(browser, tmp_path):
         demo.close()
     # The token view's numbers: ORPO lifted the pair's log-odds ratio more than SFT did.
     scores = demo.orpo_context.pool.score(
-        _first_held_out_pair(runs), [None, runs / "orpo/checkpoints/step-000060",
-                                     runs / "sft/checkpoints/step-000060"])  # fmt: skip
+        _first_held_out_pair(runs), [None, runs / "orpo/checkpoints/step-000030",
+                                     runs / "sft/checkpoints/step-000030"])  # fmt: skip
     base, orpo, sft = (s.log_odds_ratio for s in scores)
     assert orpo - base > sft - base and orpo > base
 
