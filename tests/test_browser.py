@@ -303,8 +303,7 @@ def test_default_model_inside_orpo_and_blind_vote(browser, tmp_path):
         )
         medians = [t for t in plot_traces(page, "weighting-plot") if t["name"] == "delta median"]
         assert len(medians[0]["y"]) == 4 and medians[0]["y"][-1] < medians[0]["y"][0]
-        page.locator("#weighting-plot").scroll_into_view_if_needed()
-        page.screenshot(path=str(shots / "weighting.png"))
+        page.locator("#weighting-plot").screenshot(path=str(shots / "weighting.png"))
 
         # ---- Inside ORPO: one held-out pair, ORPO next to SFT
         page.get_by_role("tab", name="Inside ORPO").click()
