@@ -8,11 +8,11 @@ import torch
 
 from orpo_lab.config import TrainConfig
 from orpo_lab.data import set_chat_template, tokenize_dataset
-from orpo_lab.model import add_lora, load_model, pick_device, pick_precision
+from orpo_lab.model import PRECISIONS, add_lora, load_model, pick_device, pick_precision
 from orpo_lab.splits import load_config_splits
 from orpo_lab.step import TrainingError
 
-DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+DTYPE_NAMES = {dtype: name for name, dtype in PRECISIONS.items()}
 
 
 def precision_plan(cfg: TrainConfig) -> dict:

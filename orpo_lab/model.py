@@ -160,6 +160,8 @@ def pick_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
 CPU_BF16_FLAGS = {
     "amx_bf16": "AMX bf16 units",
     "avx512_bf16": "AVX512-BF16 instructions",
@@ -198,13 +200,12 @@ def pick_precision(
     at a few hundred tokens per step the matmuls are small and the float32 head and LoRA paths stay
     (BENCHMARKS.md, "bf16 on a CPU"). precision="bf16" is there to try it on other CPUs and batches.
     """
-    table = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
     if precision != "auto":
-        if precision not in table:
+        if precision not in PRECISIONS:
             raise ValueError(
-                f"precision must be one of auto, {', '.join(table)}; got {precision!r}."
+                f"precision must be one of auto, {', '.join(PRECISIONS)}; got {precision!r}."
             )
-        return table[precision], f"precision={precision} was asked for"
+        return PRECISIONS[precision], f"precision={precision} was asked for"
     if device.type == "cuda":
         if torch.cuda.is_bf16_supported():
             return torch.bfloat16, "CUDA device with bf16 support"

@@ -64,15 +64,20 @@ def read_metrics(path: str | Path, offset: int = 0) -> tuple[list[dict], int]:
         f.seek(offset)
         data = f.read()
     end = data.rfind(b"\n") + 1
-    records = []
-    for line in data[:end].splitlines():
+    return json_objects(data[:end].splitlines()), offset + end
+
+
+def json_objects(lines) -> list[dict]:
+    """The lines (str or bytes) that hold a JSON object, parsed; any other line is skipped."""
+    objects = []
+    for line in lines:
         try:
-            record = json.loads(line)
+            obj = json.loads(line)
         except ValueError:
             continue
-        if isinstance(record, dict):
-            records.append(record)
-    return records, offset + end
+        if isinstance(obj, dict):
+            objects.append(obj)
+    return objects
 
 
 def checkpoint_step(name: str) -> int:

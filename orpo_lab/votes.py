@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from orpo_lab.chat import normalize_messages
+from orpo_lab.rundir import json_objects
 
 _LOCK = threading.Lock()
 
@@ -38,15 +39,7 @@ def read_votes(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         return []
-    votes = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            vote = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(vote, dict):
-            votes.append(vote)
-    return votes
+    return json_objects(path.read_text(encoding="utf-8").splitlines())
 
 
 def _write(path: Path, votes: list[dict]) -> None:
