@@ -107,8 +107,9 @@ class TrainConfig:
     seed: int = _f(0, "seed for data order, LoRA init and dropout")
     precision: str = _f(
         "auto",
-        "auto: bf16 on CUDA, fp32 on CPU (bf16 measured no faster there); bf16 on CPU: a bf16 "
-        "frozen base with float32 adapter, optimizer state, log-probs and loss",
+        "auto: bf16 on CUDA and for LoRA on a CPU with AMX (measured faster), else fp32; bf16 "
+        "on CPU: a bf16 frozen base under bf16 autocast, float32 adapter, optimizer state, "
+        "log-probs and loss",
         ("auto", "fp32", "bf16", "fp16"),
     )
     device: str = _f("auto", "auto, cpu, cuda, cuda:1, ...")

@@ -65,11 +65,20 @@ def token_logps(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return torch.where(scored, picked, torch.zeros_like(picked))
 
 
+def _head_dtype(hidden: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
+    """The dtype of the head matmul: the model's own (bf16 hidden and bf16 weight stay bf16, the
+    matmul accumulating in float32, as the model's own lm_head), float32 when they differ."""
+    return hidden.dtype if hidden.dtype == weight.dtype else torch.float32
+
+
 class _ChunkedTokenLogps(torch.autograd.Function):
     """log softmax(h W^T + b)[target] over the scored positions, chunk by chunk.
 
-    Forward keeps only the log-partition per position (N,); backward recomputes each chunk's
-    logits, so peak memory is O(chunk_size * V) instead of O(R * T * V).
+    Forward keeps the log-partition per position (N,); when all positions fit in one chunk it also
+    keeps their softmax (N, V) (at most the one chunk the forward held anyway), else backward
+    recomputes each chunk's logits: peak memory is O(chunk_size * V), never O(R * T * V).
+    The logits come from a matmul in `_head_dtype` (under an enclosing autocast, in its dtype);
+    the log-softmax and everything after it are float32.
     """
 
     @staticmethod
@@ -79,21 +88,26 @@ class _ChunkedTokenLogps(torch.autograd.Function):
         positions = (flat_targets != IGNORE_INDEX).nonzero().squeeze(1)  # (N,) scored ones
         h = hidden.reshape(-1, H).index_select(0, positions)  # (N, H), input dtype
         tgt = flat_targets.index_select(0, positions)  # (N,)
-        w = weight.float()  # (V, H); no copy when already float32
-        b = None if bias is None else bias.float()
+        dtype = _head_dtype(hidden, weight)
+        w = weight.to(dtype)  # (V, H); no copy when already in it
+        b = None if bias is None else bias.to(dtype)
         lse = torch.empty(positions.numel(), device=hidden.device, dtype=torch.float32)  # (N,)
         picked = torch.empty_like(lse)  # (N,)
+        probs = None
         for start in range(0, positions.numel(), chunk_size):
             sl = slice(start, start + chunk_size)
-            logits = F.linear(h[sl].float(), w, b)  # (chunk, V) float32
+            logits = F.linear(h[sl].to(dtype), w, b).float()  # (chunk, V) float32
             picked[sl] = logits.gather(1, tgt[sl].unsqueeze(1)).squeeze(1)
             # logsumexp in place: torch.logsumexp would allocate a second (chunk, V) buffer.
             top = logits.amax(dim=1, keepdim=True)  # (chunk, 1)
-            lse[sl] = logits.sub_(top).exp_().sum(dim=1).log_() + top.squeeze(1)
+            total = logits.sub_(top).exp_().sum(dim=1)  # (chunk,); logits now holds exp(l - top)
+            lse[sl] = total.log() + top.squeeze(1)
+            if positions.numel() <= chunk_size:  # one chunk: keep its softmax for backward
+                probs = logits.div_(total.unsqueeze(1))
             del logits  # free this chunk before the next one is allocated: one (chunk, V) at a time
         out = torch.zeros(R * T, device=hidden.device, dtype=torch.float32)
         out.index_copy_(0, positions, picked - lse)
-        ctx.save_for_backward(h, weight, bias, tgt, positions, lse)
+        ctx.save_for_backward(h, weight, bias, tgt, positions, lse, probs)
         ctx.chunk_size = chunk_size
         ctx.hidden_shape = hidden.shape
         ctx.hidden_dtype = hidden.dtype
@@ -102,28 +116,32 @@ class _ChunkedTokenLogps(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
-        h, weight, bias, tgt, positions, lse = ctx.saved_tensors
+        h, weight, bias, tgt, positions, lse, probs = ctx.saved_tensors
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         g = (
             grad_out.reshape(-1).index_select(0, positions).float()
         )  # (N,) upstream grad per position
-        w = weight.float()
-        b = None if bias is None else bias.float()
-        grad_h = torch.zeros(h.shape, device=h.device, dtype=torch.float32) if need_h else None
+        dtype = _head_dtype(h, weight)
+        w = weight.to(dtype)
+        b = None if bias is None else bias.to(dtype)
+        grad_h = torch.zeros(h.shape, device=h.device, dtype=dtype) if need_h else None
         grad_w = torch.zeros(w.shape, device=w.device, dtype=torch.float32) if need_w else None
         grad_b = torch.zeros(w.shape[0], device=w.device, dtype=torch.float32) if need_b else None
         for start in range(0, positions.numel(), ctx.chunk_size):
             sl = slice(start, start + ctx.chunk_size)
-            hc = h[sl].float()  # (chunk, H)
+            hc = h[sl].to(dtype)  # (chunk, H)
             gc = g[sl].unsqueeze(1)  # (chunk, 1)
             # d logp[target] / d logits = onehot(target) - softmax; scaled by the upstream grad.
-            grad_logits = F.linear(hc, w, b).sub_(lse[sl].unsqueeze(1)).exp_()  # (chunk, V) softmax
-            grad_logits.mul_(-gc)
+            if probs is None:
+                softmax = F.linear(hc, w, b).float().sub_(lse[sl].unsqueeze(1)).exp_()
+                grad_logits = softmax.mul_(-gc)  # (chunk, V)
+            else:
+                grad_logits = probs.mul(-gc)  # the forward's softmax is left as it is
             grad_logits.scatter_add_(1, tgt[sl].unsqueeze(1), gc)
             if need_h:
-                grad_h[sl] = grad_logits @ w  # (chunk, H)
+                grad_h[sl] = grad_logits.to(dtype) @ w  # (chunk, H)
             if need_w:
-                grad_w.addmm_(grad_logits.T, hc)  # (V, H)
+                grad_w.addmm_(grad_logits.T, hc.float())  # (V, H)
             if need_b:
                 grad_b += grad_logits.sum(0)
             del grad_logits
@@ -149,9 +167,11 @@ def token_logps_from_hidden(
 
     hidden (R, T, H) final hidden states (after the final norm), weight (V, H) the lm_head weight,
     targets (R, T) with -100 where nothing is scored -> (R, T) float32, 0 at unscored positions.
-    Only scored positions are computed, `chunk_size` at a time, in float32 whatever the input
-    dtype; backward recomputes each chunk. Gradients reach hidden, weight and bias when they
-    require them (a frozen lm_head costs no weight-gradient work).
+    Only scored positions are computed, `chunk_size` at a time. The logits are what the model's
+    own lm_head computes (bf16 for a bf16 model, float32 for a float32 one; float32 when hidden
+    and weight differ); the log-softmax is float32 whatever the input dtype (see
+    `_ChunkedTokenLogps`). Gradients reach hidden, weight and bias when they require them (a
+    frozen lm_head costs no weight-gradient work).
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")

@@ -190,15 +190,20 @@ def cpu_bf16_units(flags: Iterable[str] | None = None) -> str | None:
 
 
 def pick_precision(
-    device: torch.device, precision: str = "auto", flags: Iterable[str] | None = None
+    device: torch.device,
+    precision: str = "auto",
+    flags: Iterable[str] | None = None,
+    lora_training: bool = False,
 ) -> tuple[torch.dtype, str]:
-    """(compute dtype, why). "auto": bf16 on CUDA with bf16 support, float32 elsewhere.
+    """(compute dtype, why). "auto": bf16 on CUDA with bf16 support, float32 on other devices,
+    except LoRA training on a CPU with AMX bf16 units (`lora_training`), which gets bf16.
 
-    On a CPU "auto" stays float32 even with native bf16 units (AMX or AVX512-BF16; `flags`, see
-    `cpu_bf16_units`, only change the reason): measured on a 2-core AMX Xeon, a LoRA step of the
-    default model at the default batch was no faster with a bf16 base (x0.95) or bf16 autocast, because
-    at a few hundred tokens per step the matmuls are small and the float32 head and LoRA paths stay
-    (BENCHMARKS.md, "bf16 on a CPU"). precision="bf16" is there to try it on other CPUs and batches.
+    There a bf16 frozen base under bf16 autocast (`orpo_lab.logps.decoder_autocast`, eager
+    attention) measured x1.5 faster per LoRA step than float32 on a 2-core AMX Xeon
+    (BENCHMARKS.md, "bf16 on a CPU"); LoRA weights, AdamW state, log-probs and loss stay float32.
+    AVX512-BF16 without AMX (Cooper Lake, Zen 4) was never measured, so it stays float32; so does
+    loading for generation (merging an adapter into bf16 weights would round it) and full
+    fine-tuning. `flags`: the CPU's feature flags (`cpu_bf16_units`); this machine's when None.
     """
     if precision != "auto":
         if precision not in PRECISIONS:
@@ -218,9 +223,20 @@ def pick_precision(
             "CPU without native bf16 units (no amx_bf16 or avx512_bf16 flag): float32; bf16 "
             "would be converted in software, slower"
         )
-    return torch.float32, (
-        f"CPU with {CPU_BF16_FLAGS[unit]} ({unit}): float32, which measured as fast as a bf16 "
-        "base for LoRA steps of a few hundred tokens (BENCHMARKS.md); precision=bf16 to try bf16"
+    if unit != "amx_bf16":
+        return torch.float32, (
+            f"CPU with {CPU_BF16_FLAGS[unit]} ({unit}) but no AMX: float32; bf16 was measured "
+            "faster only with AMX (BENCHMARKS.md); precision=bf16 to try it"
+        )
+    if not lora_training:
+        return torch.float32, (
+            f"CPU with {CPU_BF16_FLAGS[unit]} ({unit}): float32 outside LoRA training "
+            "(bf16 pays off for LoRA steps; merged or fully trained weights keep float32)"
+        )
+    return torch.bfloat16, (
+        f"CPU with {CPU_BF16_FLAGS[unit]} ({unit}): bf16 frozen base under bf16 autocast, "
+        "measured faster than float32 for LoRA steps (BENCHMARKS.md); LoRA weights, optimizer "
+        "state, log-probs and loss stay float32; precision=fp32 to turn it off"
     )
 
 
@@ -259,17 +275,21 @@ def load_model(
     trust_remote_code: bool = False,
     load_in_4bit: bool = False,
     chat_template: str = "",
+    attn_implementation: str | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load (model, tokenizer) from "default", a local directory or a hub id, on the chosen device.
 
     `load_in_4bit`: the linear weights as bitsandbytes NF4 (QLoRA, Dettmers et al. 2023: double-
     quantised scales, matmuls in the `precision` dtype); everything else as usual.
-    `chat_template`: see `load_tokenizer`.
+    `chat_template`: see `load_tokenizer`. `attn_implementation`: transformers' ("eager", "sdpa",
+    ...); None keeps the model's default.
     """
     source = resolve_model(name)
     dev = pick_device(device)
     dtype = pick_dtype(dev, precision)
     placement: dict = {"dtype": dtype}
+    if attn_implementation:
+        placement["attn_implementation"] = attn_implementation
     if load_in_4bit:
         from transformers import BitsAndBytesConfig
 
@@ -283,7 +303,8 @@ def load_model(
             bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=dtype,
         )
-        placement = {"quantization_config": quant, "device_map": {"": dev}}
+        placement |= {"quantization_config": quant, "device_map": {"": dev}}
+        del placement["dtype"]
     try:
         model = AutoModelForCausalLM.from_pretrained(
             source, trust_remote_code=trust_remote_code, **placement

@@ -120,7 +120,13 @@ def next_micro_batches(run: Run, step: int) -> list[tuple[dict, int]]:
 def clip_gradients(run: Run) -> float | None:
     if not run.cfg.max_grad_norm:
         return None
-    return float(run.accelerator.clip_grad_norm_(run.params, run.cfg.max_grad_norm))
+    accelerator = run.accelerator
+    if accelerator.device.type == "cpu" and accelerator.num_processes == 1:
+        # torch uses its foreach kernels unasked only on GPUs; on a CPU they save a Python loop
+        # over every LoRA tensor. (accelerate's clip adds nothing here: no scaler, no shards.)
+        norm = torch.nn.utils.clip_grad_norm_(run.params, run.cfg.max_grad_norm, foreach=True)
+        return float(norm)
+    return float(accelerator.clip_grad_norm_(run.params, run.cfg.max_grad_norm))
 
 
 def optimizer_step(run: Run) -> float:
@@ -309,6 +315,15 @@ def _resume_point(cfg: TrainConfig, folder: RunDir, accelerator) -> Path | None:
     return latest
 
 
+def fused_adamw(params: list) -> bool:
+    """torch's fused AdamW (one kernel for every tensor) where it exists: float32 weights on CPU or
+    CUDA. torch defaults to a Python loop over the tensors on CPU (about 50 ms a step for the
+    default LoRA's 420 tensors on 2 cores, 6 ms fused)."""
+    return bool(params) and all(
+        p.device.type in ("cpu", "cuda") and p.dtype == torch.float32 for p in params
+    )
+
+
 def prepare(
     cfg, accelerator, folder, resume_from, callback, stop_event, plan: dict | None = None
 ) -> tuple[Run, int]:
@@ -333,7 +348,8 @@ def prepare(
         else max(1, math.ceil(cfg.epochs * per_epoch / cfg.grad_accum))
     )
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
+                                  fused=fused_adamw(params))  # fmt: skip
     scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.warmup_steps,
                               num_training_steps=total)  # fmt: skip
     start = 0 if resume_from is None else load_training_state(resume_from, optimizer, scheduler)

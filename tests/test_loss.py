@@ -207,6 +207,8 @@ def test_chunked_matches_plain(chunk_size, bias):
 
 
 def test_chunked_frozen_weight_and_bf16():
+    """A bf16 model's chunked log-probs are its own bf16 logits (upcast, then a float32
+    log-softmax): equal to the full-logits path of the same model."""
     hidden, weight, _, targets, upstream = _random_problem(7, bias=False)
     h = hidden.to(torch.bfloat16).requires_grad_(True)
     w = weight.to(torch.bfloat16)  # frozen: no gradient asked for, none computed
@@ -214,11 +216,33 @@ def test_chunked_frozen_weight_and_bf16():
     (out * upstream).sum().backward()
     assert out.dtype == torch.float32 and w.grad is None and h.grad.dtype == torch.bfloat16
 
-    h_ref = h.detach().float().requires_grad_(True)
-    ref = token_logps(h_ref @ w.float().T, targets)  # float32 from the same bf16 values
+    h_ref = h.detach().clone().requires_grad_(True)
+    ref = token_logps(h_ref @ w.T, targets)  # the model's own bf16 logits, then float32
     (ref * upstream).sum().backward()
     torch.testing.assert_close(out, ref.detach(), rtol=0, atol=1e-5)
-    torch.testing.assert_close(h.grad.float(), h_ref.grad, rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(h.grad.float(), h_ref.grad.float(), rtol=2e-2, atol=2e-2)
+    # One chunk for every position: the forward's softmax is reused, with the same result.
+    h_one = h.detach().clone().requires_grad_(True)
+    one = token_logps_from_hidden(h_one, w, targets, chunk_size=1024)
+    (one * upstream).sum().backward()
+    torch.testing.assert_close(one, out, rtol=0, atol=1e-6)
+    torch.testing.assert_close(h_one.grad.float(), h.grad.float(), rtol=0, atol=1e-2)
+
+
+def test_chunked_under_autocast_keeps_the_log_softmax_float32():
+    """accelerate autocasts the whole forward on CUDA: the head matmul is then bf16, but the
+    log-partition must still be summed in float32 (in bf16 it loses ~3 significant digits)."""
+    hidden, weight, _, targets, _ = _random_problem(11, bias=False)
+    hidden, weight = hidden * 4, weight * 4  # logits of tens, as a real head's
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = token_logps_from_hidden(hidden, weight, targets, chunk_size=1024)
+    logits = F.linear(hidden.bfloat16(), weight.bfloat16())  # what autocast's matmul returns
+    expected = token_logps(logits, targets)  # upcast, then a float32 log-softmax
+    in_bf16 = torch.log_softmax(logits, -1).gather(-1, targets.clamp(min=0)[..., None])[..., 0]
+    scored = targets != -100
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out[scored], expected[scored], rtol=0, atol=1e-4)
+    assert (in_bf16.float() - expected)[scored].abs().max() > 1e-2  # what it would cost otherwise
 
 
 def test_chunked_no_scored_positions():

@@ -10,6 +10,7 @@ The notebooks share one temporary runs folder, so notebook 5 reuses notebook 4's
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import re
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from nbclient import NotebookClient
+from notebook_client import SlicedPollClient
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 KERNEL = "orpo-lab-tests"
@@ -74,7 +75,7 @@ def run_notebook(name: str, values: dict[str, str], env: dict, monkeypatch) -> d
             f"import json, re, sys\nprint({MARKER!r} + json.dumps({{{fields}}}))"
         )
     )
-    client = NotebookClient(
+    client = SlicedPollClient(
         nb, kernel_name=KERNEL, timeout=1800, resources={"metadata": {"path": str(NOTEBOOKS)}}
     )
     began = time.perf_counter()
@@ -315,3 +316,33 @@ def test_05_compare_outputs(notebook_env, monkeypatch):
     assert own["ORPO"] > own["SFT"] > own["base"]
     assert set(v["free_answers"]) == {"base", "SFT", "ORPO"}
     assert all(a.strip() for a in v["free_answers"].values())
+
+
+def test_the_client_polls_in_slices_until_a_reply_or_the_deadline():
+    """The guard against nbclient's lost-reply hang (tests/notebook_client.py): a reply that is not
+    there at the first poll is still returned, each wait is one slice, and the deadline holds."""
+    from queue import Empty
+
+    from notebook_client import SLICE_S, _sliced
+
+    waits = []
+
+    async def arrives_on_third_poll(timeout=None):
+        waits.append(timeout)
+        if len(waits) < 3:
+            raise Empty
+        return {"msg_type": "execute_reply"}
+
+    assert asyncio.run(_sliced(arrives_on_third_poll)(timeout=None)) == {
+        "msg_type": "execute_reply"
+    }
+    assert waits == [SLICE_S] * 3
+
+    async def never(timeout=None):
+        await asyncio.sleep(timeout)
+        raise Empty
+
+    began = time.monotonic()
+    with pytest.raises(Empty):
+        asyncio.run(_sliced(never)(timeout=0.2))
+    assert 0.2 <= time.monotonic() - began < 0.2 + SLICE_S

@@ -1,4 +1,4 @@
-"""Precision choice (float32 on every CPU under "auto", bf16 when asked for) and what a bf16 run keeps in float32;
+"""Precision choice ("auto": bf16 for LoRA training on an AMX CPU, else float32 on CPU) and what a bf16 run keeps in float32;
 the held-out subset scored during training vs every held-out pair at the end."""
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors.torch import load_file
 
 import orpo_lab.model as model_module
@@ -17,7 +18,7 @@ from orpo_lab.logps import PairLogps
 from orpo_lab.loss import orpo_loss
 from orpo_lab.model import cpu_bf16_units, cpu_flags, pick_precision
 from orpo_lab.rundir import RunDir
-from orpo_lab.train import train
+from orpo_lab.train import fused_adamw, train
 
 CPU = torch.device("cpu")
 SAPPHIRE_RAPIDS = {"avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "amx_int8"}
@@ -35,16 +36,24 @@ def test_bf16_units_are_read_from_the_cpu_flags():
     assert cpu_flags("processor\t: 0\n") == set()
 
 
-def test_auto_is_float32_on_every_cpu_and_says_why():
-    # Measured (BENCHMARKS.md): even with AMX a bf16 base made the default LoRA step no faster.
+def test_auto_is_bf16_only_for_lora_training_with_amx_and_says_why():
+    # Measured (BENCHMARKS.md): with AMX a bf16 base under autocast makes the LoRA step faster.
+    dtype, why = pick_precision(CPU, "auto", SAPPHIRE_RAPIDS, lora_training=True)
+    assert dtype == torch.bfloat16
+    assert why.startswith(
+        "CPU with AMX bf16 units (amx_bf16): bf16 frozen base under bf16 autocast"
+    )
+    # Loading for generation keeps float32 (a merged adapter would be rounded to bf16).
     dtype, why = pick_precision(CPU, "auto", SAPPHIRE_RAPIDS)
-    assert dtype == torch.float32 and why.startswith("CPU with AMX bf16 units (amx_bf16): float32")
-    dtype, why = pick_precision(CPU, "auto", COOPER_LAKE)
-    assert dtype == torch.float32 and "(avx512_bf16)" in why
-    dtype, why = pick_precision(CPU, "auto", SKYLAKE)
-    assert dtype == torch.float32 and "no amx_bf16 or avx512_bf16" in why
+    assert dtype == torch.float32 and "outside LoRA training" in why
+    # AVX512-BF16 without AMX was never measured: float32, and the reason says so.
+    for lora in (True, False):
+        dtype, why = pick_precision(CPU, "auto", COOPER_LAKE, lora_training=lora)
+        assert dtype == torch.float32 and "(avx512_bf16) but no AMX" in why
+        dtype, why = pick_precision(CPU, "auto", SKYLAKE, lora_training=lora)
+        assert dtype == torch.float32 and "no amx_bf16 or avx512_bf16" in why
     # An explicit choice wins whatever the CPU has.
-    assert pick_precision(CPU, "fp32", SAPPHIRE_RAPIDS) == (
+    assert pick_precision(CPU, "fp32", SAPPHIRE_RAPIDS, lora_training=True) == (
         torch.float32,
         "precision=fp32 was asked for",
     )
@@ -54,18 +63,20 @@ def test_auto_is_float32_on_every_cpu_and_says_why():
 
 
 @pytest.mark.parametrize(
-    ("precision", "full", "expected"),
+    ("flags", "precision", "full", "expected"),
     [
-        ("auto", False, ("fp32", "fp32", "no")),
-        ("bf16", False, ("bf16", "bf16", "no")),  # bf16 base, no autocast on top (faster)
-        ("bf16", True, ("bf16", "fp32", "bf16")),  # float32 master weights + autocast
-        ("fp32", True, ("fp32", "fp32", "no")),
+        (SAPPHIRE_RAPIDS, "auto", False, ("bf16", "bf16", "no", "eager")),  # decoder autocast
+        (COOPER_LAKE, "auto", False, ("fp32", "fp32", "no", None)),
+        (SKYLAKE, "bf16", False, ("bf16", "bf16", "no", "eager")),
+        (SAPPHIRE_RAPIDS, "auto", True, ("fp32", "fp32", "no", None)),  # full fine-tuning
+        (SAPPHIRE_RAPIDS, "bf16", True, ("bf16", "fp32", "bf16", None)),  # fp32 master + autocast
+        (SAPPHIRE_RAPIDS, "fp32", True, ("fp32", "fp32", "no", None)),
     ],
 )
-def test_precision_plan_of_a_cpu_run(monkeypatch, precision, full, expected):
-    monkeypatch.setattr(model_module, "cpu_flags", lambda text=None: SAPPHIRE_RAPIDS)
+def test_precision_plan_of_a_cpu_run(monkeypatch, flags, precision, full, expected):
+    monkeypatch.setattr(model_module, "cpu_flags", lambda text=None: flags)
     plan = precision_plan(TrainConfig(device="cpu", full_finetune=full, precision=precision))
-    assert (plan["precision"], plan["base"], plan["autocast"]) == expected
+    assert (plan["precision"], plan["base"], plan["autocast"], plan["attention"]) == expected
 
 
 def _pairs(path, n, offset=0):
@@ -98,9 +109,19 @@ def test_a_bf16_run_keeps_adapter_optimizer_logps_and_loss_in_float32(tmp_path, 
     frozen = [p for p in model.parameters() if not p.requires_grad]
     assert trained and all(p.dtype == torch.float32 for p in trained)
     assert {p.dtype for p in frozen} == {torch.bfloat16}
+    assert model.config._attn_implementation == "eager"
     pairs, _, _ = load_pairs(cfg, tokenizer)
     batch = collate(pairs[:4], cfg.layout, tokenizer.pad_token_id)
-    chosen, rejected, nll_sum, nll_count = PairLogps(model, cfg.nll_scope, 16)(**batch)
+    wrapped = PairLogps(model, cfg.nll_scope, 16)
+    # The decoder runs under bf16 autocast, the adapters in bf16 from their float32 weights.
+    assert wrapped.autocast == torch.bfloat16
+    lora = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+    assert lora and not any(m.cast_input_dtype_enabled for m in lora)
+    seen = []
+    hook = lora[0].lora_A["default"].register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    chosen, rejected, nll_sum, nll_count = wrapped(**batch)
+    hook.remove()
+    assert seen and set(seen) == {torch.bfloat16}  # the check of the fast path, then the forward
     assert chosen.dtype == rejected.dtype == nll_sum.dtype == torch.float32
     loss_bf16, _ = orpo_loss(chosen, rejected, nll_sum / nll_count, cfg.beta)
 
@@ -126,7 +147,8 @@ def test_a_bf16_run_keeps_adapter_optimizer_logps_and_loss_in_float32(tmp_path, 
 @pytest.mark.parametrize(
     ("flags", "precision", "reason"),
     [
-        (SAPPHIRE_RAPIDS, "fp32", "CPU with AMX bf16 units (amx_bf16): float32"),
+        (SAPPHIRE_RAPIDS, "bf16", "CPU with AMX bf16 units (amx_bf16): bf16 frozen base"),
+        (COOPER_LAKE, "fp32", "CPU with AVX512-BF16 instructions (avx512_bf16) but no AMX"),
         (SKYLAKE, "fp32", "CPU without native bf16 units"),
     ],
 )
@@ -155,3 +177,23 @@ def test_training_scores_a_fixed_subset_and_the_last_step_every_held_out_pair(
                     run_name="all")  # fmt: skip
     train(again)
     assert [r["eval/pairs"] for r in _records(again, "eval")] == [12, 12, 12]
+
+
+def test_fused_adamw_where_torch_has_it_and_the_same_update():
+    weights = [torch.randn(16, 8), torch.randn(8)]
+    assert fused_adamw([w.requires_grad_() for w in weights])
+    assert not fused_adamw([torch.zeros(2, dtype=torch.bfloat16)]) and not fused_adamw([])
+    updated = []
+    for fused in (True, False):
+        params = [w.detach().clone().requires_grad_() for w in weights]
+        optimizer = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.1, fused=fused)
+        for step in range(3):
+            for i, p in enumerate(params):
+                p.grad = torch.sin(torch.arange(p.numel(), dtype=torch.float32) + step + i).view_as(
+                    p
+                )
+            optimizer.step()
+        updated.append(params)
+    for a, b in zip(*updated, strict=True):
+        assert not torch.equal(a, weights[0] if a.dim() == 2 else weights[1])
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)

@@ -67,6 +67,9 @@ def make_config(tmp_path, data, tiny_model_dir, **changes) -> TrainConfig:
         max_prompt_length=48,
         device="cpu",
         layout="padded",
+        # These tests check float32 arithmetic (accumulation, resume, DDP equal one big batch);
+        # "auto" would be bf16 on a CPU with AMX. bf16 runs: tests/test_precision.py.
+        precision="fp32",
     )
     return TrainConfig(**(values | changes))
 
@@ -550,6 +553,8 @@ def test_two_process_torchrun_equals_one_process(tmp_path, data, tiny_model_dir)
         "0",
         "--eval-every",
         "0",
+        "--precision",
+        "fp32",  # float32 arithmetic is compared; "auto" is bf16 on a CPU with AMX
     ]
     env = {
         k: v
