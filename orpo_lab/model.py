@@ -199,7 +199,7 @@ def pick_precision(
     except LoRA training on a CPU with AMX bf16 units (`lora_training`), which gets bf16.
 
     There a bf16 frozen base under bf16 autocast (`orpo_lab.logps.decoder_autocast`, eager
-    attention) measured x1.5 faster per LoRA step than float32 on a 2-core AMX Xeon
+    attention) measured x1.45 faster per LoRA step than float32 on a 2-core AMX Xeon
     (BENCHMARKS.md, "bf16 on a CPU"); LoRA weights, AdamW state, log-probs and loss stay float32.
     AVX512-BF16 without AMX (Cooper Lake, Zen 4) was never measured, so it stays float32; so does
     loading for generation (merging an adapter into bf16 weights would round it) and full
