@@ -23,7 +23,7 @@ import torch
 from accelerate import Accelerator, DistributedType
 from transformers import get_scheduler
 
-from orpo_lab.build import build_model, load_pairs, precision_plan, subset
+from orpo_lab.build import DTYPE_NAMES, build_model, load_pairs, precision_plan, subset
 from orpo_lab.checkpoint import load_training_state, save_checkpoint
 from orpo_lab.config import TrainConfig
 from orpo_lab.data import collate
@@ -370,7 +370,8 @@ def prepare(
              "eval_pairs": len(held_out or []), "eval_subset_pairs": len(eval_subset or []),
              "total_steps": total, "processes": world, "device": str(accelerator.device),
              "precision": plan["precision"], "precision_reason": plan["precision_reason"],
-             "mixed_precision": accelerator.mixed_precision, "data": stats["data"]})  # fmt: skip
+             "mixed_precision": accelerator.mixed_precision,
+             "decoder_autocast": DTYPE_NAMES.get(pair_logps.autocast), "data": stats["data"]})  # fmt: skip
     run.log({"kind": "event", "step": start, "event": "logps_check", **logps_check})
     run.status("running", "training", step=start, total_steps=total)
     if held_out and start == 0:

@@ -160,6 +160,8 @@ def test_the_start_event_says_which_precision_and_why(
     train(cfg)
     started = _records(cfg, "event")[0]
     assert started["event"] == "started" and started["precision"] == precision
+    # bf16 runs their decoder under bf16 autocast (accelerate's mixed_precision stays "no" on CPU).
+    assert started["decoder_autocast"] == ("bf16" if precision == "bf16" else None)
     assert started["precision_reason"].startswith(reason)
 
 
