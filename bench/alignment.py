@@ -38,6 +38,16 @@ def run(name: str, values: dict) -> tuple[TrainConfig, float, list[dict]]:
     return cfg, seconds, rows
 
 
+def preset_values(preset: str, overrides: list[str]) -> dict:
+    """The preset's TrainConfig values plus KEY=VALUE overrides, scoring every held-out pair (the app
+    and CLI default to a sample of 64), with runs under bench/runs/."""
+    values = dict(PRESETS[preset], output_dir=str(HERE / "runs"), max_eval_pairs=0)
+    for item in overrides:
+        key, _, raw = item.partition("=")
+        values[key] = yaml.safe_load(raw)
+    return values
+
+
 def trend(rows: list[dict]) -> dict[str, float]:
     evals = [r for r in rows if r["kind"] == "eval"]
     first, last = evals[0], evals[-1]
@@ -62,11 +72,7 @@ def main() -> None:
     )
     parser.add_argument("--max-new-tokens", type=int, default=64)
     args = parser.parse_args()
-    # Every held-out pair in every evaluation (the app and CLI default to a sample of 64).
-    values = dict(PRESETS[args.preset], output_dir=str(HERE / "runs"), max_eval_pairs=0)
-    for item in args.set:
-        key, _, raw = item.partition("=")
-        values[key] = yaml.safe_load(raw)
+    values = preset_values(args.preset, args.set)
 
     orpo_cfg, orpo_s, orpo_rows = run("orpo-default", values)
     sft_cfg, sft_s, sft_rows = run("sft-default", values | {"beta": 0.0})

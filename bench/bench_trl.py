@@ -20,7 +20,8 @@ Steps, in order:
   4. profile   torch.profiler table (top ops by self time) of one training step of each contender.
 Step times are wall clock; process CPU time per step and the fastest step are reported too, because
 on a shared machine other jobs inflate wall time. Results: OUT/results.json, OUT/summary.md,
-OUT/profile_{ours,trl}.txt, OUT/logs/ (one JSON per worker; `--report-only OUT` re-renders them).
+OUT/profile_{ours,trl}-{fp32,bf16}.txt (one step in each precision), OUT/logs/ (one JSON per worker;
+`--report-only OUT` re-renders them).
 
     .venv/bin/python bench/bench_trl.py                                # CPU, the default model
     .venv/bin/python bench/bench_trl.py --device cuda --gpu-model 1.5b --max-length 2048
@@ -353,9 +354,12 @@ def main(argv: list[str] | None = None) -> int:
         results["ablation"] = worker("ablation", ab, out, "ablation")
     if "profile" not in args.skip:
         print("profile: one step each", flush=True)
-        for name in ("ours", "trl"):
-            prof = spec | {"steps": 1, "warmup": 1, "profile": str(out / f"profile_{name}.txt")}
-            worker(name, prof, out, f"profile-{name}")
+        for precision in spec["precisions"]:
+            for name in ("ours", "trl"):
+                tag = f"{name}-{precision}"
+                prof = spec | {"steps": 1, "warmup": 1, "precision": precision,
+                               "profile": str(out / f"profile_{tag}.txt")}  # fmt: skip
+                worker(name, prof, out, f"profile-{tag}")
     results["wall_s"] = time.perf_counter() - began
     (out / "results.json").write_text(json.dumps(results, indent=1))
     text = markdown(results)

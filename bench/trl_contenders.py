@@ -187,7 +187,7 @@ class _Profile:
         elif step == start_after + 1 and self.prof is not None:
             self.prof.stop()
             sort = "self_cuda_time_total" if len(self.activities) > 1 else "self_cpu_time_total"
-            self.out.write_text(self.prof.key_averages().table(sort_by=sort, row_limit=12))
+            self.out.write_text(self.prof.key_averages().table(sort_by=sort, row_limit=30))
             self.prof = None
 
 

@@ -124,6 +124,11 @@ class TrainConfig:
         "held-out pairs scored by the evaluations before the last step: a fixed seeded subset "
         "of the held-out pairs (cheaper curves); 0 = all of them every time",
     )
+    eval_batch_size: int = _f(
+        0,
+        "held-out pairs per evaluation batch; no gradients are kept, so a batch larger than "
+        "batch_size is cheap and faster; 0 = the larger of batch_size and 16",
+    )
     save_every: int = _f(50, "optimiser steps between checkpoints; 0 = only at the end")
     save_total_limit: int = _f(3, "checkpoints kept (oldest deleted first)")
     resume: bool = _f(False, "continue the run in output_dir/run_name from its last checkpoint")
@@ -172,6 +177,11 @@ class TrainConfig:
         for name in ("max_eval_pairs", "eval_subset_pairs"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0 (0 = all); got {getattr(self, name)}")
+        if self.eval_batch_size < 0:
+            problems.append(
+                f"eval_batch_size must be >= 0 (0 = the larger of batch_size and 16); "
+                f"got {self.eval_batch_size}"
+            )
         if self.logps_chunk_size < 0:
             problems.append(f"logps_chunk_size must be >= 0; got {self.logps_chunk_size}")
         return problems
@@ -194,6 +204,11 @@ class TrainConfig:
                 f"got {self.held_out_size}"
             )
         return problems
+
+    @property
+    def eval_batch(self) -> int:
+        """Held-out pairs per evaluation batch (`eval_batch_size`, 0 = max(batch_size, 16))."""
+        return self.eval_batch_size or max(self.batch_size, 16)
 
     @property
     def run_dir(self) -> Path:

@@ -122,10 +122,10 @@ def held_out_metrics(
     wrapped.eval()
     chosen, rejected = [], []
     try:
-        for i in range(0, len(pairs), cfg.batch_size):
+        for i in range(0, len(pairs), cfg.eval_batch):
             if stop is not None and stop():
                 return None
-            batch = to_device(collate(pairs[i : i + cfg.batch_size], cfg.layout, pad_id), device)
+            batch = to_device(collate(pairs[i : i + cfg.eval_batch], cfg.layout, pad_id), device)
             c, r, _, _ = wrapped(**batch)
             chosen.append(c.float())
             rejected.append(r.float())

@@ -41,8 +41,9 @@ from orpo_lab.step import (
 
 OOM_ADVICE = (
     "Out of memory. Try, one at a time: a smaller batch_size with a larger grad_accum (same effective "
-    "batch), a shorter max_length / max_prompt_length, layout=prefix or packed, gradient_checkpointing, "
-    "LoRA instead of full_finetune, a smaller lora_r, or load_in_4bit (QLoRA, needs bitsandbytes)."
+    "batch), a smaller eval_batch_size, a shorter max_length / max_prompt_length, layout=prefix or "
+    "packed, gradient_checkpointing, LoRA instead of full_finetune, a smaller lora_r, or "
+    "load_in_4bit (QLoRA, needs bitsandbytes)."
 )
 NON_FINITE_ADVICE = (
     "Lower learning_rate, check the data for empty or huge responses, or use fp32 precision."

@@ -181,6 +181,41 @@ def test_training_scores_a_fixed_subset_and_the_last_step_every_held_out_pair(
     assert [r["eval/pairs"] for r in _records(again, "eval")] == [12, 12, 12]
 
 
+def test_evaluation_runs_in_eval_batch_size_batches_with_the_same_metrics(
+    monkeypatch, tmp_path, tiny_model_dir
+):
+    """Evaluation keeps no gradients, so its batches may be larger than training's; in float32
+    the batch size changes nothing but the number of forwards."""
+    assert TrainConfig(batch_size=4).eval_batch == 16  # 0 = the larger of batch_size and 16
+    assert TrainConfig(batch_size=32).eval_batch == 32
+    assert TrainConfig(batch_size=4, eval_batch_size=5).eval_batch == 5
+    with pytest.raises(ValueError, match="eval_batch_size must be >= 0"):
+        TrainConfig(eval_batch_size=-1)
+
+    import orpo_lab.step as step_module
+
+    sizes: list[int] = []
+
+    def counting_collate(pairs, *args, **kwargs):
+        sizes.append(len(pairs))
+        return collate(pairs, *args, **kwargs)
+
+    monkeypatch.setattr(step_module, "collate", counting_collate)
+    evals = {}
+    for eval_batch in (1, 5, 0):
+        sizes.clear()
+        cfg = _config(tmp_path, tiny_model_dir, precision="fp32", max_steps=2, eval_every=0,
+                      eval_batch_size=eval_batch, run_name=f"e{eval_batch}")  # fmt: skip
+        train(cfg)
+        # eval_every=0: evaluations at step 0 and at the end, of all 12 held-out pairs each.
+        assert [r["step"] for r in _records(cfg, "eval")] == [0, 2]
+        assert sizes == {1: [1] * 12, 5: [5, 5, 2], 0: [12]}[eval_batch] * 2
+        evals[eval_batch] = _records(cfg, "eval")[-1]
+    for key in ("eval/accuracy", "eval/logps_chosen", "eval/logps_rejected"):
+        for eval_batch in (5, 0):
+            assert evals[eval_batch][key] == pytest.approx(evals[1][key], abs=1e-5), key
+
+
 def test_fused_adamw_where_torch_has_it_and_the_same_update():
     weights = [torch.randn(16, 8), torch.randn(8)]
     assert fused_adamw([w.requires_grad_() for w in weights])
