@@ -6,17 +6,20 @@ report goes to `RUN_DIR/generations.json`, next to its metrics.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
+import torch
+import transformers
 from tqdm.auto import tqdm
 
 from orpo_lab.chat import generate
 from orpo_lab.checkpoint import CheckpointError, read_state
 from orpo_lab.config import TrainConfig
 from orpo_lab.default_dataset import JUDGES
-from orpo_lab.model import load_model
-from orpo_lab.rundir import RunDir
+from orpo_lab.model import load_model, resolve_model
+from orpo_lab.rundir import RunDir, write_json_atomic
 from orpo_lab.splits import load_config_splits
 
 
@@ -76,7 +79,49 @@ def judge_model(
     """(answers, passed) of one model on the records' prompts, each judged by its family's judge."""
     prompts = [r["prompt"] for r in records]
     answers = generate_answers(model, tokenizer, prompts, max_new_tokens, desc=desc)
-    return answers, [bool(JUDGES[r["family"]](r, a)) for r, a in zip(records, answers, strict=True)]
+    return answers, judged(records, answers)
+
+
+def judged(records: list[dict], answers: list[str]) -> list[bool]:
+    """Each answer scored by its record's family judge."""
+    return [bool(JUDGES[r["family"]](r, a)) for r, a in zip(records, answers, strict=True)]
+
+
+BASE_ANSWERS_DIR = ".base-answers"  # in the runs folder; not a run name (those cannot start with .)
+
+
+def base_answers_file(runs_dir: Path, model, tokenizer, source: str, prompts, max_new_tokens):
+    """Where the base model's greedy answers to `prompts` are kept for every run of `runs_dir`.
+
+    Evaluating a second run against the same base (SFT next to ORPO) needs no second generation.
+    Greedy answers depend only on what is in the key: the model's files (name, size, time), the
+    prompts, the token budget, the chat template, dtype, device and library versions; change any
+    and a new file is written instead of an old one reused.
+    """
+    path = Path(source)
+    files = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(path.iterdir())
+             if f.is_file()] if path.is_dir() else []  # fmt: skip
+    key = json.dumps([source, files, prompts, max_new_tokens, tokenizer.chat_template,
+                      str(model.dtype), str(model.device), torch.__version__,
+                      transformers.__version__], default=str)  # fmt: skip
+    return runs_dir / BASE_ANSWERS_DIR / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
+
+
+def base_answers(runs_dir: Path, model, tokenizer, source: str, prompts, max_new_tokens):
+    """(answers, reused): the base model's greedy answers, from `base_answers_file` when there."""
+    cache = base_answers_file(runs_dir, model, tokenizer, source, prompts, max_new_tokens)
+    if cache.is_file():
+        try:
+            answers = json.loads(cache.read_text())["answers"]
+            if isinstance(answers, list) and len(answers) == len(prompts):
+                return answers, True
+        except (ValueError, KeyError, TypeError):
+            pass  # unreadable: generate again and overwrite it
+    answers = generate_answers(model, tokenizer, prompts, max_new_tokens, desc="base model")
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(cache, {"model": source, "max_new_tokens": max_new_tokens,
+                              "answers": answers})  # fmt: skip
+    return answers, False
 
 
 def evaluate_run(
@@ -86,6 +131,9 @@ def evaluate_run(
     max_new_tokens: int = 64,
 ) -> dict:
     """Base model vs the run's last checkpoint on the held-out split, judged; writes generations.json.
+
+    The base model's answers are kept beside the runs (`base_answers_file`), so evaluating a
+    second run of the same folder generates only for its checkpoint.
 
     `max_prompts`: at most that many held-out prompts, taken in turn from every family (0 = all).
     """
@@ -110,7 +158,10 @@ def evaluate_run(
     records = stratified([r for r in held_out if r["family"] in JUDGES], max_prompts)
     cfg = TrainConfig.from_dict(config)
     base, tokenizer = load_model(cfg.model, cfg.device, cfg.precision, cfg.trust_remote_code)
-    base_answers, base_pass = judge_model(base, tokenizer, records, max_new_tokens, "base model")
+    prompts = [r["prompt"] for r in records]
+    base_said, reused = base_answers(run.path.parent, base, tokenizer, resolve_model(cfg.model),
+                                     prompts, max_new_tokens)  # fmt: skip
+    base_pass = judged(records, base_said)
     if (checkpoint / "adapter_config.json").is_file():
         # Merged for generation: the same outputs, without LoRA's extra matmuls on every token.
         tuned = PeftModel.from_pretrained(base, checkpoint).merge_and_unload()
@@ -121,6 +172,7 @@ def evaluate_run(
     )
     report = {
         "checkpoint": str(checkpoint),
+        "base_answers_reused": reused,  # the base model's answers came from BASE_ANSWERS_DIR
         "summary": {
             "base": pass_rates(records, base_pass),
             "trained": pass_rates(records, tuned_pass),
@@ -136,7 +188,7 @@ def evaluate_run(
                 "trained_pass": tp,
             }
             for r, b, bp, t, tp in zip(
-                records, base_answers, base_pass, tuned_answers, tuned_pass, strict=True
+                records, base_said, base_pass, tuned_answers, tuned_pass, strict=True
             )
         ],
     }

@@ -9,8 +9,9 @@ import pytest
 from orpo_lab.checkpoint import CheckpointError
 from orpo_lab.config import TrainConfig
 from orpo_lab.default_dataset import judge
-from orpo_lab.evaluate import evaluate_run, pass_rates, stratified
+from orpo_lab.evaluate import BASE_ANSWERS_DIR, evaluate_run, pass_rates, stratified
 from orpo_lab.preferences import load_preferences
+from orpo_lab.runs import RunManager
 from orpo_lab.train import train
 
 
@@ -61,3 +62,20 @@ def test_evaluate_run_judges_base_and_checkpoint(tmp_path, tiny_model_dir):
         passed = [g[f"{side}_pass"] for g in gens]
         assert report["summary"][side]["all"]["all"] == pytest.approx(sum(passed) / 12)
         assert all(isinstance(g[side], str) for g in gens)
+
+    # The base model's answers are kept for the runs of this folder: a second evaluation (of the
+    # same or another run) reuses them, and they are what a fresh generation gives.
+    assert report["base_answers_reused"] is False
+    (kept,) = (tmp_path / BASE_ANSWERS_DIR).iterdir()
+    again = evaluate_run(cfg.run_dir, max_prompts=12, max_new_tokens=4)
+    assert again["base_answers_reused"] is True
+    assert [g["base"] for g in again["generations"]] == [g["base"] for g in gens]
+    kept.unlink()
+    fresh = evaluate_run(cfg.run_dir, max_prompts=12, max_new_tokens=4)
+    assert fresh["base_answers_reused"] is False
+    assert [g["base"] for g in fresh["generations"]] == [g["base"] for g in gens]
+    # Anything that changes the answers changes the key: another token budget generates anew.
+    longer = evaluate_run(cfg.run_dir, max_prompts=12, max_new_tokens=5)
+    assert longer["base_answers_reused"] is False
+    assert len(list((tmp_path / BASE_ANSWERS_DIR).iterdir())) == 2
+    assert RunManager(tmp_path).names() == ["r"]  # the runs list does not show the folder
