@@ -30,9 +30,10 @@ FAKE_TRAINER = textwrap.dedent(
     latest = run.latest_checkpoint()
     start = int(latest.name.removeprefix("step-")) if "--resume" in sys.argv and latest else 0
     run.clear_stale_stop(os.getpid(), time.time() - 1)
+    # Printed before "running" is written: a test that sees "running" finds the line in the log.
+    print("fake trainer started", "resume" if start else "", flush=True)
     run.write_status("running", "training", step=start, total_steps=100, pid=os.getpid(),
                      step_s=0.05)
-    print("fake trainer started", "resume" if start else "", flush=True)
     if name.startswith("crash"):
         raise SystemExit("Traceback: something broke in the fake trainer")
     def save(step):
