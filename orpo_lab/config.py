@@ -126,8 +126,9 @@ class TrainConfig:
     )
     eval_batch_size: int = _f(
         0,
-        "held-out pairs per evaluation batch; no gradients are kept, so a batch larger than "
-        "batch_size is cheap and faster; 0 = the larger of batch_size and 16",
+        "held-out pairs per evaluation batch; no activations are kept for backward, so a batch "
+        "larger than batch_size is cheap and faster; 0 = 4 x batch_size, at most 16 (never "
+        "below batch_size)",
     )
     save_every: int = _f(50, "optimiser steps between checkpoints; 0 = only at the end")
     save_total_limit: int = _f(3, "checkpoints kept (oldest deleted first)")
@@ -179,7 +180,7 @@ class TrainConfig:
                 problems.append(f"{name} must be >= 0 (0 = all); got {getattr(self, name)}")
         if self.eval_batch_size < 0:
             problems.append(
-                f"eval_batch_size must be >= 0 (0 = the larger of batch_size and 16); "
+                f"eval_batch_size must be >= 0 (0 = 4 x batch_size, at most 16); "
                 f"got {self.eval_batch_size}"
             )
         if self.logps_chunk_size < 0:
@@ -207,8 +208,9 @@ class TrainConfig:
 
     @property
     def eval_batch(self) -> int:
-        """Held-out pairs per evaluation batch (`eval_batch_size`, 0 = max(batch_size, 16))."""
-        return self.eval_batch_size or max(self.batch_size, 16)
+        """Held-out pairs per evaluation batch: `eval_batch_size`, or for 0 four training batches,
+        at most 16 (a model that fits one pair per step on a GPU evaluates four, not sixteen)."""
+        return self.eval_batch_size or max(self.batch_size, min(16, 4 * self.batch_size))
 
     @property
     def run_dir(self) -> Path:

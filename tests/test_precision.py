@@ -186,8 +186,8 @@ def test_evaluation_runs_in_eval_batch_size_batches_with_the_same_metrics(
 ):
     """Evaluation keeps no gradients, so its batches may be larger than training's; in float32
     the batch size changes nothing but the number of forwards."""
-    assert TrainConfig(batch_size=4).eval_batch == 16  # 0 = the larger of batch_size and 16
-    assert TrainConfig(batch_size=32).eval_batch == 32
+    # 0 = four training batches, at most 16, never below batch_size.
+    assert [TrainConfig(batch_size=b).eval_batch for b in (1, 2, 4, 8, 32)] == [4, 8, 16, 16, 32]
     assert TrainConfig(batch_size=4, eval_batch_size=5).eval_batch == 5
     with pytest.raises(ValueError, match="eval_batch_size must be >= 0"):
         TrainConfig(eval_batch_size=-1)
