@@ -22,25 +22,21 @@ from alignment import HERE, preset_values, run
 
 from orpo_lab.build import build_model, load_pairs
 from orpo_lab.config import PRESETS
-from orpo_lab.data import collate
 from orpo_lab.logps import PairLogps
 from orpo_lab.splits import load_config_splits
+from orpo_lab.step import held_out_logps
 
 
-@torch.no_grad()
 def margins(cfg) -> list[float]:
     """Chosen minus rejected mean log-prob of every held-out pair, from the run's last checkpoint,
-    scored as the run's own evaluation scores them (same precision, layout and batch)."""
+    scored by the run's own evaluation (`held_out_logps`: same precision, layout and batch)."""
     last = sorted((cfg.run_dir / "checkpoints").iterdir())[-1]
     model, tokenizer = build_model(cfg, last)
     _, held_out, _ = load_pairs(cfg, tokenizer)
-    scorer = PairLogps(model, cfg.nll_scope, cfg.logps_chunk_size).eval()
-    out = []
-    for i in range(0, len(held_out), cfg.eval_batch):
-        chosen, rejected, _, _ = scorer(**collate(held_out[i : i + cfg.eval_batch], cfg.layout,
-                                                  tokenizer.pad_token_id))  # fmt: skip
-        out += (chosen - rejected).tolist()
-    return out
+    scorer = PairLogps(model, cfg.nll_scope, cfg.logps_chunk_size)
+    device = next(model.parameters()).device
+    chosen, rejected = held_out_logps(scorer, held_out, cfg, tokenizer.pad_token_id, device)
+    return (chosen - rejected).tolist()
 
 
 def by_group(cfg, margin: list[float]) -> dict[str, str]:

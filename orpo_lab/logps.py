@@ -84,8 +84,9 @@ def check_fast_logps(model, batch: dict, chunk_size: int, autocast=None) -> dict
     moves each logit by at most eps/2 * max |logit|, so the target logit and the log-sum-exp each
     by that much (both paths multiply in the model's dtype, summing in different orders). A head
     that transforms its logits (soft-capping, scaling) differs by far more on real weights. Runs
-    in eval mode (no dropout: no random numbers are drawn) and restores the mode. `autocast`: see `decoder_autocast`; the model's own forward
-    then runs under it too (its logits are bf16, which the tolerance covers).
+    in eval mode (no dropout: no random numbers are drawn) and restores the mode. `autocast`: see
+    `decoder_autocast`; the model's own forward then runs under it too (its logits are bf16,
+    which the tolerance covers).
     """
     scored = batch["targets"] != -100  # (R, T)
     tokens = int(scored.sum())

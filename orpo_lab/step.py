@@ -112,10 +112,10 @@ def _mean_over_processes(accelerator, sums: dict[str, float]) -> dict[str, float
 
 
 @torch.no_grad()
-def held_out_metrics(
+def held_out_logps(
     wrapped, pairs: list, cfg: TrainConfig, pad_id: int, device, stop=None
-) -> dict | None:
-    """Held-out preference accuracy (chosen mean log-prob above rejected) and mean log-probs.
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(chosen, rejected) (N,) float32 mean log-probs of `pairs`, `cfg.eval_batch` pairs at a time.
 
     Returns None when `stop()` becomes true between batches: a stop never waits for an evaluation.
     """
@@ -131,7 +131,20 @@ def held_out_metrics(
             rejected.append(r.float())
     finally:
         wrapped.train()
-    c, r = torch.cat(chosen), torch.cat(rejected)  # (N,) mean log-probs of the held-out pairs
+    return torch.cat(chosen), torch.cat(rejected)
+
+
+def held_out_metrics(
+    wrapped, pairs: list, cfg: TrainConfig, pad_id: int, device, stop=None
+) -> dict | None:
+    """Held-out preference accuracy (chosen mean log-prob above rejected) and mean log-probs.
+
+    Returns None when `stop()` becomes true between batches: a stop never waits for an evaluation.
+    """
+    logps = held_out_logps(wrapped, pairs, cfg, pad_id, device, stop)
+    if logps is None:
+        return None
+    c, r = logps  # (N,) mean log-probs of the held-out pairs
     _, m = orpo_loss(c, r, torch.zeros(()), cfg.beta)
     return {
         "eval/accuracy": m["rewards/accuracies"],
