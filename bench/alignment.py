@@ -51,7 +51,10 @@ def preset_values(preset: str, overrides: list[str]) -> dict:
 def trend(rows: list[dict]) -> dict[str, float]:
     evals = [r for r in rows if r["kind"] == "eval"]
     first, last = evals[0], evals[-1]
+    began = next(r for r in rows if r.get("event") == "started")
     return {
+        "precision": began["precision"],
+        "torch_compile": began["torch_compile"],  # auto decides per machine: record what it did
         "first_eval_step": first["step"],
         "last_eval_step": last["step"],
         "chosen_first": first["eval/logps_chosen"],
@@ -95,7 +98,10 @@ def main() -> None:
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "alignment.json").write_text(json.dumps(result, indent=1))
 
-    print(f"training time: ORPO {orpo_s:.0f} s, SFT {sft_s:.0f} s ({orpo_cfg.max_steps} steps)")
+    how = {n: f"{t['precision']}{', compiled' if t['torch_compile'] else ''}"
+           for n, t in result["trend"].items()}  # fmt: skip
+    print(f"training time: ORPO {orpo_s:.0f} s ({how['orpo']}), SFT {sft_s:.0f} s ({how['sft']}) "
+          f"({orpo_cfg.max_steps} steps)")  # fmt: skip
     for name in ("orpo", "sft"):
         t = result["trend"][name]
         print(

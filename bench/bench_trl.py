@@ -43,6 +43,7 @@ import trl_contenders as tc
 
 HERE = Path(__file__).resolve().parent
 GIB, MIB = 1024**3, 1024**2
+COMPILED = "bf16c"  # orpo_lab in bf16 with its decoder layers compiled (torch_compile=on)
 WORKERS = {"ours": tc.run_ours, "trl": tc.run_trl, "check": tc.loss_check, "ablation": tc.ablation}
 
 
@@ -67,8 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--precisions",
         default=None,
-        help="comma-separated, of fp32 and bf16: each contender runs in each (default: fp32,bf16 "
-        "on CPU, bf16 on CUDA); bf16 = orpo_lab's bf16 base / TRL's bf16=True",
+        help="comma-separated, of fp32, bf16 and bf16c: each contender runs in each (default: "
+        "fp32,bf16,bf16c on CPU, bf16 on CUDA); bf16 = orpo_lab's bf16 base / TRL's bf16=True; "
+        "bf16c = orpo_lab in bf16 with torch_compile=on (orpo_lab only)",
     )
     p.add_argument("--max-length", type=int, default=None, help="default: 256 on CPU, 2048 on CUDA")
     p.add_argument("--max-prompt-length", type=int, default=None, help="default: max_length // 2")
@@ -153,7 +155,7 @@ def prepare(args, out: Path) -> dict:
     spec = {
         "device": args.device, "precision": "bf16" if cuda else "fp32", "model": "default",
         "precisions": args.precisions.split(",") if args.precisions else (
-            ["bf16"] if cuda else ["fp32", "bf16"]),
+            ["bf16"] if cuda else ["fp32", "bf16", COMPILED]),
         "batch": args.batch, "max_length": max_length,
         "max_prompt_length": args.max_prompt_length or max_length // 2, "steps": args.steps,
         "warmup": args.warmup, "lr": args.lr, "beta": args.beta, "lora_r": args.lora_r,
@@ -183,13 +185,23 @@ def compare(spec: dict, reps: int, out: Path) -> dict:
     for rep in range(reps):
         for key in runs:
             name, precision = key.split("-")
-            runs[key].append(worker(name, spec | {"precision": precision}, out, f"{key}-{rep}"))
+            runs[key].append(worker(name, spec | settings(precision), out, f"{key}-{rep}"))
     return summarise(spec, runs)
 
 
+def settings(precision: str) -> dict:
+    """The worker settings of a precision name: every eager contender says torch_compile=off, so
+    that "auto" cannot compile it on a machine where this setup compiled before."""
+    if precision == COMPILED:
+        return {"precision": "bf16", "torch_compile": "on"}
+    return {"precision": precision, "torch_compile": "off"}
+
+
 def contenders(spec: dict) -> list[str]:
-    """ "ours-fp32", "trl-fp32", "ours-bf16", ...: orpo_lab and TRL in each of spec["precisions"]."""
-    return [f"{name}-{p}" for p in spec["precisions"] for name in ("ours", "trl")]
+    """ "ours-fp32", "trl-fp32", "ours-bf16", ...: orpo_lab and TRL in each of spec["precisions"]
+    (TRL not in bf16c: the compiled contender is orpo_lab's alone)."""
+    return [f"{name}-{p}" for p in spec["precisions"] for name in ("ours", "trl")
+            if not (name == "trl" and p == COMPILED)]  # fmt: skip
 
 
 def summarise(spec: dict, runs: dict[str, list[dict]]) -> dict:
@@ -206,6 +218,7 @@ def summarise(spec: dict, runs: dict[str, list[dict]]) -> dict:
             "before_train_bytes": statistics.median(r["before_train_bytes"] for r in results),
             "tokens_per_step": results[0]["tokens_per_step"],
             "loss_last": [r["loss_last"] for r in results],
+            "first_step_s": [r.get("first_step_s") for r in results],
         }
         s = summary[key]
         s["pairs_per_s"] = spec["batch"] / s["median_step_s"]
@@ -213,10 +226,14 @@ def summarise(spec: dict, runs: dict[str, list[dict]]) -> dict:
     n = next(r for key, r in runs.items() if key.startswith("trl"))[0]["matmul_params"]
     summary["matmul_params"] = n
     pairs = [(f"ours-{p}", f"trl-{p}") for p in spec["precisions"]]
-    if {"ours-bf16", "trl-fp32"} <= set(runs):
-        pairs.append(("ours-bf16", "trl-fp32"))  # the issue-16 target: against TRL's CPU default
-    if {"ours-bf16", "ours-fp32"} <= set(runs):
-        pairs.append(("ours-bf16", "ours-fp32"))  # what bf16 itself buys
+    pairs.append(("ours-bf16", "trl-fp32"))  # the issue-16 target: against TRL's CPU default
+    pairs.append(("ours-bf16", "ours-fp32"))  # what bf16 itself buys
+    ours_c = f"ours-{COMPILED}"
+    pairs += [
+        (ours_c, "trl-fp32"),
+        (ours_c, "trl-bf16"),
+        (ours_c, "ours-bf16"),
+    ]  # what compile buys
     summary["ratios"] = {f"{a} / {b}": ratios(runs[a], runs[b], summary[a], summary[b])
                          for a, b in pairs if a in runs and b in runs}  # fmt: skip
     if spec["device"] == "cuda":
@@ -275,6 +292,9 @@ def markdown(results: dict) -> str:
             label = (f"orpo_lab ({spec['layout']}, chunk {spec['chunk']})" if name == "ours"
                      else "TRL ORPOTrainer") + f", {precision}"  # fmt: skip
             r = s[key]
+            if precision == COMPILED:
+                first = ", ".join(f"{t:.1f}" for t in r["first_step_s"] if t is not None)
+                label = label[: -len(COMPILED)] + f"bf16, torch.compile (first steps: {first} s)"
             lines.append(f"| {label} | {r['median_step_s']:.3f} | {r['median_cpu_step_s']:.2f} | "
                          f"{r['pairs_per_s']:.2f} | "
                          f"{r['tokens_per_s']:.0f} | {r['peak_bytes'] / GIB:.2f} | "
@@ -354,12 +374,11 @@ def main(argv: list[str] | None = None) -> int:
         results["ablation"] = worker("ablation", ab, out, "ablation")
     if "profile" not in args.skip:
         print("profile: one step each", flush=True)
-        for precision in spec["precisions"]:
-            for name in ("ours", "trl"):
-                tag = f"{name}-{precision}"
-                prof = spec | {"steps": 1, "warmup": 1, "precision": precision,
-                               "profile": str(out / f"profile_{tag}.txt")}  # fmt: skip
-                worker(name, prof, out, f"profile-{tag}")
+        for tag in contenders(spec):
+            name, precision = tag.split("-")
+            prof = spec | settings(precision) | {"steps": 1, "warmup": 1,
+                                                 "profile": str(out / f"profile_{tag}.txt")}  # fmt: skip
+            worker(name, prof, out, f"profile-{tag}")
     results["wall_s"] = time.perf_counter() - began
     (out / "results.json").write_text(json.dumps(results, indent=1))
     text = markdown(results)

@@ -2,11 +2,12 @@
 
     python bench/recipe_seeds.py                                # cpu-quick, seeds 0 1 2, ORPO
     python bench/recipe_seeds.py --seeds 0 1 --set beta=2.0     # a variant: TrainConfig overrides
+    python bench/recipe_seeds.py --set torch_compile=on --out bench/results/recipe_seeds_compiled.json
 
 For each seed: the preset trained once (runs under bench/runs/seeds-<seed>), its training wall time
 (loading and evaluations included) and median step, then the final checkpoint's held-out preference
 accuracy over every held-out pair, split by family and in-domain / out-of-domain when the data has
-those columns (the default dataset does). Writes bench/results/recipe_seeds.json.
+those columns (the default dataset does). Writes bench/results/recipe_seeds.json (`--out`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import json
 import platform
 import statistics
 from collections import Counter
+from pathlib import Path
 
 import torch
 from alignment import HERE, preset_values, run
@@ -61,6 +63,7 @@ def main() -> None:
     parser.add_argument(
         "--set", nargs="*", default=[], metavar="KEY=VALUE", help="TrainConfig overrides"
     )
+    parser.add_argument("--out", default=str(HERE / "results" / "recipe_seeds.json"))
     args = parser.parse_args()
     values = preset_values(args.preset, args.set)
     rows = []
@@ -68,11 +71,13 @@ def main() -> None:
         cfg, seconds, records = run(f"seeds-{seed}", values | {"seed": seed})
         steps = [r["step_s"] for r in records if r["kind"] == "train"]
         last_eval = [r for r in records if r["kind"] == "eval"][-1]
+        began = next(r for r in records if r.get("event") == "started")
         margin = margins(cfg)
         rows.append({"seed": seed, "train_seconds": seconds, "median_step_s": statistics.median(steps),
                      "accuracy_logged": last_eval["eval/accuracy"],
                      "accuracy": sum(m > 0 for m in margin) / len(margin), "pairs": len(margin),
-                     "missed": by_group(cfg, margin)})  # fmt: skip
+                     "missed": by_group(cfg, margin), "precision": began["precision"],
+                     "torch_compile": began["torch_compile"]})  # fmt: skip
         r = rows[-1]
         print(f"seed {seed}: {seconds:.0f} s (median step {r['median_step_s']:.2f} s), held-out "
               f"accuracy {r['accuracy']:.3f} of {r['pairs']} pairs (logged {r['accuracy_logged']:.3f});"
@@ -83,8 +88,9 @@ def main() -> None:
     result = {"device": platform.processor() or platform.machine(), "torch": torch.__version__,
               "threads": torch.get_num_threads(), "preset": args.preset, "overrides": args.set,
               "config": cfg.to_dict(), "seeds": rows}  # fmt: skip
-    (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "recipe_seeds.json").write_text(json.dumps(result, indent=1))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":

@@ -202,6 +202,7 @@ def run_ours(a: dict) -> dict:
         lora_alpha=a["lora_alpha"], lora_dropout=0.0, lora_target_modules="all-linear",
         gradient_checkpointing=False, layout=a["layout"], logps_chunk_size=a["chunk"],
         precision=a["precision"], device=device, eval_every=0, save_every=0, seed=a["seed"],
+        torch_compile=a.get("torch_compile", "off"),
     )  # fmt: skip
     ends, tokens, state = [], [], {"before": 0}
     prof = _Profile(Path(a["profile"]) if a.get("profile") else None, device)
@@ -213,12 +214,14 @@ def run_ours(a: dict) -> dict:
             state["before"] = torch.cuda.memory_allocated() if device == "cuda" else _rss_bytes()
         elif record["kind"] == "train":
             ends.append(_now(device))
+            state.setdefault("first_step_s", record["step_s"])  # a compile happens in step 1
             tokens.append(round(record["tokens_per_s"] * a["batch"] / record["pairs_per_s"]))
             prof.at_step_end(record["step"], a["warmup"] + 1)
 
     last = train(cfg, callback=callback)
     out = _summary(ends, tokens, a["batch"], a["warmup"]) | _memory(device, state["before"])
     out["loss_last"] = last["loss"]
+    out["first_step_s"] = state.get("first_step_s")
     return out
 
 

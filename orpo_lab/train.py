@@ -23,6 +23,7 @@ import torch
 from accelerate import Accelerator, DistributedType
 from transformers import get_scheduler
 
+from orpo_lab import compiling
 from orpo_lab.build import DTYPE_NAMES, build_model, load_pairs, precision_plan, subset
 from orpo_lab.checkpoint import load_training_state, save_checkpoint
 from orpo_lab.config import TrainConfig
@@ -72,6 +73,7 @@ class Run:
     per_epoch: int
     stop_event: threading.Event | None = None
     callback: Callable[[dict], None] | None = None
+    compiled: str | None = None  # the `compiling.signature` of compiled layers, None when eager
     step_times: list = field(default_factory=list)
     began: float = field(default_factory=time.perf_counter)
 
@@ -160,6 +162,8 @@ def log_step(run: Run, step: int, metrics: dict, grad_norm, lr: float, micro, be
     }
     run.log(record)
     run.status(step=step, step_s=median)
+    if run.compiled and run.main and len(run.step_times) == 1:  # its kernels are in the cache now
+        compiling.mark_compiled(run.compiled, step_time)
     return record
 
 
@@ -285,8 +289,10 @@ def train(
         _fail(accelerator, folder, f"{OOM_ADVICE} ({folder.describe_checkpoints()})")
         raise TrainingError(OOM_ADVICE) from err
     except Exception as err:
-        _fail(accelerator, folder, str(err) if isinstance(err, TrainingError) else
-              f"{type(err).__name__}: {err}")  # fmt: skip
+        message = str(err) if isinstance(err, TrainingError) else f"{type(err).__name__}: {err}"
+        if type(err).__module__.startswith(("torch._dynamo", "torch._inductor")):
+            message += " (torch.compile failed: torch_compile=off trains without it)"
+        _fail(accelerator, folder, message)
         raise
 
 
@@ -358,12 +364,18 @@ def prepare(
     # The fast log-prob path is checked against the model's own logits on a real batch, not assumed.
     first = collate(train_pairs[: cfg.batch_size], cfg.layout, tokenizer.pad_token_id)
     logps_check = pair_logps.verify(first)
+    sig = compiling.signature(model, pair_logps.autocast, cfg.layout)
+    compile_on, compile_reason = compiling.plan(cfg, model, total - start, world,
+                                                accelerator.device, sig)  # fmt: skip
+    if compile_on:  # after the check above, which then runs eager (no graphs compiled for it)
+        compiling.compile_layers(model)
     wrapped = accelerator.prepare(pair_logps)
     # The scheduler is not prepared: accelerate would step it once per process, changing the schedule.
     optimizer = accelerator.prepare(optimizer)
     eval_subset = held_out and subset(held_out, cfg.eval_subset_pairs, cfg.seed)
     run = Run(cfg, accelerator, folder, wrapped, tokenizer, optimizer, scheduler, params,
-              train_pairs, held_out, eval_subset, total, per_epoch, stop_event, callback)  # fmt: skip
+              train_pairs, held_out, eval_subset, total, per_epoch, stop_event, callback,
+              compiled=sig if compile_on else None)  # fmt: skip
     if run.main and start:
         folder.truncate_metrics(after_step=start)  # lines after the checkpoint would repeat
     run.log({"kind": "event", "step": start, "event": "resumed" if start else "started",
@@ -372,7 +384,9 @@ def prepare(
              "total_steps": total, "processes": world, "device": str(accelerator.device),
              "precision": plan["precision"], "precision_reason": plan["precision_reason"],
              "mixed_precision": accelerator.mixed_precision,
-             "decoder_autocast": DTYPE_NAMES.get(pair_logps.autocast), "data": stats["data"]})  # fmt: skip
+             "decoder_autocast": DTYPE_NAMES.get(pair_logps.autocast),
+             "torch_compile": compile_on, "torch_compile_reason": compile_reason,
+             "data": stats["data"]})  # fmt: skip
     run.log({"kind": "event", "step": start, "event": "logps_check", **logps_check})
     run.status("running", "training", step=start, total_steps=total)
     if held_out and start == 0:
