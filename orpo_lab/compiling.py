@@ -2,12 +2,13 @@
 makes it pay.
 
 Measured on a 2-core Xeon with AMX (BENCHMARKS.md, "torch.compile"): compiled decoder layers make
-a bf16 LoRA step of the default model about x1.5 faster (inductor fuses the element-wise work:
-RMSNorm, rotary, SiLU, residual adds, LoRA scaling; and one call replaces ~300 small ones per
-layer). The price is the first compile of a setup, about 40-55 s on 2 cores; a later process
-finds the same kernels in inductor's on-disk cache and is ready in about 8 s. So "auto" compiles
-a run when this setup (model, adapter, precision, layout, torch) compiled before on this machine,
-or when the run is long enough to repay a first compile; short first runs stay eager.
+a bf16 LoRA step of the default model about x1.4 faster, a float32 one x1.2 (inductor fuses the
+element-wise work: RMSNorm, rotary, SiLU, residual adds, LoRA scaling; one call replaces the many
+small ones of each layer). The price is the first compile of a setup, about 45 s on 2 cores; a
+later process finds the same kernels in inductor's on-disk cache and is ready in about 8 s. So
+"auto" compiles a run when this setup (model, adapter, precision, layout, torch) compiled before
+on this machine and the run has 40+ steps, or when the run is long enough (300+ steps) to repay a
+first compile; other runs stay eager. ORPO_LAB_TORCH_COMPILE=off keeps "auto" eager everywhere.
 
 The layers compile with `dynamic=True`: batch size and sequence length vary from step to step and
 must not trigger a compile each. Checkpoints are unaffected (`Module.compile` keeps the parameter
@@ -26,9 +27,12 @@ import torch
 
 from orpo_lab.model import cache_dir
 
-# A first compile costs ~50 s on 2 cores and saves ~0.3-0.45 s a step (default model, batch 4-8):
-# repaid after ~150 steps; twice that keeps a margin for slower machines.
+# A first compile costs ~45 s on 2 cores and saves ~0.2-0.35 s a step (default model, bf16, batch 4-8):
+# repaid after ~130-230 steps; 300 keeps a margin for slower machines.
 AUTO_MIN_STEPS = 300
+# From the cache the compile costs ~6 s and a 60-step run of the preset still gains ~18 s; a run of
+# a few steps would only pay it.
+AUTO_MIN_STEPS_CACHED = 40
 
 
 def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
@@ -98,6 +102,8 @@ def plan(
     if not decoder_layers(model):
         return False, "the model names no decoder layer class (_no_split_modules): not compiled"
     if asked == "auto":
+        if os.environ.get("ORPO_LAB_TORCH_COMPILE") == "off":
+            return False, "ORPO_LAB_TORCH_COMPILE=off: auto does not compile on this machine"
         if device.type != "cpu":
             return False, (
                 f"{device.type}: torch.compile is measured on CPUs only; torch_compile=on to try it"
@@ -107,7 +113,7 @@ def plan(
                 "measured for single-process LoRA runs without gradient checkpointing only; "
                 "torch_compile=on to try it"
             )
-        if compiled_before(sig):
+        if compiled_before(sig) and steps >= AUTO_MIN_STEPS_CACHED:
             why = (
                 "this model, adapter and precision compiled before on this machine: its kernels "
                 "load from the cache (~8 s on 2 cores)"
@@ -115,11 +121,16 @@ def plan(
         elif steps >= AUTO_MIN_STEPS:
             why = (
                 f"a long run ({steps} steps): a first compile (~1 min on 2 cores) is repaid "
-                "within ~150 steps"
+                "within ~130-230 steps"
+            )
+        elif steps < AUTO_MIN_STEPS_CACHED:
+            return False, (
+                f"a short run ({steps} steps): even a compile from the cache (~8 s on 2 cores) "
+                "would cost more than it saves"
             )
         else:
             return False, (
-                f"a short run ({steps} steps) whose setup never compiled on this machine: a first "
+                f"a run of {steps} steps whose setup never compiled on this machine: a first "
                 "compile (~1 min on 2 cores) would cost more than it saves; torch_compile=on "
                 "compiles it once, and later runs of this setup then load it from the cache"
             )

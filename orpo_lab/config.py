@@ -114,7 +114,7 @@ class TrainConfig:
     )
     torch_compile: str = _f(
         "auto",
-        "torch.compile the decoder layers (about x1.5 per CPU LoRA step, a first compile ~1 min on "
+        "torch.compile the decoder layers (about x1.4 per bf16 CPU LoRA step, a first compile ~1 min on "
         "2 cores, later ones ~8 s from the cache); auto: on a CPU, for LoRA runs whose setup "
         "compiled before here or of 300+ steps",
         ("auto", "on", "off"),

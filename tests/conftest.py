@@ -9,6 +9,10 @@ import os
 # that cannot succeed here. Subprocesses (training runs, notebook kernels) inherit it.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+# torch_compile="auto" compiles a run whose setup compiled before on the machine (a marker in the
+# cache) or that is long (the stop tests' 100000 steps): runs here must not depend on what earlier
+# runs left behind, so "auto" stays eager; tests/test_compile.py tests it with this unset.
+os.environ.setdefault("ORPO_LAB_TORCH_COMPILE", "off")
 
 import pytest
 import torch

@@ -26,8 +26,10 @@ def data(tmp_path):
 
 @pytest.fixture()
 def own_cache(tmp_path, monkeypatch):
-    """Markers in a fresh folder: what this test compiles must not make other tests compile."""
+    """Markers in a fresh folder (what this test compiles must not make other runs compile), and
+    "auto" deciding for itself (conftest turns it off for the rest of the suite)."""
     monkeypatch.setenv("ORPO_LAB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("ORPO_LAB_TORCH_COMPILE", raising=False)
     return tmp_path / "cache"
 
 
@@ -42,53 +44,58 @@ def started(run_dir) -> dict:
     return next(r for r in lines(run_dir, "event") if r["event"] == "started")
 
 
-def test_compiled_layers_train_like_eager_and_let_auto_compile_the_next_short_run(
+def test_compiled_layers_train_like_eager_and_let_auto_compile_the_next_run(
     tmp_path, data, tiny_model_dir, own_cache
 ):
-    common = dict(max_steps=3, eval_every=0, save_every=0)
-    eager = make_config(tmp_path, data, tiny_model_dir, run_name="eager", torch_compile="off",
-                        **common)  # fmt: skip
-    train(eager)
-    assert started(eager.run_dir)["torch_compile"] is False
-    assert started(eager.run_dir)["torch_compile_reason"] == "torch_compile=off was asked for"
+    steps = compiling.AUTO_MIN_STEPS_CACHED  # 40 tiny steps: a few seconds
 
-    # Before anything compiled, "auto" keeps a short run eager and says why.
-    first = make_config(tmp_path, data, tiny_model_dir, run_name="first", **common)
-    train(first)
-    event = started(first.run_dir)
-    assert event["torch_compile"] is False
-    assert event["torch_compile_reason"].startswith("a short run (3 steps) whose setup never")
+    def run(name, **changes):
+        cfg = make_config(tmp_path, data, tiny_model_dir, run_name=name,
+                          **{"max_steps": steps, "eval_every": 0, "save_every": 0, **changes})  # fmt: skip
+        train(cfg)
+        event = started(cfg.run_dir)
+        return cfg.run_dir, event["torch_compile"], event["torch_compile_reason"]
 
-    on = make_config(tmp_path, data, tiny_model_dir, run_name="on", torch_compile="on", **common)
+    # Eager and compiled side by side over 3 steps (float32 rounding drifts apart over 40).
+    eager, compiled, why = run("eager", torch_compile="off", max_steps=3)
+    assert (compiled, why) == (False, "torch_compile=off was asked for")
+
+    # Before anything compiled, "auto" keeps a run shorter than 300 steps eager, and says why.
+    _, compiled, why = run("first")
+    assert not compiled and why.startswith(f"a run of {steps} steps whose setup never compiled")
+
     frames = dynamo_frames()
-    train(on)
-    assert started(on.run_dir)["torch_compile"] is True
+    on, compiled, why = run("on", torch_compile="on", max_steps=3)
+    assert (compiled, why) == (True, "torch_compile=on was asked for")
     # dynamo compiled the decoder layer (train and no-grad eval graphs), not only the probe.
     assert dynamo_frames() - frames >= 2
     # float32: inductor's fused kernels round differently only in the last bits.
-    same_trajectory(lines(eager.run_dir), lines(on.run_dir))
-    same_trajectory(lines(eager.run_dir, "eval"), lines(on.run_dir, "eval"),
+    same_trajectory(lines(eager), lines(on))
+    same_trajectory(lines(eager, "eval"), lines(on, "eval"),
                     keys=("eval/logps_chosen", "eval/logps_rejected", "eval/log_odds_ratio"))  # fmt: skip
     # The checkpoint keeps peft's parameter names: compiling did not wrap the modules.
-    same_weights(adapter(eager.run_dir), adapter(on.run_dir))
+    same_weights(adapter(eager), adapter(on))
 
     markers = list((own_cache / "compile").glob("*.json"))
     assert len(markers) == 1
     record = json.loads(markers[0].read_text())
     assert record["first_step_s"] > 0 and any(Path(record["kernel_cache"]).iterdir())
 
-    # Now the same setup compiled here before: "auto" compiles a short run, from the cache.
-    again = make_config(tmp_path, data, tiny_model_dir, run_name="again", **common)
-    train(again)
-    event = started(again.run_dir)
-    assert event["torch_compile"] is True
-    assert event["torch_compile_reason"].startswith("this model, adapter and precision compiled")
-    same_trajectory(lines(eager.run_dir), lines(again.run_dir))
-
-    # Another adapter is another setup: eager again.
-    other = make_config(tmp_path, data, tiny_model_dir, run_name="other", lora_r=4, **common)
-    train(other)
-    assert started(other.run_dir)["torch_compile"] is False
+    # Now the same setup compiled here before: "auto" compiles a run of 40+ steps, from the cache,
+    again, compiled, why = run("again")
+    assert compiled and why.startswith("this model, adapter and precision compiled before")
+    same_trajectory(lines(eager), lines(again)[:3])  # a constant learning rate: the same 3 steps
+    # but not a run of a few steps, nor another adapter (another setup), nor with the switch off.
+    _, compiled, why = run("short", max_steps=3)
+    assert not compiled and why.startswith("a short run (3 steps): even a compile from the cache")
+    assert run("other", lora_r=4)[1] is False
+    monkeypatch = pytest.MonkeyPatch()
+    with monkeypatch.context() as m:
+        m.setenv("ORPO_LAB_TORCH_COMPILE", "off")
+        assert run("switched-off")[1:] == (
+            False,
+            "ORPO_LAB_TORCH_COMPILE=off: auto does not compile on this machine",
+        )
 
 
 @pytest.fixture()
@@ -115,6 +122,7 @@ def test_auto_compiles_only_what_was_measured_and_says_why(lora_model, own_cache
         on, why = plan(steps=1000, **changes)
         assert not on and why.startswith("measured for single-process LoRA runs"), changes
     assert plan(steps=compiling.AUTO_MIN_STEPS - 1)[0] is False
+    assert plan(steps=compiling.AUTO_MIN_STEPS - 1, torch_compile="on")[0] is True
     on, why = plan(steps=compiling.AUTO_MIN_STEPS)
     assert on and why.startswith(f"a long run ({compiling.AUTO_MIN_STEPS} steps)")
 
@@ -122,11 +130,13 @@ def test_auto_compiles_only_what_was_measured_and_says_why(lora_model, own_cache
     kernels = own_cache / "kernels"
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(kernels))
     compiling.mark_compiled(sig, 12.0)
-    assert plan()[0] is False
+    cached = compiling.AUTO_MIN_STEPS_CACHED
+    assert plan(steps=cached)[0] is False
     kernels.mkdir()
     (kernels / "some-kernel").write_text("x")
-    on, why = plan()
+    on, why = plan(steps=cached)
     assert on and why.startswith("this model, adapter and precision compiled before")
+    assert plan(steps=cached - 1)[0] is False
     # The signature ignores the batch and length, but not the adapter or the layout.
     assert compiling.signature(lora_model, None, "padded") != sig
     assert compiling.signature(lora_model, torch.bfloat16, "prefix") != sig
