@@ -115,8 +115,8 @@ class TrainConfig:
     torch_compile: str = _f(
         "auto",
         "torch.compile the decoder layers (about x1.4 per bf16 CPU LoRA step, a first compile ~1 min on "
-        "2 cores, later ones ~8 s from the cache); auto: on a CPU, for LoRA runs whose setup "
-        "compiled before here or of 300+ steps",
+        "2 cores, later ones ~8 s from the cache); auto: CPU LoRA runs of 300+ steps, or of 40+ "
+        "steps whose setup compiled before on this machine",
         ("auto", "on", "off"),
     )
     device: str = _f("auto", "auto, cpu, cuda, cuda:1, ...")
