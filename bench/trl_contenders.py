@@ -20,7 +20,7 @@ import torch
 
 from orpo_lab.config import TrainConfig
 from orpo_lab.data import collate, tokenize_pair
-from orpo_lab.logps import PairLogps
+from orpo_lab.logps import PairLogps, base_model
 from orpo_lab.loss import orpo_loss
 from orpo_lab.model import load_model
 from orpo_lab.preferences import PreferenceDataError, load_preferences
@@ -123,7 +123,7 @@ def prepare_gpu_model(size: str, folder: Path, tokenizer_source: str = "default"
 
 def matmul_params(model) -> int:
     """Weights of every nn.Linear of the base model, lm_head included (tied or not), LoRA excluded."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_model(model)
     return sum(m.weight.numel() for name, m in base.named_modules()
                if isinstance(m, torch.nn.Linear) and "lora_" not in name)  # fmt: skip
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from orpo_lab.logps import base_model
 from orpo_lab.model import cache_dir
 
 # A first compile costs ~45 s on 2 cores and saves ~0.2-0.35 s a step (default model, bf16, batch 4-8):
@@ -38,7 +39,7 @@ AUTO_MIN_STEPS_CACHED = 40
 def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     """The model's repeated blocks: the classes transformers names in `_no_split_modules` (the ones
     accelerate never splits across devices), e.g. LlamaDecoderLayer."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_model(model)
     names = set(getattr(base, "_no_split_modules", None) or ())
     return [m for m in base.modules() if type(m).__name__ in names]
 
@@ -46,7 +47,7 @@ def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
 def signature(model: torch.nn.Module, autocast: torch.dtype | None, layout: str) -> str:
     """What the compiled kernels depend on: torch, the model's config, the adapter, the autocast
     dtype and the batch layout (its attention mask shape). Batch size and length do not count."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_model(model)
     adapters = {k: v.to_dict() for k, v in (getattr(model, "peft_config", None) or {}).items()}
     key = [torch.__version__, base.config.to_dict(), adapters, str(autocast), layout]
     text = json.dumps(key, sort_keys=True, default=_plain)

@@ -27,14 +27,15 @@ import torch
 from orpo_lab.loss import sequence_logps, token_logps, token_logps_from_hidden
 
 
-def _base(model):
+def base_model(model):
+    """The transformers model under a peft wrapper (or the model itself)."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def _inputs(model, input_ids, attention_mask, position_ids) -> dict:
     if attention_mask.dim() == 4:
         # Additive block masks must match the attention dtype (bf16 on GPU), with a finite minimum.
-        dtype = _base(model).get_input_embeddings().weight.dtype
+        dtype = base_model(model).get_input_embeddings().weight.dtype
         blocked = torch.finfo(dtype).min
         attention_mask = torch.where(attention_mask < 0, blocked, 0.0).to(dtype)
     return dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
@@ -47,7 +48,7 @@ def decoder_autocast(model) -> torch.dtype | None:
     from float32 master weights, is faster than peft's default of casting every adapter input to
     float32. On CUDA accelerate autocasts the whole forward; a float32 model needs nothing.
     """
-    base = _base(model)
+    base = base_model(model)
     frozen = base.get_input_embeddings().weight
     trained = {p.dtype for p in model.parameters() if p.requires_grad}
     if frozen.device.type == "cpu" and frozen.dtype == torch.bfloat16 and torch.float32 in trained:
@@ -58,12 +59,12 @@ def decoder_autocast(model) -> torch.dtype | None:
 def _autocast(model, dtype: torch.dtype | None):
     if dtype is None:
         return nullcontext()
-    return torch.autocast(_base(model).get_input_embeddings().weight.device.type, dtype=dtype)
+    return torch.autocast(base_model(model).get_input_embeddings().weight.device.type, dtype=dtype)
 
 
 def _fast_token_logps(model, inputs: dict, targets, chunk_size: int, autocast=None) -> torch.Tensor:
     """(R, T) log-probs from the decoder's (R, T, H) hidden states; the (R, T, V) logits never exist."""
-    base = _base(model)
+    base = base_model(model)
     with _autocast(model, autocast):
         hidden = base.get_decoder()(**inputs, use_cache=False).last_hidden_state
     head = base.get_output_embeddings()
