@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
 from orpo_lab.config import TrainConfig
-from orpo_lab.data import set_chat_template, tokenize_dataset
 from orpo_lab.model import PRECISIONS, add_lora, load_model, pick_device, pick_precision
-from orpo_lab.splits import load_config_splits
+from orpo_lab.prepared import prepare_data
 from orpo_lab.step import TrainingError
 
 DTYPE_NAMES = {dtype: name for name, dtype in PRECISIONS.items()}
@@ -90,28 +90,15 @@ def _load_4bit(cfg: TrainConfig):
     return model, tokenizer
 
 
-def load_pairs(cfg: TrainConfig, tokenizer):
-    """(train pairs, held-out pairs or None, stats) of a run, tokenised: see `prepare_pairs`."""
-    return prepare_pairs(cfg, tokenizer)
+def load_pairs(cfg: TrainConfig, tokenizer, progress=None):
+    """(train pairs, held-out pairs or None, stats) of a run, tokenised and cached
+    (`orpo_lab.prepared`), with max_train_pairs / max_eval_pairs applied."""
+    data = prepare_data(cfg, tokenizer, progress)
+    held_out = data.held_out and subset(data.held_out, cfg.max_eval_pairs, cfg.seed)
+    return subset(data.train, cfg.max_train_pairs, cfg.seed), held_out, data.stats
 
 
-def prepare_pairs(cfg, tokenizer):
-    """A run's data, from its TrainConfig: (train pairs, held-out pairs or None, stats), tokenised.
-
-    Applies cfg.chat_template to the tokenizer (so checkpoints save it). stats: {"pairs",
-    "truncated"} of the training pairs and "data", `load_splits`'s info for the run log.
-    """
-    set_chat_template(tokenizer, cfg.chat_template)
-    train_ds, eval_ds, info = load_config_splits(cfg)
-    train, stats = tokenize_dataset(train_ds, tokenizer, cfg.max_length, cfg.max_prompt_length)
-    held_out = None
-    if eval_ds is not None:
-        held_out, _ = tokenize_dataset(eval_ds, tokenizer, cfg.max_length, cfg.max_prompt_length)
-        held_out = subset(held_out, cfg.max_eval_pairs, cfg.seed)
-    return subset(train, cfg.max_train_pairs, cfg.seed), held_out, {**stats, "data": info}
-
-
-def subset(items: list, n: int, seed: int) -> list:
+def subset(items: Sequence, n: int, seed: int) -> Sequence:
     """`n` items drawn at random (seeded), in their original order; all of them when n is 0.
 
     Test splits are often sorted by kind (the default one is): the first n would all be one kind.

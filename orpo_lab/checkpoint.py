@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from orpo_lab.rundir import CHECKPOINT_PREFIX, RunDir, write_json_atomic
+from orpo_lab.step import TrainingError
 
 TRAINING_STATE = ("optimizer.pt", "scheduler.pt", "rng.pt", "trainer_state.json")
 
@@ -200,3 +201,29 @@ def common_base(checkpoints: Sequence[str | Path | None], default: str) -> str:
             "compare checkpoints of one base model at a time."
         )
     return bases.pop() if bases else default
+
+
+class ResumeError(TrainingError):
+    """A run that cannot start or resume as asked; nothing was changed."""
+
+
+def resume_point(folder: RunDir, resume: bool, fsdp: bool = False) -> Path | None:
+    """The checkpoint a run continues from (None: a new run); refuses what would lose work."""
+    latest = folder.latest_checkpoint()
+    if latest and not resume:
+        raise ResumeError(
+            f"Run {folder.path} already has checkpoints ({latest.name}). Pass --resume to "
+            "continue it, or choose another --run-name; nothing was changed."
+        )
+    if resume and latest is None:
+        raise ResumeError(
+            f"Nothing to resume: {folder.path} has no checkpoint (it stopped before its first "
+            "save). Start it again without --resume (the same name is free to reuse), or pick "
+            "another --run-name; nothing was changed."
+        )
+    if latest and fsdp:
+        raise ResumeError(
+            "Resuming under FSDP is not supported (the saved optimizer state is rank 0's shard). "
+            f"Resume {folder.path} with one process or DDP, or start a new run; nothing was changed."
+        )
+    return latest

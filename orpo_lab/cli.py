@@ -41,6 +41,52 @@ def install_stop_signals(stop: threading.Event) -> None:
     signal.signal(signal.SIGTERM, handle)
 
 
+def _duration(seconds: float) -> str:
+    minutes, seconds = divmod(int(seconds), 60)
+    return (
+        f"{minutes // 60}:{minutes % 60:02d}:{seconds:02d}"
+        if minutes >= 60
+        else f"{minutes}:{seconds:02d}"
+    )
+
+
+def progress_line(record: dict) -> str | None:
+    """One terminal line for a metrics record: each step, each evaluation, the start."""
+    if record["kind"] == "train":
+        return (
+            f"step {record['step']}/{record['total_steps']}  loss {record['loss']:.4f}  "
+            f"log-odds ratio {record.get('log_odds_ratio', float('nan')):.3f}  "
+            f"accuracy {record.get('rewards/accuracies', float('nan')):.2f}  "
+            f"{record['step_s']:.2f} s/step  left {_duration(record['eta_s'])}"
+        )
+    if record["kind"] == "eval":
+        return (
+            f"held-out at step {record['step']}: accuracy {record['eval/accuracy']:.3f} "
+            f"({record['eval/pairs']} pairs), log-probs chosen {record['eval/logps_chosen']:.3f} "
+            f"rejected {record['eval/logps_rejected']:.3f}"
+        )
+    if record.get("event") in ("started", "resumed"):
+        cut = record.get("truncation", {}).get("train", {})
+        return (
+            f"{record['event']}: {record['train_pairs']} training pairs "
+            f"({cut.get('truncated_pairs', 0)} cut to fit max_length), {record['eval_pairs']} "
+            f"held out; {record['total_steps']} steps on {record['device']} in "
+            f"{record['precision']} ({record['precision_reason']}); data "
+            + (
+                "read from the cache"
+                if record.get("data_cache") == "hit"
+                else "prepared and cached"
+            )
+        )
+    return None
+
+
+def print_progress(record: dict) -> None:
+    line = progress_line(record)
+    if line:
+        print(line, file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -58,14 +104,21 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(report["summary"], indent=1))
             return 0
         cfg = config_from_args(args)
-        from orpo_lab.runs import check_data
-
-        check_data(cfg)  # a broken or too small dataset fails here, before the model loads
-        from orpo_lab.train import train
-
         stop = threading.Event()
         install_stop_signals(stop)
-        last = train(cfg, stop_event=stop)
+        from orpo_lab.prepared import check_data
+
+        # A broken or too small dataset fails here, before the model loads; the run then reads
+        # the checked data from the cache.
+        pairs = check_data(cfg)["train_pairs"]
+        if pairs < cfg.batch_size:
+            return _error(
+                f"The dataset {cfg.dataset} has {pairs} usable training pair(s), fewer than one "
+                f"batch of {cfg.batch_size}: add pairs or lower batch_size."
+            )
+        from orpo_lab.train import train
+
+        last = train(cfg, callback=print_progress, stop_event=stop)
         record = {k: v for k, v in last.items() if k != "kind"}
         print(json.dumps(record, indent=1))
         if stop.is_set():

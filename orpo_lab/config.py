@@ -121,6 +121,9 @@ class TrainConfig:
     )
     device: str = _f("auto", "auto, cpu, cuda, cuda:1, ...")
     eval_every: int = _f(25, "optimiser steps between held-out evaluations; 0 = only at the end")
+    eval_at_start: bool = _f(
+        False, "also evaluate before step 1 (the curves' baseline; presets: on)"
+    )
     max_eval_pairs: int = _f(
         64,
         "held-out pairs kept (a seeded sample of a larger split); the last step scores all of "

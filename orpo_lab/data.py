@@ -147,7 +147,9 @@ def _as_messages(prompt) -> list[dict]:
 def tokenize_pair(
     example: dict, tokenizer, max_length: int = 512, max_prompt_length: int = 256
 ) -> dict:
-    """Token ids of one pair: {"prompt_ids", "chosen_ids", "rejected_ids", "truncated"}.
+    """Token ids of one pair: {"prompt_ids", "chosen_ids", "rejected_ids", "truncated", "cut"}.
+
+    "cut": the tokens cut from each part ({"prompt": n, "chosen": n, "rejected": n}).
 
     Budgets: prompt <= max_prompt_length and prompt + longer response <= max_length.
     The prompt keeps its END (the last user turn and the assistant header, which the reply is
@@ -164,18 +166,21 @@ def tokenize_pair(
     prompt_budget = min(max_prompt_length, max_length - min(floor, max(len(chosen), len(rejected))))
     prompt_budget = max(prompt_budget, 1)
     truncated = len(prompt) > prompt_budget
-    prompt = prompt[-prompt_budget:]
+    full_prompt, prompt = prompt, prompt[-prompt_budget:]
     budget = max_length - len(prompt)
 
     def cut(ids: list[int]) -> list[int]:
         return ids if len(ids) <= budget else ids[: budget - 1] + [eot]
 
+    kept = {"prompt": prompt, "chosen": cut(chosen), "rejected": cut(rejected)}
+    full = {"prompt": full_prompt, "chosen": chosen, "rejected": rejected}
     truncated = truncated or max(len(chosen), len(rejected)) > budget
     return {
-        "prompt_ids": prompt,
-        "chosen_ids": cut(chosen),
-        "rejected_ids": cut(rejected),
+        "prompt_ids": kept["prompt"],
+        "chosen_ids": kept["chosen"],
+        "rejected_ids": kept["rejected"],
         "truncated": truncated,
+        "cut": {part: len(full[part]) - len(kept[part]) for part in kept},  # tokens cut from each
     }
 
 

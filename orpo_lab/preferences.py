@@ -1,57 +1,48 @@
-"""Preference rows in any common layout -> prompt messages, chosen reply, rejected reply: one rule set.
+"""Preference data -> checked pairs: the rule set of `orpo_lab.rows` applied to every row of a split.
 
-Where rows come from (files, folders of splits, DatasetDicts, hub ids) is `orpo_lab.sources`; which
-pairs are held out is `orpo_lab.splits`. Every row becomes prompt = list of {"role", "content"},
-chosen = str, rejected = str (the final assistant replies); extra columns are kept. The rules,
-applied in this order to every row:
-  1. column_map renames columns first ({"question": "prompt"}; "old=" drops a column). A mapped
-     column replaces a column that already has the target name.
-  2. chosen/rejected are each a string (the reply) or a message list (a whole conversation ending
-     with the assistant's reply). Everything before the two final replies must be identical: those
-     shared leading turns H are the conversation so far.
-  3. The prompt:
-     - no prompt column: H when there is one (TRL's implicit prompt: UltraFeedback, Capybara);
-       for two strings, their longest common beginning (HH-RLHF, TRL's implicit data), cut back
-       to a boundary: right after the last "\n\nAssistant:" when the shared text has one (an
-       HH-RLHF transcript stays plain text, and replies that start alike stay whole), else back to
-       the whitespace before the word where they differ (a word is never split). The rest of each
-       string is its response, leading whitespace included (as TRL does).
-     - a prompt column and no H: the prompt (a string is one user message).
-     - a prompt column and H (UltraFeedback-binarized, orpo-dpo-mix-40k, Capybara): H is the
-       prompt; the given prompt must agree with it, or the row is refused (never duplicated): a
-       string must equal H's last user turn (the one answered) or its first (the opening question,
-       as Capybara stores it); a message list must be H's start or end, or end with H (it adds a
-       system message): the longer one is used.
-  4. A `system` column (a string; empty = none) becomes the first message, a system message; a
-     conversation that already has a different system message is refused.
-  5. chosen and rejected must differ. Extra columns whose values change type between rows become
-     JSON text (a warning names them) instead of failing in Arrow.
-Bad rows raise `PreferenceDataError` naming the file, the row (the line for JSONL), the field, what
-was expected and what to do; with skip_bad_rows=True they are dropped and a `SkippedRowsWarning`
-(attributes: skipped, total, problems) says how many.
+Where rows come from (files, folders of splits, DatasetDicts, hub ids) is `orpo_lab.sources`; the
+rules for one row (what is prompt, what is response, what is refused) are `orpo_lab.rows`'s; which
+pairs are held out is `orpo_lab.splits`. `check_rows` applies the rules to every row in a batched
+`datasets.map` (several processes for large data, the file never held in memory whole);
+`good_rows` raises the first problems, or drops the bad rows with a warning; `load_preferences`
+returns the pairs with their extra columns. Bad rows raise `PreferenceDataError` naming the file,
+the row (the line for JSONL), the field, what was expected and what to do; with skip_bad_rows=True
+they are dropped and a `SkippedRowsWarning` (attributes: skipped, total, problems) says how many.
 """
 
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import warnings
 from pathlib import Path
 
 import datasets
+import pyarrow.compute as pc
 
 from orpo_lab.config import parse_column_map
+from orpo_lab.rows import (  # noqa: F401  (the rules re-exported: callers import them from here)
+    FIELDS,
+    TRANSCRIPT_REPLY,
+    _rename,
+    normalise_row,
+    pair_hash,
+    pair_key,
+    split_shared_text,
+)
 from orpo_lab.sources import (  # noqa: F401  (PreferenceDataError and split_names re-exported)
     PreferenceDataError,
+    RawRows,
     RowError,
+    json_rows,
+    parse_jsonl_line,
     read_jsonl,
     read_split,
     split_names,
 )
 
 SHOWN_PROBLEMS = 5
-FIELDS = ("prompt", "chosen", "rejected", "system")
-TRANSCRIPT_REPLY = "\n\nAssistant:"  # HH-RLHF's marker before each assistant turn
 
 
 class SkippedRowsWarning(UserWarning):
@@ -60,167 +51,6 @@ class SkippedRowsWarning(UserWarning):
     def __init__(self, message: str, skipped: int, total: int, problems: list[str]):
         super().__init__(message)
         self.skipped, self.total, self.problems = skipped, total, problems
-
-
-# ---------------------------------------------------------------- one row, the rule set
-
-
-def _text(value, field: str) -> str:
-    if value is None:
-        raise RowError(field, "missing; expected a non-empty string")
-    if not isinstance(value, str):
-        raise RowError(
-            field, f"expected a string, got {type(value).__name__} ({str(value)[:40]!r})"
-        )
-    if not value.strip():
-        raise RowError(field, "empty; expected a non-empty reply")
-    return value
-
-
-def _messages(value, field: str) -> list[dict]:
-    if not isinstance(value, list) or not value:
-        raise RowError(
-            field,
-            f"expected a non-empty list of {{'role', 'content'}} messages, got {type(value).__name__}",
-        )
-    out = []
-    for k, msg in enumerate(value):
-        if not isinstance(msg, dict) or not isinstance(msg.get("role"), str):
-            raise RowError(f"{field}[{k}]", "expected a message {'role': str, 'content': str}")
-        out.append(
-            {"role": msg["role"], "content": _text(msg.get("content"), f"{field}[{k}].content")}
-        )
-    return out
-
-
-def _reply(value, field: str) -> tuple[list[dict], str]:
-    """(messages before the final reply, final reply text) of a chosen/rejected value."""
-    if not isinstance(value, list):
-        return [], _text(value, field)
-    msgs = _messages(value, field)
-    if msgs[-1]["role"] != "assistant":
-        raise RowError(
-            field, f"the last message must be the assistant's reply, got role {msgs[-1]['role']!r}"
-        )
-    return msgs[:-1], msgs[-1]["content"]
-
-
-def _same(a: list[dict], b: list[dict]) -> bool:
-    """Messages equal up to surrounding whitespace (exports often add or drop a final newline)."""
-    return len(a) == len(b) and all(
-        x["role"] == y["role"] and x["content"].strip() == y["content"].strip()
-        for x, y in zip(a, b, strict=True)
-    )
-
-
-def split_shared_text(chosen: str, rejected: str) -> tuple[str, str, str]:
-    """(prompt, chosen response, rejected response) of two strings that share their beginning.
-
-    Rule 3 of the module docstring: the longest common prefix, cut back to right after the last
-    HH-RLHF "\\n\\nAssistant:" in it, else to the whitespace before the word where they differ.
-    """
-    shared = os.path.commonprefix([chosen, rejected])
-    if TRANSCRIPT_REPLY in shared:
-        cut = shared.rindex(TRANSCRIPT_REPLY) + len(TRANSCRIPT_REPLY)
-    else:
-        cut = len(shared)
-        while cut and not shared[cut - 1].isspace():  # back to the start of the differing word
-            cut -= 1
-        while cut and shared[cut - 1].isspace():  # and over the whitespace before it
-            cut -= 1
-        if not cut:  # one word with no space before it: split where they differ
-            cut = len(shared)
-    if not shared[:cut].strip():
-        raise RowError(
-            "prompt",
-            "missing; chosen and rejected share no beginning to take as the prompt: give a prompt "
-            "column (or column_map a column to prompt)",
-        )
-    return shared[:cut], chosen[cut:], rejected[cut:]
-
-
-def _explicit_prompt(given, head: list[dict]) -> list[dict]:
-    """Rule 3 when a prompt column is given: it must agree with the conversation in chosen/rejected."""
-    string = isinstance(given, str)
-    prompt = (
-        [{"role": "user", "content": _text(given, "prompt")}]
-        if string
-        else _messages(given, "prompt")
-    )
-    if not head:
-        return prompt
-    if string:
-        users = [m for m in head if m["role"] == "user"]
-        if users and (_same(prompt, users[-1:]) or _same(prompt, users[:1])):
-            return head
-        raise RowError(
-            "prompt",
-            f"{given[:60]!r} is not the last (or first) user turn of the conversation in "
-            f"chosen/rejected ({(users[-1]['content'] if users else '(no user turn)')[:60]!r}); "
-            "fix the row, or drop the prompt column (column_map prompt=) to use the conversation",
-        )
-    n = len(prompt)
-    if _same(prompt, head[:n]) or _same(prompt, head[-n:]):
-        return head
-    if _same(prompt[-len(head) :], head):
-        return prompt
-    raise RowError(
-        "prompt",
-        f"the messages (roles {[m['role'] for m in prompt]}) disagree with the conversation in "
-        f"chosen/rejected (roles {[m['role'] for m in head]}); give one of them, or make them agree",
-    )
-
-
-def normalise_row(row: dict) -> dict:
-    """One row in any accepted layout -> {"prompt": [messages], "chosen": str, "rejected": str, ...}.
-
-    Applies rules 2-5 of the module docstring (column_map, rule 1, is applied before).
-    """
-    for field in ("chosen", "rejected"):
-        if field not in row or row[field] is None:
-            raise RowError(
-                field,
-                "missing; every row needs 'chosen' and 'rejected' (use column_map for other names)",
-            )
-    head, chosen = _reply(row["chosen"], "chosen")
-    head_r, rejected = _reply(row["rejected"], "rejected")
-    if not _same(head, head_r):
-        raise RowError(
-            "rejected",
-            "chosen and rejected conversations must share everything before the final reply",
-        )
-    if row.get("prompt") is not None:
-        prompt = _explicit_prompt(row["prompt"], head)
-    elif head:
-        prompt = head
-    elif isinstance(row["chosen"], str) and isinstance(row["rejected"], str):
-        text, chosen, rejected = split_shared_text(chosen, rejected)
-        prompt = [{"role": "user", "content": text}]
-        chosen, rejected = _text(chosen, "chosen"), _text(rejected, "rejected")  # never empty
-    else:
-        raise RowError(
-            "prompt",
-            "missing; give a prompt, or chosen/rejected as whole conversations (implicit prompt)",
-        )
-    system = row.get("system")
-    if system is not None:
-        if not isinstance(system, str):
-            raise RowError("system", f"expected a string, got {type(system).__name__}")
-        if system.strip() and prompt[0]["role"] == "system":
-            if prompt[0]["content"].strip() != system.strip():
-                raise RowError(
-                    "system",
-                    "differs from the system message already in the conversation; keep one "
-                    "(column_map system= drops the column)",
-                )
-        elif system.strip():
-            prompt = [{"role": "system", "content": system}] + prompt
-    if chosen.strip() == rejected.strip():
-        raise RowError(
-            "rejected", "identical to chosen; a preference pair needs two different replies"
-        )
-    extra = {k: v for k, v in row.items() if k not in FIELDS}
-    return {"prompt": prompt, "chosen": chosen, "rejected": rejected, **extra}
 
 
 # ---------------------------------------------------------------- whole datasets
@@ -266,70 +96,163 @@ def _to_dataset(name: str, good: list[tuple[str, dict]]) -> datasets.Dataset:
     return datasets.Dataset.from_list(rows)
 
 
-def _validate(
-    name, located, skip_bad_rows, max_prompt_tokens=None, tokenizer=None
-) -> datasets.Dataset:
-    if max_prompt_tokens is not None and tokenizer is None:
-        raise ValueError("max_prompt_tokens needs the tokenizer that will be used for training.")
-    good, problems = [], []
-    for where, row in located:
+# Columns the row check writes beside prompt/chosen/rejected (internal: never a user's column name).
+WHERE, ERROR, KEY, EXTRA = "__where__", "__error__", "__key__", "__extra__"
+_TEXT = datasets.Value("string")
+CHECKED = datasets.Features(
+    {
+        "prompt": [{"role": _TEXT, "content": _TEXT}],
+        "chosen": _TEXT,
+        "rejected": _TEXT,
+        **{column: _TEXT for column in (WHERE, ERROR, KEY, EXTRA)},
+    }
+)
+PARALLEL_ROWS = 4000  # from this many rows on, the check runs in several processes
+
+
+def _raw_rows(batch: dict, indices: list[int], kind: str, path: str, label: str, base: int):
+    """(location, row, or RowError, or None for a blank line) of each raw row in a map batch."""
+    if kind == "jsonl":
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            spans = zip(batch["__line__"], batch["__start__"], batch["__end__"], strict=True)
+            return [(f"{path}: line {n}", parse_jsonl_line(mm[a:b])) for n, a, b in spans]
+    if kind == "json":
+        rows = zip(batch[WHERE], batch["__json__"], batch[ERROR], strict=True)
+        return [
+            (where, RowError(None, error) if error else json.loads(text))
+            for where, text, error in rows
+        ]
+    columns = list(batch)
+    return [
+        (f"{label}{i + base}", {c: batch[c][k] for c in columns}) for k, i in enumerate(indices)
+    ]
+
+
+def _prompt_budget(record: dict, max_prompt_tokens: int | None, tokenizer) -> None:
+    if max_prompt_tokens is None:
+        return
+    from orpo_lab.data import encode_prompt
+
+    n = len(encode_prompt(record["prompt"], tokenizer))
+    if n > max_prompt_tokens:
+        raise RowError(
+            "prompt",
+            f"{n} tokens with the chat template, over the budget of {max_prompt_tokens}; shorten it or raise max_prompt_tokens",
+        )
+
+
+def _check_batch(batch, indices, kind, path, label, base, mapping, max_prompt_tokens, tokenizer):
+    """One map batch through the rules: a checked row (or its problem) per raw row; blank lines go."""
+    out = {column: [] for column in CHECKED}
+    for where, row in _raw_rows(batch, indices, kind, path, label, base):
+        if row is None:
+            continue
+        record, error = {"prompt": [], "chosen": "", "rejected": ""}, None
         try:
+            if mapping and not isinstance(row, RowError):
+                row = _rename(row, mapping)
             if isinstance(row, RowError):  # a line that could not be read, or a bad mapped column
                 raise row
             record = normalise_row(row)
-            if max_prompt_tokens is not None:
-                from orpo_lab.data import encode_prompt
-
-                n = len(encode_prompt(record["prompt"], tokenizer))
-                if n > max_prompt_tokens:
-                    raise RowError(
-                        "prompt",
-                        f"{n} tokens with the chat template, over the budget of {max_prompt_tokens}; shorten it or raise max_prompt_tokens",
-                    )
-            good.append((where, record))
+            _prompt_budget(record, max_prompt_tokens, tokenizer)
         except RowError as err:
-            problems.append(f"{where}: {err}")
-    if problems and not skip_bad_rows:
-        shown = "\n  ".join(problems[:SHOWN_PROBLEMS])
-        more = len(problems) - SHOWN_PROBLEMS
+            error = str(err)
+        extra = {k: v for k, v in record.items() if k not in ("prompt", "chosen", "rejected")}
+        out["prompt"].append(record["prompt"])
+        out["chosen"].append(record["chosen"])
+        out["rejected"].append(record["rejected"])
+        out[WHERE].append(where)
+        out[ERROR].append(error)
+        out[KEY].append(None if error else pair_hash(record))
+        out[EXTRA].append(json.dumps(extra, default=str) if extra else None)
+    return out
+
+
+def check_rows(
+    raw: RawRows,
+    column_map: dict[str, str] | str | None = None,
+    max_prompt_tokens: int | None = None,
+    tokenizer=None,
+    cache_file: str | None = None,
+) -> datasets.Dataset:
+    """Every row of `raw` through the rules, as a batched `map` (several processes for large data).
+
+    Returns prompt/chosen/rejected plus __where__ (the row's location), __error__ (its problem, None
+    when good), __key__ (`pair_hash`) and __extra__ (its other columns as JSON). Blank JSONL lines
+    are left out. `cache_file`: where the map writes its Arrow file (None: in memory).
+    """
+    if max_prompt_tokens is not None and tokenizer is None:
+        raise ValueError("max_prompt_tokens needs the tokenizer that will be used for training.")
+    rows = raw.rows
+    parallel = len(rows) >= PARALLEL_ROWS and (os.cpu_count() or 1) > 1
+    return rows.map(
+        _check_batch,
+        batched=True,
+        with_indices=True,
+        fn_kwargs=dict(
+            kind=raw.kind,
+            path=raw.path,
+            label=raw.label,
+            base=raw.base,
+            mapping=parse_column_map(column_map),
+            max_prompt_tokens=max_prompt_tokens,
+            tokenizer=tokenizer,
+        ),
+        remove_columns=rows.column_names,
+        features=CHECKED,
+        num_proc=min(os.cpu_count() or 1, 8) if parallel else None,
+        cache_file_name=cache_file,
+        load_from_cache_file=False,
+        desc=f"Reading and checking {raw.name}",
+    )
+
+
+def good_rows(name: str, checked: datasets.Dataset, skip_bad_rows: bool) -> datasets.Dataset:
+    """The rows without a problem; the first problems raised, or (skip_bad_rows) a warning counting them."""
+    errors = checked.data.column(ERROR)
+    if errors.null_count == len(checked):
+        if not len(checked):
+            raise PreferenceDataError(
+                f"{name}: no usable preference pairs. Expected rows with prompt, chosen and rejected."
+            )
+        return checked
+    bad = pc.indices_nonzero(pc.is_valid(errors)).to_pylist()
+    first = checked.select(bad[:SHOWN_PROBLEMS])
+    problems = [f"{w}: {e}" for w, e in zip(first[WHERE], first[ERROR], strict=True)]
+    if not skip_bad_rows:
+        shown = "\n  ".join(problems)
+        more = len(bad) - SHOWN_PROBLEMS
         more = f"\n  ... and {more} more" if more > 0 else ""
         raise PreferenceDataError(
-            f"{name}: {len(problems)} bad row(s). First problems:\n  {shown}{more}\n"
+            f"{name}: {len(bad)} bad row(s). First problems:\n  {shown}{more}\n"
             "Fix these rows, or skip them: skip_bad_rows (--skip-bad-rows; in the app, the "
             "'skip bad rows' box) drops them and says how many."
         )
-    if problems:
-        warnings.warn(
-            SkippedRowsWarning(
-                f"{name}: skipped {len(problems)} bad row(s) of {len(located)}; first: {problems[0]}",
-                len(problems),
-                len(located),
-                problems,
-            ),
-            stacklevel=3,
-        )
-    if not good:
+    warnings.warn(
+        SkippedRowsWarning(
+            f"{name}: skipped {len(bad)} bad row(s) of {len(checked)}; first: {problems[0]}",
+            len(bad),
+            len(checked),
+            problems,
+        ),
+        stacklevel=3,
+    )
+    if len(bad) == len(checked):
         raise PreferenceDataError(
             f"{name}: no usable preference pairs. Expected rows with prompt, chosen and rejected."
         )
+    keep = pc.indices_nonzero(pc.is_null(errors)).to_pylist()
+    return checked.select(keep)
+
+
+def _with_extras(name: str, checked: datasets.Dataset) -> datasets.Dataset:
+    """The checked rows as the user's Dataset: prompt, chosen, rejected and their other columns."""
+    good = []
+    for r in checked:
+        extra = json.loads(r[EXTRA]) if r[EXTRA] else {}
+        record = {"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"], **extra}
+        good.append((r[WHERE], record))
     return _to_dataset(name, good)
-
-
-def _rename(row, column_map: dict[str, str]):
-    if isinstance(row, RowError):
-        return row
-    missing = [old for old in column_map if old not in row]
-    if missing:
-        target = column_map[missing[0]]
-        return RowError(
-            missing[0],
-            f"missing (column_map maps it to {target or 'nothing'!r}); the columns here are "
-            f"{', '.join(row)}: check the names",
-        )
-    targets = set(column_map.values())
-    renamed = {k: v for k, v in row.items() if k not in column_map and k not in targets}
-    renamed.update({new: row[old] for old, new in column_map.items() if new})
-    return renamed
 
 
 def load_preferences(
@@ -346,13 +269,12 @@ def load_preferences(
     has only "train". `column_map`: {"old": "new"} or "old=new,old2=new2". Returns a Dataset with
     prompt (list of messages), chosen (str), rejected (str) and any extra columns. Never writes to
     the source. Raises PreferenceDataError listing the first bad rows, unless skip_bad_rows=True
-    (then a SkippedRowsWarning reports how many were dropped).
+    (then a SkippedRowsWarning reports how many were dropped). A run reads its data through
+    `orpo_lab.prepared` instead: the same checks, cached, without the extra columns.
     """
-    name, located = read_split(source, split)
-    mapping = parse_column_map(column_map)
-    if mapping:
-        located = [(where, _rename(row, mapping)) for where, row in located]
-    return _validate(name, located, skip_bad_rows, max_prompt_tokens, tokenizer)
+    raw = read_split(source, split)
+    checked = check_rows(raw, column_map, max_prompt_tokens, tokenizer)
+    return _with_extras(raw.name, good_rows(raw.name, checked, skip_bad_rows))
 
 
 def votes_to_dataset(votes, skip_bad_rows: bool = False) -> datasets.Dataset:
@@ -383,4 +305,5 @@ def votes_to_dataset(votes, skip_bad_rows: bool = False) -> datasets.Dataset:
         pairs.append(
             (where, {k: v for k, v in vote.items() if k not in ("left", "right", "winner", "tie")})
         )
-    return _validate(name, pairs, skip_bad_rows)
+    raw = json_rows(name, pairs)
+    return _with_extras(name, good_rows(name, check_rows(raw), skip_bad_rows))

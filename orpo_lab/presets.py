@@ -20,6 +20,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         max_length=192,
         max_prompt_length=96,
         eval_every=20,
+        eval_at_start=True,
         save_every=20,
     ),
     # The notebooks' runs: notebook 4 trains ORPO with these and SFT with beta=0; notebook 5 reuses both.
@@ -37,6 +38,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         max_length=128,
         max_prompt_length=64,
         eval_every=10,
+        eval_at_start=True,
         max_eval_pairs=32,
         save_every=0,
         seed=0,
@@ -53,6 +55,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         max_length=1024,
         max_prompt_length=512,
         eval_every=100,
+        eval_at_start=True,
         save_every=200,
     ),
 }

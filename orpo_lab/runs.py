@@ -379,10 +379,9 @@ def check_data(cfg: TrainConfig) -> int:
     Runs in the caller's process before a run exists: a broken or too small dataset is refused
     with its own message, and no run folder is left behind.
     """
-    from orpo_lab.splits import load_config_splits
+    from orpo_lab.prepared import check_data as checked
 
-    _, _, info = load_config_splits(cfg)  # the same split the trainer will make
-    pairs = info["train_pairs"]
+    pairs = checked(cfg)["train_pairs"]  # the trainer reads the same checked split from the cache
     if pairs < cfg.batch_size:
         raise RunError(
             f"The dataset {cfg.dataset} has {pairs} usable training pair(s), fewer than one batch "

@@ -6,13 +6,17 @@ Sources: "default" (the shipped dataset), a .jsonl/.json/.csv/.parquet file, a f
 (`split_names`); a single file or Dataset is one split, called "train" (as `datasets` names it), and
 has no "test" split: held-out pairs for it come from `orpo_lab.splits.load_splits`.
 
-`read_split` returns (name, [(location, row)]) with a location per row ("file: line 3") for error
-messages; rows are plain dicts, untouched (the rules live in `orpo_lab.preferences`).
+`read_split` returns a split's raw rows as a Dataset (`RawRows`: a JSONL file as the offsets of its
+lines, other sources as they are) with a location per row ("file: line 3") for error messages; the
+rules live in `orpo_lab.preferences`, which applies them to every row in a batched `map`.
 """
 
 from __future__ import annotations
 
 import json
+import mmap
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
@@ -30,10 +34,6 @@ class RowError(Exception):
 
     def __init__(self, field: str | None, problem: str):
         super().__init__(f"field {field!r}: {problem}" if field else problem)
-
-
-def _located(name: str, rows) -> list[tuple[str, dict]]:
-    return [(f"{name}: row {i}", row) for i, row in enumerate(rows)]
 
 
 def _folder_splits(path: Path) -> list[str]:
@@ -99,37 +99,112 @@ def _check_utf8(path: Path, raw: bytes) -> None:
         ) from None
 
 
+def parse_jsonl_line(raw: bytes) -> dict | RowError | None:
+    """One JSONL line: its object, a RowError saying what is wrong with it, or None when blank."""
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        problem = f"bytes that are not UTF-8 at column {err.start + 1}; expected UTF-8 text: re-save the file as UTF-8"
+        return RowError(None, problem)
+    if not line.strip():
+        return None
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as err:
+        problem = (
+            f"malformed JSON ({err.msg} at column {err.colno}); expected one JSON object per line"
+        )
+        return RowError(None, problem)
+    if not isinstance(row, dict):
+        return RowError(
+            None, f"expected a JSON object with prompt/chosen/rejected, got {type(row).__name__}"
+        )
+    return row
+
+
 def read_jsonl(path: Path) -> list[tuple[str, dict | RowError]]:
-    """(location, row) per line; an undecodable or malformed line gets a RowError in place of its row."""
+    """(location, row) per line, in memory (small files: votes); a bad line gets a RowError."""
     rows = []
     for number, raw in enumerate(path.read_bytes().splitlines(), start=1):
-        where = f"{path}: line {number}"
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as err:
-            problem = f"bytes that are not UTF-8 at column {err.start + 1}; expected UTF-8 text: re-save the file as UTF-8"
-            rows.append((where, RowError(None, problem)))
-            continue
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            problem = f"malformed JSON ({err.msg} at column {err.colno}); expected one JSON object per line"
-            rows.append((where, RowError(None, problem)))
-            continue
-        if not isinstance(row, dict):
-            row = RowError(
-                None,
-                f"expected a JSON object with prompt/chosen/rejected, got {type(row).__name__}",
-            )
-        rows.append((where, row))
+        row = parse_jsonl_line(raw)
+        if row is not None:
+            rows.append((f"{path}: line {number}", row))
     return rows
 
 
-def _read_file(path: Path) -> list[tuple[str, dict | RowError]]:
+def line_spans(path: Path) -> datasets.Dataset:
+    """A JSONL file as a Dataset of its non-empty lines: __line__ (1-based), __start__, __end__ (bytes).
+
+    Lines end where `bytes.splitlines` ends them (\\n, \\r\\n or \\r), so line numbers match any
+    editor's. Only offsets are kept: the rows are parsed where they are checked (`preferences`), in
+    as many processes as that uses, and the file is never held in memory whole.
+    """
+    lines, starts, ends = [], [], []
+    if path.stat().st_size:
+        with path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            crlf = mm.find(b"\r") != -1
+            breaks = _any_breaks(mm) if crlf else _newlines(mm)
+            start, number = 0, 0
+            for end, after in breaks:
+                number += 1
+                if end > start:
+                    lines.append(number)
+                    starts.append(start)
+                    ends.append(end)
+                start = after
+            if start < len(mm):  # a last line without a newline
+                lines.append(number + 1)
+                starts.append(start)
+                ends.append(len(mm))
+    return datasets.Dataset.from_dict({"__line__": lines, "__start__": starts, "__end__": ends})
+
+
+def _any_breaks(mm: mmap.mmap):
+    return ((m.start(), m.end()) for m in re.finditer(rb"\r\n|\r|\n", mm))
+
+
+def _newlines(mm: mmap.mmap):
+    """(end, next start) of every \\n in `mm`: a C-speed scan for files without \\r."""
+    at = mm.find(b"\n")
+    while at != -1:
+        yield at, at + 1
+        at = mm.find(b"\n", at + 1)
+
+
+@dataclass
+class RawRows:
+    """One split's rows before the rules, as a Dataset, and how messages name a row.
+
+    kind "jsonl": `line_spans` of `path` (rows parsed later, where they are checked); "json": rows
+    as JSON text (__json__) with their location (__where__) and any reading problem (__error__);
+    "arrow": the source's own columns, row i named f"{label}{i + base}".
+    """
+
+    name: str
+    rows: datasets.Dataset
+    kind: str = "arrow"
+    path: str = ""
+    label: str = ""
+    base: int = 0
+
+    def where(self, index: int) -> str:
+        return f"{self.label}{index + self.base}"
+
+
+def json_rows(name: str, located: list[tuple[str, dict | RowError]]) -> RawRows:
+    """RawRows of rows already in memory: (location, row or RowError) pairs."""
+    columns = {"__where__": [], "__json__": [], "__error__": []}
+    for where, row in located:
+        bad = isinstance(row, RowError)
+        columns["__where__"].append(where)
+        columns["__json__"].append(None if bad else json.dumps(row, default=str))
+        columns["__error__"].append(str(row) if bad else None)
+    return RawRows(name, datasets.Dataset.from_dict(columns), kind="json")
+
+
+def _read_file(path: Path) -> RawRows:
     if path.suffix == ".jsonl":
-        return read_jsonl(path)
+        return RawRows(str(path), line_spans(path), kind="jsonl", path=str(path))
     if path.suffix != ".parquet":
         _check_utf8(path, path.read_bytes())
     if path.suffix == ".json":
@@ -139,10 +214,11 @@ def _read_file(path: Path) -> list[tuple[str, dict | RowError]]:
             items = None  # JSON lines in a .json file, or another layout: `datasets` reads those
         if isinstance(items, list):
             not_object = RowError(None, "expected a JSON object with prompt/chosen/rejected")
-            return [
+            located = [
                 (f"{path}: item {i}", item if isinstance(item, dict) else not_object)
                 for i, item in enumerate(items)
             ]
+            return json_rows(str(path), located)
     try:
         ds = datasets.load_dataset(FILE_TYPES[path.suffix], data_files=str(path), split="train")
     except Exception as err:  # datasets raises many types; the user needs the file and the cause
@@ -151,19 +227,20 @@ def _read_file(path: Path) -> list[tuple[str, dict | RowError]]:
             f"Expected a {path.suffix[1:]} file with prompt/chosen/rejected columns."
         ) from err
     # A data row's line in a CSV is its row number + 1 (the header) when no cell spans lines.
-    return [(f"{path}: row {i + 1}", row) for i, row in enumerate(ds)]
+    return RawRows(str(path), ds, label=f"{path}: row ", base=1)
 
 
-def read_split(source, split: str = SINGLE_SPLIT) -> tuple[str, list[tuple[str, dict | RowError]]]:
-    """(name, [(location, raw row)]) of one split of a source; a missing split lists the others."""
+def read_split(source, split: str = SINGLE_SPLIT) -> RawRows:
+    """The raw rows of one split of a source; a missing split lists the others."""
     if isinstance(source, datasets.Dataset):
         if split != SINGLE_SPLIT:
             raise _single_split_error("the in-memory dataset", split)
-        return "in-memory dataset", _located("in-memory dataset", source)
+        return RawRows("in-memory dataset", source, label="in-memory dataset: row ")
     if isinstance(source, datasets.DatasetDict):
         if split not in source:
             raise _no_split("the DatasetDict", split, sorted(source))
-        return f"split {split!r}", _located(f"split {split!r}", source[split])
+        name = f"split {split!r}"
+        return RawRows(name, source[split], label=f"{name}: row ")
     if source == "default":
         from orpo_lab.default_dataset import DATA_DIR
 
@@ -171,14 +248,13 @@ def read_split(source, split: str = SINGLE_SPLIT) -> tuple[str, list[tuple[str, 
             raise PreferenceDataError(
                 f"The default dataset has no split {split!r}: use 'train' or 'test'."
             )
-        path = DATA_DIR / f"{split}.jsonl"
-        return str(path), _read_file(path)
+        return _read_file(DATA_DIR / f"{split}.jsonl")
     path = Path(str(source)).expanduser()
     if path.is_dir():
         found = [path / f"{split}{ext}" for ext in FILE_TYPES if (path / f"{split}{ext}").is_file()]
         if not found:
             raise _no_split(str(path), split, _folder_splits(path))
-        return str(found[0]), _read_file(found[0])
+        return _read_file(found[0])
     if path.suffix in FILE_TYPES:
         if not path.is_file():
             raise PreferenceDataError(
@@ -186,7 +262,7 @@ def read_split(source, split: str = SINGLE_SPLIT) -> tuple[str, list[tuple[str, 
             )
         if split != SINGLE_SPLIT:
             raise _single_split_error(str(path), split)
-        return str(path), _read_file(path)
+        return _read_file(path)
     if _is_local(source):
         raise PreferenceDataError(
             f"{source}: expected a .jsonl, .json, .csv or .parquet file, a folder of them, "
@@ -201,7 +277,8 @@ def read_split(source, split: str = SINGLE_SPLIT) -> tuple[str, list[tuple[str, 
         raise PreferenceDataError(
             f"{source}: not a local file and could not be loaded from the hub ({err})."
         ) from err
-    return f"{source} [{split}]", _located(f"{source} [{split}]", ds)
+    name = f"{source} [{split}]"
+    return RawRows(name, ds, label=f"{name}: row ")
 
 
 def _single_split_error(name: str, split: str) -> PreferenceDataError:

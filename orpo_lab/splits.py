@@ -9,19 +9,20 @@ source) are dropped, so held-out accuracy is never training accuracy.
 
 from __future__ import annotations
 
-import json
 import random
 import warnings
+from collections.abc import Callable
 
 import datasets
 
-from orpo_lab.preferences import SkippedRowsWarning, load_preferences
+from orpo_lab.preferences import (  # noqa: F401  (pair_key re-exported)
+    KEY,
+    SkippedRowsWarning,
+    load_preferences,
+    pair_hash,
+    pair_key,
+)
 from orpo_lab.sources import SINGLE_SPLIT, PreferenceDataError, split_names
-
-
-def pair_key(row: dict) -> str:
-    """What makes two pairs the same pair: prompt, chosen and rejected (extra columns aside)."""
-    return json.dumps([row["prompt"], row["chosen"].strip(), row["rejected"].strip()])
 
 
 def held_out_count(n: int, size: float, cap: int = 0) -> int:
@@ -40,11 +41,11 @@ def _name(source) -> str:
     )
 
 
-def _load(source, split: str, skipped: list[int], **kwargs) -> datasets.Dataset:
-    """load_preferences, counting the rows skip_bad_rows dropped (the warning still goes out)."""
+def _load(source, split: str, skipped: list[int], loader: Callable, **kwargs) -> datasets.Dataset:
+    """`loader` (load_preferences), counting the rows skip_bad_rows dropped (the warning still goes out)."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        ds = load_preferences(source, split, **kwargs)
+        ds = loader(source, split, **kwargs)
     for w in caught:
         if isinstance(w.message, SkippedRowsWarning):
             skipped.append(w.message.skipped)
@@ -62,9 +63,12 @@ def load_splits(
     max_held_out: int = 0,
     seed: int = 0,
     skip_bad_rows: bool = False,
+    loader: Callable = load_preferences,
 ) -> tuple[datasets.Dataset, datasets.Dataset | None, dict]:
     """(training pairs, held-out pairs or None, info); the module docstring says which are held out.
 
+    `loader(source, split, column_map=, skip_bad_rows=)` reads one split (`load_preferences`; a
+    run's preparation passes its own, which keeps the rows on disk, `orpo_lab.prepared`).
     `held_out_size`: a fraction (< 1) or a count of the training pairs to carve out, at most
     `max_held_out` (0: no cap). `info`, for the run log: {"train_pairs", "held_out_pairs",
     "held_out_from" ("eval_dataset", "test_split", "carved" or "none"), "held_out" (a sentence),
@@ -77,7 +81,7 @@ def load_splits(
             f"leave train_split at {SINGLE_SPLIT!r}, or give a folder, DatasetDict or hub id."
         )
     skipped: list[int] = []
-    load = dict(skipped=skipped, column_map=column_map, skip_bad_rows=skip_bad_rows)
+    load = dict(skipped=skipped, loader=loader, column_map=column_map, skip_bad_rows=skip_bad_rows)
     train = _load(dataset, train_split if splits else SINGLE_SPLIT, **load)
     held_out, source = None, "none"
     if eval_dataset:
@@ -102,8 +106,8 @@ def load_splits(
         how = f"none: {name} has {missing} and held_out_size={held_out_size:g}"
     dropped = 0
     if held_out is not None:
-        seen = {pair_key(r) for r in train}
-        keep = [i for i, r in enumerate(held_out) if pair_key(r) not in seen]
+        seen = set(_keys(train))
+        keep = [i for i, key in enumerate(_keys(held_out)) if key not in seen]
         dropped = len(held_out) - len(keep)
         held_out = held_out.select(keep) if keep else None
         if dropped:
@@ -119,7 +123,13 @@ def load_splits(
     return train, held_out, info
 
 
-def load_config_splits(cfg) -> tuple[datasets.Dataset, datasets.Dataset | None, dict]:
+def _keys(ds: datasets.Dataset) -> list[str]:
+    return list(ds[KEY]) if KEY in ds.column_names else [pair_hash(r) for r in ds]
+
+
+def load_config_splits(
+    cfg, loader: Callable = load_preferences
+) -> tuple[datasets.Dataset, datasets.Dataset | None, dict]:
     """`load_splits` from a TrainConfig: the pairs a run trains on and the ones it holds out."""
     return load_splits(
         cfg.dataset,
@@ -131,4 +141,5 @@ def load_config_splits(cfg) -> tuple[datasets.Dataset, datasets.Dataset | None, 
         max_held_out=cfg.max_eval_pairs,
         seed=cfg.seed,
         skip_bad_rows=cfg.skip_bad_rows,
+        loader=loader,
     )

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from contextlib import nullcontext
 
 import torch
+from tqdm.auto import tqdm
 
 from orpo_lab.config import TrainConfig
 from orpo_lab.data import collate
@@ -121,8 +122,12 @@ def held_out_logps(
     """
     wrapped.eval()
     chosen, rejected = [], []
+    starts = range(0, len(pairs), cfg.eval_batch)
+    # A bar on stderr (the terminal, or a run's train.log): an evaluation of long pairs can take
+    # minutes on a CPU. TQDM_DISABLE=1 hides it.
+    bar = tqdm(starts, desc=f"Evaluating {len(pairs)} held-out pairs", unit="batch", leave=False)
     try:
-        for i in range(0, len(pairs), cfg.eval_batch):
+        for i in bar:
             if stop is not None and stop():
                 return None
             batch = to_device(collate(pairs[i : i + cfg.eval_batch], cfg.layout, pad_id), device)
@@ -130,6 +135,7 @@ def held_out_logps(
             chosen.append(c.float())
             rejected.append(r.float())
     finally:
+        bar.close()
         wrapped.train()
     return torch.cat(chosen), torch.cat(rejected)
 
@@ -177,3 +183,25 @@ def weighting_quantiles(chosen: torch.Tensor, rejected: torch.Tensor) -> dict[st
         ):
             out[f"eval/{stem}_q{pct}"] = value
     return out
+
+
+def fused_adamw(params: list) -> bool:
+    """torch's fused AdamW (one kernel for every tensor) where it exists: float32 weights on CPU or
+    CUDA. torch defaults to a Python loop over the tensors on CPU (about 50 ms a step for the
+    default LoRA's 420 tensors on 2 cores, 6 ms fused)."""
+    return bool(params) and all(
+        p.device.type in ("cpu", "cuda") and p.dtype == torch.float32 for p in params
+    )
+
+
+def clip_gradients(run) -> float | None:
+    """Clip the gradients of `run.params` to cfg.max_grad_norm; their norm (None when off)."""
+    if not run.cfg.max_grad_norm:
+        return None
+    accelerator = run.accelerator
+    if accelerator.device.type == "cpu" and accelerator.num_processes == 1:
+        # torch uses its foreach kernels unasked only on GPUs; on a CPU they save a Python loop
+        # over every LoRA tensor. (accelerate's clip adds nothing here: no scaler, no shards.)
+        norm = torch.nn.utils.clip_grad_norm_(run.params, run.cfg.max_grad_norm, foreach=True)
+        return float(norm)
+    return float(accelerator.clip_grad_norm_(run.params, run.cfg.max_grad_norm))

@@ -25,7 +25,7 @@ from transformers import get_scheduler
 
 from orpo_lab import compiling
 from orpo_lab.build import DTYPE_NAMES, build_model, load_pairs, precision_plan, subset
-from orpo_lab.checkpoint import load_training_state, save_checkpoint
+from orpo_lab.checkpoint import load_training_state, resume_point, save_checkpoint
 from orpo_lab.config import TrainConfig
 from orpo_lab.data import collate
 from orpo_lab.logps import PairLogps
@@ -34,7 +34,9 @@ from orpo_lab.step import (
     NonFiniteLoss,
     StopRequested,
     TrainingError,
+    clip_gradients,
     forward_backward,
+    fused_adamw,
     held_out_metrics,
     micro_batch_indices,
     pair_tokens,
@@ -118,18 +120,6 @@ def next_micro_batches(run: Run, step: int) -> list[tuple[dict, int]]:
         pairs = [run.train_pairs[j] for j in mine]
         micro.append((collate(pairs, cfg.layout, run.tokenizer.pad_token_id), pair_tokens(pairs)))
     return micro
-
-
-def clip_gradients(run: Run) -> float | None:
-    if not run.cfg.max_grad_norm:
-        return None
-    accelerator = run.accelerator
-    if accelerator.device.type == "cpu" and accelerator.num_processes == 1:
-        # torch uses its foreach kernels unasked only on GPUs; on a CPU they save a Python loop
-        # over every LoRA tensor. (accelerate's clip adds nothing here: no scaler, no shards.)
-        norm = torch.nn.utils.clip_grad_norm_(run.params, run.cfg.max_grad_norm, foreach=True)
-        return float(norm)
-    return float(accelerator.clip_grad_norm_(run.params, run.cfg.max_grad_norm))
 
 
 def optimizer_step(run: Run) -> float:
@@ -275,9 +265,12 @@ def train(
     folder = RunDir(cfg.run_dir)
     plan = precision_plan(cfg)
     accelerator = Accelerator(mixed_precision=plan["autocast"], cpu=cfg.device == "cpu")
-    resume_from = _resume_point(cfg, folder, accelerator)
+    resume_from = resume_point(
+        folder, cfg.resume, accelerator.distributed_type == DistributedType.FSDP
+    )
     if accelerator.is_main_process:
         folder.path.mkdir(parents=True, exist_ok=True)
+        folder.metrics_path.touch()  # there from the start, even for a run stopped before step 1
         TrainConfig.from_dict({**cfg.to_dict(), "resume": False}).to_yaml(folder.config_path)
         folder.clear_stale_stop(os.getpid(), started)
         folder.write_status("running", "loading model and data", step=0, total_steps=0,
@@ -285,6 +278,12 @@ def train(
     try:
         run, start = prepare(cfg, accelerator, folder, resume_from, callback, stop_event, plan)
         return loop(run, start)
+    except StopRequested:  # during data preparation or the step-0 evaluation: nothing trained
+        if accelerator.is_main_process:
+            folder.clear_stop()
+            folder.write_status("stopped", "stopped on request before the first step (nothing "
+                                f"trained); {folder.describe_checkpoints()}")  # fmt: skip
+        return {}
     except torch.OutOfMemoryError as err:
         _fail(accelerator, folder, f"{OOM_ADVICE} ({folder.describe_checkpoints()})")
         raise TrainingError(OOM_ADVICE) from err
@@ -301,34 +300,21 @@ def _fail(accelerator, folder: RunDir, message: str) -> None:
         folder.write_status("failed", message)
 
 
-def _resume_point(cfg: TrainConfig, folder: RunDir, accelerator) -> Path | None:
-    latest = folder.latest_checkpoint()
-    if latest and not cfg.resume:
-        raise TrainingError(
-            f"Run {folder.path} already has checkpoints ({latest.name}). Pass --resume to "
-            "continue it, or choose another --run-name; nothing was changed."
-        )
-    if cfg.resume and latest is None:
-        raise TrainingError(
-            f"Nothing to resume: {folder.path} has no checkpoint (it stopped before its first "
-            "save). Start it again without --resume (the same name is free to reuse), or pick "
-            "another --run-name; nothing was changed."
-        )
-    if latest and accelerator.distributed_type == DistributedType.FSDP:
-        raise TrainingError(
-            "Resuming under FSDP is not supported (the saved optimizer state is rank 0's shard). "
-            f"Resume {folder.path} with one process or DDP, or start a new run; nothing was changed."
-        )
-    return latest
+def data_progress(folder: RunDir, stop_event: threading.Event | None, every_s: float = 1.0):
+    """A `prepared.Progress` for a run: the stage in status.json ("tokenising train pairs 31,200 /
+    60,000"), at most once every `every_s`; a stop request (event or STOP file) stops it."""
+    last = [0.0]
 
+    def progress(stage: str, done: int, total: int) -> None:
+        if (stop_event is not None and stop_event.is_set()) or folder.stop_requested():
+            raise StopRequested
+        now = time.monotonic()
+        if now - last[0] >= every_s or (total and done >= total):
+            last[0] = now
+            count = f" {done:,} / {total:,}" if total else ""
+            folder.write_status("running", f"preparing data: {stage}{count}")
 
-def fused_adamw(params: list) -> bool:
-    """torch's fused AdamW (one kernel for every tensor) where it exists: float32 weights on CPU or
-    CUDA. torch defaults to a Python loop over the tensors on CPU (about 50 ms a step for the
-    default LoRA's 420 tensors on 2 cores, 6 ms fused)."""
-    return bool(params) and all(
-        p.device.type in ("cpu", "cuda") and p.dtype == torch.float32 for p in params
-    )
+    return progress
 
 
 def prepare(
@@ -342,7 +328,8 @@ def prepare(
     plan = plan or precision_plan(cfg)
     world = accelerator.num_processes
     model, tokenizer = build_model(cfg, resume_from)
-    train_pairs, held_out, stats = load_pairs(cfg, tokenizer)
+    progress = data_progress(folder, stop_event) if accelerator.is_main_process else None
+    train_pairs, held_out, stats = load_pairs(cfg, tokenizer, progress)
     if len(train_pairs) < cfg.batch_size * world:
         raise TrainingError(
             f"The dataset has {len(train_pairs)} usable pairs, fewer than one batch "
@@ -380,6 +367,7 @@ def prepare(
         folder.truncate_metrics(after_step=start)  # lines after the checkpoint would repeat
     run.log({"kind": "event", "step": start, "event": "resumed" if start else "started",
              "train_pairs": len(train_pairs), "truncated_pairs": stats.get("truncated", 0),
+             "truncation": stats["truncation"], "data_cache": stats["cache"],
              "eval_pairs": len(held_out or []), "eval_subset_pairs": len(eval_subset or []),
              "total_steps": total, "processes": world, "device": str(accelerator.device),
              "precision": plan["precision"], "precision_reason": plan["precision_reason"],
@@ -389,6 +377,6 @@ def prepare(
              "data": stats["data"]})  # fmt: skip
     run.log({"kind": "event", "step": start, "event": "logps_check", **logps_check})
     run.status("running", "training", step=start, total_steps=total)
-    if held_out and start == 0:
+    if held_out and start == 0 and cfg.eval_at_start:
         log_eval(run, 0, eval_subset)  # the numbers before any update: what curves are read against
     return run, start

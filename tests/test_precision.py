@@ -90,8 +90,8 @@ def _config(tmp_path, model_dir, **changes) -> TrainConfig:
     values = dict(model=str(model_dir), dataset=_pairs(tmp_path / "train.jsonl", 16),
                   eval_dataset=_pairs(tmp_path / "test.jsonl", 12, offset=100),
                   output_dir=str(tmp_path / "runs"), run_name="t", max_steps=4, batch_size=4,
-                  learning_rate=1e-2, warmup_steps=0, eval_every=2, save_every=4, max_length=64,
-                  max_prompt_length=48, device="cpu")  # fmt: skip
+                  learning_rate=1e-2, warmup_steps=0, eval_every=2, eval_at_start=True, save_every=4,
+                  max_length=64, max_prompt_length=48, device="cpu")  # fmt: skip
     return TrainConfig(**(values | changes))
 
 

@@ -62,6 +62,7 @@ def make_config(tmp_path, data, tiny_model_dir, **changes) -> TrainConfig:
         warmup_steps=0,
         lr_scheduler="constant",
         eval_every=2,
+        eval_at_start=True,  # the baseline evaluation at step 0 (the presets' choice)
         save_every=2,
         max_length=64,
         max_prompt_length=48,

@@ -42,6 +42,8 @@ FORM = {
     "nll_scope": lambda: gr.Radio(["response", "prompt_response"], value=DEFAULTS.nll_scope,
                                   label="NLL scope", info=HELP["nll_scope"], elem_id="hp-nll_scope"),
     "eval_every": lambda: _number("eval_every", "eval every (steps)", whole=True),
+    "eval_at_start": lambda: gr.Checkbox(True, label="evaluate before step 1",
+                                         info=HELP["eval_at_start"], elem_id="hp-eval_at_start"),
     "save_every": lambda: _number("save_every", "save every (steps)", whole=True),
 }  # fmt: skip
 FORM_NAMES = list(FORM)
@@ -107,15 +109,16 @@ def preview(ctx: AppContext, v: dict) -> str:
     what is wrong with the data or the model."""
     from orpo_lab.data import preview_pairs
     from orpo_lab.model import load_tokenizer
-    from orpo_lab.splits import load_config_splits
+    from orpo_lab.prepared import checked_splits, prepare_data
 
     try:
         cfg = TrainConfig.from_dict({k: v[k] for k in DATA_OPTIONS} | {
             "dataset": (v["dataset"] or "").strip() or "default",
             "skip_bad_rows": bool(v["skip_bad_rows"])})  # fmt: skip
-        train, _, info = load_config_splits(cfg)
+        train, _, info = checked_splits(cfg)  # cached: the run reads the same checked rows
         tokenizer = load_tokenizer((v["model"] or "").strip() or ctx.model,
                                    bool(v["trust_remote_code"]), cfg.chat_template)  # fmt: skip
+        truncation = prepare_data(cfg, tokenizer).stats["truncation"]
         shown = preview_pairs(train, tokenizer, n=3, max_length=cfg.max_length,
                               max_prompt_length=cfg.max_prompt_length)  # fmt: skip
     except Exception as err:  # a broken file, a missing model, a template it needs: say so inline
@@ -123,7 +126,7 @@ def preview(ctx: AppContext, v: dict) -> str:
     blocks = [f"<p>{info['train_pairs']} training pairs; held out: {html.escape(info['held_out'])}. "
               "The first pairs exactly as the model trains on them, one shaded span per token: "
               "<b>prompt</b> (grey, not scored), <b>chosen</b> (blue) and <b>rejected</b> (red) "
-              "responses.</p>"]  # fmt: skip
+              "responses.</p>" + truncation_html(truncation, cfg)]  # fmt: skip
     for pair in shown:
         cut = " <i>(cut to fit max_length)</i>" if pair["truncated"] else ""
         blocks.append(
@@ -132,6 +135,22 @@ def preview(ctx: AppContext, v: dict) -> str:
             f"<p><b>rejected</b></p><pre style='white-space:pre-wrap'>{_tokens_html(pair['rejected_tokens'], '#d62728')}</pre>"
         )  # fmt: skip
     return "<hr>".join(blocks)
+
+
+def truncation_html(truncation: dict, cfg: TrainConfig) -> str:
+    """One line per split: how many pairs max_length / max_prompt_length cut, and by how much."""
+    lines = []
+    for split, r in truncation.items():
+        name = "training" if split == "train" else "held-out"
+        dropped = (f"; {r['empty_response_dropped']} dropped (a response with no token left)"
+                   if r["empty_response_dropped"] else "")  # fmt: skip
+        lines.append(
+            f"{name}: {r['truncated_pairs']} of {r['pairs']} pairs cut to fit (prompt cut in "
+            f"{r['prompt_cut_pairs']}, {r['prompt_tokens_cut']} tokens; a response cut in "
+            f"{r['response_cut_pairs']}, {r['response_tokens_cut']} tokens){dropped}"
+        )
+    budget = f"max_length {cfg.max_length}, max_prompt_length {cfg.max_prompt_length}"
+    return f"<p>Truncation ({budget}): {html.escape('; '.join(lines))}.</p>"
 
 
 def wire_dataset(ctx: AppContext, p: SimpleNamespace) -> None:

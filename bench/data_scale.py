@@ -1,0 +1,203 @@
+"""Public datasets at their real size: time and memory from the command's start to the first step.
+
+Writes its own files (bench/scale_data.py): 60,000 rows in UltraFeedback-binarized's layout and
+10,000 in Capybara's multi-turn layout. For each, in fresh processes:
+  cold  `orpo-lab --dataset FILE --max-steps 2 --batch-size 2 --max-length 1024
+        --max-prompt-length 512 --eval-every 0 --save-every 0` with an empty data cache;
+  warm  the same command again (the cache from the cold run);
+  trl   TRL's ORPOTrainer.__init__ on the same file, tokenizer and lengths (its dataset
+        preparation), with dataset_num_proc = the cores, as ours uses.
+"first step" is when step 1 began: the first train record's arrival minus its step time. RSS is
+the whole process tree's (workers included), sampled every 0.1 s; "model" is the RSS of a process
+that has only loaded the model.
+
+    .venv/bin/python bench/data_scale.py [--rows 60000] [--capybara-rows 10000] [--skip trl]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from scale_data import write_capybara, write_ultrafeedback  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+LENGTHS = ["--max-length", "1024", "--max-prompt-length", "512"]
+
+
+def tree_rss(pid: int) -> int:
+    """Bytes resident in `pid` and every descendant (from /proc)."""
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            status = Path(f"/proc/{p}/status").read_text()
+            total += (
+                int(next(ln for ln in status.splitlines() if ln.startswith("VmRSS")).split()[1])
+                * 1024
+            )
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, StopIteration):
+            continue
+    return total
+
+
+def watch(command: list[str], env: dict, until=None, timeout: float = 1800) -> dict:
+    """Run `command`; its wall time, peak tree RSS, and the time `until(started)` first returned a
+    number (seconds since start), polled every 0.1 s."""
+    began = time.perf_counter()
+    proc = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    out: list[str] = []
+    reader = threading.Thread(target=lambda: out.extend(proc.stdout), daemon=True)
+    reader.start()
+    peak, mark = 0, None
+    while proc.poll() is None:
+        peak = max(peak, tree_rss(proc.pid))
+        if until and mark is None:
+            mark = until(began)
+        if time.perf_counter() - began > timeout:
+            proc.kill()
+        time.sleep(0.1)
+    reader.join()
+    wall = time.perf_counter() - began
+    if until and mark is None:
+        mark = until(began)
+    if proc.returncode:
+        raise SystemExit(f"{command} failed:\n{''.join(out)[-3000:]}")
+    return {"wall_s": round(wall, 1), "peak_rss_gb": round(peak / 2**30, 2),
+            "first_step_s": None if mark is None else round(mark, 1), "output": "".join(out)}  # fmt: skip
+
+
+def first_step(metrics: Path):
+    """until(): seconds from the start to the beginning of step 1, once its record is written."""
+
+    def until(began: float):
+        if not metrics.is_file():
+            return None
+        for line in metrics.read_text().splitlines():
+            record = json.loads(line)
+            if record["kind"] == "train":
+                return time.perf_counter() - began - record["step_s"]
+        return None
+
+    return until
+
+
+def ours(path: Path, cache: Path, runs: Path, name: str) -> dict:
+    env = {**os.environ, "ORPO_LAB_CACHE": str(cache), "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "orpo_lab.cli", "--dataset", str(path), "--max-steps", "2",
+               "--batch-size", "2", *LENGTHS, "--eval-every", "0", "--save-every", "0",
+               "--output-dir", str(runs), "--run-name", name]  # fmt: skip
+    result = watch(command, env, first_step(runs / name / "metrics.jsonl"))
+    started = next(json.loads(ln) for ln in (runs / name / "metrics.jsonl").read_text().splitlines()
+                   if json.loads(ln).get("event") == "started")  # fmt: skip
+    result["truncation"] = started["truncation"]
+    result["data_cache"] = started["data_cache"]
+    result["precision"] = started["precision"]
+    return result
+
+
+TRL_PREPARE = """
+import sys, time, os
+import datasets
+from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+from orpo_lab.model import load_model
+model, tok = load_model("default", device="cpu", precision="fp32")
+t = time.perf_counter()
+data = datasets.load_dataset("json", data_files=sys.argv[1], split="train")
+args = ORPOConfig(output_dir=sys.argv[2], max_length=1024, max_prompt_length=512,
+                  per_device_train_batch_size=2, use_cpu=True, report_to="none",
+                  dataset_num_proc=os.cpu_count(), remove_unused_columns=False)
+ORPOTrainer(model=model, args=args, train_dataset=data, processing_class=tok)
+print("TRL_PREPARE_S", time.perf_counter() - t)
+"""
+
+
+def trl(path: Path, work: Path) -> dict:
+    env = {**os.environ, "HF_DATASETS_CACHE": str(work / "hf-datasets"), "PYTHONUNBUFFERED": "1"}
+    result = watch([sys.executable, "-c", TRL_PREPARE, str(path), str(work / "trl-out")], env)
+    line = next(ln for ln in result["output"].splitlines() if ln.startswith("TRL_PREPARE_S"))
+    result["prepare_s"] = round(float(line.split()[1]), 1)
+    return result
+
+
+def model_rss() -> float:
+    code = "from orpo_lab.model import load_model; load_model('default', device='cpu'); import time; time.sleep(2)"
+    return watch([sys.executable, "-c", code], dict(os.environ))["peak_rss_gb"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=60_000)
+    parser.add_argument("--capybara-rows", type=int, default=10_000)
+    parser.add_argument(
+        "--workdir", default="", help="keep the files here (default: a temp folder)"
+    )
+    parser.add_argument("--skip", nargs="*", default=[], choices=["trl", "capybara"])
+    args = parser.parse_args()
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="data-scale-"))
+    work.mkdir(parents=True, exist_ok=True)
+    files = {"ultrafeedback": work / f"uf{args.rows}.jsonl"}
+    if "capybara" not in args.skip:
+        files["capybara"] = work / f"capybara{args.capybara_rows}.jsonl"
+    for name, path in files.items():
+        if not path.is_file():
+            make = write_ultrafeedback if name == "ultrafeedback" else write_capybara
+            make(path, args.rows if name == "ultrafeedback" else args.capybara_rows)
+    report = {
+        "cpu": _cpu(),
+        "cores": os.cpu_count(),
+        "versions": _versions(),
+        "model_rss_gb": model_rss(),
+    }
+    for name, path in files.items():
+        cache = work / f"cache-{name}"
+        subprocess.run(["rm", "-rf", str(cache), str(work / "runs")], check=True)
+        cold = ours(path, cache, work / "runs", f"{name}-cold")
+        warm = ours(path, cache, work / "runs", f"{name}-warm")
+        entry = {"file_mb": round(path.stat().st_size / 2**20), "cold": cold, "warm": warm}
+        if "trl" not in args.skip:
+            entry["trl"] = trl(path, work)
+        for part in ("cold", "warm", "trl"):
+            entry.get(part, {}).pop("output", None)
+        report[name] = entry
+        print(json.dumps({name: entry}, indent=1), flush=True)
+    print(json.dumps(report, indent=1))
+
+
+def _cpu() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
+def _versions() -> dict:
+    import importlib.metadata as md
+
+    names = ("torch", "transformers", "datasets", "tokenizers", "trl")
+    return {n: md.version(n) for n in names if _installed(n)}
+
+
+def _installed(name: str) -> bool:
+    import importlib.metadata as md
+
+    try:
+        md.version(name)
+    except md.PackageNotFoundError:
+        return False
+    return True
+
+
+if __name__ == "__main__":
+    main()
