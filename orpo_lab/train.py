@@ -74,6 +74,7 @@ class Run:
     stop_event: threading.Event | None = None
     callback: Callable[[dict], None] | None = None
     compiled: str | None = None  # the `compiling.signature` of compiled layers, None when eager
+    fits: Callable[[int], bool] | None = None  # a time slice's budget: may step `step` start?
     step_times: list = field(default_factory=list)
     began: float = field(default_factory=time.perf_counter)
 
@@ -207,6 +208,8 @@ def loop(run: Run, start: int) -> dict:
         micro = next_micro_batches(run, step)                               # batch
         if run.stop_requested():
             return stopped(run, step - 1, last, saved)
+        if run.fits and not run.fits(step):  # a ZeroGPU slice's time is up (orpo_lab.slices)
+            return stopped(run, step - 1, last, saved, paused=True)
         try:                                                                # forward, loss, backward
             metrics = forward_backward(run.accelerator, run.wrapped, [b for b, _ in micro], cfg,
                                        stop=run.stop_requested)
@@ -233,13 +236,19 @@ def loop(run: Run, start: int) -> dict:
 # fmt: on
 
 
-def stopped(run: Run, step: int, last: dict, saved: int) -> dict:
-    """End on a stop request after completed step `step`: save it (if not yet saved), say so."""
+def stopped(run: Run, step: int, last: dict, saved: int, paused: bool = False) -> dict:
+    """End on a stop request after completed step `step`: save it (if not yet saved), say so.
+
+    `paused`: the end of a time slice, not a stop; the run stays "running" for the next slice.
+    """
     if step > saved:
         saved = _save_or_fail(run, step, last)
+    on_disk = run.folder.describe_checkpoints()
+    if paused:
+        run.status("running", f"slice ended after step {step}; {on_disk}", step=step)
+        return last
     if run.main:
         run.folder.clear_stop()
-    on_disk = run.folder.describe_checkpoints()
     what = f"after step {step}" if step else "before the first step (nothing trained)"
     run.status("stopped", f"stopped on request {what}; {on_disk}", step=step)
     return last
@@ -264,11 +273,14 @@ def train(
     cfg: TrainConfig,
     callback: Callable[[dict], None] | None = None,
     stop_event: threading.Event | None = None,
+    fits: Callable[[int], bool] | None = None,
 ) -> dict:
     """Run (or resume) one training run in output_dir/run_name; returns the last train record.
 
     `callback(record)` gets every metrics record (train, eval, event) as it is logged; setting
     `stop_event` (or creating the STOP file) stops after the current micro-batch with a checkpoint.
+    `fits(step)`, asked before each step, ends the run there as a stop does (the last completed
+    step saved) when it returns False, but leaves it "running": a ZeroGPU slice's time budget.
     """
     started = time.time()
     cfg.run_name = cfg.run_name or time.strftime("run-%Y%m%d-%H%M%S")
@@ -284,6 +296,7 @@ def train(
                             pid=os.getpid())  # fmt: skip
     try:
         run, start = prepare(cfg, accelerator, folder, resume_from, callback, stop_event, plan)
+        run.fits = fits
         return loop(run, start)
     except torch.OutOfMemoryError as err:
         _fail(accelerator, folder, f"{OOM_ADVICE} ({folder.describe_checkpoints()})")
