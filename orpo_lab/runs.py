@@ -5,6 +5,8 @@ queues runs so that one trains at a time per device, stops them (STOP file first
 grace period that grows with the run's measured step time), resumes them from their last
 checkpoint, notices crashes, and reads the files back. Any process (a second browser tab, a
 restarted app) sees the same runs, because nothing lives in memory that is not also on disk.
+On ZeroGPU (`slices`, an `orpo_lab.slices.SliceRunner`) a run trains in GPU slices in the app's
+own process instead; queueing, stopping and resuming go through the same methods.
 """
 
 from __future__ import annotations
@@ -55,8 +57,9 @@ class RunManager:
     """Start, queue, stop, resume, list, read and delete training runs under `runs_dir`."""
 
     def __init__(
-        self, runs_dir: str | Path = "runs", trainer: list[str] | None = None, grace_s: float = 20.0
-    ):
+        self, runs_dir: str | Path = "runs", trainer: list[str] | None = None, grace_s: float = 20.0,
+        slices=None,
+    ):  # fmt: skip
         self.runs_dir = Path(runs_dir).resolve()
         self.trainer = list(trainer or TRAINER)  # + ["--config", path] (+ ["--resume"])
         self.grace_s = grace_s  # plus three measured step times: see `grace`
@@ -66,6 +69,7 @@ class RunManager:
             str, tuple[int, int, list[dict]]
         ] = {}  # name -> (inode, offset, records)
         self._watcher: threading.Thread | None = None
+        self.slices = slices  # ZeroGPU: runs train in GPU slices of this app (orpo_lab.slices)
 
     # ------------------------------------------------------------------ reading
 
@@ -213,8 +217,14 @@ class RunManager:
                 busy.add(_device_key(self.config(name).get("device", "auto")))
         return busy
 
+    def _sliced(self, name: str) -> bool:
+        return self.slices is not None and self.slices.owns(name)
+
     def _spawn(self, name: str) -> None:
         run = self.folder(name)
+        if self.slices is not None:  # ZeroGPU: no process of its own would get the GPU
+            self.slices.start(run)
+            return
         command = [*self.trainer, "--config", str(run.config_path)]
         if run.latest_checkpoint() is not None:
             command.append("--resume")
@@ -241,7 +251,9 @@ class RunManager:
             queued = []
             for name in reversed(self.names()):  # oldest first
                 status = self.folder(name).read_status()
-                if status["status"] in ("starting", "running") and name not in self.procs:
+                if status["status"] in ("starting", "running") and not (
+                    name in self.procs or self._sliced(name)
+                ):
                     # Started by another app process (or before a restart): trust a live pid only.
                     if not _pid_alive(status.get("pid")):
                         self._mark_failed(name, "the training process is gone")
@@ -302,9 +314,12 @@ class RunManager:
                 return "cancelled"
             if status["status"] not in ("starting", "running"):
                 return "not running"
+            sliced = self._sliced(name)
             proc = self.procs.get(name)
             pid = proc.pid if proc else status.get("pid")
         grace = self.grace(name) if grace_s is None else grace_s
+        if sliced:
+            return self.slices.stop(run, grace)
         run.request_stop(pid)
         if not self._wait_exit(pid, proc, grace):
             self._kill(pid, proc)
