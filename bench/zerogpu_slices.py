@@ -83,8 +83,8 @@ def main() -> None:
         "overhead_max": max(shares) if shares else None,
         "uninterrupted_s": round(whole_s, 1),
         "sliced_s": round(sliced_s, 1),
-        "accuracy_uninterrupted": records("whole", "eval")[-1]["rewards/accuracies"],
-        "accuracy_sliced": records("sliced", "eval")[-1]["rewards/accuracies"],
+        "accuracy_uninterrupted": records("whole", "eval")[-1]["eval/accuracy"],
+        "accuracy_sliced": records("sliced", "eval")[-1]["eval/accuracy"],
         "max_train_loss_difference": loss_diff,
         "same_steps": [r["step"] for r in whole_train] == [r["step"] for r in sliced_train],
     }

@@ -272,8 +272,10 @@ class SliceRunner:
         self._record(run, index, "cut off" if kind == "aborted" else kind, before, began,
                      message=text, last_logged=last)  # fmt: skip
         if kind == "quota":
+            then = ("Resume continues from it" if step else
+                    "nothing was saved yet, so start the run again then")  # fmt: skip
             run.write_status("stopped", f"GPU quota used up; resume later ({text}). {on_disk}: "
-                             "Resume continues from it.")  # fmt: skip
+                             f"{then}.")  # fmt: skip
             return "stopped"
         if kind == "aborted":  # the records after the checkpoint are gone with the worker
             run.truncate_metrics(after_step=step if step else -1)

@@ -16,6 +16,8 @@ decoration. `on_gpu` installs it when the decorated functions are made (by `buil
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -71,11 +73,43 @@ def on_gpu(fn: Callable, duration) -> Callable:
     the stand-in), `fn` itself anywhere else. `duration` may be a callable of fn's arguments."""
     import spaces
 
+    if mode() != "zerogpu":
+        return spaces.GPU(duration=duration)(fn)  # fn itself, unchanged
     if os.environ.get("ORPO_LAB_ZEROGPU") == "standin":
         from orpo_lab import zerogpu_standin
 
         zerogpu_standin.install()
-    return spaces.GPU(duration=duration)(fn)
+    return spaces.GPU(duration=duration)(in_worker(fn))
+
+
+def in_worker(fn: Callable) -> Callable:
+    """`fn` made safe to run in a worker forked from the app: one CPU thread there.
+
+    GNU OpenMP (torch's CPU threads) does not survive a fork: once the app's process has run a
+    parallel region, the worker's first one waits forever for threads it does not have (a 256x256
+    matmul in a forked child hangs with 2 threads, runs with 1). The work of a GPU call is on the
+    GPU, so the worker's CPU side runs on one thread."""
+
+    def prepare() -> None:
+        import torch
+
+        torch.set_num_threads(1)
+
+    if inspect.isgeneratorfunction(fn):
+
+        @functools.wraps(fn)
+        def stream(*args, **kwargs):
+            prepare()
+            yield from fn(*args, **kwargs)
+
+        return stream
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        prepare()
+        return fn(*args, **kwargs)
+
+    return call
 
 
 # ---------------------------------------------------------------- chat, token view, evaluation

@@ -27,6 +27,7 @@ def standin(monkeypatch):
     monkeypatch.setenv("ORPO_LAB_ZEROGPU", "standin")
     monkeypatch.delenv("ORPO_LAB_ZEROGPU_QUOTA_S", raising=False)
     monkeypatch.setattr(zerogpu_standin, "_used_s", [0.0])
+    zerogpu_standin.install()  # what `zerogpu.on_gpu` does under ORPO_LAB_ZEROGPU=standin
     yield
     zerogpu_standin.uninstall()
 
@@ -65,8 +66,7 @@ def test_the_stand_in_forks_pickles_and_kills(standin):
 
     first, second = list(pids(3, 0)), list(pids(1, 0))
     assert len(set(first)) == 1 and first[0] != os.getpid() and second[0] != first[0]
-    with pytest.raises(gr.Error, match="GPU task aborted"):
-        list(pids(1, 5))  # asked for 6 s, sleeps 5 s: allowed; a 1 + 0 s call that sleeps is not
+    assert len(list(pids(2, 1.5))) == 2  # 2.5 s allowed for 1.5 s of work: not killed
 
     @spaces.GPU(duration=1)
     def slow():
@@ -105,7 +105,10 @@ def test_slices_give_the_numbers_of_an_uninterrupted_run(standin, tmp_path, data
     assert [s["outcome"] for s in done] == ["running"] * 4 + ["finished"]
     assert [s["steps"] for s in done] == [[0, 2], [2, 4], [4, 6], [6, 8], [8, 10]]
     assert run.read_status()["status"] == "finished"
-    for kind, keys in (("train", ("loss", "nll_loss", "logps/chosen", "lr")), ("eval", ("loss",))):
+    for kind, keys in (
+        ("train", ("loss", "nll_loss", "logps/chosen", "lr")),
+        ("eval", ("eval/logps_chosen", "eval/log_odds_ratio", "eval/accuracy")),
+    ):
         a, b = lines(whole.run_dir, kind), lines(run.path, kind)
         assert [r["step"] for r in a] == [r["step"] for r in b]
         for x, y in zip(a, b, strict=True):
@@ -127,14 +130,15 @@ def test_a_slice_killed_at_its_deadline_loses_only_the_steps_after_its_save(
     settings = dict(max_steps=200, save_every=7, eval_every=0, lr_scheduler="constant")
     real_fits = slices.SliceBudget.fits
     monkeypatch.setattr(slices.SliceBudget, "fits", lambda self, step: True)
-    monkeypatch.setenv("ORPO_LAB_ZEROGPU_QUOTA_S", "5")  # a 4 s slice, then not one more
+    monkeypatch.setenv("ORPO_LAB_ZEROGPU_QUOTA_S", "10")  # an 8 s slice, then not one more
     cfg = make_config(tmp_path, data, tiny_model_dir, run_name="cut", **settings)
-    manager = run_sliced(cfg, slices.SliceRunner(seconds=4))
+    manager = run_sliced(cfg, slices.SliceRunner(seconds=8))
     run = manager.folder("cut")
     first, second = run.slices()
     on_disk = first["on_disk"]
-    assert first["outcome"] == "cut off" and first["last_logged"] >= on_disk > 0
-    assert on_disk % 7 == 0 and first["last_logged"] - on_disk < 7  # at most the unsaved steps
+    assert first["outcome"] == "cut off" and first["last_logged"] >= on_disk > 0, first
+    # At most the steps since the last save (7 when the kill lands during the next save).
+    assert on_disk % 7 == 0 and first["last_logged"] - on_disk <= 7
     assert second["outcome"] == "quota" and second["steps"] == [on_disk, on_disk]
     status = run.read_status()
     assert status["status"] == "stopped"
@@ -149,7 +153,8 @@ def test_a_slice_killed_at_its_deadline_loses_only_the_steps_after_its_save(
     manager.slices = slices.SliceRunner(seconds=60)
     assert manager.resume("cut") == f"step-{on_disk:06d}"
     deadline = time.monotonic() + 120
-    while manager.status("cut")["status"] not in ("finished", "failed", "stopped"):
+    time.sleep(0.2)
+    while manager.slices.owns("cut"):  # the chain ends after it recorded the last slice
         assert time.monotonic() < deadline
         time.sleep(0.1)
     assert manager.status("cut")["status"] == "finished", manager.status("cut")
@@ -198,7 +203,7 @@ def test_stop_between_and_during_slices_keeps_the_last_step(
     manager.start(cfg)
     run = manager.folder("s")
     deadline = time.monotonic() + 60
-    while len(lines(run.path)) < 8:  # into the second slice
+    while len([r for r in run.metrics() if r["kind"] == "train"]) < 8:  # into the second slice
         assert time.monotonic() < deadline
         time.sleep(0.05)
     assert manager.stop("s") == "stopped"
