@@ -8,6 +8,9 @@ trains while steps fit, and saves. Reported per slice: the restore time (call st
 trainer's resumed event: fork, model, data, optimiser state, log-prob check), the save time at the
 budget's end, the wall time of the call, and whether the stand-in had to kill it. The overhead is
 (restore + save) / slice length. Then the held-out accuracy and losses of the two runs.
+
+A GPU call runs its CPU side on one thread (`orpo_lab.zerogpu.in_worker`: OpenMP does not survive
+the fork), so the uninterrupted run here also trains on one thread: the two differ by slicing alone.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ def main() -> None:
     out = Path(args.out or tempfile.mkdtemp(prefix="zerogpu-bench-"))
     recipe = PRESETS["cpu-quick"] | dict(output_dir=str(out), device="cpu")
 
+    torch.set_num_threads(1)  # as in the GPU calls (see the docstring)
     began = time.perf_counter()
     train(TrainConfig(**recipe, run_name="whole"))
     whole_s = time.perf_counter() - began

@@ -228,7 +228,7 @@ class RunManager:
         command = [*self.trainer, "--config", str(run.config_path)]
         if run.latest_checkpoint() is not None:
             command.append("--resume")
-        run.write_status("starting", "process starting")
+        run.write_status("starting", "process starting", slice_s=None)  # not in GPU slices
         with run.log_path.open("ab") as log:
             # stdout/stderr to a file, never an undrained PIPE; own session = own process group.
             proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
@@ -256,7 +256,9 @@ class RunManager:
                 ):
                     # Started by another app process (or before a restart): trust a live pid only.
                     if not _pid_alive(status.get("pid")):
-                        self._mark_failed(name, "the training process is gone")
+                        gone = ("the app restarted while its GPU slices ran" if status.get("slice_s")
+                                else "the training process is gone")  # fmt: skip
+                        self._mark_failed(name, gone)
                 elif status["status"] == "queued":
                     queued.append(name)
             busy = self._busy_devices()

@@ -248,3 +248,24 @@ def test_the_header_line_and_a_wrong_slice_length(monkeypatch):
         monkeypatch.setenv("ORPO_LAB_SLICE_S", wrong)
         with pytest.raises(ValueError, match=f"ORPO_LAB_SLICE_S='{wrong}' is not a slice length"):
             zerogpu.slice_seconds()
+
+
+def test_an_app_restart_mid_slice_shows_the_truth(standin, tmp_path):
+    """A restarted app finds a run "running" whose slice died with the old app: it says so and names
+    the checkpoint on disk, from which Resume continues."""
+    from orpo_lab.rundir import RunDir
+
+    run = RunDir(tmp_path / "runs" / "r")
+    (run.checkpoints_dir / "step-000012").mkdir(parents=True)
+    (run.checkpoints_dir / "step-000012" / "trainer_state.json").write_text('{"step": 12}')
+    run.config_path.write_text("max_steps: 40\n")
+    run.write_status("running", "slice 3: waiting for the GPU (from step 12)", step=14,
+                     total_steps=40, pid=2**22 + 1, slice_s=60)  # fmt: skip
+    manager = RunManager(tmp_path / "runs", slices=slices.SliceRunner(seconds=60))
+    manager.poll()
+    status = run.read_status()
+    assert status["status"] == "failed"
+    assert status["message"].startswith(
+        "the app restarted while its GPU slices ran without finishing; last checkpoint on disk: "
+        "step-000012 (step 12)."
+    )
