@@ -5,8 +5,7 @@ queues runs so that one trains at a time per device, stops them (STOP file first
 grace period that grows with the run's measured step time), resumes them from their last
 checkpoint, notices crashes, and reads the files back. Any process (a second browser tab, a
 restarted app) sees the same runs, because nothing lives in memory that is not also on disk.
-On ZeroGPU (`slices`, an `orpo_lab.slices.SliceRunner`) a run trains in GPU slices in the app's
-own process instead; queueing, stopping and resuming go through the same methods.
+On ZeroGPU a run trains in GPU slices of the app's own process instead (`orpo_lab.slices`).
 """
 
 from __future__ import annotations
@@ -56,10 +55,8 @@ def _device_key(device: str) -> str:
 class RunManager:
     """Start, queue, stop, resume, list, read and delete training runs under `runs_dir`."""
 
-    def __init__(
-        self, runs_dir: str | Path = "runs", trainer: list[str] | None = None, grace_s: float = 20.0,
-        slices=None,
-    ):  # fmt: skip
+    def __init__(self, runs_dir: str | Path = "runs", trainer: list[str] | None = None,
+                 grace_s: float = 20.0, slices=None):  # fmt: skip
         self.runs_dir = Path(runs_dir).resolve()
         self.trainer = list(trainer or TRAINER)  # + ["--config", path] (+ ["--resume"])
         self.grace_s = grace_s  # plus three measured step times: see `grace`
@@ -217,14 +214,13 @@ class RunManager:
                 busy.add(_device_key(self.config(name).get("device", "auto")))
         return busy
 
-    def _sliced(self, name: str) -> bool:
-        return self.slices is not None and self.slices.owns(name)
+    def _ours(self, name: str) -> bool:
+        return name in self.procs or (self.slices is not None and self.slices.owns(name))
 
     def _spawn(self, name: str) -> None:
         run = self.folder(name)
         if self.slices is not None:  # ZeroGPU: no process of its own would get the GPU
-            self.slices.start(run)
-            return
+            return self.slices.start(run)
         command = [*self.trainer, "--config", str(run.config_path)]
         if run.latest_checkpoint() is not None:
             command.append("--resume")
@@ -251,14 +247,10 @@ class RunManager:
             queued = []
             for name in reversed(self.names()):  # oldest first
                 status = self.folder(name).read_status()
-                if status["status"] in ("starting", "running") and not (
-                    name in self.procs or self._sliced(name)
-                ):
+                if status["status"] in ("starting", "running") and not self._ours(name):
                     # Started by another app process (or before a restart): trust a live pid only.
                     if not _pid_alive(status.get("pid")):
-                        gone = ("the app restarted while its GPU slices ran" if status.get("slice_s")
-                                else "the training process is gone")  # fmt: skip
-                        self._mark_failed(name, gone)
+                        self._mark_failed(name, "the app restarted while its GPU slices ran" if status.get("slice_s") else "the training process is gone")  # fmt: skip
                 elif status["status"] == "queued":
                     queued.append(name)
             busy = self._busy_devices()
@@ -307,6 +299,8 @@ class RunManager:
         STOP request), "killed" (it did not exit within the grace period) or "not running".
         Its status message then says what is on disk."""
         run = self._existing(name)
+        if self.slices is not None and self.slices.owns(name):  # ZeroGPU: its chain of slices
+            return self.slices.stop(run, self.grace(name) if grace_s is None else grace_s)
         with self.lock:
             status = run.read_status()
             if status["status"] == "queued":
@@ -316,12 +310,9 @@ class RunManager:
                 return "cancelled"
             if status["status"] not in ("starting", "running"):
                 return "not running"
-            sliced = self._sliced(name)
             proc = self.procs.get(name)
             pid = proc.pid if proc else status.get("pid")
         grace = self.grace(name) if grace_s is None else grace_s
-        if sliced:
-            return self.slices.stop(run, grace)
         run.request_stop(pid)
         if not self._wait_exit(pid, proc, grace):
             self._kill(pid, proc)

@@ -74,7 +74,6 @@ class Run:
     stop_event: threading.Event | None = None
     callback: Callable[[dict], None] | None = None
     compiled: str | None = None  # the `compiling.signature` of compiled layers, None when eager
-    fits: Callable[[int], bool] | None = None  # a time slice's budget: may step `step` start?
     step_times: list = field(default_factory=list)
     began: float = field(default_factory=time.perf_counter)
 
@@ -200,16 +199,14 @@ def save(run: Run, step: int, record: dict) -> Path | None:
 
 
 # fmt: off
-def loop(run: Run, start: int) -> dict:
+def loop(run: Run, start: int, fits: Callable[[int], bool] | None = None) -> dict:
     """Optimiser steps start+1 .. total; returns the last train record."""
     cfg, last, saved = run.cfg, {}, start
     for step in range(start + 1, run.total_steps + 1):
         began = time.perf_counter()
         micro = next_micro_batches(run, step)                               # batch
-        if run.stop_requested():
-            return stopped(run, step - 1, last, saved)
-        if run.fits and not run.fits(step):  # a ZeroGPU slice's time is up (orpo_lab.slices)
-            return stopped(run, step - 1, last, saved, paused=True)
+        if run.stop_requested() or not (fits is None or fits(step)):      # stop? slice over?
+            return stopped(run, step - 1, last, saved, paused=not run.stop_requested())
         try:                                                                # forward, loss, backward
             metrics = forward_backward(run.accelerator, run.wrapped, [b for b, _ in micro], cfg,
                                        stop=run.stop_requested)
@@ -237,14 +234,11 @@ def loop(run: Run, start: int) -> dict:
 
 
 def stopped(run: Run, step: int, last: dict, saved: int, paused: bool = False) -> dict:
-    """End on a stop request after completed step `step`: save it (if not yet saved), say so.
-
-    `paused`: the end of a time slice, not a stop; the run stays "running" for the next slice.
-    """
+    """End after completed step `step` (a stop request, or `paused`: a slice's end): save, say so."""
     if step > saved:
         saved = _save_or_fail(run, step, last)
     on_disk = run.folder.describe_checkpoints()
-    if paused:
+    if paused:  # the run stays "running": the next slice resumes from here (orpo_lab.slices)
         run.status("running", f"slice ended after step {step}; {on_disk}", step=step)
         return last
     if run.main:
@@ -279,8 +273,7 @@ def train(
 
     `callback(record)` gets every metrics record (train, eval, event) as it is logged; setting
     `stop_event` (or creating the STOP file) stops after the current micro-batch with a checkpoint.
-    `fits(step)`, asked before each step, ends the run there as a stop does (the last completed
-    step saved) when it returns False, but leaves it "running": a ZeroGPU slice's time budget.
+    `fits(step)` False before a step ends the run there as a stop does, but leaves it "running".
     """
     started = time.time()
     cfg.run_name = cfg.run_name or time.strftime("run-%Y%m%d-%H%M%S")
@@ -296,8 +289,7 @@ def train(
                             pid=os.getpid())  # fmt: skip
     try:
         run, start = prepare(cfg, accelerator, folder, resume_from, callback, stop_event, plan)
-        run.fits = fits
-        return loop(run, start)
+        return loop(run, start, fits)
     except torch.OutOfMemoryError as err:
         _fail(accelerator, folder, f"{OOM_ADVICE} ({folder.describe_checkpoints()})")
         raise TrainingError(OOM_ADVICE) from err
