@@ -269,3 +269,26 @@ def test_an_app_restart_mid_slice_shows_the_truth(standin, tmp_path):
         "the app restarted while its GPU slices ran without finishing; last checkpoint on disk: "
         "step-000012 (step 12)."
     )
+
+
+def test_the_evaluation_generates_in_a_gpu_call(standin, tmp_path, tiny_model_dir):
+    """The judged evaluation through the stand-in gives the report it gives in place; a run without
+    a checkpoint gets its own message across the fork."""
+    from orpo_lab.config import TrainConfig
+    from orpo_lab.evaluate import evaluate_run
+
+    cfg = TrainConfig(model=str(tiny_model_dir), dataset="default", output_dir=str(tmp_path),
+                      run_name="r", max_steps=1, batch_size=2, max_length=128,
+                      max_prompt_length=64, eval_every=0, max_eval_pairs=8, device="cpu",
+                      precision="fp32")  # fmt: skip
+    on_gpu = zerogpu.gpu_evaluate()
+    with pytest.raises(gr.Error, match="has no checkpoint to evaluate"):
+        on_gpu(str(cfg.run_dir), None, 6)
+    train(cfg)
+    checkpoint = str(cfg.run_dir / "checkpoints" / "step-000001")
+    here = evaluate_run(cfg.run_dir, checkpoint, 6, 4)
+    there = on_gpu(str(cfg.run_dir), checkpoint, 6, 4)
+    assert there["summary"] == here["summary"] and len(there["generations"]) == 6
+    assert [g["trained"] for g in there["generations"]] == [
+        g["trained"] for g in here["generations"]
+    ]
