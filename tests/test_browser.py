@@ -393,8 +393,13 @@ def test_zerogpu_slices_reload_stop_chat_blind_and_tokens(browser, tiny_model_di
         start_run(page, "zero", pairs, TINY_FORM | dict(max_steps=100000))
         seen = wait_step(page, "zero", 5, timeout=120_000)  # past the first slice's 4 steps
         page.reload()  # mid-run: the page finds the run again and follows it
+        page.locator("#progress").wait_for()
         wait_step(page, "zero", seen, timeout=120_000)
-        assert len(manager.folder("zero").slices()) >= 1
+        page.wait_for_function(  # the live curves are drawn again from the run's records
+            "() => (document.querySelector('#train-plot .js-plotly-plot')?.data || []).length > 0"
+        )
+        assert max(len(t["y"]) for t in plot_traces(page, "train-plot")) > seen
+        assert len(manager.folder("zero").slices()) >= 2  # several GPU calls so far
         page.locator("#stop").click()
         message = wait_text(page, "train-message", "Stopped zero", timeout=90_000)
         run = manager.folder("zero")
