@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import os
 
+import spaces  # noqa: F401 - before torch: on ZeroGPU it patches torch when imported (else a no-op)
+
 from orpo_lab.ui import build_app  # a Space runs this file from the checkout: no install needed
 
 

@@ -4,6 +4,8 @@
       config.yaml     the run's TrainConfig
       status.json     {"status", "message", "step", "total_steps", "pid", "step_s", "updated"}
       metrics.jsonl   one JSON record per line: {"kind": "train" | "eval" | "event", "step", ...}
+      slices.jsonl    ZeroGPU runs: one line per GPU slice, {"slice", "outcome", "steps", "on_disk",
+                      "seconds", "wall_s", "load_s", "save_s", "message"} (orpo_lab.slices)
       train.log       stdout and stderr of the training process
       STOP            present while a stop is requested; holds the pid it is meant for
       checkpoints/    step-000050/ ... (written by `orpo_lab.checkpoint`), .tmp-* while saving
@@ -171,6 +173,25 @@ class RunDir:
         tmp = self.metrics_path.with_name(".metrics.jsonl.tmp")
         tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
         os.replace(tmp, self.metrics_path)
+
+    # ---------------------------------------------------------------- ZeroGPU slices
+
+    @property
+    def slices_path(self) -> Path:
+        return self.path / "slices.jsonl"
+
+    def append_slice(self, record: dict) -> None:
+        """The outcome of one GPU slice, as one line (written by the app, after the slice)."""
+        with self.slices_path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def slices(self) -> list[dict]:
+        return read_metrics(self.slices_path)[0]
+
+    def saved_step(self) -> int:
+        """The step of the latest complete checkpoint; 0 when there is none."""
+        latest = self.latest_checkpoint()
+        return checkpoint_step(latest.name) if latest else 0
 
     # ---------------------------------------------------------------- stop requests
 

@@ -5,6 +5,7 @@ queues runs so that one trains at a time per device, stops them (STOP file first
 grace period that grows with the run's measured step time), resumes them from their last
 checkpoint, notices crashes, and reads the files back. Any process (a second browser tab, a
 restarted app) sees the same runs, because nothing lives in memory that is not also on disk.
+On ZeroGPU a run trains in GPU slices of the app's own process instead (`orpo_lab.slices`).
 """
 
 from __future__ import annotations
@@ -54,9 +55,8 @@ def _device_key(device: str) -> str:
 class RunManager:
     """Start, queue, stop, resume, list, read and delete training runs under `runs_dir`."""
 
-    def __init__(
-        self, runs_dir: str | Path = "runs", trainer: list[str] | None = None, grace_s: float = 20.0
-    ):
+    def __init__(self, runs_dir: str | Path = "runs", trainer: list[str] | None = None,
+                 grace_s: float = 20.0, slices=None):  # fmt: skip
         self.runs_dir = Path(runs_dir).resolve()
         self.trainer = list(trainer or TRAINER)  # + ["--config", path] (+ ["--resume"])
         self.grace_s = grace_s  # plus three measured step times: see `grace`
@@ -66,6 +66,7 @@ class RunManager:
             str, tuple[int, int, list[dict]]
         ] = {}  # name -> (inode, offset, records)
         self._watcher: threading.Thread | None = None
+        self.slices = slices  # ZeroGPU: runs train in GPU slices of this app (orpo_lab.slices)
 
     # ------------------------------------------------------------------ reading
 
@@ -213,12 +214,17 @@ class RunManager:
                 busy.add(_device_key(self.config(name).get("device", "auto")))
         return busy
 
+    def _ours(self, name: str) -> bool:
+        return name in self.procs or (self.slices is not None and self.slices.owns(name))
+
     def _spawn(self, name: str) -> None:
         run = self.folder(name)
+        if self.slices is not None:  # ZeroGPU: no process of its own would get the GPU
+            return self.slices.start(run)
         command = [*self.trainer, "--config", str(run.config_path)]
         if run.latest_checkpoint() is not None:
             command.append("--resume")
-        run.write_status("starting", "process starting")
+        run.write_status("starting", "process starting", slice_s=None)  # not in GPU slices
         with run.log_path.open("ab") as log:
             # stdout/stderr to a file, never an undrained PIPE; own session = own process group.
             proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
@@ -241,10 +247,10 @@ class RunManager:
             queued = []
             for name in reversed(self.names()):  # oldest first
                 status = self.folder(name).read_status()
-                if status["status"] in ("starting", "running") and name not in self.procs:
+                if status["status"] in ("starting", "running") and not self._ours(name):
                     # Started by another app process (or before a restart): trust a live pid only.
                     if not _pid_alive(status.get("pid")):
-                        self._mark_failed(name, "the training process is gone")
+                        self._mark_failed(name, "the app restarted while its GPU slices ran" if status.get("slice_s") else "the training process is gone")  # fmt: skip
                 elif status["status"] == "queued":
                     queued.append(name)
             busy = self._busy_devices()
@@ -293,6 +299,8 @@ class RunManager:
         STOP request), "killed" (it did not exit within the grace period) or "not running".
         Its status message then says what is on disk."""
         run = self._existing(name)
+        if self.slices is not None and self.slices.owns(name):  # ZeroGPU: its chain of slices
+            return self.slices.stop(run, self.grace(name) if grace_s is None else grace_s)
         with self.lock:
             status = run.read_status()
             if status["status"] == "queued":

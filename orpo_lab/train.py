@@ -189,14 +189,14 @@ def save(run: Run, step: int, record: dict) -> Path | None:
 
 
 # fmt: off
-def loop(run: Run, start: int) -> dict:
+def loop(run: Run, start: int, fits: Callable[[int], bool] | None = None) -> dict:
     """Optimiser steps start+1 .. total; returns the last train record."""
     cfg, last, saved = run.cfg, {}, start
     for step in range(start + 1, run.total_steps + 1):
         began = time.perf_counter()
         micro = next_micro_batches(run, step)                               # batch
-        if run.stop_requested():
-            return stopped(run, step - 1, last, saved)
+        if run.stop_requested() or not (fits is None or fits(step)):      # stop? slice over?
+            return stopped(run, step - 1, last, saved, paused=not run.stop_requested())
         try:                                                                # forward, loss, backward
             metrics = forward_backward(run.accelerator, run.wrapped, [b for b, _ in micro], cfg,
                                        stop=run.stop_requested)
@@ -223,13 +223,16 @@ def loop(run: Run, start: int) -> dict:
 # fmt: on
 
 
-def stopped(run: Run, step: int, last: dict, saved: int) -> dict:
-    """End on a stop request after completed step `step`: save it (if not yet saved), say so."""
+def stopped(run: Run, step: int, last: dict, saved: int, paused: bool = False) -> dict:
+    """End after completed step `step` (a stop request, or `paused`: a slice's end): save, say so."""
     if step > saved:
         saved = _save_or_fail(run, step, last)
+    on_disk = run.folder.describe_checkpoints()
+    if paused:  # the run stays "running": the next slice resumes from here (orpo_lab.slices)
+        run.status("running", f"slice ended after step {step}; {on_disk}", step=step)
+        return last
     if run.main:
         run.folder.clear_stop()
-    on_disk = run.folder.describe_checkpoints()
     what = f"after step {step}" if step else "before the first step (nothing trained)"
     run.status("stopped", f"stopped on request {what}; {on_disk}", step=step)
     return last
@@ -254,11 +257,13 @@ def train(
     cfg: TrainConfig,
     callback: Callable[[dict], None] | None = None,
     stop_event: threading.Event | None = None,
+    fits: Callable[[int], bool] | None = None,
 ) -> dict:
     """Run (or resume) one training run in output_dir/run_name; returns the last train record.
 
     `callback(record)` gets every metrics record (train, eval, event) as it is logged; setting
     `stop_event` (or creating the STOP file) stops after the current micro-batch with a checkpoint.
+    `fits(step)` False before a step ends the run there as a stop does, but leaves it "running".
     """
     started = time.time()
     cfg.run_name = cfg.run_name or time.strftime("run-%Y%m%d-%H%M%S")
@@ -277,7 +282,7 @@ def train(
                             pid=os.getpid())  # fmt: skip
     try:
         run, start = prepare(cfg, accelerator, folder, resume_from, callback, stop_event, plan)
-        return loop(run, start)
+        return loop(run, start, fits)
     except StopRequested:  # during data preparation or the step-0 evaluation: nothing trained
         if accelerator.is_main_process:
             folder.clear_stop()

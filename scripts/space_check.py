@@ -8,6 +8,11 @@
 3. Use: preview the default dataset through the default model, start a 3-step run of the "CPU, quick"
    preset and follow it to the end, and have the base model and the run's checkpoint answer a prompt.
 
+`--zerogpu` starts the app as on ZeroGPU hardware, with the stand-in of `orpo_lab.zerogpu_standin`
+in place of the Space's GPU server (ORPO_LAB_ZEROGPU=standin): the header must say ZeroGPU, the run
+must train in three one-step slices (each a forked GPU call, ORPO_LAB_SLICE_STEPS=1) recorded in its
+slices.jsonl, and the chat must answer through GPU calls.
+
 On a Space "default" comes from the hub (requirements.txt leaves out the embedded model's package). With
 no hub, pass `--cache` a folder holding a prepared default model (`python -m orpo_lab.model where`);
 `--cache none` shows what a user sees when neither is there. On a GPU machine without PyPI, skip the
@@ -15,11 +20,13 @@ build with `--python` and give the app any local `--model` and the "GPU" preset.
 
     python scripts/space_check.py --cache ~/.cache/orpo_lab      # needs PyPI; about 5 minutes
     python scripts/space_check.py --python python3 --model /tmp/model --preset GPU   # the GPU check
+    python scripts/space_check.py --cache ~/.cache/orpo_lab --zerogpu  # as on ZeroGPU (stand-in)
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -142,6 +149,18 @@ def use(client: Client, model: str, preset: str, expect_model: bool) -> None:
     print("OK: served on 0.0.0.0, trained and chatted")
 
 
+def check_zerogpu(run: Path) -> None:
+    """The header says ZeroGPU; the run trained in three one-step GPU slices, each recorded."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{PORT}/config", timeout=10) as page:
+        config = page.read().decode()
+    assert "Hardware: ZeroGPU" in config, "the header does not say ZeroGPU"
+    slices = [json.loads(line) for line in (run / "slices.jsonl").read_text().splitlines()]
+    for s in slices:
+        print(f"slice {s['slice']}: {s['outcome']}, steps {s['steps']}, {s['wall_s']:.1f} s")
+    assert [s["outcome"] for s in slices] == ["running", "running", "finished"], slices
+    print("OK: ZeroGPU mode: the header says so, the run trained in three GPU slices")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", help="where to build (default: a new temporary folder)")
@@ -151,6 +170,8 @@ def main() -> None:
     parser.add_argument("--python", help="skip the build: run the app with this interpreter")
     parser.add_argument("--model", default="default", help="the app's base model")
     parser.add_argument("--preset", default="CPU, quick", help="the Train tab preset to start from")
+    parser.add_argument("--zerogpu", action="store_true",
+                        help="as on ZeroGPU hardware: slices and GPU calls through the stand-in")  # fmt: skip
     args = parser.parse_args()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="space-check-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -163,6 +184,8 @@ def main() -> None:
     cache = work / "empty-cache" if args.cache == "none" else args.cache
     if cache:
         env["ORPO_LAB_CACHE"] = str(Path(cache).expanduser())
+    if args.zerogpu:
+        env.update(ORPO_LAB_ZEROGPU="standin", ORPO_LAB_SLICE_STEPS="1")
     log = (work / "app.log").open("w")
     proc = subprocess.Popen(
         [python, "app.py"], cwd=app, env=env, stdout=log, stderr=subprocess.STDOUT
@@ -175,6 +198,8 @@ def main() -> None:
         if args.cache != "none":
             first = (app / "runs" / "space-check" / "metrics.jsonl").read_text().splitlines()[0]
             print("the run's first event:", first[:400])
+        if args.zerogpu:
+            check_zerogpu(app / "runs" / "space-check")
     finally:
         proc.terminate()
         proc.wait(timeout=30)

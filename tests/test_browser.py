@@ -372,3 +372,80 @@ def _first_held_out_pair(runs) -> dict:
 
     cfg = TrainConfig.from_yaml(RunDir(runs / "orpo").config_path)
     return load_config_splits(cfg)[1][0]
+
+
+def test_zerogpu_slices_reload_stop_chat_blind_and_tokens(browser, tiny_model_dir, tmp_path,
+                                                         monkeypatch):  # fmt: skip
+    """The app on ZeroGPU through the stand-in (orpo_lab.zerogpu_standin): the header says so; a
+    run trains in slices of 4 steps (each a forked GPU call) while the page follows it; a reload
+    mid-run reattaches; Stop keeps the last completed step; chat, a blind battle and the token view
+    answer through GPU calls."""
+    monkeypatch.setenv("ORPO_LAB_ZEROGPU", "standin")
+    monkeypatch.setenv("ORPO_LAB_SLICE_STEPS", "4")
+    runs = tmp_path / "runs"
+    pairs = write_pairs(tmp_path / "pairs.jsonl")
+    demo = build_app(str(tiny_model_dir), runs, device="cpu", seed=0)
+    manager = demo.orpo_manager
+    page = open_app(browser, demo)
+    try:
+        header = text_of(page, "hardware")
+        assert "ZeroGPU" in header and "slices of 60 s; each uses your GPU quota" in header
+        start_run(page, "zero", pairs, TINY_FORM | dict(max_steps=100000))
+        seen = wait_step(page, "zero", 5, timeout=120_000)  # past the first slice's 4 steps
+        page.reload()  # mid-run: the page finds the run again and follows it
+        page.locator("#progress").wait_for()
+        wait_step(page, "zero", seen, timeout=120_000)
+        page.wait_for_function(  # the live curves are drawn again from the run's records
+            "() => (document.querySelector('#train-plot .js-plotly-plot')?.data || []).length > 0"
+        )
+        assert max(len(t["y"]) for t in plot_traces(page, "train-plot")) > seen
+        assert len(manager.folder("zero").slices()) >= 2  # several GPU calls so far
+        page.locator("#stop").click()
+        message = wait_text(page, "train-message", "Stopped zero", timeout=90_000)
+        run = manager.folder("zero")
+        step = run.saved_step()
+        assert (
+            f"stopped on request after step {step}; last checkpoint on disk: step-{step:06d}"
+            in (message)
+        )
+        assert [r["step"] for r in manager.metrics("zero") if r["kind"] == "train"][-1] == step
+        checkpoint = f"zero/step-{step:06d}"
+
+        # ---- chat, blind: base model vs the checkpoint, each answer from a GPU call
+        page.get_by_role("tab", name="Chat").click()
+        page.locator("#refresh-columns").click()
+        page.locator("#column-2 input").click()
+        page.get_by_role("option", name=checkpoint).click()
+        page.locator("#blind input").click()
+        page.get_by_text("generation settings").click()
+        fill(page, "temperature", 1)  # the random tiny model writes only newlines when greedy
+        fill(page, "max-new-tokens", 16)
+        fill(page, "chat-message", "Tell me something.")
+        page.locator("#send").click()
+        answers = wait_answers(page)
+        assert all(answers)
+        page.locator("#vote-left").click()
+        wait_text(page, "vote-message", "A was")
+        vote = json.loads((runs / "votes.jsonl").read_text().splitlines()[-1])
+        assert vote["blind"] and {vote["left_model"], vote["right_model"]} == {
+            "base model", checkpoint,
+        }  # fmt: skip
+
+        # ---- the token view of a held-out pair under the checkpoint
+        page.get_by_role("tab", name="Inside ORPO").click()
+        page.locator("#view-refresh").click()
+        page.locator("#view-first input").click()
+        page.locator("#view-first").get_by_role("option", name=checkpoint, exact=True).click()
+        page.wait_for_function(
+            "() => document.querySelector('#view-prompt textarea').value.length > 0", timeout=60_000
+        )  # the first held-out pair fills the boxes
+        page.locator("#view-show").click()
+        page.wait_for_function(
+            "() => document.querySelectorAll('#token-view h4').length === 1", timeout=120_000
+        )
+        page.get_by_text("the numbers behind the colours").click()
+        assert checkpoint in page.locator("#token-numbers").inner_text()
+    finally:
+        page.screenshot(path=str(tmp_path / "last.png"), full_page=True)
+        page.close()
+        demo.close()

@@ -17,8 +17,10 @@ from pathlib import Path
 
 import gradio as gr
 
+from orpo_lab import zerogpu
 from orpo_lab.chat import ModelPool
 from orpo_lab.runs import RunManager
+from orpo_lab.slices import SliceRunner
 from orpo_lab.ui.chat_tab import chat_tab, column_updates, votes_table, wire_chat
 from orpo_lab.ui.common import BASE_CHOICE, OFF_CHOICE, AppContext
 from orpo_lab.ui.inside_tab import checkpoint_updates, inside_tab, wire_inside
@@ -40,12 +42,19 @@ def build_app(
 ) -> gr.Blocks:  # fmt: skip
     """The app over a runs folder; `model` is the default base model of training and chat.
     `seed` fixes the blind A/B order (tests); None draws it fresh."""
-    manager = RunManager(runs_dir)
-    ctx = AppContext(model=model, manager=manager, pool=ModelPool(model, device=device),
+    hardware = zerogpu.mode()
+    pool, slices, evaluate = ModelPool(model, device=device), None, None
+    if hardware == "zerogpu":  # training in GPU slices; generation and scoring in GPU calls
+        pool, slices = zerogpu.GpuPool(pool), SliceRunner()
+        evaluate = zerogpu.gpu_evaluate()
+    manager = RunManager(runs_dir, slices=slices)
+    ctx = AppContext(model=model, manager=manager, pool=pool,
                      votes_path=manager.runs_dir / "votes.jsonl",
-                     uploads=manager.runs_dir / ".uploads", rng=random.Random(seed))  # fmt: skip
+                     uploads=manager.runs_dir / ".uploads", rng=random.Random(seed),
+                     evaluate=evaluate)  # fmt: skip
     with gr.Blocks(title="ORPO Lab") as demo:
         gr.Markdown(INTRO)
+        gr.Markdown(zerogpu.hardware_line(hardware), elem_id="hardware")
         with gr.Tab("Train"):
             train = train_tab(ctx)
             live = live_panel(ctx)

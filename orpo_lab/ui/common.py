@@ -25,6 +25,7 @@ class AppContext:
     votes_path: Path  # votes.jsonl (orpo_lab.votes)
     uploads: Path  # uploaded datasets, kept beside the runs
     rng: random.Random = field(default_factory=random.Random)  # blind A/B order (seeded in tests)
+    evaluate: Callable | None = None  # evaluate_run as a GPU call on ZeroGPU; None: in place
 
     def checkpoint_choices(self) -> list[str]:
         """ "run/step-000040" for every checkpoint of every run, newest run first."""

@@ -199,7 +199,8 @@ def evaluate(ctx: AppContext, name, checkpoint, prompts, progress=gr.Progress(tr
 
     try:
         path = ctx.manager.checkpoint_path(name or "", checkpoint or "")
-        report = evaluate_run(ctx.manager.run_dir(name), path, max_prompts=int(prompts))
+        run_evaluation = ctx.evaluate or evaluate_run  # a GPU call on ZeroGPU
+        report = run_evaluation(str(ctx.manager.run_dir(name)), str(path), int(prompts))
     except (ValueError, OSError) as err:
         raise gr.Error(str(err)) from err
     return pass_rate_table(report["summary"]), pass_rate_figure(report["summary"])

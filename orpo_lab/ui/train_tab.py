@@ -280,7 +280,8 @@ def wire_launch(ctx, data, form: dict, launch, live) -> None:
         except ValueError as err:
             return f"**Error:** {err}"
         status = manager.status(name)
-        verb = {"stopped": "Stopped", "killed": "Killed", "cancelled": "Cancelled"}.get(how)
+        verb = {"stopped": "Stopped", "killed": "Killed", "cancelled": "Cancelled",
+                "stopping": "Stopping"}.get(how)  # fmt: skip
         if verb is None:
             return f"**{name}** is not running ({status.get('status')})."
         return f"{verb} **{name}**: {status.get('message')}"  # the status says what is on disk
