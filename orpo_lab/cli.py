@@ -1,4 +1,4 @@
-"""`orpo-lab`: train, resume, evaluate or export from the command line.
+"""`orpo-lab`: train, resume, evaluate, export or push to the hub from the command line.
 
 The arguments are parsed and the data checked before torch and the model are imported, so `--help`
 answers at once and a bad `--dataset` is reported before a model loads. Ctrl-C (SIGINT) or SIGTERM
@@ -50,6 +50,15 @@ def main(argv: list[str] | None = None) -> int:
             if not args.out:
                 return _error("--export needs --out DIR, the folder for the merged model.")
             print(f"merged model written to {export_merged(args.export, args.out)}")
+            return 0
+        if args.push_to_hub:
+            from orpo_lab.hub import push_to_hub
+
+            if not args.repo_id:
+                return _error("--push-to-hub needs --repo-id OWNER/NAME, the model repository.")
+            url = push_to_hub(args.push_to_hub, args.repo_id, args.checkpoint,
+                              private=not args.public)  # fmt: skip
+            print(f"adapter pushed to {url}")
             return 0
         if args.evaluate:
             from orpo_lab.evaluate import evaluate_run

@@ -7,6 +7,8 @@
       train.log       stdout and stderr of the training process
       STOP            present while a stop is requested; holds the pid it is meant for
       checkpoints/    step-000050/ ... (written by `orpo_lab.checkpoint`), .tmp-* while saving
+      trackers.json   the experiment trackers' runs (`orpo_lab.trackers`): a resume continues them
+      tensorboard/    TensorBoard event files; wandb/: Weights & Biases run files (report_to)
 
 The trainer, the run manager, the app and the tests all go through `RunDir`, so the protocol is
 written down once. Every file that is rewritten is replaced atomically (temporary file + rename): a
@@ -118,6 +120,14 @@ class RunDir:
     def checkpoints_dir(self) -> Path:
         return self.path / "checkpoints"
 
+    @property
+    def tensorboard_dir(self) -> Path:
+        return self.path / "tensorboard"
+
+    @property
+    def wandb_dir(self) -> Path:
+        return self.path / "wandb"  # wandb.init(dir=...) writes its own wandb/ folder inside
+
     def exists(self) -> bool:
         return self.config_path.is_file()
 
@@ -171,6 +181,19 @@ class RunDir:
         tmp = self.metrics_path.with_name(".metrics.jsonl.tmp")
         tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
         os.replace(tmp, self.metrics_path)
+
+    # ---------------------------------------------------------------- experiment trackers
+
+    def read_trackers(self) -> dict:
+        """trackers.json: {tracker: what resumes its run (ids, project)}; {} if missing or unreadable."""
+        try:
+            saved = json.loads((self.path / "trackers.json").read_text())
+        except (OSError, ValueError):
+            return {}
+        return saved if isinstance(saved, dict) else {}
+
+    def write_trackers(self, runs: dict) -> None:
+        write_json_atomic(self.path / "trackers.json", runs)
 
     # ---------------------------------------------------------------- stop requests
 

@@ -39,6 +39,7 @@ from orpo_lab.step import (
     micro_batch_indices,
     pair_tokens,
 )
+from orpo_lab.trackers import start_trackers
 
 OOM_ADVICE = (
     "Out of memory. Try, one at a time: a smaller batch_size with a larger grad_accum (same effective "
@@ -282,8 +283,10 @@ def train(
         folder.clear_stale_stop(os.getpid(), started)
         folder.write_status("running", "loading model and data", step=0, total_steps=0,
                             pid=os.getpid())  # fmt: skip
+    trackers = start_trackers(cfg, folder, resume_from, accelerator.is_main_process)
     try:
-        run, start = prepare(cfg, accelerator, folder, resume_from, callback, stop_event, plan)
+        run, start = prepare(cfg, accelerator, folder, resume_from, trackers.forward_to(callback),
+                             stop_event, plan)  # fmt: skip
         return loop(run, start)
     except torch.OutOfMemoryError as err:
         _fail(accelerator, folder, f"{OOM_ADVICE} ({folder.describe_checkpoints()})")
@@ -294,6 +297,8 @@ def train(
             message += " (torch.compile failed: torch_compile=off trains without it)"
         _fail(accelerator, folder, message)
         raise
+    finally:
+        trackers.finish()
 
 
 def _fail(accelerator, folder: RunDir, message: str) -> None:
@@ -392,3 +397,13 @@ def prepare(
     if held_out and start == 0:
         log_eval(run, 0, eval_subset)  # the numbers before any update: what curves are read against
     return run, start
+
+
+if __name__ == "__main__":  # `python -m orpo_lab.train`, the entry point of earlier versions
+    import sys
+
+    from orpo_lab.cli import main
+
+    print("note: the command is now `orpo-lab` (or `python -m orpo_lab.cli`); running it.",
+          file=sys.stderr)  # fmt: skip
+    sys.exit(main())

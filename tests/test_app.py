@@ -24,7 +24,7 @@ FAKE_RUN = "fake-done"
 FORM_VALUES = dict(
     beta=0.5, learning_rate=5e-4, max_steps=400, epochs=1.0, batch_size=2, grad_accum=1,
     max_length=96, max_prompt_length=48, lora_r=4, lora_alpha=8, nll_scope="response",
-    eval_every=0, save_every=0,
+    eval_every=0, save_every=0, report_to=[],
 )  # fmt: skip
 SETTINGS = [1.0, 1.0, 16, 7, False]  # temperature, top p, max new tokens, seed, blind mode: the
 # random tiny model writes only newlines when greedy, so the tests sample (seeded)

@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import gradio as gr
 
 from orpo_lab.config import PRESETS, TrainConfig
+from orpo_lab.trackers import TRACKERS, parse_report_to
 from orpo_lab.ui.common import AppContext, named
 from orpo_lab.ui.views import escaped_block
 
@@ -43,8 +44,17 @@ FORM = {
                                   label="NLL scope", info=HELP["nll_scope"], elem_id="hp-nll_scope"),
     "eval_every": lambda: _number("eval_every", "eval every (steps)", whole=True),
     "save_every": lambda: _number("save_every", "save every (steps)", whole=True),
+    "report_to": lambda: gr.CheckboxGroup(list(TRACKERS), value=[], label="report to",
+                                          info=HELP["report_to"], elem_id="hp-report_to"),
 }  # fmt: skip
 FORM_NAMES = list(FORM)
+
+
+def form_values(config: dict) -> list:
+    """A config's values in FORM order, as the form's components take them (trackers as a list)."""
+    return [parse_report_to(config[n]) if n == "report_to" else config[n] for n in FORM_NAMES]
+
+
 DATA_OPTIONS = ["column_map", "train_split", "test_split", "held_out_size", "chat_template"]
 DATA_NAMES = ["model", "dataset", "trust_remote_code", "skip_bad_rows", *DATA_OPTIONS]
 LAUNCH_NAMES = ["run_name", "sft", "device"]
@@ -234,8 +244,10 @@ def wire_launch(ctx, data, form: dict, launch, live) -> None:
     form_inputs = list(form.values())
 
     def apply_preset(label):
-        values = {**DEFAULTS.to_dict(), **PRESETS[PRESET_CHOICES[label]]}
-        return [values[name] for name in FORM_NAMES]
+        values = form_values({**DEFAULTS.to_dict(), **PRESETS[PRESET_CHOICES[label]]})
+        # The trackers are the user's choice, not the preset's: left as they are.
+        return [gr.skip() if n == "report_to" else v
+                for n, v in zip(FORM_NAMES, values, strict=True)]  # fmt: skip
 
     def sft_switch(sft, beta, remembered):
         if sft:  # beta 0 is what an SFT run trains with: show it, keep the field from edits
