@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import sys
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -134,7 +135,7 @@ class _Wandb:
 
         continuing = bool(start and saved)
         project = saved["project"] if continuing else os.environ.get("WANDB_PROJECT", PROJECT)
-        run_id = saved["id"] if continuing else wandb.util.generate_id()
+        run_id = saved["id"] if continuing else uuid.uuid4().hex[:12]  # unique in the project
         timeout = float(os.environ.get("WANDB_INIT_TIMEOUT", WANDB_INIT_TIMEOUT_S))
         self.run = wandb.init(project=project, name=folder.name, id=run_id, resume="allow",
                               config=hyperparameters(config), dir=str(folder.path),

@@ -5,7 +5,7 @@ package metadata as setuptools wants it; the entry point of earlier versions."""
 
 from __future__ import annotations
 
-import subprocess
+import runpy
 import sys
 import traceback
 import warnings
@@ -122,9 +122,13 @@ def test_package_metadata_has_an_spdx_licence_setuptools_accepts():
     assert "Apache License" in (ROOT / "LICENSE").read_text()
 
 
-def test_python_m_orpo_lab_train_runs_the_cli():
-    """The entry point of earlier versions runs `orpo-lab` and says so, instead of doing nothing."""
-    helped = subprocess.run([sys.executable, "-m", "orpo_lab.train", "--help"],
-                            capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert helped.returncode == 0 and "usage: orpo-lab" in helped.stdout
-    assert "the command is now `orpo-lab`" in helped.stderr
+@pytest.mark.filterwarnings("ignore:'orpo_lab.train' found in sys.modules")  # in-process only
+def test_python_m_orpo_lab_train_runs_the_cli(monkeypatch, capsys):
+    """`python -m orpo_lab.train`, the entry point of earlier versions, runs `orpo-lab` and says
+    so, instead of doing nothing (run here as `-m` runs it, in this process)."""
+    monkeypatch.setattr(sys, "argv", ["orpo_lab/train.py", "--help"])
+    with pytest.raises(SystemExit) as done:
+        runpy.run_module("orpo_lab.train", run_name="__main__")
+    out = capsys.readouterr()
+    assert done.value.code == 0 and "usage: orpo-lab" in out.out
+    assert "the command is now `orpo-lab`" in out.err

@@ -3,15 +3,12 @@ uploaded, loadable as they are; a missing token or an unreachable hub says so an
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 from test_train import adapter, make_config, write_pairs
 
 from orpo_lab.hub import HubError, push_to_hub, shareable_checkpoint, stage
+from orpo_lab.model import attach_adapter
 from orpo_lab.rundir import RunDir
 from orpo_lab.train import train
 
@@ -32,7 +29,7 @@ def snapshot(folder) -> dict:
 
 
 def test_staged_upload_is_the_adapter_tokenizer_and_a_card(finished, tiny_model_dir, tmp_path):
-    from peft import PeftModel, get_peft_model_state_dict
+    from peft import get_peft_model_state_dict
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     run = RunDir(finished.run_dir)
@@ -55,7 +52,7 @@ def test_staged_upload_is_the_adapter_tokenizer_and_a_card(finished, tiny_model_
                  f"{final['eval/logps_rejected']:.4g} |"):  # fmt: skip
         assert text in card, text
     # What a user downloads loads as it is: the adapter on its base model, and the tokenizer.
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), staged)
+    model = attach_adapter(AutoModelForCausalLM.from_pretrained(tiny_model_dir), staged)
     trained, loaded = adapter(run.path), get_peft_model_state_dict(model)
     assert trained.keys() == loaded.keys()
     assert all(torch.equal(trained[k], loaded[k]) for k in trained)
@@ -88,19 +85,22 @@ def test_no_token_a_running_run_or_a_wrong_checkpoint_is_refused(finished, monke
     }
 
 
-def test_cli_push_to_an_unreachable_hub_says_so_and_changes_nothing(finished, tmp_path):
-    """`orpo-lab --push-to-hub` with a token but no hub (a closed port): a clear error, exit 2."""
+def test_cli_push_to_an_unreachable_hub_says_so_and_changes_nothing(finished, monkeypatch, capsys):
+    """`orpo-lab --push-to-hub` with a token but no hub (a closed local port): a clear error, exit 2,
+    the run folder as it was."""
+    import huggingface_hub
+
+    from orpo_lab.cli import main
+
     run = RunDir(finished.run_dir)
     before = snapshot(run.path)
-    env = {**os.environ, "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9",
-           "HF_TOKEN": "hf_" + "x" * 34, "HF_HUB_ETAG_TIMEOUT": "2"}  # fmt: skip
-    result = subprocess.run([sys.executable, "-m", "orpo_lab.cli", "--push-to-hub", str(run.path),
-                             "--repo-id", "me/adapter"], capture_output=True, text=True, env=env,
-                            timeout=120)  # fmt: skip
-    assert result.returncode == 2, result.stdout + result.stderr
-    assert "error: The hub could not take the upload" in result.stderr
-    assert "the run folder is unchanged" in result.stderr
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("HF_TOKEN", "hf_" + "x" * 34)
+    assert main(["--push-to-hub", str(run.path), "--repo-id", "me/adapter"]) == 2
+    err = capsys.readouterr().err
+    assert "error: The hub could not take the upload" in err and "ConnectError" in err, err
+    assert "the run folder is unchanged" in err
     assert snapshot(run.path) == before
-    missing = subprocess.run([sys.executable, "-m", "orpo_lab.cli", "--push-to-hub", str(run.path)],
-                             capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
-    assert missing.returncode == 2 and "--push-to-hub needs --repo-id" in missing.stderr
+    assert main(["--push-to-hub", str(run.path)]) == 2
+    assert "--push-to-hub needs --repo-id" in capsys.readouterr().err
