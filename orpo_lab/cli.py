@@ -8,11 +8,13 @@ Ctrl-C exits at once.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import signal
 import sys
 import threading
+from pathlib import Path
 
 from orpo_lab.config import build_parser, config_from_args
 
@@ -41,8 +43,23 @@ def install_stop_signals(stop: threading.Event) -> None:
     signal.signal(signal.SIGTERM, handle)
 
 
+def parser_with_hub() -> argparse.ArgumentParser:
+    """`build_parser`'s flags plus --push-to-hub and its options."""
+    parser = build_parser()
+    hub = parser.add_argument_group("share a run's adapter on the Hugging Face hub")
+    hub.add_argument("--push-to-hub", metavar="RUN_DIR",
+                     help="upload the run's adapter, tokenizer and model card (needs a hub login)")  # fmt: skip
+    hub.add_argument("--repo-id", help="with --push-to-hub: the model repository, owner/name")
+    hub.add_argument(
+        "--checkpoint", help="with --push-to-hub: e.g. step-000060 (default: the last)"
+    )
+    hub.add_argument("--public", action="store_true",
+                     help="with --push-to-hub: a public repository (default: private)")  # fmt: skip
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parser_with_hub().parse_args(argv)
     try:
         if args.export:
             from orpo_lab.checkpoint import export_merged
@@ -93,4 +110,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    if Path(sys.argv[0]).parts[-2:] == ("orpo_lab", "train.py"):  # earlier versions' entry point
+        print("note: the command is now `orpo-lab` (or python -m orpo_lab.cli); running it.",
+              file=sys.stderr)  # fmt: skip
     sys.exit(main())

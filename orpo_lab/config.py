@@ -13,7 +13,7 @@ import yaml
 
 from orpo_lab.presets import PRESETS
 from orpo_lab.rundir import RUN_NAME
-from orpo_lab.trackers import parse_report_to
+from orpo_lab.trackers import report_to_checked
 
 
 def _f(default: Any, help: str, choices: tuple | None = None):
@@ -142,19 +142,15 @@ class TrainConfig:
     save_total_limit: int = _f(3, "checkpoints kept (oldest deleted first)")
     resume: bool = _f(False, "continue the run in output_dir/run_name from its last checkpoint")
     trust_remote_code: bool = _f(False, "allow model code from the hub (only for models you trust)")
-    report_to: str = _f(
-        "none",
-        "experiment trackers that also get the metrics and config: none, or any of tensorboard, "
-        "trackio, wandb, comma-separated (pip install 'orpo-lab[trackers]')",
-    )
+    report_to: str = _f("none", "experiment trackers: none, or any of tensorboard,trackio,wandb")
 
     def __post_init__(self) -> None:
         if isinstance(self.column_map, dict):  # YAML may give a mapping: keep the one string form
             self.column_map = ",".join(f"{old}={new or ''}" for old, new in self.column_map.items())
         if isinstance(self.torch_compile, bool):  # YAML reads a bare on / off as true / false
             self.torch_compile = "on" if self.torch_compile else "off"
-        self.report_to = _trackers_text(self.report_to)
-        problems = self._training_problems() + self._data_problems() + _tracker_problems(self)
+        self.report_to, wrong = report_to_checked(self.report_to)
+        problems = self._training_problems() + self._data_problems() + wrong
         if problems:
             raise ValueError("Invalid training config:\n- " + "\n- ".join(problems))
 
@@ -253,8 +249,7 @@ class TrainConfig:
             )
         converted, problems = {}, []
         for name, value in values.items():
-            if (name, type(value)) in (("column_map", dict), ("torch_compile", bool),
-                                       ("report_to", list)):  # fmt: skip
+            if (name, type(value)) in (("column_map", dict), ("torch_compile", bool)):
                 converted[name] = value  # YAML's forms of these: __post_init__ takes them
                 continue
             try:
@@ -268,23 +263,6 @@ class TrainConfig:
     @classmethod
     def from_yaml(cls, path: str | Path) -> TrainConfig:
         return cls.from_dict(read_yaml(path))
-
-
-def _tracker_problems(cfg: TrainConfig) -> list[str]:
-    try:
-        parse_report_to(cfg.report_to)
-    except ValueError as err:
-        return [str(err)]
-    return []
-
-
-def _trackers_text(value) -> str:
-    """report_to in one form: "none" or "tensorboard,wandb" (from a list, as TRL's YAML has it, or
-    from text in any case and spacing); a value that names no known tracker is kept, to be refused."""
-    try:
-        return ",".join(parse_report_to(value)) or "none"
-    except ValueError:
-        return value if isinstance(value, str) else ",".join(map(str, value))
 
 
 _EXPECTED = {"int": "a whole number", "float": "a number", "str": "text", "bool": "true or false"}
@@ -372,8 +350,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """One flag per TrainConfig field, plus --config, --preset, --export, --evaluate and
-    --push-to-hub."""
+    """One flag per TrainConfig field, plus --config, --preset, --export and --evaluate."""
     parser = argparse.ArgumentParser(
         prog="orpo-lab",
         description="Train a model with ORPO (LoRA by default) on preference pairs.",
@@ -398,15 +375,6 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="with --evaluate: judge N held-out prompts, drawn from every family (0 = all)",
     )
-    hub = parser.add_argument_group("share a run's adapter on the Hugging Face hub")
-    hub.add_argument("--push-to-hub", metavar="RUN_DIR",
-                     help="upload the run's adapter, tokenizer and model card (needs a hub login)")  # fmt: skip
-    hub.add_argument("--repo-id", help="with --push-to-hub: the model repository, owner/name")
-    hub.add_argument(
-        "--checkpoint", help="with --push-to-hub: e.g. step-000060 (default: the last)"
-    )
-    hub.add_argument("--public", action="store_true",
-                     help="with --push-to-hub: a public repository (default: private)")  # fmt: skip
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         kwargs: dict[str, Any] = {"dest": f.name, "default": None, "help": f.metadata["help"]}

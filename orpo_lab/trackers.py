@@ -62,6 +62,15 @@ def parse_report_to(value) -> list[str]:
     return list(dict.fromkeys(names))  # each once, in the order given
 
 
+def report_to_checked(value) -> tuple[str, list[str]]:
+    """(report_to in one form, "none" or "tensorboard,wandb", from text in any case and spacing or
+    a list; what is wrong with it): TrainConfig's check. A wrong value is kept as given."""
+    try:
+        return ",".join(parse_report_to(value)) or "none", []
+    except ValueError as err:
+        return (value if isinstance(value, str) else ",".join(map(str, value))), [str(err)]
+
+
 def tracker_metrics(record: dict) -> dict[str, float]:
     """A metrics record's scalars under the trackers' names; {} for a record that has none (events)."""
     kind = record.get("kind")
@@ -234,7 +243,9 @@ def _stderr(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
-def start_trackers(cfg, folder: RunDir, resume_from: Path | None, main: bool) -> Trackers:
-    """The run's trackers: those named by cfg.report_to on the main process, none elsewhere."""
-    names = parse_report_to(cfg.report_to) if main else []
-    return Trackers(names, folder, cfg.to_dict(), resume_from)
+def start(cfg, folder: RunDir, resume_from: Path | None, accelerator, callback=None):
+    """(the run's Trackers, `callback` also feeding them): those cfg.report_to names on the main
+    process, none on the others."""
+    names = parse_report_to(cfg.report_to) if accelerator.is_main_process else []
+    tracked = Trackers(names, folder, cfg.to_dict(), resume_from)
+    return tracked, tracked.forward_to(callback)

@@ -2,16 +2,16 @@
 -> stop? -> eval? -> save?
 
 `accelerate` handles device, precision and multi-process (DDP under `accelerate launch` or
-`torchrun`); everything else is visible here. The run's files are `orpo_lab.rundir`'s, checkpoints
-`orpo_lab.checkpoint`'s, the command line `orpo_lab.cli`'s. A stop request (the STOP file, a
-`stop_event`, Ctrl-C or SIGTERM through the CLI) is checked between micro-batches: the step in
-progress is dropped, the last completed step is saved, and the run ends as "stopped".
+`torchrun`); the rest is here. Files: `orpo_lab.rundir`, checkpoints `orpo_lab.checkpoint`, trackers
+`orpo_lab.trackers`, command line `orpo_lab.cli`. A stop (STOP file, `stop_event`, Ctrl-C or SIGTERM
+via the CLI) is checked between micro-batches: the step in progress is dropped, the last one saved.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import runpy
 import statistics
 import threading
 import time
@@ -23,7 +23,7 @@ import torch
 from accelerate import Accelerator, DistributedType
 from transformers import get_scheduler
 
-from orpo_lab import compiling
+from orpo_lab import compiling, trackers
 from orpo_lab.build import DTYPE_NAMES, build_model, load_pairs, precision_plan, subset
 from orpo_lab.checkpoint import load_training_state, save_checkpoint
 from orpo_lab.config import TrainConfig
@@ -39,7 +39,9 @@ from orpo_lab.step import (
     micro_batch_indices,
     pair_tokens,
 )
-from orpo_lab.trackers import start_trackers
+
+if __name__ == "__main__":  # `python -m orpo_lab.train` (earlier versions): the CLI, which exits
+    runpy.run_module("orpo_lab.cli", run_name="__main__")  # as `python -m orpo_lab.cli` runs it
 
 OOM_ADVICE = (
     "Out of memory. Try, one at a time: a smaller batch_size with a larger grad_accum (same effective "
@@ -283,10 +285,9 @@ def train(
         folder.clear_stale_stop(os.getpid(), started)
         folder.write_status("running", "loading model and data", step=0, total_steps=0,
                             pid=os.getpid())  # fmt: skip
-    trackers = start_trackers(cfg, folder, resume_from, accelerator.is_main_process)
+    tracked, callback = trackers.start(cfg, folder, resume_from, accelerator, callback)
     try:
-        run, start = prepare(cfg, accelerator, folder, resume_from, trackers.forward_to(callback),
-                             stop_event, plan)  # fmt: skip
+        run, start = prepare(cfg, accelerator, folder, resume_from, callback, stop_event, plan)
         return loop(run, start)
     except torch.OutOfMemoryError as err:
         _fail(accelerator, folder, f"{OOM_ADVICE} ({folder.describe_checkpoints()})")
@@ -298,7 +299,7 @@ def train(
         _fail(accelerator, folder, message)
         raise
     finally:
-        trackers.finish()
+        tracked.finish()
 
 
 def _fail(accelerator, folder: RunDir, message: str) -> None:
@@ -397,13 +398,3 @@ def prepare(
     if held_out and start == 0:
         log_eval(run, 0, eval_subset)  # the numbers before any update: what curves are read against
     return run, start
-
-
-if __name__ == "__main__":  # `python -m orpo_lab.train`, the entry point of earlier versions
-    import sys
-
-    from orpo_lab.cli import main
-
-    print("note: the command is now `orpo-lab` (or `python -m orpo_lab.cli`); running it.",
-          file=sys.stderr)  # fmt: skip
-    sys.exit(main())

@@ -149,10 +149,10 @@ def test_a_missing_or_failing_tracker_warns_once_and_training_goes_on(
 def test_report_to_in_the_config_yaml_and_cli(tmp_path):
     assert TrainConfig().report_to == "none"
     assert TrainConfig(report_to=" TensorBoard , wandb").report_to == "tensorboard,wandb"
-    assert TrainConfig.from_dict({"report_to": ["trackio", "wandb"]}).report_to == "trackio,wandb"
-    (tmp_path / "c.yaml").write_text("report_to: [tensorboard]\n")
+    assert TrainConfig(report_to=["trackio", "wandb"]).report_to == "trackio,wandb"
+    (tmp_path / "c.yaml").write_text("report_to: tensorboard, wandb\n")
     args = build_parser().parse_args(["--config", str(tmp_path / "c.yaml")])
-    assert config_from_args(args).report_to == "tensorboard"
+    assert config_from_args(args).report_to == "tensorboard,wandb"
     args = build_parser().parse_args(["--report-to", "trackio,tensorboard"])
     assert config_from_args(args).report_to == "trackio,tensorboard"
     for bad, says in (("tensorbord", "unknown 'tensorbord'"), ("none,wandb", "none with trackers")):

@@ -228,6 +228,7 @@ def train_tab(ctx: AppContext) -> SimpleNamespace:
 def form_config(v: dict, default_model: str) -> dict:
     """Form values -> TrainConfig values (types are checked by TrainConfig.from_dict)."""
     config = {name: v[name] for name in FORM_NAMES}
+    config["report_to"] = ",".join(v["report_to"] or []) or "none"  # the ticked trackers
     config.update({name: v[name] for name in DATA_OPTIONS})
     config.update(model=(v["model"] or "").strip() or default_model,
                   dataset=(v["dataset"] or "").strip() or "default",
