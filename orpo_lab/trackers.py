@@ -8,9 +8,9 @@ tracker callbacks write them ("train/rewards/chosen", "train/nll_loss", "train/l
 The run's config is the tracker run's hyperparameters.
 
 What continues a tracker's run (W&B's run id, Trackio's project, name and id) is kept in the run
-folder (`RunDir.write_trackers`), so a resumed ORPO Lab run continues the same tracker run. A tracker
-that is not installed, cannot start (no network, a bad key) or fails while logging is dropped with
-one warning, on stderr and in the run log: a tracker never costs a run.
+folder (`RunDir.write_trackers`), so a resumed ORPO Lab run continues the same tracker run. A
+tracker that is not installed, cannot start (no network, a bad key) or fails while logging is
+dropped with one warning, on stderr and in the run log: a tracker never costs a run.
 
 Projects: W&B's WANDB_PROJECT and TRACKIO_PROJECT from the environment, else "orpo-lab". The
 trackers' own environment variables apply as usual (WANDB_MODE=offline, WANDB_API_KEY,
@@ -30,7 +30,8 @@ from orpo_lab.rundir import RunDir, checkpoint_step
 TRACKERS = ("tensorboard", "trackio", "wandb")
 INSTALL = "pip install 'orpo-lab[trackers]'"
 PROJECT = "orpo-lab"
-WANDB_INIT_TIMEOUT_S = 30  # wandb waits 90 s for an unreachable server before it gives up
+# wandb's own default waits 90 s for an unreachable server; WANDB_INIT_TIMEOUT overrides ours
+WANDB_INIT_TIMEOUT_S = 30
 
 # Our record keys -> TRL's (before the "train/" prefix that transformers' callbacks add).
 TRAIN_NAMES = {"lr": "learning_rate"}
@@ -44,10 +45,8 @@ NOT_SCALARS = {"kind", "step", "total_steps"}
 
 
 def parse_report_to(value) -> list[str]:
-    """ "none" / "" -> []; "tensorboard, wandb" (or a list) -> ["tensorboard", "wandb"].
-
-    ValueError naming what is wrong and what is allowed.
-    """
+    """The trackers a report_to value names: "none" or "" -> [], "tensorboard, wandb" (or a
+    list) -> ["tensorboard", "wandb"]. ValueError naming what is wrong and what is allowed."""
     items = value if isinstance(value, (list, tuple)) else str(value or "").split(",")
     names = [str(item).strip().lower() for item in items if str(item).strip()]
     if names == ["none"] or not names:
@@ -72,7 +71,7 @@ def report_to_checked(value) -> tuple[str, list[str]]:
 
 
 def tracker_metrics(record: dict) -> dict[str, float]:
-    """A metrics record's scalars under the trackers' names; {} for a record that has none (events)."""
+    """A metrics record's scalars under the trackers' names; {} for records without any (events)."""
     kind = record.get("kind")
     if kind not in ("train", "eval"):
         return {}
@@ -235,8 +234,9 @@ class Trackers:
                    f"training goes on without it. {_advice(name, err)}.")  # fmt: skip
         self.warn(message)
         if self.folder.path.is_dir():
-            self.folder.append_metrics({"kind": "event", "event": "tracker_warning",
-                                        "step": self.start if step is None else step, "tracker": name, "message": message})  # fmt: skip
+            self.folder.append_metrics({"kind": "event", "event": "tracker_warning", "tracker": name,
+                                        "step": self.start if step is None else step,
+                                        "message": message})  # fmt: skip
 
 
 def _stderr(message: str) -> None:

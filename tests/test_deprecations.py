@@ -122,7 +122,7 @@ def test_package_metadata_has_an_spdx_licence_setuptools_accepts():
     assert "Apache License" in (ROOT / "LICENSE").read_text()
 
 
-@pytest.mark.filterwarnings("ignore:'orpo_lab.train' found in sys.modules")  # in-process only
+@pytest.mark.filterwarnings("ignore:'orpo_lab.(train|cli)' found in sys.modules")  # in-process
 def test_python_m_orpo_lab_train_runs_the_cli(monkeypatch, capsys):
     """`python -m orpo_lab.train`, the entry point of earlier versions, runs `orpo-lab` and says
     so, instead of doing nothing (run here as `-m` runs it, in this process)."""
