@@ -8,7 +8,15 @@ from pathlib import Path
 import torch
 
 from orpo_lab.config import TrainConfig
-from orpo_lab.model import PRECISIONS, add_lora, load_model, pick_device, pick_precision
+from orpo_lab.model import (
+    PRECISIONS,
+    add_lora,
+    attach_adapter,
+    enable_activation_checkpointing,
+    load_model,
+    pick_device,
+    pick_precision,
+)
 from orpo_lab.prepared import prepare_data
 from orpo_lab.step import TrainingError
 
@@ -48,12 +56,9 @@ def build_model(cfg: TrainConfig, resume_from: Path | None):
         model, tokenizer = load_model(source, cfg.device, plan["base"], cfg.trust_remote_code,
                                       attn_implementation=plan["attention"])  # fmt: skip
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
+        enable_activation_checkpointing(model)
     if not cfg.full_finetune and resume_from is not None:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, resume_from, is_trainable=True)
+        model = attach_adapter(model, resume_from, is_trainable=True)
     elif not cfg.full_finetune:
         targets = cfg.lora_target_modules
         targets = targets if targets == "all-linear" else [t.strip() for t in targets.split(",")]
@@ -76,7 +81,8 @@ def _load_4bit(cfg: TrainConfig):
     model, tokenizer = load_model(
         cfg.model, cfg.device, cfg.precision, cfg.trust_remote_code, load_in_4bit=True
     )
-    model = prepare_model_for_kbit_training(model, cfg.gradient_checkpointing)
+    # Activation checkpointing, when asked for, is build_model's (peft would use the old name).
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     if pick_device(cfg.device).type == "cpu":
         # bitsandbytes (0.50) repacks a Linear4bit weight for a faster CPU kernel on its first
         # eval-mode forward and keeps that layout; that kernel has no backward, so every step after

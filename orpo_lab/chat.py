@@ -19,7 +19,7 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
-from orpo_lab.model import ModelLoadError, load_model
+from orpo_lab.model import ModelLoadError, attach_adapter, load_model
 
 BASE = "__base__"  # peft's name for "no adapter" in a mixed batch
 Message = dict  # {"role": "user" | "assistant" | "system", "content": str}
@@ -299,7 +299,7 @@ class ModelPool:
                 if isinstance(self.model, PeftModel):
                     self.model.load_adapter(str(path), adapter_name=name)
                 else:
-                    self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=name)
+                    self.model = attach_adapter(self.model, path, adapter_name=name)
             except Exception as err:
                 raise ModelLoadError(
                     f"Could not load the adapter {path} on top of {self.model_name!r} (was it trained "

@@ -1,4 +1,4 @@
-"""`orpo-lab`: train, resume, evaluate or export from the command line.
+"""`orpo-lab`: train, resume, evaluate, export or push to the hub from the command line.
 
 The arguments are parsed and the data checked before torch and the model are imported, so `--help`
 answers at once and a bad `--dataset` is reported before a model loads. Ctrl-C (SIGINT) or SIGTERM
@@ -8,11 +8,13 @@ Ctrl-C exits at once.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import signal
 import sys
 import threading
+from pathlib import Path
 
 from orpo_lab.config import build_parser, config_from_args
 
@@ -87,8 +89,23 @@ def print_progress(record: dict) -> None:
         print(line, file=sys.stderr, flush=True)
 
 
+def parser_with_hub() -> argparse.ArgumentParser:
+    """`build_parser`'s flags plus --push-to-hub and its options."""
+    parser = build_parser()
+    hub = parser.add_argument_group("share a run's adapter on the Hugging Face hub")
+    hub.add_argument("--push-to-hub", metavar="RUN_DIR",
+                     help="upload the run's adapter, tokenizer and model card (needs a hub login)")  # fmt: skip
+    hub.add_argument("--repo-id", help="with --push-to-hub: the model repository, owner/name")
+    hub.add_argument(
+        "--checkpoint", help="with --push-to-hub: e.g. step-000060 (default: the last)"
+    )
+    hub.add_argument("--public", action="store_true",
+                     help="with --push-to-hub: a public repository (default: private)")  # fmt: skip
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parser_with_hub().parse_args(argv)
     try:
         if args.export:
             from orpo_lab.checkpoint import export_merged
@@ -96,6 +113,15 @@ def main(argv: list[str] | None = None) -> int:
             if not args.out:
                 return _error("--export needs --out DIR, the folder for the merged model.")
             print(f"merged model written to {export_merged(args.export, args.out)}")
+            return 0
+        if args.push_to_hub:
+            from orpo_lab.hub import push_to_hub
+
+            if not args.repo_id:
+                return _error("--push-to-hub needs --repo-id OWNER/NAME, the model repository.")
+            url = push_to_hub(args.push_to_hub, args.repo_id, args.checkpoint,
+                              private=not args.public)  # fmt: skip
+            print(f"adapter pushed to {url}")
             return 0
         if args.evaluate:
             from orpo_lab.evaluate import evaluate_run
@@ -137,4 +163,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    if Path(sys.argv[0]).parts[-2:] == ("orpo_lab", "train.py"):  # earlier versions' entry point
+        print("note: the command is now `orpo-lab` (or python -m orpo_lab.cli); running it.",
+              file=sys.stderr)  # fmt: skip
     sys.exit(main())

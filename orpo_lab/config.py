@@ -13,6 +13,7 @@ import yaml
 
 from orpo_lab.presets import PRESETS
 from orpo_lab.rundir import RUN_NAME
+from orpo_lab.trackers import report_to_checked
 
 
 def _f(default: Any, help: str, choices: tuple | None = None):
@@ -144,13 +145,15 @@ class TrainConfig:
     save_total_limit: int = _f(3, "checkpoints kept (oldest deleted first)")
     resume: bool = _f(False, "continue the run in output_dir/run_name from its last checkpoint")
     trust_remote_code: bool = _f(False, "allow model code from the hub (only for models you trust)")
+    report_to: str = _f("none", "experiment trackers: none, or any of tensorboard,trackio,wandb")
 
     def __post_init__(self) -> None:
         if isinstance(self.column_map, dict):  # YAML may give a mapping: keep the one string form
             self.column_map = ",".join(f"{old}={new or ''}" for old, new in self.column_map.items())
         if isinstance(self.torch_compile, bool):  # YAML reads a bare on / off as true / false
             self.torch_compile = "on" if self.torch_compile else "off"
-        problems = self._training_problems() + self._data_problems()
+        self.report_to, wrong = report_to_checked(self.report_to)
+        problems = self._training_problems() + self._data_problems() + wrong
         if problems:
             raise ValueError("Invalid training config:\n- " + "\n- ".join(problems))
 

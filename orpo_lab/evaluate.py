@@ -18,7 +18,7 @@ from orpo_lab.chat import generate
 from orpo_lab.checkpoint import CheckpointError, read_state
 from orpo_lab.config import TrainConfig
 from orpo_lab.default_dataset import JUDGES
-from orpo_lab.model import load_model, resolve_model
+from orpo_lab.model import attach_adapter, load_model, resolve_model
 from orpo_lab.rundir import RunDir, write_json_atomic
 from orpo_lab.splits import load_config_splits
 
@@ -137,8 +137,6 @@ def evaluate_run(
 
     `max_prompts`: at most that many held-out prompts, taken in turn from every family (0 = all).
     """
-    from peft import PeftModel
-
     run = RunDir(run_dir)
     if checkpoint is None and run.latest_checkpoint() is None:
         raise CheckpointError(
@@ -164,7 +162,7 @@ def evaluate_run(
     base_pass = judged(records, base_said)
     if (checkpoint / "adapter_config.json").is_file():
         # Merged for generation: the same outputs, without LoRA's extra matmuls on every token.
-        tuned = PeftModel.from_pretrained(base, checkpoint).merge_and_unload()
+        tuned = attach_adapter(base, checkpoint).merge_and_unload()
     else:
         tuned, _ = load_model(str(checkpoint), cfg.device, cfg.precision, cfg.trust_remote_code)
     tuned_answers, tuned_pass = judge_model(

@@ -15,7 +15,9 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable
+import warnings
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -334,7 +336,43 @@ def add_lora(
         target_modules=target_modules,
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, config)
+    with _peft_reads_deprecated_names():
+        return get_peft_model(model, config)
+
+
+def attach_adapter(model: PreTrainedModel, adapter: str | Path, **kwargs):
+    """`PeftModel.from_pretrained(model, adapter, **kwargs)`: a saved LoRA adapter on `model`."""
+    from peft import PeftModel
+
+    with _peft_reads_deprecated_names():
+        return PeftModel.from_pretrained(model, str(adapter), **kwargs)
+
+
+@contextmanager
+def _peft_reads_deprecated_names() -> Iterator[None]:
+    """peft (up to 0.21.2, the newest release) reads `model.is_gradient_checkpointing` whenever it
+    wraps a model, a name transformers 5 deprecates with a FutureWarning. The call is peft's, not
+    ours: that one warning is hidden here, around peft's wrapping only."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
+        )
+        yield
+
+
+def enable_activation_checkpointing(model: PreTrainedModel) -> None:
+    """Recompute each decoder layer's activations in backward (less memory, more compute),
+    non-reentrant; inputs require grad so a frozen embedding still lets gradients through.
+
+    transformers 5 calls it activation checkpointing (`gradient_checkpointing_enable` is removed in
+    v6); the older versions the project supports (>= 4.56) have only the old name.
+    """
+    options = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=options)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=options)
+    model.enable_input_require_grads()
 
 
 def main(argv: list[str] | None = None) -> None:

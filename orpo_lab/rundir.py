@@ -9,6 +9,8 @@
       train.log       stdout and stderr of the training process
       STOP            present while a stop is requested; holds the pid it is meant for
       checkpoints/    step-000050/ ... (written by `orpo_lab.checkpoint`), .tmp-* while saving
+      trackers.json   the experiment trackers' runs (`orpo_lab.trackers`): a resume continues them
+      tensorboard/    TensorBoard event files; wandb/: Weights & Biases run files (report_to)
 
 The trainer, the run manager, the app and the tests all go through `RunDir`, so the protocol is
 written down once. Every file that is rewritten is replaced atomically (temporary file + rename): a
@@ -120,6 +122,14 @@ class RunDir:
     def checkpoints_dir(self) -> Path:
         return self.path / "checkpoints"
 
+    @property
+    def tensorboard_dir(self) -> Path:
+        return self.path / "tensorboard"
+
+    @property
+    def wandb_dir(self) -> Path:
+        return self.path / "wandb"  # wandb.init(dir=...) writes its own wandb/ folder inside
+
     def exists(self) -> bool:
         return self.config_path.is_file()
 
@@ -192,6 +202,19 @@ class RunDir:
         """The step of the latest complete checkpoint; 0 when there is none."""
         latest = self.latest_checkpoint()
         return checkpoint_step(latest.name) if latest else 0
+
+    # ---------------------------------------------------------------- experiment trackers
+
+    def read_trackers(self) -> dict:
+        """trackers.json: {tracker: what resumes its run (ids, project)}; {} if missing or unreadable."""
+        try:
+            saved = json.loads((self.path / "trackers.json").read_text())
+        except (OSError, ValueError):
+            return {}
+        return saved if isinstance(saved, dict) else {}
+
+    def write_trackers(self, runs: dict) -> None:
+        write_json_atomic(self.path / "trackers.json", runs)
 
     # ---------------------------------------------------------------- stop requests
 

@@ -2,16 +2,16 @@
 -> stop? -> eval? -> save?
 
 `accelerate` handles device, precision and multi-process (DDP under `accelerate launch` or
-`torchrun`); everything else is visible here. The run's files are `orpo_lab.rundir`'s, checkpoints
-`orpo_lab.checkpoint`'s, the command line `orpo_lab.cli`'s. A stop request (the STOP file, a
-`stop_event`, Ctrl-C or SIGTERM through the CLI) is checked between micro-batches: the step in
-progress is dropped, the last completed step is saved, and the run ends as "stopped".
+`torchrun`); the rest is here. Files: `orpo_lab.rundir`, checkpoints `orpo_lab.checkpoint`, trackers
+`orpo_lab.trackers`, command line `orpo_lab.cli`. A stop (STOP file, `stop_event`, Ctrl-C or SIGTERM
+via the CLI) is checked between micro-batches: the step in progress is dropped, the last one saved.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import runpy
 import statistics
 import threading
 import time
@@ -23,7 +23,7 @@ import torch
 from accelerate import Accelerator, DistributedType
 from transformers import get_scheduler
 
-from orpo_lab import compiling
+from orpo_lab import compiling, trackers
 from orpo_lab.build import DTYPE_NAMES, build_model, load_pairs, precision_plan, subset
 from orpo_lab.checkpoint import load_training_state, resume_point, save_checkpoint
 from orpo_lab.config import TrainConfig
@@ -41,6 +41,9 @@ from orpo_lab.step import (
     micro_batch_indices,
     pair_tokens,
 )
+
+if __name__ == "__main__":  # `python -m orpo_lab.train` (earlier versions): the CLI, which exits
+    runpy.run_module("orpo_lab.cli", run_name="__main__")  # as `python -m orpo_lab.cli` runs it
 
 OOM_ADVICE = (
     "Out of memory. Try, one at a time: a smaller batch_size with a larger grad_accum (same effective "
@@ -280,6 +283,7 @@ def train(
         folder.clear_stale_stop(os.getpid(), started)
         folder.write_status("running", "loading model and data", step=0, total_steps=0,
                             pid=os.getpid())  # fmt: skip
+    tracked, callback = trackers.start(cfg, folder, resume_from, accelerator, callback)
     try:
         run, start = prepare(cfg, accelerator, folder, resume_from, callback, stop_event, plan)
         return loop(run, start, fits)
@@ -298,6 +302,8 @@ def train(
             message += " (torch.compile failed: torch_compile=off trains without it)"
         _fail(accelerator, folder, message)
         raise
+    finally:
+        tracked.finish()
 
 
 def _fail(accelerator, folder: RunDir, message: str) -> None:

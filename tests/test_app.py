@@ -24,7 +24,7 @@ FAKE_RUN = "fake-done"
 FORM_VALUES = dict(
     beta=0.5, learning_rate=5e-4, max_steps=400, epochs=1.0, batch_size=2, grad_accum=1,
     max_length=96, max_prompt_length=48, lora_r=4, lora_alpha=8, nll_scope="response",
-    eval_every=0, eval_at_start=True, save_every=0,
+    eval_every=0, eval_at_start=True, save_every=0, report_to=[],
 )  # fmt: skip
 SETTINGS = [1.0, 1.0, 16, 7, False]  # temperature, top p, max new tokens, seed, blind mode: the
 # random tiny model writes only newlines when greedy, so the tests sample (seeded)
@@ -380,3 +380,18 @@ def test_blind_battles_hide_names_until_the_vote_and_count_models_not_sides(
         assert tally["data"] == [[BASE_CHOICE, column, 1, 1, 0]]
     finally:
         demo.close()
+
+
+def test_push_to_hub_button_says_what_is_missing(served, monkeypatch, tmp_path):
+    """The Push button: without a hub login, or for a checkpoint the run does not have, a message
+    that says so (the upload itself needs hub access: tests/test_hub.py stages its files)."""
+    import huggingface_hub
+
+    client, *_ = served
+    for key in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+    said = client.predict(FAKE_RUN, "step-000010", "me/adapter", False, api_name="/push_to_hub")
+    assert said.startswith("**Not pushed:** No Hugging Face token"), said
+    said = client.predict(FAKE_RUN, "step-000099", "me/adapter", False, api_name="/push_to_hub")
+    assert "has no checkpoint 'step-000099'" in said, said

@@ -13,7 +13,7 @@ import yaml
 from orpo_lab.plots import compare_figure, metrics_figure, weighting_figure
 from orpo_lab.rundir import ACTIVE
 from orpo_lab.ui.common import AppContext
-from orpo_lab.ui.train_tab import DATA_OPTIONS, DEFAULTS, FORM_NAMES
+from orpo_lab.ui.train_tab import DATA_OPTIONS, DEFAULTS, form_values
 from orpo_lab.ui.views import EVAL_COLUMNS, RUN_COLUMNS, pass_rate_table, progress_text, runs_table
 
 WEIGHTING_HELP = (
@@ -67,6 +67,13 @@ def runs_panel() -> SimpleNamespace:
         p.zip = gr.Button("Download adapter (zip)", elem_id="zip")
         p.export = gr.Button("Merge and export", elem_id="export")
         p.delete = gr.Button("Delete run", variant="stop", elem_id="delete")
+    with gr.Row():
+        p.repo_id = gr.Textbox("", label="hub repository", placeholder="owner/name", scale=3,
+                               info="needs a hub login (`hf auth login` or HF_TOKEN)",
+                               elem_id="hub-repo")  # fmt: skip
+        p.public = gr.Checkbox(False, label="public", info="private unless ticked",
+                               elem_id="hub-public")  # fmt: skip
+        p.push = gr.Button("Push adapter to the hub", elem_id="push-hub")
     p.download = gr.File(label="adapter zip", interactive=False, elem_id="download")
     p.artefact = gr.Markdown(elem_id="artefact-message")
     with gr.Accordion("config of the run shown", open=False):
@@ -171,6 +178,20 @@ def export(ctx: AppContext, name, checkpoint):
         return f"**Export failed:** {err}"
 
 
+def push(ctx: AppContext, name, checkpoint, repo_id, public):
+    """The checkpoint's adapter, tokenizer and model card to a hub repository (`orpo_lab.hub`)."""
+    from orpo_lab.hub import push_to_hub
+
+    try:
+        path = ctx.manager.checkpoint_path(name or "", checkpoint or "")
+        url = push_to_hub(path.parent.parent, repo_id, path, private=not public)
+    except ValueError as err:
+        return f"**Not pushed:** {err}"
+    return (
+        f"Pushed the adapter of {name}/{checkpoint} to {url} ({'public' if public else 'private'})."
+    )
+
+
 def delete(ctx: AppContext, name):
     if not name:  # the confirmation was declined (or nothing selected)
         return gr.skip(), "Nothing deleted."
@@ -190,7 +211,7 @@ def load_config(ctx: AppContext, name):
     }
     new_name = f"{name}-again" if name else ""
     data = [config[n] for n in DATA_OPTIONS]
-    return [config[n] for n in FORM_NAMES] + [config["model"], config["dataset"], *data, new_name,
+    return form_values(config) + [config["model"], config["dataset"], *data, new_name,
                                               config["beta"] == 0]  # fmt: skip
 
 
@@ -229,6 +250,8 @@ def wire_runs(ctx: AppContext, live, runs, train) -> None:
     runs.export.click(
         partial(export, ctx), [live.run, runs.checkpoint], runs.artefact, api_name="export"
     )
+    runs.push.click(partial(push, ctx), [live.run, runs.checkpoint, runs.repo_id, runs.public],
+                    runs.artefact, api_name="push_to_hub")  # fmt: skip
     runs.delete.click(partial(delete, ctx), live.run, [live.run, runs.artefact], api_name="delete",
                       js="(run) => (run && confirm(`Delete run ${run}, its checkpoints and metrics?`)) ? run : null")  # fmt: skip
     launch, data = train.launch, train.data

@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import gradio as gr
 
 from orpo_lab.config import PRESETS, TrainConfig
+from orpo_lab.trackers import TRACKERS, parse_report_to
 from orpo_lab.ui.common import AppContext, named
 from orpo_lab.ui.views import escaped_block
 
@@ -45,8 +46,17 @@ FORM = {
     "eval_at_start": lambda: gr.Checkbox(True, label="evaluate before step 1",
                                          info=HELP["eval_at_start"], elem_id="hp-eval_at_start"),
     "save_every": lambda: _number("save_every", "save every (steps)", whole=True),
+    "report_to": lambda: gr.CheckboxGroup(list(TRACKERS), value=[], label="report to",
+                                          info=HELP["report_to"], elem_id="hp-report_to"),
 }  # fmt: skip
 FORM_NAMES = list(FORM)
+
+
+def form_values(config: dict) -> list:
+    """A config's values in FORM order, as the form's components take them (trackers as a list)."""
+    return [parse_report_to(config[n]) if n == "report_to" else config[n] for n in FORM_NAMES]
+
+
 DATA_OPTIONS = ["column_map", "train_split", "test_split", "held_out_size", "chat_template"]
 DATA_NAMES = ["model", "dataset", "trust_remote_code", "skip_bad_rows", *DATA_OPTIONS]
 LAUNCH_NAMES = ["run_name", "sft", "device"]
@@ -237,6 +247,7 @@ def train_tab(ctx: AppContext) -> SimpleNamespace:
 def form_config(v: dict, default_model: str) -> dict:
     """Form values -> TrainConfig values (types are checked by TrainConfig.from_dict)."""
     config = {name: v[name] for name in FORM_NAMES}
+    config["report_to"] = ",".join(v["report_to"] or []) or "none"  # the ticked trackers
     config.update({name: v[name] for name in DATA_OPTIONS})
     config.update(model=(v["model"] or "").strip() or default_model,
                   dataset=(v["dataset"] or "").strip() or "default",
@@ -253,8 +264,10 @@ def wire_launch(ctx, data, form: dict, launch, live) -> None:
     form_inputs = list(form.values())
 
     def apply_preset(label):
-        values = {**DEFAULTS.to_dict(), **PRESETS[PRESET_CHOICES[label]]}
-        return [values[name] for name in FORM_NAMES]
+        values = form_values({**DEFAULTS.to_dict(), **PRESETS[PRESET_CHOICES[label]]})
+        # The trackers are the user's choice, not the preset's: left as they are.
+        return [gr.skip() if n == "report_to" else v
+                for n, v in zip(FORM_NAMES, values, strict=True)]  # fmt: skip
 
     def sft_switch(sft, beta, remembered):
         if sft:  # beta 0 is what an SFT run trains with: show it, keep the field from edits
