@@ -1,5 +1,6 @@
-"""Run control that keeps the work: stop between micro-batches, stale STOP files, resume without a
-checkpoint, Ctrl-C on the command line, config errors; and what the loop logs (SFT accuracy, lr)."""
+"""Run control that keeps the work: a stop before the first step, stale STOP files, resume without
+a checkpoint, Ctrl-C on the command line, config errors; and what the loop logs (SFT accuracy, lr).
+A stop between micro-batches and its exact resume: test_train.py."""
 
 from __future__ import annotations
 
@@ -11,13 +12,10 @@ import threading
 import time
 
 import pytest
-import torch
 from test_train import (
-    adapter,
     checkpoints,
     lines,
     make_config,
-    same_trajectory,
 )
 
 from orpo_lab.rundir import RunDir
@@ -35,44 +33,6 @@ def data(tmp_path):
 
 def status_of(cfg) -> dict:
     return RunDir(cfg.run_dir).read_status()
-
-
-def test_stop_between_micro_batches_keeps_the_last_completed_step(tmp_path, data, tiny_model_dir):
-    """grad_accum 2: a stop asked during step 3's first micro-batch drops step 3 and saves step 2;
-    the resumed run then equals an uninterrupted one, step for step."""
-    whole = make_config(tmp_path, data, tiny_model_dir, run_name="whole", max_steps=5,
-                        batch_size=2, grad_accum=2, save_every=0, eval_every=0)  # fmt: skip
-    train(whole)
-    parts = make_config(tmp_path, data, tiny_model_dir, run_name="parts", max_steps=5,
-                        batch_size=2, grad_accum=2, save_every=0, eval_every=0)  # fmt: skip
-    stop = threading.Event()
-    calls = {"n": 0}
-    import orpo_lab.logps as logps
-
-    real_forward = logps.PairLogps.forward
-
-    def counting_forward(self, *args, **kwargs):
-        calls["n"] += self.training  # training forwards only, not the held-out evaluation's
-        if calls["n"] == 5 and self.training:  # step 3, first micro-batch (2 per step)
-            stop.set()
-        return real_forward(self, *args, **kwargs)
-
-    logps.PairLogps.forward = counting_forward
-    try:
-        train(parts, stop_event=stop)
-    finally:
-        logps.PairLogps.forward = real_forward
-    status = status_of(parts)
-    assert status["status"] == "stopped" and status["step"] == 2, status
-    assert "after step 2" in status["message"] and "step-000002" in status["message"]
-    assert [c.name for c in checkpoints(parts.run_dir)] == ["step-000002"]
-    assert [r["step"] for r in lines(parts.run_dir)] == [1, 2]
-    parts.resume = True
-    train(parts)
-    same_trajectory(lines(whole.run_dir), lines(parts.run_dir))
-    a, b = adapter(whole.run_dir), adapter(parts.run_dir)
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-7)
 
 
 def test_stop_before_the_first_step_saves_nothing_and_says_so(tmp_path, data, tiny_model_dir):

@@ -306,56 +306,59 @@ def test_accumulation_equals_one_big_batch(tmp_path, data, tiny_model_dir):
     same_weights(adapter(runs[0]), adapter(runs[1]))
 
 
-@pytest.mark.parametrize("layout", ["padded", "prefix"])
-def test_resume_continues_the_same_trajectory(tmp_path, data, tiny_model_dir, layout):
-    whole = make_config(
-        tmp_path,
-        data,
-        tiny_model_dir,
-        run_name="whole",
-        max_steps=6,
-        layout=layout,
-        lr_scheduler="cosine",
-        warmup_steps=2,
-    )
+# The one test of "resume equals an uninterrupted run" for LoRA (full fine-tuning and QLoRA resume
+# their own checkpoint formats: test_options.py, the QLoRA test above): float32 padded, and bf16
+# with the default prefix layout (bf16 arithmetic is deterministic too, so resume is exact there).
+@pytest.mark.parametrize(("layout", "precision"), [("padded", "fp32"), ("prefix", "bf16")])
+def test_stop_mid_step_then_resume_continues_the_same_trajectory(
+    tmp_path, data, tiny_model_dir, layout, precision
+):
+    """grad_accum 2: a stop asked during step 4's first micro-batch drops step 4 and saves step 3;
+    the resumed run then equals an uninterrupted one, step for step (schedule with warmup, data
+    order, optimizer state, held-out evaluations)."""
+    common = dict(max_steps=6, batch_size=2, grad_accum=2, layout=layout, precision=precision,
+                  lr_scheduler="cosine", warmup_steps=2)  # fmt: skip
+    whole = make_config(tmp_path, data, tiny_model_dir, run_name="whole", **common)
     train(whole)
+    parts = make_config(tmp_path, data, tiny_model_dir, run_name="parts", save_every=0, **common)
     stop = threading.Event()
-    parts = make_config(
-        tmp_path,
-        data,
-        tiny_model_dir,
-        run_name="parts",
-        max_steps=6,
-        layout=layout,
-        lr_scheduler="cosine",
-        warmup_steps=2,
-        save_every=0,
-    )
-    train(
-        parts,
-        callback=lambda r: r.get("step") == 3 and r["kind"] == "train" and stop.set(),
-        stop_event=stop,
-    )
-    assert json.loads((parts.run_dir / "status.json").read_text())["status"] == "stopped"
+    calls = {"n": 0}
+    import orpo_lab.logps as logps
+
+    real_forward = logps.PairLogps.forward
+
+    def counting_forward(self, *args, **kwargs):
+        calls["n"] += self.training  # training forwards only, not the held-out evaluation's
+        if calls["n"] == 7 and self.training:  # step 4, first micro-batch (2 per step)
+            stop.set()
+        return real_forward(self, *args, **kwargs)
+
+    logps.PairLogps.forward = counting_forward
+    try:
+        train(parts, stop_event=stop)
+    finally:
+        logps.PairLogps.forward = real_forward
+    status = json.loads((parts.run_dir / "status.json").read_text())
+    assert status["status"] == "stopped" and status["step"] == 3, status
+    assert "after step 3" in status["message"] and "step-000003" in status["message"]
     assert [c.name for c in checkpoints(parts.run_dir)] == ["step-000003"]
+    assert [r["step"] for r in lines(parts.run_dir)] == [1, 2, 3]
     with pytest.raises(TrainingError, match="already has checkpoints"):
-        train(
-            make_config(
-                tmp_path, data, tiny_model_dir, run_name="parts", max_steps=6, layout=layout
-            )
-        )
+        train(make_config(tmp_path, data, tiny_model_dir, run_name="parts", **common))
     parts.resume = True
     train(parts)
     same_trajectory(
         lines(whole.run_dir),
         lines(parts.run_dir),
-        keys=("loss", "nll_loss", "lr", "logps/rejected"),
+        keys=("loss", "nll_loss", "or_loss", "lr", "logps/chosen", "logps/rejected"),
     )
     a, b = adapter(whole.run_dir), adapter(parts.run_dir)
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-7)
     evals = lines(parts.run_dir, "eval")
-    assert [e["step"] for e in evals] == [0, 2, 4, 6]  # a stop skips its evaluation
+    assert [e["step"] for e in evals] == [0, 2, 4, 6]
+    same_trajectory(lines(whole.run_dir, "eval"), evals,
+                    keys=("eval/logps_chosen", "eval/logps_rejected"))  # fmt: skip
 
 
 def test_stop_file_saves_and_stops(tmp_path, data, tiny_model_dir):
