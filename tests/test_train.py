@@ -494,7 +494,13 @@ def run_cli(*args, env=None) -> subprocess.CompletedProcess:
     )
 
 
-def test_cli_round_trip_and_merged_export(tmp_path, data, tiny_model_dir):
+def test_cli_round_trip_and_merged_export(tmp_path, data, tiny_model_dir, capsys):
+    """The CLI in a process of its own once (a real `python -m orpo_lab.cli` run); its refusals
+    and the export through `cli.main` in this process (the same code, without a second start of
+    torch). The merged model's logits equal base + adapter: test_architectures.py checks that
+    for every architecture (the tiny Llama included), the QLoRA test for a 4-bit base."""
+    from orpo_lab.cli import main
+
     cfg = make_config(tmp_path, data, tiny_model_dir, max_steps=2)
     cfg.to_yaml(tmp_path / "run.yaml")
     proc = run_cli("--config", str(tmp_path / "run.yaml"), "--max-steps", "3", "--beta", "0.25")
@@ -502,26 +508,23 @@ def test_cli_round_trip_and_merged_export(tmp_path, data, tiny_model_dir):
     saved = TrainConfig.from_yaml(cfg.run_dir / "config.yaml")
     assert (saved.max_steps, saved.beta, saved.layout) == (3, 0.25, "padded")
     assert checkpoints(cfg.run_dir)[-1].name == "step-000003"
+    capsys.readouterr()
     # Running it again without --resume changes nothing and says what to do.
-    again = run_cli("--config", str(tmp_path / "run.yaml"))
-    assert again.returncode == 2 and "--resume" in again.stderr
-    bad = run_cli("--config", str(tmp_path / "run.yaml"), "--run-name", "x", "--max-length", "8")
+    assert main(["--config", str(tmp_path / "run.yaml")]) == 2
+    assert "--resume" in capsys.readouterr().err
     assert (
-        bad.returncode == 2 and "max_prompt_length (48) must be below max_length (8)" in bad.stderr
+        main(["--config", str(tmp_path / "run.yaml"), "--run-name", "x", "--max-length", "8"]) == 2
     )
+    assert "max_prompt_length (48) must be below max_length (8)" in capsys.readouterr().err
 
     out = tmp_path / "merged"
-    proc = run_cli("--export", str(checkpoints(cfg.run_dir)[-1]), "--out", str(out))
-    assert proc.returncode == 0, proc.stderr
-    from peft import PeftModel
+    assert main(["--export", str(checkpoints(cfg.run_dir)[-1]), "--out", str(out)]) == 0
+    assert f"merged model written to {out}" in capsys.readouterr().out
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     merged = AutoModelForCausalLM.from_pretrained(out)
     tok = AutoTokenizer.from_pretrained(out)
-    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    with_adapter = PeftModel.from_pretrained(base, checkpoints(cfg.run_dir)[-1])
     ids = tok("Name animal number 3.", return_tensors="pt").input_ids
-    torch.testing.assert_close(merged(ids).logits, with_adapter(ids).logits, rtol=1e-4, atol=1e-4)
     generated = merged.generate(ids, max_new_tokens=5, do_sample=False)
     assert generated.shape[1] == ids.shape[1] + 5 or tok.eos_token_id in generated[0].tolist()
 
