@@ -115,16 +115,13 @@ class TrainConfig:
     )
     torch_compile: str = _f(
         "auto",
-        "torch.compile the decoder layers (about x1.4 per bf16 CPU LoRA step, a first compile ~1 min on "
-        "2 cores, later ones ~8 s from the cache); auto: CPU LoRA runs of 300+ steps, or of 40+ "
-        "steps whose setup compiled before on this machine",
+        "torch.compile the decoder layers (a first compile ~1 min on 2 cores, later ~8 s); auto: "
+        "CPU LoRA runs of 300+ steps, or of 40+ whose setup compiled before here",
         ("auto", "on", "off"),
     )
     device: str = _f("auto", "auto, cpu, cuda, cuda:1, ...")
     eval_every: int = _f(25, "optimiser steps between held-out evaluations; 0 = only at the end")
-    eval_at_start: bool = _f(
-        False, "also evaluate before step 1 (the curves' baseline; presets: on)"
-    )
+    eval_at_start: bool = _f(False, "evaluate before step 1 too (the baseline; presets: on)")
     max_eval_pairs: int = _f(
         64,
         "held-out pairs kept (a seeded sample of a larger split); the last step scores all of "
@@ -137,9 +134,8 @@ class TrainConfig:
     )
     eval_batch_size: int = _f(
         0,
-        "held-out pairs per evaluation batch; no activations are kept for backward, so a batch "
-        "larger than batch_size is cheap and faster; 0 = 4 x batch_size, at most 16 (never "
-        "below batch_size)",
+        "held-out pairs per evaluation batch (no activations kept: larger is cheap); 0 = 4 x "
+        "batch_size, at most 16, never below batch_size",
     )
     save_every: int = _f(50, "optimiser steps between checkpoints; 0 = only at the end")
     save_total_limit: int = _f(3, "checkpoints kept (oldest deleted first)")
