@@ -11,7 +11,10 @@ Writes its own files (bench/scale_data.py): 60,000 rows in UltraFeedback-binariz
 the whole process tree's (workers included), sampled every 0.1 s; "model" is the RSS of a process
 that has only loaded the model.
 
-    .venv/bin/python bench/data_scale.py [--rows 60000] [--capybara-rows 10000] [--skip trl]
+    .venv/bin/python bench/data_scale.py [--rows 60000] [--capybara-rows 10000] [--skip trl capybara bad]
+
+Then a bad row at line 45,000 of the 60k file: refused with file, line and field (several processes),
+nothing cached; skip_bad_rows drops and counts it (--only-bad runs this part alone).
 """
 
 from __future__ import annotations
@@ -97,6 +100,7 @@ def ours(path: Path, cache: Path, runs: Path, name: str) -> dict:
     env = {**os.environ, "ORPO_LAB_CACHE": str(cache), "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-m", "orpo_lab.cli", "--dataset", str(path), "--max-steps", "2",
                "--batch-size", "2", *LENGTHS, "--eval-every", "0", "--save-every", "0",
+               "--max-eval-pairs", "8",  # the evaluation after step 2: not what is measured
                "--output-dir", str(runs), "--run-name", name]  # fmt: skip
     result = watch(command, env, first_step(runs / name / "metrics.jsonl"))
     started = next(json.loads(ln) for ln in (runs / name / "metrics.jsonl").read_text().splitlines()
@@ -115,7 +119,7 @@ from orpo_lab.model import load_model
 model, tok = load_model("default", device="cpu", precision="fp32")
 t = time.perf_counter()
 data = datasets.load_dataset("json", data_files=sys.argv[1], split="train")
-args = ORPOConfig(output_dir=sys.argv[2], max_length=1024, max_prompt_length=512,
+args = ORPOConfig(output_dir=sys.argv[2], max_length=1024,  # TRL 1.x has no prompt budget
                   per_device_train_batch_size=2, use_cpu=True, report_to="none",
                   dataset_num_proc=os.cpu_count(), remove_unused_columns=False)
 ORPOTrainer(model=model, args=args, train_dataset=data, processing_class=tok)
@@ -131,6 +135,45 @@ def trl(path: Path, work: Path) -> dict:
     return result
 
 
+BAD_ROW = """
+import sys, time, warnings
+from orpo_lab.config import TrainConfig
+from orpo_lab.preferences import PreferenceDataError
+from orpo_lab.prepared import check_data
+t = time.perf_counter()
+try:
+    check_data(TrainConfig(dataset=sys.argv[1]))
+except PreferenceDataError as err:
+    print("REFUSED", round(time.perf_counter() - t, 1), str(err).splitlines()[1].strip())
+with warnings.catch_warnings(record=True):
+    info = check_data(TrainConfig(dataset=sys.argv[1], skip_bad_rows=True))
+print("SKIPPED", info["bad_rows_skipped"], info["train_pairs"] + info["held_out_pairs"])
+"""
+
+
+def bad_row(path: Path, work: Path, line: int = 45_000) -> dict:
+    """The file with line `line` missing its `rejected`: refused with file/line/field, nothing
+    cached; then skip_bad_rows drops and counts it."""
+    bad = work / f"bad-{path.name}"
+    with path.open() as src, bad.open("w") as out:
+        for number, text in enumerate(src, start=1):
+            if number == line:
+                row = json.loads(text)
+                row.pop("rejected")
+                text = json.dumps(row) + "\n"
+            out.write(text)
+    cache = work / "cache-bad"
+    subprocess.run(["rm", "-rf", str(cache)], check=True)
+    env = {**os.environ, "ORPO_LAB_CACHE": str(cache)}
+    result = watch([sys.executable, "-c", BAD_ROW, str(bad)], env)
+    lines = result.pop("output").splitlines()
+    return {
+        "refused": next(ln for ln in lines if ln.startswith("REFUSED")),
+        "skipped": next(ln for ln in lines if ln.startswith("SKIPPED")),
+        "wall_s": result["wall_s"],
+    }
+
+
 def model_rss() -> float:
     code = "from orpo_lab.model import load_model; load_model('default', device='cpu'); import time; time.sleep(2)"
     return watch([sys.executable, "-c", code], dict(os.environ))["peak_rss_gb"]
@@ -143,7 +186,8 @@ def main() -> None:
     parser.add_argument(
         "--workdir", default="", help="keep the files here (default: a temp folder)"
     )
-    parser.add_argument("--skip", nargs="*", default=[], choices=["trl", "capybara"])
+    parser.add_argument("--skip", nargs="*", default=[], choices=["trl", "capybara", "bad"])
+    parser.add_argument("--only-bad", action="store_true", help="only the bad-row check")
     args = parser.parse_args()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="data-scale-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -164,7 +208,9 @@ def main() -> None:
         cache = work / f"cache-{name}"
         subprocess.run(["rm", "-rf", str(cache), str(work / "runs")], check=True)
         cold = ours(path, cache, work / "runs", f"{name}-cold")
+        print(name, "cold", {k: v for k, v in cold.items() if k != "output"}, flush=True)
         warm = ours(path, cache, work / "runs", f"{name}-warm")
+        print(name, "warm", {k: v for k, v in warm.items() if k != "output"}, flush=True)
         entry = {"file_mb": round(path.stat().st_size / 2**20), "cold": cold, "warm": warm}
         if "trl" not in args.skip:
             entry["trl"] = trl(path, work)
@@ -172,6 +218,8 @@ def main() -> None:
             entry.get(part, {}).pop("output", None)
         report[name] = entry
         print(json.dumps({name: entry}, indent=1), flush=True)
+    if "bad" not in args.skip:
+        report["bad_row"] = bad_row(files["ultrafeedback"], work)
     print(json.dumps(report, indent=1))
 
 

@@ -132,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config_from_args(args)
         stop = threading.Event()
         install_stop_signals(stop)
+        print(f"orpo-lab: reading and checking {cfg.dataset} ...", file=sys.stderr, flush=True)
         from orpo_lab.prepared import check_data
 
         # A broken or too small dataset fails here, before the model loads; the run then reads

@@ -162,10 +162,12 @@ def log_step(run: Run, step: int, metrics: dict, grad_norm, lr: float, micro, be
 
 def log_eval(run: Run, step: int, pairs: list) -> None:
     """Held-out metrics of `pairs` at `step`, unless a stop arrives while they are computed."""
+    run.status(message=f"evaluating {len(pairs)} held-out pairs at step {step}")
     metrics = held_out_metrics(run.wrapped, pairs, run.cfg, run.tokenizer.pad_token_id,
                                run.accelerator.device, run.stop_requested)  # fmt: skip
     if metrics is not None:
         run.log({"kind": "eval", "step": step, **metrics})
+    run.status(message="training")
 
 
 def save(run: Run, step: int, record: dict) -> Path | None:

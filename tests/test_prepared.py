@@ -249,8 +249,20 @@ def test_the_cli_shows_progress_from_start_to_end(tmp_path, tiny_model_dir):
                           capture_output=True, text=True, timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     err = done.stderr
-    for text in ("Reading and checking", "Tokenising train pairs", "started: 16 training pairs",
-                 "step 1/3  loss", "step 3/3  loss", "held-out at step 0: accuracy",
-                 "held-out at step 2: accuracy", "held-out at step 3: accuracy"):  # fmt: skip
+    expected = (
+        "orpo-lab: reading and checking",
+        "Reading and checking",
+        "Tokenising train pairs",
+        "started: 16 training pairs",
+        "step 1/3  loss",
+        "step 3/3  loss",
+        "held-out at step 0: accuracy",
+        "held-out at step 2: accuracy",
+        "held-out at step 3: accuracy",
+    )
+    for text in expected:
         assert text in err, text
-    assert err.index("Tokenising train pairs") < err.index("started:") < err.index("step 1/3")
+    assert (
+        err.index("orpo-lab: reading") < err.index("Tokenising train pairs") < err.index("started:")
+    )
+    assert err.index("started:") < err.index("step 1/3")
