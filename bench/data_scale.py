@@ -8,8 +8,9 @@ Writes its own files (bench/scale_data.py): 60,000 rows in UltraFeedback-binariz
   trl   TRL's ORPOTrainer.__init__ on the same file, tokenizer and lengths (its dataset
         preparation), with dataset_num_proc = the cores, as ours uses.
 "first step" is when step 1 began: the first train record's arrival minus its step time. RSS is
-the whole process tree's (workers included), sampled every 0.1 s; "model" is the RSS of a process
-that has only loaded the model.
+the whole process tree's (workers included), sampled every 0.1 s: over the whole command, and up to
+step 1 (preparation and model loading); "model" is the RSS of a process that has only loaded the
+model.
 
     .venv/bin/python bench/data_scale.py [--rows 60000] [--capybara-rows 10000] [--skip trl capybara bad]
 
@@ -63,10 +64,12 @@ def watch(command: list[str], env: dict, until=None, timeout: float = 1800) -> d
     out: list[str] = []
     reader = threading.Thread(target=lambda: out.extend(proc.stdout), daemon=True)
     reader.start()
-    peak, mark = 0, None
+    peak, before, mark = 0, 0, None
     while proc.poll() is None:
-        peak = max(peak, tree_rss(proc.pid))
+        rss = tree_rss(proc.pid)
+        peak = max(peak, rss)
         if until and mark is None:
+            before = max(before, rss)  # data preparation, model loading: up to step 1
             mark = until(began)
         if time.perf_counter() - began > timeout:
             proc.kill()
@@ -78,6 +81,7 @@ def watch(command: list[str], env: dict, until=None, timeout: float = 1800) -> d
     if proc.returncode:
         raise SystemExit(f"{command} failed:\n{''.join(out)[-3000:]}")
     return {"wall_s": round(wall, 1), "peak_rss_gb": round(peak / 2**30, 2),
+            "peak_rss_to_step1_gb": round(before / 2**30, 2),
             "first_step_s": None if mark is None else round(mark, 1), "output": "".join(out)}  # fmt: skip
 
 
@@ -119,6 +123,8 @@ from orpo_lab.model import load_model
 model, tok = load_model("default", device="cpu", precision="fp32")
 t = time.perf_counter()
 data = datasets.load_dataset("json", data_files=sys.argv[1], split="train")
+# TRL takes prompt/chosen/rejected alone (UltraFeedback's `messages` etc. are refused): drop the rest
+data = data.select_columns([c for c in ("prompt", "chosen", "rejected") if c in data.column_names])
 args = ORPOConfig(output_dir=sys.argv[2], max_length=1024,  # TRL 1.x has no prompt budget
                   per_device_train_batch_size=2, use_cpu=True, report_to="none",
                   dataset_num_proc=os.cpu_count(), remove_unused_columns=False)
