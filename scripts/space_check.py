@@ -122,6 +122,9 @@ def use(client: Client, model: str, preset: str, expect_model: bool) -> None:
         return
     assert "im_start" in preview and "training pairs" in preview, preview
     values = dict(zip(FORM_NAMES, client.predict(preset, api_name="/preset"), strict=True))
+    # A field the preset leaves as it is comes back as an update without a value (report to):
+    # the page keeps its own value; here, the form's default (no tracker).
+    values = {k: v.get("value", []) if isinstance(v, dict) else v for k, v in values.items()}
     values.update(max_steps=3, eval_every=0, save_every=0)
     _, message, _ = client.predict(
         *data, "space-check", False, "auto", *values.values(),
