@@ -34,7 +34,7 @@ import pyarrow.compute as pc
 
 from orpo_lab.data import set_chat_template, tokenize_pair
 from orpo_lab.preferences import check_rows, good_rows
-from orpo_lab.sources import FILE_TYPES, read_split, split_names
+from orpo_lab.sources import FILE_TYPES, read_split
 from orpo_lab.splits import load_config_splits
 
 PAIR_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
@@ -282,7 +282,6 @@ def checked_splits(cfg, progress: Progress | None = None):
 
 def check_data(cfg, progress: Progress | None = None) -> dict:
     """Stage 1 alone, before a run exists: `load_splits`'s info (train_pairs, held_out, ...)."""
-    split_names(cfg.dataset)  # a hub id that cannot be read fails here, with its own message
     return checked_splits(cfg, progress)[2]
 
 
