@@ -3,16 +3,22 @@
 Writes its own files (bench/scale_data.py): 60,000 rows in UltraFeedback-binarized's layout and
 10,000 in Capybara's multi-turn layout. For each, in fresh processes:
   cold  `orpo-lab --dataset FILE --max-steps 2 --batch-size 2 --max-length 1024
-        --max-prompt-length 512 --eval-every 0 --save-every 0` with an empty data cache;
+        --max-prompt-length 512 --eval-every 0 --save-every 0` with an empty data cache (the
+        default model already prepared, as after `make model`);
   warm  the same command again (the cache from the cold run);
   trl   TRL's ORPOTrainer.__init__ on the same file, tokenizer and lengths (its dataset
         preparation), with dataset_num_proc = the cores, as ours uses.
+"prepare" is cold minus warm: the preparation itself, compared with TRL's `__init__`; the
+whole commands are compared too (TRL: its process start to the end of `__init__`).
 "first step" is when step 1 began: the first train record's arrival minus its step time. RSS is
-the whole process tree's (workers included), sampled every 0.1 s: over the whole command, and up to
-step 1 (preparation and model loading); "model" is the RSS of a process that has only loaded the
-model.
+the whole process tree's (workers included, as proportional set size), sampled every 0.1 s: over
+the whole command, and up to step 1 (preparation and model loading); "model" is the RSS of a
+process that has only loaded the model.
 
-    .venv/bin/python bench/data_scale.py [--rows 60000] [--capybara-rows 10000] [--skip trl capybara bad]
+    .venv/bin/python bench/data_scale.py [--rows 60000] [--capybara-rows 10000] [--skip ours trl capybara bad]
+
+"prepare_alone": the preparation in a process without the model (cold), its time and peak RSS
+(with --skip ours: only that, for each file).
 
 Then a bad row at line 45,000 of the 60k file: refused with file, line and field (several processes),
 nothing cached; skip_bad_rows drops and counts it (--only-bad runs this part alone).
@@ -38,21 +44,19 @@ LENGTHS = ["--max-length", "1024", "--max-prompt-length", "512"]
 
 
 def tree_rss(pid: int) -> int:
-    """Bytes resident in `pid` and every descendant (from /proc)."""
+    """Bytes resident in `pid` and every descendant (from /proc): their proportional set sizes, so
+    that pages the forked workers share with their parent count once, not once per process."""
     total, todo = 0, [pid]
     while todo:
         p = todo.pop()
         try:
-            status = Path(f"/proc/{p}/status").read_text()
-            total += (
-                int(next(ln for ln in status.splitlines() if ln.startswith("VmRSS")).split()[1])
-                * 1024
-            )
+            rollup = Path(f"/proc/{p}/smaps_rollup").read_text()
+            total += int(next(ln for ln in rollup.splitlines() if ln.startswith("Pss:")).split()[1])
             for task in Path(f"/proc/{p}/task").iterdir():
                 todo += [int(c) for c in (task / "children").read_text().split()]
         except (OSError, StopIteration):
             continue
-    return total
+    return total * 1024
 
 
 def watch(command: list[str], env: dict, until=None, timeout: float = 1800) -> dict:
@@ -100,6 +104,22 @@ def first_step(metrics: Path):
     return until
 
 
+def cache_with_model(cache: Path) -> Path:
+    """A cache folder for the runs: its data cache is the bench's own (emptied for a cold run), its
+    default model the one `make model` prepared, as on the machine of a user who ran the README's
+    commands (converting the embedded GGUF is a one-time cost of its own, not the data's)."""
+    from orpo_lab.model import default_model_dir
+
+    model = default_model_dir()
+    if not (model / "config.json").is_file():
+        subprocess.run([sys.executable, "-m", "orpo_lab.model", "prepare"], check=True)
+    cache.mkdir(parents=True, exist_ok=True)
+    link = cache / model.name
+    if not link.exists():
+        link.symlink_to(model, target_is_directory=True)
+    return cache
+
+
 def ours(path: Path, cache: Path, runs: Path, name: str) -> dict:
     env = {**os.environ, "ORPO_LAB_CACHE": str(cache), "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-m", "orpo_lab.cli", "--dataset", str(path), "--max-steps", "2",
@@ -139,6 +159,31 @@ def trl(path: Path, work: Path) -> dict:
     line = next(ln for ln in result["output"].splitlines() if ln.startswith("TRL_PREPARE_S"))
     result["prepare_s"] = round(float(line.split()[1]), 1)
     return result
+
+
+PREPARE_ALONE = """
+import sys, time
+from orpo_lab.config import TrainConfig
+from orpo_lab.model import load_tokenizer
+from orpo_lab.prepared import check_data, prepare_data
+t = time.perf_counter()
+cfg = TrainConfig(dataset=sys.argv[1], max_length=1024, max_prompt_length=512, max_eval_pairs=8)
+check_data(cfg)  # what the CLI does before the run, then the run's own preparation
+prepare_data(cfg, load_tokenizer())
+print("PREPARED_S", time.perf_counter() - t)
+"""
+
+
+def prepare_alone(path: Path, work: Path) -> dict:
+    """The preparation alone in a fresh process (cold data cache): its wall time and the peak RSS
+    of the process and its workers, against a process that has loaded the model (model_rss)."""
+    cache = cache_with_model(work / "cache-prepare")
+    subprocess.run(["rm", "-rf", str(cache / "data")], check=True)
+    result = watch([sys.executable, "-c", PREPARE_ALONE, str(path)],
+                   {**os.environ, "ORPO_LAB_CACHE": str(cache)})  # fmt: skip
+    line = next(ln for ln in result.pop("output").splitlines() if ln.startswith("PREPARED_S"))
+    return {"prepare_s": round(float(line.split()[1]), 1), "wall_s": result["wall_s"],
+            "peak_rss_gb": result["peak_rss_gb"]}  # fmt: skip
 
 
 BAD_ROW = """
@@ -192,7 +237,7 @@ def main() -> None:
     parser.add_argument(
         "--workdir", default="", help="keep the files here (default: a temp folder)"
     )
-    parser.add_argument("--skip", nargs="*", default=[], choices=["trl", "capybara", "bad"])
+    parser.add_argument("--skip", nargs="*", default=[], choices=["ours", "trl", "capybara", "bad"])
     parser.add_argument("--only-bad", action="store_true", help="only the bad-row check")
     args = parser.parse_args()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="data-scale-"))
@@ -211,15 +256,24 @@ def main() -> None:
         "model_rss_gb": model_rss(),
     }
     for name, path in files.items():
-        cache = work / f"cache-{name}"
-        subprocess.run(["rm", "-rf", str(cache), str(work / "runs")], check=True)
+        if "ours" in args.skip:
+            report[name] = {"prepare_alone": prepare_alone(path, work)}
+            print(json.dumps({name: report[name]}), flush=True)
+            continue
+        cache = cache_with_model(work / f"cache-{name}")
+        subprocess.run(["rm", "-rf", str(cache / "data"), str(work / "runs")], check=True)
         cold = ours(path, cache, work / "runs", f"{name}-cold")
         print(name, "cold", {k: v for k, v in cold.items() if k != "output"}, flush=True)
         warm = ours(path, cache, work / "runs", f"{name}-warm")
         print(name, "warm", {k: v for k, v in warm.items() if k != "output"}, flush=True)
         entry = {"file_mb": round(path.stat().st_size / 2**20), "cold": cold, "warm": warm}
+        # The preparation itself: what the cold run does that the warm one (cache hit) does not.
+        entry["prepare_s"] = round(cold["first_step_s"] - warm["first_step_s"], 1)
+        entry["prepare_alone"] = prepare_alone(path, work)
         if "trl" not in args.skip:
             entry["trl"] = trl(path, work)
+            entry["x_trl_prepare"] = round(entry["trl"]["prepare_s"] / entry["prepare_s"], 2)
+            entry["x_trl_command"] = round(entry["trl"]["wall_s"] / cold["first_step_s"], 2)
         for part in ("cold", "warm", "trl"):
             entry.get(part, {}).pop("output", None)
         report[name] = entry

@@ -14,6 +14,7 @@ from orpo_lab.model import (
     attach_adapter,
     enable_activation_checkpointing,
     load_model,
+    load_tokenizer,
     pick_device,
     pick_precision,
 )
@@ -45,16 +46,29 @@ def precision_plan(cfg: TrainConfig) -> dict:
             "attention": attention}  # fmt: skip
 
 
-def build_model(cfg: TrainConfig, resume_from: Path | None):
-    """The model to train: LoRA on the base (default), QLoRA (LoRA on a 4-bit base), or every weight."""
+def model_source(cfg: TrainConfig, resume_from: Path | None) -> str:
+    """Where the run's weights and tokenizer load from: the checkpoint when a full fine-tune resumes."""
+    full_resume = resume_from and cfg.full_finetune and not cfg.load_in_4bit
+    return str(resume_from) if full_resume else cfg.model
+
+
+def run_tokenizer(cfg: TrainConfig, resume_from: Path | None):
+    return load_tokenizer(model_source(cfg, resume_from), cfg.trust_remote_code)
+
+
+def build_model(cfg: TrainConfig, resume_from: Path | None, tokenizer=None):
+    """The model to train: LoRA on the base (default), QLoRA (LoRA on a 4-bit base), or every weight.
+
+    `tokenizer`: the run's, already loaded from `model_source` (its data is prepared before the
+    model loads); None loads it with the model."""
     if cfg.load_in_4bit:
-        model, tokenizer = _load_4bit(cfg)
+        model, tokenizer = _load_4bit(cfg, tokenizer)
     else:
         # LoRA keeps the frozen base in the compute dtype; full fine-tuning keeps fp32 master weights.
         plan = precision_plan(cfg)
-        source = str(resume_from) if (resume_from and cfg.full_finetune) else cfg.model
-        model, tokenizer = load_model(source, cfg.device, plan["base"], cfg.trust_remote_code,
-                                      attn_implementation=plan["attention"])  # fmt: skip
+        model, tokenizer = load_model(model_source(cfg, resume_from), cfg.device, plan["base"],
+                                      cfg.trust_remote_code, attn_implementation=plan["attention"],
+                                      tokenizer=tokenizer)  # fmt: skip
     if cfg.gradient_checkpointing:
         enable_activation_checkpointing(model)
     if not cfg.full_finetune and resume_from is not None:
@@ -68,7 +82,7 @@ def build_model(cfg: TrainConfig, resume_from: Path | None):
     return model, tokenizer
 
 
-def _load_4bit(cfg: TrainConfig):
+def _load_4bit(cfg: TrainConfig, tokenizer=None):
     import importlib.util
 
     if importlib.util.find_spec("bitsandbytes") is None:
@@ -79,7 +93,12 @@ def _load_4bit(cfg: TrainConfig):
     from peft import prepare_model_for_kbit_training
 
     model, tokenizer = load_model(
-        cfg.model, cfg.device, cfg.precision, cfg.trust_remote_code, load_in_4bit=True
+        cfg.model,
+        cfg.device,
+        cfg.precision,
+        cfg.trust_remote_code,
+        load_in_4bit=True,
+        tokenizer=tokenizer,
     )
     # Activation checkpointing, when asked for, is build_model's (peft would use the old name).
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)

@@ -278,13 +278,14 @@ def load_model(
     load_in_4bit: bool = False,
     chat_template: str = "",
     attn_implementation: str | None = None,
+    tokenizer: PreTrainedTokenizerBase | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load (model, tokenizer) from "default", a local directory or a hub id, on the chosen device.
 
     `load_in_4bit`: the linear weights as bitsandbytes NF4 (QLoRA, Dettmers et al. 2023: double-
     quantised scales, matmuls in the `precision` dtype); everything else as usual.
     `chat_template`: see `load_tokenizer`. `attn_implementation`: transformers' ("eager", "sdpa",
-    ...); None keeps the model's default.
+    ...); None keeps the model's default. `tokenizer`: one already loaded from the same source.
     """
     source = resolve_model(name)
     dev = pick_device(device)
@@ -313,7 +314,7 @@ def load_model(
         )
     except OSError as err:
         raise load_error(name, source, err) from err
-    tokenizer = load_tokenizer(source, trust_remote_code, chat_template)
+    tokenizer = tokenizer or load_tokenizer(source, trust_remote_code, chat_template)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return (model if load_in_4bit else model.to(dev)), tokenizer

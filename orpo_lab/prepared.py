@@ -32,7 +32,7 @@ from pathlib import Path
 import datasets
 import pyarrow.compute as pc
 
-from orpo_lab.data import set_chat_template, tokenize_pair
+from orpo_lab.data import set_chat_template, tokenize_pairs
 from orpo_lab.preferences import check_rows, good_rows
 from orpo_lab.sources import FILE_TYPES, read_split
 from orpo_lab.splits import load_config_splits
@@ -289,15 +289,10 @@ def check_data(cfg, progress: Progress | None = None) -> dict:
 
 
 def _tokenize_batch(batch, tokenizer, max_length: int, max_prompt_length: int) -> dict:
-    out = {column: [] for column in TOKENISED}
-    rows = zip(batch["prompt"], batch["chosen"], batch["rejected"], strict=True)
-    for prompt, chosen, rejected in rows:
-        pair = {"prompt": prompt, "chosen": chosen, "rejected": rejected}
-        ids = tokenize_pair(pair, tokenizer, max_length, max_prompt_length)
-        for column in PAIR_COLUMNS:
-            out[column].append(ids[column])
-        for part, column in zip(("prompt", "chosen", "rejected"), CUT_COLUMNS, strict=True):
-            out[column].append(ids["cut"][part])
+    pairs = tokenize_pairs(batch, tokenizer, max_length, max_prompt_length)
+    out = {column: [pair[column] for pair in pairs] for column in PAIR_COLUMNS}
+    for part, column in zip(("prompt", "chosen", "rejected"), CUT_COLUMNS, strict=True):
+        out[column] = [pair["cut"][part] for pair in pairs]
     return out
 
 

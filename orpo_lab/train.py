@@ -23,12 +23,12 @@ import torch
 from accelerate import Accelerator, DistributedType
 from transformers import get_scheduler
 
-from orpo_lab import compiling, trackers
+from orpo_lab import build, compiling, trackers
 from orpo_lab.build import DTYPE_NAMES, build_model, load_pairs, precision_plan, subset
 from orpo_lab.checkpoint import load_training_state, resume_point, save_checkpoint
 from orpo_lab.config import TrainConfig
 from orpo_lab.data import collate
-from orpo_lab.logps import PairLogps
+from orpo_lab.logps import PairLogps, check_sample
 from orpo_lab.rundir import RunDir
 from orpo_lab.step import (
     NonFiniteLoss,
@@ -340,9 +340,11 @@ def prepare(
     """
     plan = plan or precision_plan(cfg)
     world = accelerator.num_processes
-    model, tokenizer = build_model(cfg, resume_from)
+    # The data first: preparing it needs only the tokenizer, and a problem shows before the model loads.
+    tokenizer = build.run_tokenizer(cfg, resume_from)
     progress = data_progress(folder, stop_event) if accelerator.is_main_process else None
     train_pairs, held_out, stats = load_pairs(cfg, tokenizer, progress)
+    model, tokenizer = build_model(cfg, resume_from, tokenizer)
     if len(train_pairs) < cfg.batch_size * world:
         raise TrainingError(
             f"The dataset has {len(train_pairs)} usable pairs, fewer than one batch "
@@ -361,8 +363,8 @@ def prepare(
                               num_training_steps=total)  # fmt: skip
     start = 0 if resume_from is None else load_training_state(resume_from, optimizer, scheduler)
     pair_logps = PairLogps(model, cfg.nll_scope, cfg.logps_chunk_size)
-    # The fast log-prob path is checked against the model's own logits on a real batch, not assumed.
-    first = collate(train_pairs[: cfg.batch_size], cfg.layout, tokenizer.pad_token_id)
+    # The fast log-prob path is checked against the model's own logits on a real pair, not assumed.
+    first = collate([check_sample(train_pairs[0])], cfg.layout, tokenizer.pad_token_id)
     logps_check = pair_logps.verify(first)
     sig = compiling.signature(model, pair_logps.autocast, cfg.layout)
     compile_on, compile_reason = compiling.plan(cfg, model, total - start, world,

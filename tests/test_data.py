@@ -16,6 +16,7 @@ from orpo_lab.data import (
     end_of_turn_id,
     tokenize_dataset,
     tokenize_pair,
+    tokenize_pairs,
 )
 from orpo_lab.preferences import PreferenceDataError, load_preferences, votes_to_dataset
 
@@ -216,6 +217,38 @@ def test_tokenize_dataset_counts_cut_pairs(default_tokenizer):
     assert stats == {"pairs": 3, "truncated": 1}
     assert [p["truncated"] for p in pairs] == [False, True, False]
     assert pairs[1]["rejected_ids"] == tokenize_pair(long, default_tokenizer)["rejected_ids"]
+
+
+def test_tokenize_pairs_gives_tokenize_pairs_ids_batched(default_tokenizer):
+    """The batched encoding (the backend's encode_batch) is the per-pair one, budgets included,
+    with and without a chat template, and through a tokenizer that has no fast backend."""
+    import copy
+
+    long = {"prompt": "word " * 300, "chosen": "yes " * 200, "rejected": "no " * 200}
+    carrying = {**SINGLE, "chosen": "7 + 5 = 12.<|im_end|>"}
+    rows = [SINGLE, MULTI, long, carrying]
+    plain = copy.deepcopy(default_tokenizer)
+    plain.chat_template, plain._orpo_lab_eot = None, None
+
+    class WithoutBackend:  # a slow tokenizer: everything but the backend
+        def __init__(self, tok):
+            self.tok = tok
+
+        def __getattr__(self, name):
+            if name == "backend_tokenizer":
+                raise AttributeError(name)
+            return getattr(self.tok, name)
+
+        def __call__(self, *args, **kwargs):
+            return self.tok(*args, **kwargs)
+
+    cases = [(default_tokenizer, rows), (plain, [SINGLE, long]), (WithoutBackend(plain), [long])]
+    for tok, batch_rows in cases:
+        batch = {key: [r[key] for r in batch_rows] for key in ("prompt", "chosen", "rejected")}
+        for budgets in ((512, 256), (64, 48), (20, 256)):
+            expected = [tokenize_pair(r, tok, *budgets) for r in batch_rows]
+            assert tokenize_pairs(batch, tok, *budgets) == expected
+    assert any(p["truncated"] for p in tokenize_pairs(batch, default_tokenizer, 64, 48))
 
 
 # ---------------------------------------------------------------- loading: formats and sources
