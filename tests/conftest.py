@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
+import json
 import os
+import tempfile
+from pathlib import Path
 
 # The suite never needs the network (tiny models from configs, the embedded default model): say so
 # before huggingface_hub and gradio are imported, so that nothing waits on a hub or analytics call
 # that cannot succeed here. Subprocesses (training runs, notebook kernels) inherit it.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-# torch_compile="auto" compiles a run whose setup compiled before on the machine (a marker in the
-# cache) or that is long (the stop tests' 100000 steps): runs here must not depend on what earlier
-# runs left behind, so "auto" stays eager; tests/test_compile.py tests it with this unset.
-os.environ.setdefault("ORPO_LAB_TORCH_COMPILE", "off")
+# precision="auto" and torch_compile="auto" follow measurements of the machine (orpo_lab.autotune):
+# runs here must not depend on what earlier runs measured, nor on a timing, so the suite (and its
+# subprocesses) reads a measurement cache of its own that pins the choice: eager, and bf16 only on
+# a CPU with AMX (the precision the suite's runs of the default model were timed in; tests that
+# compare float32 arithmetic ask for fp32 themselves). tests/test_autotune.py measures for real,
+# with a cache of its own.
+if not os.environ.get("ORPO_LAB_AUTOTUNE_CACHE"):
+    from orpo_lab.model import cpu_flags
+
+    _pin = {"precision": "bf16" if "amx_bf16" in cpu_flags() else "fp32", "torch_compile": False}
+    _path = Path(tempfile.mkdtemp(prefix="orpo-lab-tests-")) / "autotune.json"
+    _path.write_text(json.dumps({"pin": _pin}) + "\n")
+    os.environ["ORPO_LAB_AUTOTUNE_CACHE"] = str(_path)
 
 import pytest
 import torch
