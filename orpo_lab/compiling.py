@@ -61,10 +61,12 @@ def plan(cfg, model, processes: int, device: torch.device) -> tuple[bool | None,
 
 
 def compile_layers(model: torch.nn.Module) -> int:
-    """Compile every decoder layer in place (one graph shared by all of them); returns how many."""
+    """Compile every decoder layer in place (one graph shared by all of them); returns how many.
+    A layer compiled already (by `orpo_lab.autotune`'s probe) keeps its compiled call."""
     layers = decoder_layers(model)
     for layer in layers:
-        layer.compile(dynamic=True)
+        if layer._compiled_call_impl is None:
+            layer.compile(dynamic=True)
     return len(layers)
 
 

@@ -368,7 +368,7 @@ def prepare(
     compile_on, compile_reason = autotune.settle_compile(cfg, plan, pair_logps, first, total - start,
                                                          world, accelerator.device)  # fmt: skip
     if compile_on:
-        compiling.compile_layers(model)  # again, if the probe compiled them already: no cost
+        compiling.compile_layers(model)  # unless the probe compiled them already
     wrapped = accelerator.prepare(pair_logps)
     # The scheduler is not prepared: accelerate would step it once per process, changing the schedule.
     optimizer = accelerator.prepare(optimizer)
