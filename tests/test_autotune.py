@@ -1,11 +1,11 @@
 """precision="auto" and torch_compile="auto" by measurement (orpo_lab.autotune): the choices from
-injected step times, the cache that later runs read, a probe that fails, and real probes of the
-tiny model (in a run, and of its compiled layers)."""
+injected step times, the cache that later runs read, a probe that fails, and a real probe of the
+tiny model in a run. (A real probe of compiled layers: test_compile.py, after its compiled run,
+so that the suite compiles the tiny model cold once.)"""
 
 from __future__ import annotations
 
 import json
-import statistics
 
 import pytest
 import torch
@@ -240,19 +240,3 @@ def test_compiled_layers_that_lose_are_undone(pair_logps, own_cache, monkeypatch
     assert not on and why.endswith("(x0.83); not 5% faster: eager")
     layers = compiling.decoder_layers(wrapped.model)
     assert layers and all(layer._compiled_call_impl is None for layer in layers)
-
-
-def test_a_real_compile_probe_times_cold_and_cached_compiles(pair_logps, own_cache):
-    """The tiny model's layers, compiled for real: both compile times and step times measured."""
-    cfg, wrapped, batch = pair_logps
-    plan = precision_plan(cfg)
-    on, why = autotune.settle_compile(cfg, plan, wrapped, batch, 100, 1, CPU)
-    record = plan["autotune"]
-    eager, compiled = record["candidates"]["fp32"], record["candidates"]["fp32+compile"]
-    assert min(eager) > 0 and min(compiled) > 0
-    assert record["compile_s"]["cold"] >= 0 and record["compile_s"]["cached"] >= 0
-    expected = autotune.choose_compile(statistics.median(eager), statistics.median(compiled),
-                                       record["compile_s"]["cached"], 100, paid=True)  # fmt: skip
-    assert (on, why) == expected
-    layers = compiling.decoder_layers(wrapped.model)
-    assert all((layer._compiled_call_impl is not None) == on for layer in layers)

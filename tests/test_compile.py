@@ -1,8 +1,11 @@
 """torch.compile of the decoder layers (orpo_lab.compiling): the same training as eager, which runs
-"auto" may measure (tests/test_autotune.py measures), a broken compiler, YAML on/off."""
+"auto" may measure, a real probe of compiled layers (tests/test_autotune.py: the probe's logic),
+a broken compiler, YAML on/off."""
 
 from __future__ import annotations
 
+import json
+import statistics
 from types import SimpleNamespace
 
 import pytest
@@ -10,8 +13,11 @@ import torch
 from peft import LoraConfig, get_peft_model
 from test_train import adapter, lines, make_config, same_trajectory, same_weights, write_pairs
 
-from orpo_lab import compiling
+from orpo_lab import autotune, compiling
+from orpo_lab.build import build_model, load_pairs, precision_plan
 from orpo_lab.config import TrainConfig
+from orpo_lab.data import collate
+from orpo_lab.logps import PairLogps
 from orpo_lab.train import train
 
 
@@ -54,6 +60,32 @@ def test_compiled_layers_train_like_eager(tmp_path, data, tiny_model_dir):
                     keys=("eval/logps_chosen", "eval/logps_rejected", "eval/log_odds_ratio"))  # fmt: skip
     # The checkpoint keeps peft's parameter names: compiling did not wrap the modules.
     same_weights(adapter(eager), adapter(on))
+
+
+def test_a_real_compile_probe_times_cold_and_cached_compiles(
+    tmp_path, data, tiny_model_dir, monkeypatch
+):
+    """orpo_lab.autotune's probe of the tiny model's layers, compiled for real (after the test
+    above, which compiled them cold): step times and both compile times measured, the layers left
+    compiled exactly when the measured choice says so."""
+    monkeypatch.setenv("ORPO_LAB_AUTOTUNE_CACHE", str(tmp_path / "autotune.json"))  # no pin
+    cfg = make_config(tmp_path, data, tiny_model_dir, torch_compile="auto")
+    model, tok = build_model(cfg, None)
+    batch = collate(load_pairs(cfg, tok)[0][:4], cfg.layout, tok.pad_token_id)
+    plan = precision_plan(cfg)
+    on, why = autotune.settle_compile(cfg, plan, PairLogps(model, cfg.nll_scope, 16), batch, 100,
+                                      1, torch.device("cpu"))  # fmt: skip
+    record = plan["autotune"]
+    eager, compiled = record["candidates"]["fp32"], record["candidates"]["fp32+compile"]
+    assert len(eager) == len(compiled) == autotune.PROBE_STEPS and min(eager + compiled) > 0
+    assert record["compile_s"]["cold"] >= 0 and record["compile_s"]["cached"] >= 0
+    expected = autotune.choose_compile(statistics.median(eager), statistics.median(compiled),
+                                       record["compile_s"]["cached"], 100, paid=True)  # fmt: skip
+    assert (on, why) == expected
+    assert all((layer._compiled_call_impl is not None) == on
+               for layer in compiling.decoder_layers(model))  # fmt: skip
+    stored = json.loads((tmp_path / "autotune.json").read_text())["setups"]
+    assert [e["compiled"]["fp32"] for e in stored.values()] == [compiled]
 
 
 @pytest.fixture()
