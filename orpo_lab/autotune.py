@@ -3,25 +3,25 @@
 No list of CPU flags or guess from one machine says whether bf16 or compiled decoder layers pay on
 the next one: a 2-core Xeon with AMX ran a LoRA step x1.45 faster in bf16 and x1.35 faster again
 compiled, a 2-core AMD Zen 4 (avx512_bf16, no AMX) x2.2 faster in bf16 but slower compiled
-(BENCHMARKS.md). So `precision="auto"` and `torch_compile="auto"` time a few forward+backward
-passes of the run's own model, adapter and first batch in each candidate:
+(BENCHMARKS.md). So `precision="auto"` and `torch_compile="auto"` time forward+backward passes of
+the run's own model, adapter and first batch:
 
-- "fp32" and, where the CPU has any bf16 support, "bf16" (eager; a second copy of the model is
-  loaded for it);
-- the faster of them compiled ("+compile"), where a compiler works and the run is long enough to
-  use it; the compile's own cost is timed too: cold, then again from inductor's cache (what a later
-  process pays).
+- precision, on the first run of a setup: one untimed and `PROBE_STEPS` timed passes in float32
+  and, where the CPU has any bf16 support, in bf16 (a second copy of the model, loaded in bf16):
+  a few seconds;
+- compiled layers, in the chosen precision: their first compile costs about a minute on 2 cores,
+  so it is tried only in a run whose eager steps take `COMPILE_TRIAL_RUN_S`+ (measured: eager
+  step time x steps), never in a time slice; the trial times the cold compile, the compiled passes
+  and a compile from inductor's on-disk cache (what a later process pays), and the run keeps the
+  layers compiled when they won.
 
 The step times go to a per-machine cache (`cache_path()`, JSON), keyed by CPU model, core count,
 torch version, model and adapter configuration and batch layout, so a later run of the same setup
-reads its answer instead of measuring (nothing measurable). Delete the file to measure again; no
-run needs it. A candidate is chosen over float32 eager only when it is faster by more than the
-spread of float32's own repeats and by `MARGIN`; otherwise, or when a probe fails, the run trains
-in float32 eager and says why. A later run compiles when the measured saving over its steps
-exceeds the measured compile time from the cache.
-
-A cache file may "pin" a choice for every setup (`{"pin": {"precision": "fp32", "torch_compile":
-false}}`): the test suite pins float32 eager so that its runs do not depend on the machine.
+reads its answer instead of measuring; it compiles when (eager - compiled) x its steps exceeds the
+compile from the cache. Delete the file to measure again; no run needs it. A candidate is chosen
+over float32 eager only when it is faster by more than float32's own spread and by `MARGIN`;
+otherwise, or when a probe fails, the run trains in float32 (eager) and says why. Nothing else
+(no environment variable, no other cache folder) changes what "auto" does.
 """
 
 from __future__ import annotations
@@ -42,11 +42,11 @@ from orpo_lab.logps import PairLogps
 from orpo_lab.loss import orpo_loss
 from orpo_lab.model import cache_dir, cpu_flags
 
-PROBE_STEPS = 3  # timed forward+backward passes per candidate, after one untimed (warm-up) pass
+PROBE_STEPS = 2  # timed forward+backward passes per candidate, after one untimed (warm-up) pass
 MARGIN = 0.05  # a candidate must beat float32 eager by 5%: a tie keeps the simpler float32
-# The compiled candidate costs a compile (tens of seconds for a real model on 2 cores, once per
-# machine): probed only for a run that could use it for at least this many steps.
-PROBE_COMPILE_MIN_STEPS = 40
+# A first compile costs about a minute on 2 cores (the default model; once per machine and setup):
+# tried only in a run whose eager steps would take 10+ minutes, where it costs at most ~10%.
+COMPILE_TRIAL_RUN_S = 600.0
 # Flags that say a CPU computes bf16 natively: x86 (AMX tiles, AVX512-BF16, AVX-NE-CONVERT) and
 # Arm (the bf16 feature of Graviton 3+, Neoverse V1/V2; /proc/cpuinfo "Features").
 BF16_FLAGS = ("amx_bf16", "avx512_bf16", "avx_ne_convert", "bf16")
@@ -118,11 +118,6 @@ def entry(key: str) -> dict:
     return read_cache().get("setups", {}).get(key) or {}
 
 
-def pinned() -> dict | None:
-    pin = read_cache().get("pin")
-    return pin if isinstance(pin, dict) else None
-
-
 # ---------------------------------------------------------------- the decisions (pure functions)
 
 
@@ -176,10 +171,10 @@ def choose_compile(eager: float, compiled: float | None, compile_s: float | None
 
 
 def time_steps(
-    pair_logps: PairLogps, batch: dict, beta: float, n: int = PROBE_STEPS
+    pair_logps: PairLogps, batch: dict, beta: float, n: int = PROBE_STEPS, warmup: int = 1
 ) -> list[float]:
-    """Seconds of `n` forward+backward passes of `batch` (after one untimed pass). Nothing of the
-    run changes: gradients are dropped, the random number state is restored, the mode too."""
+    """Seconds of `n` forward+backward passes of `batch` (after `warmup` untimed ones). Nothing of
+    the run changes: gradients are dropped, the random number state is restored, the mode too."""
     model, training = pair_logps.model, pair_logps.training
     device = next(model.parameters()).device
     batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
@@ -187,13 +182,13 @@ def time_steps(
     with torch.random.fork_rng(devices=[]):
         pair_logps.train()
         try:
-            for i in range(n + 1):
+            for i in range(n + warmup):
                 began = time.perf_counter()
                 chosen, rejected, nll_sum, nll_count = pair_logps(**batch)
                 loss, _ = orpo_loss(chosen, rejected, nll_sum / nll_count.clamp(min=1), beta)
                 loss.backward()
                 model.zero_grad(set_to_none=True)
-                if i:
+                if i >= warmup:
                     times.append(time.perf_counter() - began)
         finally:
             pair_logps.train(training)
@@ -208,18 +203,24 @@ def _rounded(times: list[float]) -> list[float]:
 # ---------------------------------------------------------------- the hooks train.prepare calls
 
 
-def precision_from_cache(cfg) -> tuple[str | None, str]:
-    """(precision, why) for a CPU LoRA run with precision="auto", from the cache or a pin; (None,
-    why) when this setup was never measured here (`settle_precision` then measures it)."""
-    pin = pinned()
-    if pin:
-        return pin.get("precision", "fp32"), f"pinned in {cache_path()}"
+def precision_from_cache(cfg) -> tuple[str | None, str, dict | None]:
+    """(precision, why, what was measured) for a CPU LoRA run with precision="auto", from the
+    cache; (None, why, None) when this setup was never measured here (`settle_precision` then
+    measures it)."""
     if bf16_flag() is None:
-        return "fp32", "no bf16 support on this CPU (no flag of " + ", ".join(BF16_FLAGS) + ")"
+        why = "no bf16 support on this CPU (no flag of " + ", ".join(BF16_FLAGS) + "): float32"
+        return "fp32", why, None
     known = entry(setup_key(cfg))
     if known.get("precision"):
-        return known["precision"], f"{known['precision_reason']} (cached {known['when']})"
-    return None, "not measured on this machine yet"
+        measured = {"candidates": _cached_times(known), "cached": known["when"], "probe_s": 0.0}
+        return known["precision"], f"{known['precision_reason']} (cached {known['when']})", measured
+    return None, "not measured on this machine yet", None
+
+
+def _cached_times(known: dict) -> dict:
+    times = dict(known.get("candidates") or {})
+    times |= {f"{k}+compile": v for k, v in (known.get("compiled") or {}).items()}
+    return times
 
 
 def settle_precision(
@@ -231,7 +232,7 @@ def settle_precision(
     if not plan.get("precision_probe"):
         return model, plan
     began = time.perf_counter()
-    times, models, notes = {}, {"fp32": model}, {}
+    times, models, failed = {}, {"fp32": model}, False
     try:
         times["fp32"] = time_steps(_verified(model, cfg, batch), batch, cfg.beta)
         bf16_plan = {**plan, "precision": "bf16", "base": "bf16", "attention": "eager"}
@@ -239,13 +240,13 @@ def settle_precision(
         times["bf16"] = time_steps(_verified(models["bf16"], cfg, batch), batch, cfg.beta)
         name, why = choose_precision(times)
     except Exception as err:  # noqa: BLE001 - a failed probe trains in float32, saying why
-        name, why = "fp32", f"the probe failed ({type(err).__name__}: {err}): float32"
-        notes["failed"] = True
+        name, why, failed = "fp32", f"the probe failed ({type(err).__name__}: {err}): float32", True
+    models = {name: models[name]}  # the other copy is dropped before training allocates
     key = setup_key(cfg)
     probe = {"candidates": {k: _rounded(v) for k, v in times.items()},
              "probe_s": round(time.perf_counter() - began, 1),
              "batch": [int(batch["num_pairs"]), int(batch["input_ids"].numel())]}  # fmt: skip
-    if not notes.get("failed"):
+    if not failed:
         _write_entry(key, {**entry(key), **probe, "precision": name, "precision_reason": why,
                            "machine": machine(), "when": time.strftime("%Y-%m-%d %H:%M")})  # fmt: skip
     chosen = plan if name == "fp32" else {**plan, "precision": name, "base": name,
@@ -264,73 +265,75 @@ def settle_compile(
     cfg, plan: dict, pair_logps: PairLogps, batch: dict, steps: int, processes: int, device
 ) -> tuple[bool, str]:
     """(compile?, why) for a run of `steps` more steps: `compiling.plan`'s answer, except for an
-    eligible "auto" run, which follows the measured step times (measuring them here when this
-    setup's compiled layers were never timed on this machine and the run has
-    PROBE_COMPILE_MIN_STEPS+). Records what it measured in plan["autotune"]."""
-    model, pin = pair_logps.model, pinned()
-    if cfg.torch_compile == "auto" and pin and not pin.get("torch_compile"):
-        return False, f"pinned in {cache_path()}"
-    on, why = compiling.plan(cfg, model, processes, device)
+    eligible "auto" run, which follows the measured step times: from the cache, or, for a setup
+    whose compiled layers were never timed here, from a trial in a run long enough to pay for it
+    (module docstring). What it measured or read goes to plan["autotune"] (the started event)."""
+    on, why = compiling.plan(cfg, pair_logps.model, processes, device)
     if on is not None:
         return on, why
-    if pin:
-        return True, f"pinned in {cache_path()}"
     key, name = setup_key(cfg), plan["precision"]
-    known = entry(key)
-    compiled_times = known.get("compiled", {}).get(name)
-    eager = known.get("candidates", {}).get(name)
-    if compiled_times is None:
-        if steps < PROBE_COMPILE_MIN_STEPS:
+    known, record = entry(key), dict(plan.get("autotune") or {})
+    times = record["candidates"] = dict(record.get("candidates") or {})
+    plan["autotune"] = record
+    eager = times.get(name) or (known.get("candidates") or {}).get(name)
+    compiled = (known.get("compiled") or {}).get(name)
+    if eager and compiled:
+        times.update({name: eager, f"{name}+compile": compiled})
+        cost = known.get("compile_s", {}).get(name, {}).get("cached")
+        return choose_compile(statistics.median(eager), statistics.median(compiled), cost, steps,
+                              paid=False)  # fmt: skip
+    if plan.get("sliced"):
+        return False, "compiled layers were never measured here, and a time slice never tries them"
+    try:
+        if not eager:  # precision was asked for: its eager step time, once per setup
+            began, eager = time.perf_counter(), time_steps(pair_logps, batch, cfg.beta)
+            record["probe_s"] = round(record.get("probe_s", 0) + time.perf_counter() - began, 1)
+            _store(key, name, candidates=_rounded(eager))
+        times[name] = _rounded(eager)
+        run_s = statistics.median(eager) * steps
+        if run_s < COMPILE_TRIAL_RUN_S:
             return False, (
-                f"a short run ({steps} steps): compiled layers were never measured here, and "
-                f"their probe (a first compile) is left to runs of {PROBE_COMPILE_MIN_STEPS}+ steps"
+                f"compiled layers were never measured here; their first compile (about a minute on "
+                f"2 cores) is tried in runs of {COMPILE_TRIAL_RUN_S / 60:.0f}+ minutes eager, and "
+                f"this one is {steps} steps x {statistics.median(eager):.3f} s = {run_s:.0f} s"
             )
-        try:
-            eager, compiled_times, cold_s, warm_s = _probe_compiled(pair_logps, batch, cfg.beta)
-        except Exception as err:  # noqa: BLE001 - a failed probe trains eager, saying why
-            compiling.uncompile_layers(model)
-            return False, f"the compile probe failed ({type(err).__name__}: {err}): eager"
-        known = entry(key)
-        known.setdefault("compiled", {})[name] = _rounded(compiled_times)
-        known.setdefault("compile_s", {})[name] = {
-            "cold": round(cold_s, 1),
-            "cached": round(warm_s, 1),
-        }
-        known.setdefault("candidates", {})[name] = _rounded(eager)
-        _write_entry(key, {**known, "machine": machine(),
-                           "when": known.get("when") or time.strftime("%Y-%m-%d %H:%M")})  # fmt: skip
-        record = plan.setdefault("autotune", {})
-        record.setdefault("candidates", {})[name] = _rounded(eager)
-        record["candidates"][f"{name}+compile"] = _rounded(compiled_times)
-        record["compile_s"] = {"cold": round(cold_s, 1), "cached": round(warm_s, 1)}
-        on, why = choose_compile(statistics.median(eager), statistics.median(compiled_times),
-                                 warm_s, steps, paid=True)  # fmt: skip
-        if not on:
-            compiling.uncompile_layers(model)
-        return on, why
-    if not eager:
-        return False, "eager layers were not measured here in this precision: eager"
-    record = plan.setdefault("autotune", {})
-    record.setdefault("candidates", {})[f"{name}+compile"] = compiled_times
-    record["candidates"].setdefault(name, eager)
-    cost = known.get("compile_s", {}).get(name, {}).get("cached")
-    return choose_compile(statistics.median(eager), statistics.median(compiled_times), cost,
-                          steps, paid=False)  # fmt: skip
+        began = time.perf_counter()
+        compiled, cold_s, cached_s = _probe_compiled(pair_logps, batch, cfg.beta)
+    except Exception as err:  # noqa: BLE001 - a failed probe trains eager, saying why
+        compiling.uncompile_layers(pair_logps.model)
+        return False, f"the compile probe failed ({type(err).__name__}: {err}): eager"
+    costs = {"cold": round(cold_s, 1), "cached": round(cached_s, 1)}
+    _store(key, name, compiled=_rounded(compiled), compile_s=costs)
+    times[f"{name}+compile"] = _rounded(compiled)
+    record |= {"compile_s": costs, "compile_probe_s": round(time.perf_counter() - began, 1)}
+    on, why = choose_compile(statistics.median(eager), statistics.median(compiled), cached_s,
+                             steps, paid=True)  # fmt: skip
+    if not on:
+        compiling.uncompile_layers(pair_logps.model)
+    return on, why
+
+
+def _store(key: str, name: str, **measured) -> None:
+    """Add measurements of precision `name` (candidates, compiled, compile_s) to a setup's entry."""
+    known = entry(key)
+    for field, value in measured.items():
+        known.setdefault(field, {})[name] = value
+    _write_entry(key, {**known, "machine": machine(),
+                       "when": known.get("when") or time.strftime("%Y-%m-%d %H:%M")})  # fmt: skip
 
 
 def _probe_compiled(pair_logps: PairLogps, batch: dict, beta: float):
-    """(eager times, compiled times, cold compile s, cached compile s): the layers are left
-    compiled. The cached compile is timed after dropping dynamo's in-process state, so that
-    inductor reads its kernels from its on-disk cache, as a later process does."""
-    eager = time_steps(pair_logps, batch, beta)
+    """(compiled times, cold compile s, cached compile s); the layers are left compiled. The
+    compile from the cache is timed after dropping dynamo's in-process state, so that inductor
+    reads its kernels from its on-disk cache, as a later process does."""
     compiling.compile_layers(pair_logps.model)
     began = time.perf_counter()
     time_steps(pair_logps, batch, beta, n=0)  # the cold compile (train graphs)
     cold = time.perf_counter() - began
-    compiled = time_steps(pair_logps, batch, beta)
+    compiled = time_steps(pair_logps, batch, beta, warmup=0)
     torch._dynamo.reset()
     began = time.perf_counter()
     time_steps(pair_logps, batch, beta, n=0)
-    warm = time.perf_counter() - began
+    cached = time.perf_counter() - began
     step = statistics.median(compiled)
-    return eager, compiled, max(cold - step, 0.0), max(warm - step, 0.0)
+    return compiled, max(cold - step, 0.0), max(cached - step, 0.0)

@@ -30,7 +30,8 @@ def precision_plan(cfg: TrainConfig) -> dict:
     "precision" is the compute dtype: `pick_precision`'s for the device, except for a LoRA run on
     a CPU with precision="auto", which `orpo_lab.autotune` decides by measuring this machine (its
     cache; or, when this setup was never measured, float32 with "precision_probe": True, and
-    `autotune.settle_precision` measures before training). LoRA and QLoRA hold the frozen base in
+    `autotune.settle_precision` measures before training; "autotune": the step times it was
+    decided on, for the started event). LoRA and QLoRA hold the frozen base in
     it ("base"); the adapter weights and AdamW state stay float32 (peft keeps adapters in
     float32), and so do the log-probs and the loss. "autocast" (accelerate's mixed_precision)
     wraps the whole forward on CUDA and for full fine-tuning (float32 master weights); a LoRA run
@@ -39,9 +40,9 @@ def precision_plan(cfg: TrainConfig) -> dict:
     """
     device = pick_device(cfg.device)
     lora = not (cfg.full_finetune or cfg.load_in_4bit)
-    probe = False
+    probe, measured = False, None
     if lora and device.type == "cpu" and cfg.precision == "auto":
-        name, reason = autotune.precision_from_cache(cfg)
+        name, reason, measured = autotune.precision_from_cache(cfg)
         probe = name is None
         name = name or "fp32"
     else:
@@ -51,7 +52,7 @@ def precision_plan(cfg: TrainConfig) -> dict:
     autocast = name if (cfg.full_finetune or device.type != "cpu") and name != "fp32" else "no"
     attention = "eager" if device.type == "cpu" and base != "fp32" else None
     return {"precision": name, "precision_reason": reason, "base": base, "autocast": autocast,
-            "attention": attention, "precision_probe": probe}  # fmt: skip
+            "attention": attention, "precision_probe": probe, "autotune": measured}  # fmt: skip
 
 
 def build_model(cfg: TrainConfig, resume_from: Path | None, plan: dict | None = None):

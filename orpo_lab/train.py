@@ -270,7 +270,7 @@ def train(
     started = time.time()
     cfg.run_name = cfg.run_name or time.strftime("run-%Y%m%d-%H%M%S")
     folder = RunDir(cfg.run_dir)
-    plan = precision_plan(cfg)
+    plan = precision_plan(cfg) | {"sliced": fits is not None}  # a slice never tries a compile
     accelerator = Accelerator(mixed_precision=plan["autocast"], cpu=cfg.device == "cpu")
     resume_from = resume_point(
         folder, cfg.resume, accelerator.distributed_type == DistributedType.FSDP

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from pathlib import Path
@@ -12,19 +11,13 @@ from pathlib import Path
 # that cannot succeed here. Subprocesses (training runs, notebook kernels) inherit it.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-# precision="auto" and torch_compile="auto" follow measurements of the machine (orpo_lab.autotune):
-# runs here must not depend on what earlier runs measured, nor on a timing, so the suite (and its
-# subprocesses) reads a measurement cache of its own that pins the choice: eager, and bf16 only on
-# a CPU with AMX (the precision the suite's runs of the default model were timed in; tests that
-# compare float32 arithmetic ask for fp32 themselves). tests/test_autotune.py measures for real,
-# with a cache of its own.
+# precision="auto" and torch_compile="auto" follow measurements of the machine (orpo_lab.autotune),
+# kept in a measurement cache: the suite (and its subprocesses) starts one of its own, empty, so that
+# nothing earlier runs measured changes what a test sees. Tests that compare arithmetic ask for a
+# precision and torch_compile="off" themselves (test_train.make_config).
 if not os.environ.get("ORPO_LAB_AUTOTUNE_CACHE"):
-    from orpo_lab.model import cpu_flags
-
-    _pin = {"precision": "bf16" if "amx_bf16" in cpu_flags() else "fp32", "torch_compile": False}
-    _path = Path(tempfile.mkdtemp(prefix="orpo-lab-tests-")) / "autotune.json"
-    _path.write_text(json.dumps({"pin": _pin}) + "\n")
-    os.environ["ORPO_LAB_AUTOTUNE_CACHE"] = str(_path)
+    _folder = Path(tempfile.mkdtemp(prefix="orpo-lab-tests-"))
+    os.environ["ORPO_LAB_AUTOTUNE_CACHE"] = str(_folder / "autotune.json")
 
 import pytest
 import torch

@@ -29,7 +29,7 @@ def data(tmp_path):
 
 @pytest.fixture()
 def own_cache(tmp_path, monkeypatch):
-    """A measurement cache of this test's own, without the suite's pin: "auto" measures."""
+    """A measurement cache of this test's own: "auto" measures."""
     path = tmp_path / "autotune.json"
     monkeypatch.setenv("ORPO_LAB_AUTOTUNE_CACHE", str(path))
     return path
@@ -86,7 +86,7 @@ def test_compilation_follows_the_measured_times_and_compile_cost():
 def scripted_times(log: list, bf16_s: float = 0.5, fp32_s: float = 1.0):
     """A stand-in for autotune.time_steps: the step time of the model's frozen dtype."""
 
-    def fake(pair_logps, batch, beta, n=autotune.PROBE_STEPS):
+    def fake(pair_logps, batch, beta, n=autotune.PROBE_STEPS, warmup=1):
         dtype = pair_logps.model.get_base_model().get_input_embeddings().weight.dtype
         log.append(dtype)
         return [bf16_s if dtype == torch.bfloat16 else fp32_s] * n
@@ -111,7 +111,8 @@ def test_a_new_setup_is_measured_once_then_read_from_the_cache(
     assert timed == [torch.float32, torch.bfloat16]
     assert (plan["precision"], plan["base"], plan["attention"]) == ("bf16", "bf16", "eager")
     assert plan["precision_reason"] == "measured here: bf16 0.500 s/step vs float32 1.000 (x2.00)"
-    assert plan["autotune"]["candidates"] == {"fp32": [1.0] * 3, "bf16": [0.5] * 3}
+    steps = autotune.PROBE_STEPS
+    assert plan["autotune"]["candidates"] == {"fp32": [1.0] * steps, "bf16": [0.5] * steps}
     assert chosen is not model and chosen.get_base_model().dtype == torch.bfloat16
     assert all(p.dtype == torch.float32 for p in chosen.parameters() if p.requires_grad)
 
@@ -122,6 +123,9 @@ def test_a_new_setup_is_measured_once_then_read_from_the_cache(
     assert not again["precision_probe"] and again["precision"] == "bf16"
     assert again["precision_reason"].startswith("measured here: bf16 0.500 s/step")
     assert "(cached " in again["precision_reason"]
+    # Its started event still shows the step times the choice was made on; nothing was timed.
+    assert again["autotune"]["candidates"] == plan["autotune"]["candidates"]
+    assert again["autotune"]["probe_s"] == 0
     assert autotune.settle_precision(cfg, again, chosen, batch, None)[0] is chosen
     assert len(timed) == 2
     # Another adapter or layout is another setup; a CPU without bf16 support never measures.
@@ -147,13 +151,6 @@ def test_a_new_setup_is_measured_once_then_read_from_the_cache(
     assert not own_cache.exists()
 
 
-def test_a_pin_in_the_cache_decides_without_measuring(tmp_path, data, tiny_model_dir, own_cache):
-    own_cache.write_text(json.dumps({"pin": {"precision": "bf16", "torch_compile": False}}))
-    plan = precision_plan(make_config(tmp_path, data, tiny_model_dir, precision="auto"))
-    assert (plan["precision"], plan["precision_probe"]) == ("bf16", False)
-    assert plan["precision_reason"] == f"pinned in {own_cache}"
-
-
 def test_a_real_probe_picks_the_faster_and_leaves_the_run_unchanged(
     tmp_path, data, tiny_model_dir, own_cache, monkeypatch
 ):
@@ -170,15 +167,21 @@ def test_a_real_probe_picks_the_faster_and_leaves_the_run_unchanged(
     name, why = autotune.choose_precision(times)
     assert (event["precision"], event["precision_reason"]) == (name, why)
     assert event["autotune"]["probe_s"] > 0
-    assert event["torch_compile"] is False
-    assert event["torch_compile_reason"].startswith("a short run (3 steps): compiled layers were")
+    assert event["torch_compile"] is False  # 3 tiny steps: far from a run that tries a compile
+    assert event["torch_compile_reason"].startswith(
+        "compiled layers were never measured here; their first compile (about a minute on 2 cores) "
+        "is tried in runs of 10+ minutes eager, and this one is 3 steps x "
+    )
 
     cached = make_config(tmp_path, data, tiny_model_dir, run_name="cached", precision="auto",
                          torch_compile="auto", max_steps=3, save_every=0)  # fmt: skip
     train(cached)
     event = started(cached.run_dir)
     assert event["precision"] == name and "(cached " in event["precision_reason"]
-    assert event["autotune"] is None  # nothing measured in this run
+    assert event["autotune"]["probe_s"] == 0  # nothing measured in this run: the cache's times
+    assert event["autotune"]["candidates"] == {
+        k: [round(t, 4) for t in v] for k, v in times.items()
+    }
     asked = make_config(tmp_path, data, tiny_model_dir, run_name="asked", precision=name,
                         torch_compile="off", max_steps=3, save_every=0)  # fmt: skip
     train(asked)
@@ -194,34 +197,54 @@ def pair_logps(tmp_path, data, tiny_model_dir):
     return cfg, PairLogps(model, cfg.nll_scope, 16), batch
 
 
-def test_compiled_layers_are_probed_once_for_a_long_enough_run(pair_logps, own_cache, monkeypatch):
+def test_compiled_layers_are_tried_once_in_a_long_enough_run(pair_logps, own_cache, monkeypatch):
+    """Injected timings: eager 1.0 s a step, compiled 0.7, a cold compile 40 s, from the cache 6."""
     cfg, wrapped, batch = pair_logps
     plan = precision_plan(cfg)  # precision="fp32" asked for: only compilation is measured
     monkeypatch.setattr(compiling, "compiler_works", lambda: None)
-    probes = []
+    timed, probes = [], []
+
+    def eager(pair_logps, batch, beta, n=autotune.PROBE_STEPS, warmup=1):
+        timed.append(n)
+        return [1.0] * n
 
     def fake_probe(pair_logps, batch, beta):
         probes.append(1)
         compiling.compile_layers(pair_logps.model)
-        return [1.0] * 3, [0.7] * 3, 40.0, 6.0
+        return [0.7] * autotune.PROBE_STEPS, 40.0, 6.0
 
+    monkeypatch.setattr(autotune, "time_steps", eager)
     monkeypatch.setattr(autotune, "_probe_compiled", fake_probe)
 
-    def settle(steps, processes=1, device=CPU):
-        return autotune.settle_compile(cfg, plan, wrapped, batch, steps, processes, device)
+    def settle(steps, processes=1, device=CPU, **changes):
+        return autotune.settle_compile(
+            cfg, plan | changes, wrapped, batch, steps, processes, device
+        )
 
-    short = autotune.PROBE_COMPILE_MIN_STEPS - 1
-    assert settle(short) == (False, f"a short run ({short} steps): compiled layers were never "
-                             "measured here, and their probe (a first compile) is left to runs "
-                             f"of {autotune.PROBE_COMPILE_MIN_STEPS}+ steps")  # fmt: skip
-    on, why = settle(autotune.PROBE_COMPILE_MIN_STEPS)
+    # 599 steps x 1.0 s: under the 10 minutes that a first compile is tried in; the eager step
+    # time (precision was asked for, never measured) is timed once and kept.
+    assert settle(599) == (False, "compiled layers were never measured here; their first compile "
+                           "(about a minute on 2 cores) is tried in runs of 10+ minutes eager, and "
+                           "this one is 599 steps x 1.000 s = 599 s")  # fmt: skip
+    assert settle(10**6, sliced=True) == (
+        False, "compiled layers were never measured here, and a time slice never tries them",
+    )  # fmt: skip
+    assert timed == [autotune.PROBE_STEPS] and probes == []
+    trial = dict(plan)
+    on, why = autotune.settle_compile(cfg, trial, wrapped, batch, 600, 1, CPU)
     assert on and why.endswith("(x1.43); compiled by the probe already") and probes == [1]
-    assert plan["autotune"]["candidates"] == {"fp32": [1.0] * 3, "fp32+compile": [0.7] * 3}
-    assert plan["autotune"]["compile_s"] == {"cold": 40.0, "cached": 6.0}
-    # Later runs read the cache: compiled when 0.3 s a step repays the 6 s compile from the cache.
-    on, why = settle(21)
+    assert len(timed) == 1  # the eager time came from the cache
+    two = autotune.PROBE_STEPS
+    assert trial["autotune"]["candidates"] == {"fp32": [1.0] * two, "fp32+compile": [0.7] * two}
+    assert trial["autotune"]["compile_s"] == {"cold": 40.0, "cached": 6.0}
+    # Later runs read the cache: compiled when 0.3 s a step repays the 6 s compile from the cache,
+    # whatever the environment says (the old switch is gone).
+    monkeypatch.setenv("ORPO_LAB_TORCH_COMPILE", "off")
+    later = dict(plan)
+    on, why = autotune.settle_compile(cfg, later, wrapped, batch, 21, 1, CPU)
     assert on and why.endswith("21 steps save 6.3 s, a compile from the cache costs 6.0 s")
-    assert settle(19)[0] is False and probes == [1]
+    assert later["autotune"]["candidates"] == {"fp32": [1.0] * two, "fp32+compile": [0.7] * two}
+    assert settle(19)[0] is False and probes == [1] and len(timed) == 1
     # Not eligible: auto does not measure (compiling.plan says why).
     assert settle(1000, processes=2)[1].startswith("measured for single-process LoRA runs")
     assert settle(1000, device=torch.device("cuda"))[1].startswith("cuda: torch.compile is")
@@ -230,13 +253,16 @@ def test_compiled_layers_are_probed_once_for_a_long_enough_run(pair_logps, own_c
 def test_compiled_layers_that_lose_are_undone(pair_logps, own_cache, monkeypatch):
     cfg, wrapped, batch = pair_logps
     monkeypatch.setattr(compiling, "compiler_works", lambda: None)
+    monkeypatch.setattr(autotune, "time_steps", lambda *args, **kwargs: [1.0, 1.0])
 
     def slower(pair_logps, batch, beta):
         compiling.compile_layers(pair_logps.model)
-        return [1.0] * 3, [1.2] * 3, 30.0, 5.0
+        return [1.2, 1.2], 30.0, 5.0
 
     monkeypatch.setattr(autotune, "_probe_compiled", slower)
-    on, why = autotune.settle_compile(cfg, precision_plan(cfg), wrapped, batch, 100, 1, CPU)
+    plan = precision_plan(cfg)
+    on, why = autotune.settle_compile(cfg, plan, wrapped, batch, 1000, 1, CPU)
     assert not on and why.endswith("(x0.83); not 5% faster: eager")
+    assert plan["autotune"]["compile_s"] == {"cold": 30.0, "cached": 5.0}
     layers = compiling.decoder_layers(wrapped.model)
     assert layers and all(layer._compiled_call_impl is None for layer in layers)

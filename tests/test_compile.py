@@ -68,19 +68,20 @@ def test_a_real_compile_probe_times_cold_and_cached_compiles(
     """orpo_lab.autotune's probe of the tiny model's layers, compiled for real (after the test
     above, which compiled them cold): step times and both compile times measured, the layers left
     compiled exactly when the measured choice says so."""
-    monkeypatch.setenv("ORPO_LAB_AUTOTUNE_CACHE", str(tmp_path / "autotune.json"))  # no pin
+    monkeypatch.setenv("ORPO_LAB_AUTOTUNE_CACHE", str(tmp_path / "autotune.json"))
     cfg = make_config(tmp_path, data, tiny_model_dir, torch_compile="auto")
     model, tok = build_model(cfg, None)
     batch = collate(load_pairs(cfg, tok)[0][:4], cfg.layout, tok.pad_token_id)
     plan = precision_plan(cfg)
-    on, why = autotune.settle_compile(cfg, plan, PairLogps(model, cfg.nll_scope, 16), batch, 100,
+    # A run of 10**6 tiny steps: long enough (eager) that a first compile is tried.
+    on, why = autotune.settle_compile(cfg, plan, PairLogps(model, cfg.nll_scope, 16), batch, 10**6,
                                       1, torch.device("cpu"))  # fmt: skip
     record = plan["autotune"]
     eager, compiled = record["candidates"]["fp32"], record["candidates"]["fp32+compile"]
     assert len(eager) == len(compiled) == autotune.PROBE_STEPS and min(eager + compiled) > 0
     assert record["compile_s"]["cold"] >= 0 and record["compile_s"]["cached"] >= 0
     expected = autotune.choose_compile(statistics.median(eager), statistics.median(compiled),
-                                       record["compile_s"]["cached"], 100, paid=True)  # fmt: skip
+                                       record["compile_s"]["cached"], 10**6, paid=True)  # fmt: skip
     assert (on, why) == expected
     assert all((layer._compiled_call_impl is not None) == on
                for layer in compiling.decoder_layers(model))  # fmt: skip

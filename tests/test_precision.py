@@ -50,15 +50,16 @@ def test_auto_outside_cpu_lora_training_is_float32_and_an_explicit_choice_wins()
         pick_precision(CPU, "int8")
 
 
-def pin(monkeypatch, tmp_path, precision: str | None) -> None:
-    """A measurement cache of the test's own: pinning `precision`, or empty (auto measures)."""
-    path = tmp_path / "autotune.json"
-    path.write_text(json.dumps({"pin": {"precision": precision}} if precision else {}))
-    monkeypatch.setenv("ORPO_LAB_AUTOTUNE_CACHE", str(path))
+def measured(monkeypatch, precision: str | None) -> None:
+    """Make "auto" act as if this machine had measured `precision` the faster (None: as it is; the
+    measuring itself: tests/test_autotune.py)."""
+    if precision:
+        reason = f"measured here: {precision} (a stand-in)"
+        monkeypatch.setattr(autotune, "precision_from_cache", lambda cfg: (precision, reason, None))
 
 
 @pytest.mark.parametrize(
-    ("pinned", "precision", "full", "expected"),
+    ("faster", "precision", "full", "expected"),
     [
         ("bf16", "auto", False, ("bf16", "bf16", "no", "eager")),  # decoder autocast
         ("fp32", "auto", False, ("fp32", "fp32", "no", None)),
@@ -68,8 +69,8 @@ def pin(monkeypatch, tmp_path, precision: str | None) -> None:
         ("bf16", "fp32", True, ("fp32", "fp32", "no", None)),
     ],
 )
-def test_precision_plan_of_a_cpu_run(monkeypatch, tmp_path, pinned, precision, full, expected):
-    pin(monkeypatch, tmp_path, pinned)
+def test_precision_plan_of_a_cpu_run(monkeypatch, tmp_path, faster, precision, full, expected):
+    measured(monkeypatch, faster)
     plan = precision_plan(TrainConfig(device="cpu", full_finetune=full, precision=precision))
     assert (plan["precision"], plan["base"], plan["autocast"], plan["attention"]) == expected
     assert not plan["precision_probe"]
@@ -141,17 +142,17 @@ def test_a_bf16_run_keeps_adapter_optimizer_logps_and_loss_in_float32(tmp_path, 
 
 
 @pytest.mark.parametrize(
-    ("pinned", "flag", "precision", "reason"),
+    ("faster", "flag", "precision", "reason"),
     [
-        ("bf16", "amx_bf16", "bf16", "pinned in "),
-        ("fp32", "amx_bf16", "fp32", "pinned in "),
+        ("bf16", "amx_bf16", "bf16", "measured here: bf16"),
+        ("fp32", "amx_bf16", "fp32", "measured here: fp32"),
         (None, None, "fp32", "no bf16 support on this CPU (no flag of amx_bf16, avx512_bf16"),
     ],
 )
 def test_the_start_event_says_which_precision_and_why(
-    monkeypatch, tmp_path, tiny_model_dir, pinned, flag, precision, reason
+    monkeypatch, tmp_path, tiny_model_dir, faster, flag, precision, reason
 ):
-    pin(monkeypatch, tmp_path, pinned)
+    measured(monkeypatch, faster)
     monkeypatch.setattr(autotune, "bf16_flag", lambda flags=None: flag)
     cfg = _config(tmp_path, tiny_model_dir, max_steps=1, eval_every=0, save_every=0,
                   torch_compile="off")  # fmt: skip
