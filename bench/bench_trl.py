@@ -118,6 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out", default=None, help="default: bench/results/trl-<device>[-<gpu-model>-<max-length>]"
     )
+    p.add_argument(
+        "--keep-caches",
+        action="store_true",
+        help="start from OUT's autotune and inductor caches (an earlier bench's measurements), "
+        "not empty ones",
+    )
     p.add_argument("--report-only", metavar="OUT", help="re-render OUT's summary from OUT/logs")
     p.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     p.add_argument("--spec", help=argparse.SUPPRESS)
@@ -398,8 +404,9 @@ def main(argv: list[str] | None = None) -> int:
         tag += f"-{args.gpu_model}-{args.max_length or (2048 if args.device == 'cuda' else 256)}"
     out = Path(args.out or HERE / "results" / tag)
     out.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(out / "inductor", ignore_errors=True)  # the workers' caches start empty
-    (out / "autotune.json").unlink(missing_ok=True)
+    if not args.keep_caches:  # the workers' caches start empty
+        shutil.rmtree(out / "inductor", ignore_errors=True)
+        (out / "autotune.json").unlink(missing_ok=True)
     began = time.perf_counter()
     spec = prepare(args, out) | {"reps": args.reps, "peak_tflops": args.peak_tflops}
     results = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "spec": spec,
