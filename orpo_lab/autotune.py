@@ -6,9 +6,9 @@ compiled, a 2-core AMD Zen 4 (avx512_bf16, no AMX) x2.2 faster in bf16 but slowe
 (BENCHMARKS.md). So `precision="auto"` and `torch_compile="auto"` time forward+backward passes of
 the run's own model, adapter and first batch:
 
-- precision, on the first run of a setup: one untimed and `PROBE_STEPS` timed passes in float32
-  and, where the CPU has any bf16 support, in bf16 (a second copy of the model, loaded in bf16):
-  a few seconds;
+- precision, on the first run of a setup: one untimed and one timed pass in float32 and, where the
+  CPU has any bf16 support, in bf16 (a second copy of the model, loaded in bf16), and a second
+  timed pass each when the first two are within x`CLEAR`: a few seconds;
 - compiled layers, in the chosen precision: their first compile costs about a minute on 2 cores,
   so it is tried only in a run whose eager steps take `COMPILE_TRIAL_RUN_S`+ (measured: eager
   step time x steps), never in a time slice; the trial times the cold compile, the compiled passes
@@ -43,6 +43,7 @@ from orpo_lab.loss import orpo_loss
 from orpo_lab.model import cache_dir, cpu_flags
 
 PROBE_STEPS = 2  # timed forward+backward passes per candidate, after one untimed (warm-up) pass
+CLEAR = 1.5  # a first timed pass this much faster or slower decides the precision probe alone
 MARGIN = 0.05  # a candidate must beat float32 eager by 5%: a tie keeps the simpler float32
 # A first compile costs about a minute on 2 cores (the default model; once per machine and setup):
 # tried only in a run whose eager steps would take 10+ minutes, where it costs at most ~10%.
@@ -234,10 +235,17 @@ def settle_precision(
     began = time.perf_counter()
     times, models, failed = {}, {"fp32": model}, False
     try:
-        times["fp32"] = time_steps(_verified(model, cfg, batch), batch, cfg.beta)
-        bf16_plan = {**plan, "precision": "bf16", "base": "bf16", "attention": "eager"}
-        models["bf16"] = rebuild(bf16_plan)
-        times["bf16"] = time_steps(_verified(models["bf16"], cfg, batch), batch, cfg.beta)
+        timed = {"fp32": _verified(model, cfg, batch)}
+        times["fp32"] = time_steps(timed["fp32"], batch, cfg.beta, n=1)
+        models["bf16"] = rebuild(
+            {**plan, "precision": "bf16", "base": "bf16", "attention": "eager"}
+        )
+        timed["bf16"] = _verified(models["bf16"], cfg, batch)
+        times["bf16"] = time_steps(timed["bf16"], batch, cfg.beta, n=1)
+        ratio = times["fp32"][0] / times["bf16"][0]
+        for _ in range(PROBE_STEPS - 1 if 1 / CLEAR < ratio < CLEAR else 0):  # a close call
+            for key, pair_logps in timed.items():
+                times[key] += time_steps(pair_logps, batch, cfg.beta, n=1, warmup=0)
         name, why = choose_precision(times)
     except Exception as err:  # noqa: BLE001 - a failed probe trains in float32, saying why
         name, why, failed = "fp32", f"the probe failed ({type(err).__name__}: {err}): float32", True
@@ -280,8 +288,9 @@ def settle_compile(
     if eager and compiled:
         times.update({name: eager, f"{name}+compile": compiled})
         cost = known.get("compile_s", {}).get(name, {}).get("cached")
-        return choose_compile(statistics.median(eager), statistics.median(compiled), cost, steps,
-                              paid=False)  # fmt: skip
+        on, why = choose_compile(statistics.median(eager), statistics.median(compiled), cost, steps,
+                                 paid=False)  # fmt: skip
+        return (on and compiling.broken_compiler()) or (on, why)
     if plan.get("sliced"):
         return False, "compiled layers were never measured here, and a time slice never tries them"
     try:
@@ -297,6 +306,9 @@ def settle_compile(
                 f"2 cores) is tried in runs of {COMPILE_TRIAL_RUN_S / 60:.0f}+ minutes eager, and "
                 f"this one is {steps} steps x {statistics.median(eager):.3f} s = {run_s:.0f} s"
             )
+        broken = compiling.broken_compiler()
+        if broken:
+            return broken
         began = time.perf_counter()
         compiled, cold_s, cached_s = _probe_compiled(pair_logps, batch, cfg.beta)
     except Exception as err:  # noqa: BLE001 - a failed probe trains eager, saying why

@@ -38,7 +38,8 @@ def compiler_works() -> str | None:
 
 def plan(cfg, model, processes: int, device: torch.device) -> tuple[bool | None, str]:
     """(compile?, why), or (None, "") for an "auto" run that `orpo_lab.autotune` decides by
-    measuring: a single-process LoRA run on a CPU, without gradient checkpointing."""
+    measuring: a single-process LoRA run on a CPU, without gradient checkpointing (it checks
+    `compiler_works`, a compile of its own, only when it would compile)."""
     asked = cfg.torch_compile
     if asked == "off":
         return False, "torch_compile=off was asked for"
@@ -54,10 +55,16 @@ def plan(cfg, model, processes: int, device: torch.device) -> tuple[bool | None,
                 "measured for single-process LoRA runs without gradient checkpointing only; "
                 "torch_compile=on to try it"
             )
+        return None, ""
+    return broken_compiler() or (True, "torch_compile=on was asked for")
+
+
+def broken_compiler() -> tuple[bool, str] | None:
+    """(False, why) where torch.compile does not work here, else None."""
     broken = compiler_works()
     if broken:
         return False, f"torch.compile does not work here ({broken}): training without it"
-    return (True, "torch_compile=on was asked for") if asked == "on" else (None, "")
+    return None
 
 
 def compile_layers(model: torch.nn.Module) -> int:
