@@ -30,7 +30,6 @@ import hashlib
 import json
 import os
 import platform
-import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -123,15 +122,16 @@ def entry(key: str) -> dict:
 
 
 def choose_precision(times: dict[str, list[float]]) -> tuple[str, str]:
-    """(precision, why) from measured step times {"fp32": [...], "bf16": [...]} (seconds)."""
+    """(precision, why) from measured step times {"fp32": [...], "bf16": [...]} (seconds). Each
+    candidate counts by its fastest pass: other work on the machine only ever adds time."""
     fp32 = times.get("fp32") or []
     others = {k: v for k, v in times.items() if k != "fp32" and v}
     if not fp32 or any(t <= 0 for v in times.values() for t in v):
         return "fp32", "the probe gave no usable float32 time: float32"
-    base = statistics.median(fp32)
+    base = min(fp32)
     if not others:
         return "fp32", f"float32 {base:.3f} s/step, the only candidate measured"
-    name, best = min(((k, statistics.median(v)) for k, v in others.items()), key=lambda kv: kv[1])
+    name, best = min(((k, min(v)) for k, v in others.items()), key=lambda kv: kv[1])
     spread = max(fp32) - min(fp32)
     summary = f"{name} {best:.3f} s/step vs float32 {base:.3f} (x{base / best:.2f})"
     if best > base * (1 - MARGIN):
@@ -288,9 +288,9 @@ def settle_compile(
     if eager and compiled:
         times.update({name: eager, f"{name}+compile": compiled})
         cost = known.get("compile_s", {}).get(name, {}).get("cached")
-        on, why = choose_compile(statistics.median(eager), statistics.median(compiled), cost, steps,
-                                 paid=False)  # fmt: skip
-        return (on and compiling.broken_compiler()) or (on, why)
+        record["compile_s"] = known.get("compile_s", {}).get(name)
+        # The compiler worked here when these were measured: no check of it (a compile) again.
+        return choose_compile(min(eager), min(compiled), cost, steps, paid=False)
     if plan.get("sliced"):
         return False, "compiled layers were never measured here, and a time slice never tries them"
     try:
@@ -299,12 +299,12 @@ def settle_compile(
             record["probe_s"] = round(record.get("probe_s", 0) + time.perf_counter() - began, 1)
             _store(key, name, candidates=_rounded(eager))
         times[name] = _rounded(eager)
-        run_s = statistics.median(eager) * steps
+        run_s = min(eager) * steps
         if run_s < COMPILE_TRIAL_RUN_S:
             return False, (
                 f"compiled layers were never measured here; their first compile (about a minute on "
                 f"2 cores) is tried in runs of {COMPILE_TRIAL_RUN_S / 60:.0f}+ minutes eager, and "
-                f"this one is {steps} steps x {statistics.median(eager):.3f} s = {run_s:.0f} s"
+                f"this one is {steps} steps x {min(eager):.3f} s = {run_s:.0f} s"
             )
         broken = compiling.broken_compiler()
         if broken:
@@ -318,7 +318,7 @@ def settle_compile(
     _store(key, name, compiled=_rounded(compiled), compile_s=costs)
     times[f"{name}+compile"] = _rounded(compiled)
     record |= {"compile_s": costs, "compile_probe_s": round(time.perf_counter() - began, 1)}
-    on, why = choose_compile(statistics.median(eager), statistics.median(compiled), cached_s,
+    on, why = choose_compile(min(eager), min(compiled), cached_s,
                              steps, paid=True)  # fmt: skip
     if not on:
         compiling.uncompile_layers(pair_logps.model)
@@ -347,5 +347,5 @@ def _probe_compiled(pair_logps: PairLogps, batch: dict, beta: float):
     began = time.perf_counter()
     time_steps(pair_logps, batch, beta, n=0)
     cached = time.perf_counter() - began
-    step = statistics.median(compiled)
+    step = min(compiled)
     return compiled, max(cold - step, 0.0), max(cached - step, 0.0)

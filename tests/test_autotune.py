@@ -40,17 +40,18 @@ def started(run_dir) -> dict:
 
 
 def test_precision_follows_the_measured_times():
+    # Each candidate by its fastest pass (other work only adds time): 0.50 vs 0.99.
     assert autotune.choose_precision({"fp32": [1.0, 1.02, 0.99], "bf16": [0.5, 0.52, 0.51]}) == (
-        "bf16", "measured here: bf16 0.510 s/step vs float32 1.000 (x1.96)",
+        "bf16", "measured here: bf16 0.500 s/step vs float32 0.990 (x1.98)",
     )  # fmt: skip
     # Slower, or faster by less than MARGIN (5%): float32.
     name, why = autotune.choose_precision({"fp32": [1.0, 1.0, 1.0], "bf16": [1.3, 1.3, 1.2]})
-    assert name == "fp32" and why.endswith("(x0.77); not 5% faster: float32")
+    assert name == "fp32" and why.endswith("(x0.83); not 5% faster: float32")
     assert autotune.choose_precision({"fp32": [1.0] * 3, "bf16": [0.97] * 3})[0] == "fp32"
     # Faster by less than float32's own steps spread: inconclusive.
-    name, why = autotune.choose_precision({"fp32": [0.6, 1.0, 1.4], "bf16": [0.8, 0.8, 0.8]})
+    name, why = autotune.choose_precision({"fp32": [1.0, 1.3], "bf16": [0.8, 0.8]})
     assert name == "fp32" and why.startswith("inconclusive: bf16 0.800 s/step vs float32 1.000")
-    assert "spread by 0.800 s" in why
+    assert "spread by 0.300 s" in why
     # Nothing (or nonsense) measured: float32, and why.
     assert autotune.choose_precision({"fp32": [1.0]}) == (
         "fp32", "float32 1.000 s/step, the only candidate measured",
@@ -260,11 +261,12 @@ def test_compiled_layers_are_tried_once_in_a_long_enough_run(pair_logps, own_cac
     on, why = autotune.settle_compile(cfg, later, wrapped, batch, 21, 1, CPU)
     assert on and why.endswith("21 steps save 6.3 s, a compile from the cache costs 6.0 s")
     assert later["autotune"]["candidates"] == {"fp32": [1.0] * two, "fp32+compile": [0.7] * two}
+    assert later["autotune"]["compile_s"] == {"cold": 40.0, "cached": 6.0}
     assert settle(19)[0] is False and probes == [1] and len(timed) == 1
-    # A compiler that broke since (checked only when a run would compile): eager, and why.
-    monkeypatch.setattr(compiling, "compiler_works", lambda: "RuntimeError: no g++")
-    assert settle(21) == (False, "torch.compile does not work here (RuntimeError: no g++): "
-                          "training without it")  # fmt: skip
+    # The compiler worked when these were measured: a later run does not check it again (its
+    # check is a compile of its own, seconds).
+    monkeypatch.setattr(compiling, "compiler_works", lambda: pytest.fail("checked again"))
+    assert settle(21)[0] is True
     # Not eligible: auto does not measure (compiling.plan says why).
     assert settle(1000, processes=2)[1].startswith("measured for single-process LoRA runs")
     assert settle(1000, device=torch.device("cuda"))[1].startswith("cuda: torch.compile is")

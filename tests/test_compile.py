@@ -5,7 +5,6 @@ a broken compiler, YAML on/off."""
 from __future__ import annotations
 
 import json
-import statistics
 from types import SimpleNamespace
 
 import pytest
@@ -80,7 +79,7 @@ def test_a_real_compile_probe_times_cold_and_cached_compiles(
     eager, compiled = record["candidates"]["fp32"], record["candidates"]["fp32+compile"]
     assert len(eager) == len(compiled) == autotune.PROBE_STEPS and min(eager + compiled) > 0
     assert record["compile_s"]["cold"] >= 0 and record["compile_s"]["cached"] >= 0
-    expected = autotune.choose_compile(statistics.median(eager), statistics.median(compiled),
+    expected = autotune.choose_compile(min(eager), min(compiled),
                                        record["compile_s"]["cached"], 10**6, paid=True)  # fmt: skip
     assert (on, why) == expected
     assert all((layer._compiled_call_impl is not None) == on
