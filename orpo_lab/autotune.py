@@ -18,7 +18,8 @@ the run's own model, adapter and first batch:
 The step times go to a per-machine cache (`cache_path()`, JSON), keyed by CPU model, core count,
 torch version, model and adapter configuration and batch layout, so a later run of the same setup
 reads its answer instead of measuring; it compiles when (eager - compiled) x its steps exceeds the
-compile from the cache. Delete the file to measure again; no run needs it. A candidate is chosen
+compile from the cache, and then times that compile (the one pass step 1 would have paid it in), so
+that the next run decides on what a fresh process paid. Delete the file to measure again; no run needs it. A candidate is chosen
 over float32 eager only when it is faster by more than float32's own spread and by `MARGIN`;
 otherwise, or when a probe fails, the run trains in float32 (eager) and says why. Nothing else
 (no environment variable, no other cache folder) changes what "auto" does.
@@ -246,6 +247,7 @@ def settle_precision(
         for _ in range(PROBE_STEPS - 1 if 1 / CLEAR < ratio < CLEAR else 0):  # a close call
             for key, pair_logps in timed.items():
                 times[key] += time_steps(pair_logps, batch, cfg.beta, n=1, warmup=0)
+        times = {k: _rounded(v) for k, v in times.items()}  # what the started event shows
         name, why = choose_precision(times)
     except Exception as err:  # noqa: BLE001 - a failed probe trains in float32, saying why
         name, why, failed = "fp32", f"the probe failed ({type(err).__name__}: {err}): float32", True
@@ -287,10 +289,14 @@ def settle_compile(
     compiled = (known.get("compiled") or {}).get(name)
     if eager and compiled:
         times.update({name: eager, f"{name}+compile": compiled})
-        cost = known.get("compile_s", {}).get(name, {}).get("cached")
-        record["compile_s"] = known.get("compile_s", {}).get(name)
+        costs = dict(known.get("compile_s", {}).get(name) or {})
         # The compiler worked here when these were measured: no check of it (a compile) again.
-        return choose_compile(min(eager), min(compiled), cost, steps, paid=False)
+        on, why = choose_compile(min(eager), min(compiled), costs.get("cached"), steps, paid=False)
+        if on:  # the compile step 1 would pay, timed: what a fresh process pays, for later runs
+            costs["cached"] = round(_compile_s(pair_logps, batch, cfg.beta, min(compiled)), 1)
+            _store(key, name, compile_s=costs)
+        record["compile_s"] = costs
+        return on, why
     if plan.get("sliced"):
         return False, "compiled layers were never measured here, and a time slice never tries them"
     try:
@@ -334,18 +340,21 @@ def _store(key: str, name: str, **measured) -> None:
                        "when": known.get("when") or time.strftime("%Y-%m-%d %H:%M")})  # fmt: skip
 
 
+def _compile_s(pair_logps: PairLogps, batch: dict, beta: float, compiled_step: float) -> float:
+    """Seconds the compile of the layers costs here: one pass, less a compiled pass's time."""
+    compiling.compile_layers(pair_logps.model)
+    began = time.perf_counter()
+    time_steps(pair_logps, batch, beta, n=0)
+    return max(time.perf_counter() - began - compiled_step, 0.0)
+
+
 def _probe_compiled(pair_logps: PairLogps, batch: dict, beta: float):
     """(compiled times, cold compile s, cached compile s); the layers are left compiled. The
     compile from the cache is timed after dropping dynamo's in-process state, so that inductor
     reads its kernels from its on-disk cache, as a later process does."""
-    compiling.compile_layers(pair_logps.model)
-    began = time.perf_counter()
-    time_steps(pair_logps, batch, beta, n=0)  # the cold compile (train graphs)
-    cold = time.perf_counter() - began
+    cold = _compile_s(pair_logps, batch, beta, 0.0)  # the cold compile (train graphs)
     compiled = time_steps(pair_logps, batch, beta, warmup=0)
     torch._dynamo.reset()
-    began = time.perf_counter()
-    time_steps(pair_logps, batch, beta, n=0)
-    cached = time.perf_counter() - began
+    cached = _compile_s(pair_logps, batch, beta, 0.0)
     step = min(compiled)
     return compiled, max(cold - step, 0.0), max(cached - step, 0.0)
