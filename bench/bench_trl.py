@@ -31,7 +31,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -44,6 +46,7 @@ import trl_contenders as tc
 HERE = Path(__file__).resolve().parent
 GIB, MIB = 1024**3, 1024**2
 COMPILED = "bf16c"  # orpo_lab in bf16 with its decoder layers compiled (torch_compile=on)
+AUTO = "auto"  # orpo_lab's default: precision and torch_compile "auto" (measured by the run)
 WORKERS = {"ours": tc.run_ours, "trl": tc.run_trl, "check": tc.loss_check, "ablation": tc.ablation}
 
 
@@ -68,9 +71,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--precisions",
         default=None,
-        help="comma-separated, of fp32, bf16 and bf16c: each contender runs in each (default: "
-        "fp32,bf16,bf16c on CPU, bf16 on CUDA); bf16 = orpo_lab's bf16 base / TRL's bf16=True; "
-        "bf16c = orpo_lab in bf16 with torch_compile=on (orpo_lab only)",
+        help="comma-separated, of auto, fp32, bf16 and bf16c: each contender runs in each "
+        "(default: auto,fp32,bf16,bf16c on CPU, bf16 on CUDA); bf16 = orpo_lab's bf16 base / "
+        "TRL's bf16=True; bf16c = orpo_lab in bf16 with torch_compile=on; auto = orpo_lab's "
+        "defaults, precision and torch_compile measured by the run (orpo_lab only)",
+    )
+    p.add_argument(
+        "--auto-steps",
+        type=int,
+        default=60,
+        help="the run length 'auto' decides for (the cpu-quick preset's 60 steps); the measured "
+        "steps end it with a stop",
     )
     p.add_argument("--max-length", type=int, default=None, help="default: 256 on CPU, 2048 on CUDA")
     p.add_argument("--max-prompt-length", type=int, default=None, help="default: max_length // 2")
@@ -107,6 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out", default=None, help="default: bench/results/trl-<device>[-<gpu-model>-<max-length>]"
     )
+    p.add_argument(
+        "--keep-caches",
+        action="store_true",
+        help="start from OUT's autotune and inductor caches (an earlier bench's measurements), "
+        "not empty ones",
+    )
     p.add_argument("--report-only", metavar="OUT", help="re-render OUT's summary from OUT/logs")
     p.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     p.add_argument("--spec", help=argparse.SUPPRESS)
@@ -122,9 +139,14 @@ def worker(name: str, spec: dict, out: Path, tag: str) -> dict:
     result.unlink(missing_ok=True)
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", name, "--spec", str(spec_file),
            "--result", str(result)]  # fmt: skip
+    # Caches of this bench's own, empty at its start: auto's first rep measures (and compiles
+    # cold), the later reps read what it measured, as a user's later runs would.
+    env = os.environ | {"ORPO_LAB_AUTOTUNE_CACHE": str(out / "autotune.json"),
+                        "TORCHINDUCTOR_CACHE_DIR": str(out / "inductor")}  # fmt: skip
     began = time.perf_counter()
     with open(out / "logs" / f"{tag}.log", "w") as log:
-        code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=HERE.parent).returncode
+        code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=HERE.parent,
+                              env=env).returncode  # fmt: skip
     if code != 0:
         tail = (out / "logs" / f"{tag}.log").read_text()[-3000:]
         raise RuntimeError(f"worker {tag} failed (exit {code}); log tail:\n{tail}")
@@ -140,7 +162,7 @@ def environment(device: str) -> dict:
 
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                 if ln.startswith("model name")), platform.processor())  # fmt: skip
-    env = {"cpu": cpu, "cores": len(__import__("os").sched_getaffinity(0)), "python": platform.python_version(),
+    env = {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "python": platform.python_version(),
            "torch": torch.__version__, "transformers": transformers.__version__,
            "peft": peft.__version__, "trl": trl.__version__}  # fmt: skip
     if device == "cuda":
@@ -155,12 +177,13 @@ def prepare(args, out: Path) -> dict:
     spec = {
         "device": args.device, "precision": "bf16" if cuda else "fp32", "model": "default",
         "precisions": args.precisions.split(",") if args.precisions else (
-            ["bf16"] if cuda else ["fp32", "bf16", COMPILED]),
+            ["bf16"] if cuda else [AUTO, "fp32", "bf16", COMPILED]),
         "batch": args.batch, "max_length": max_length,
         "max_prompt_length": args.max_prompt_length or max_length // 2, "steps": args.steps,
         "warmup": args.warmup, "lr": args.lr, "beta": args.beta, "lora_r": args.lora_r,
         "lora_alpha": args.lora_alpha, "layout": args.layout, "chunk": args.chunk, "seed": args.seed,
         "rounds": args.ablation_rounds, "data_dir": str(out / "data"),
+        "auto_steps": args.auto_steps,
     }  # fmt: skip
     rows, source = tc.default_rows()
     if args.gpu_model:
@@ -190,18 +213,19 @@ def compare(spec: dict, reps: int, out: Path) -> dict:
 
 
 def settings(precision: str) -> dict:
-    """The worker settings of a precision name: every eager contender says torch_compile=off, so
-    that "auto" cannot compile it on a machine where this setup compiled before."""
+    """The worker settings of a precision name: every contender but auto says what it runs in."""
     if precision == COMPILED:
-        return {"precision": "bf16", "torch_compile": "on"}
-    return {"precision": precision, "torch_compile": "off"}
+        return {"precision": "bf16", "torch_compile": "on", "auto_steps": 0}
+    if precision == AUTO:
+        return {"precision": "auto", "torch_compile": "auto"}
+    return {"precision": precision, "torch_compile": "off", "auto_steps": 0}
 
 
 def contenders(spec: dict) -> list[str]:
     """ "ours-fp32", "trl-fp32", "ours-bf16", ...: orpo_lab and TRL in each of spec["precisions"]
     (TRL not in bf16c: the compiled contender is orpo_lab's alone)."""
     return [f"{name}-{p}" for p in spec["precisions"] for name in ("ours", "trl")
-            if not (name == "trl" and p == COMPILED)]  # fmt: skip
+            if not (name == "trl" and p in (COMPILED, AUTO))]  # fmt: skip
 
 
 def summarise(spec: dict, runs: dict[str, list[dict]]) -> dict:
@@ -234,6 +258,20 @@ def summarise(spec: dict, runs: dict[str, list[dict]]) -> dict:
         (ours_c, "trl-bf16"),
         (ours_c, "ours-bf16"),
     ]  # what compile buys
+    auto = f"ours-{AUTO}"
+    if auto in runs:
+        chosen = [r["started"] for r in runs[auto]]
+        same = "bf16" if chosen[0]["precision"] == "bf16" else "fp32"
+        eager = {"ours-fp32", "ours-bf16", ours_c} & set(runs)
+        best = min(eager, key=lambda k: summary[k]["median_step_s"]) if eager else None
+        pairs += [(auto, "trl-fp32"), (auto, f"trl-{same}")] + ([(auto, best)] if best else [])
+        summary["auto"] = {
+            "chosen": [(c["precision"], c["torch_compile"]) for c in chosen],
+            "reasons": [(c["precision_reason"], c["torch_compile_reason"]) for c in chosen],
+            "probe": [c["autotune"] for c in chosen],
+            "setup_s": [r["setup_s"] for r in runs[auto]],
+            "best_contender": best,
+        }
     summary["ratios"] = {f"{a} / {b}": ratios(runs[a], runs[b], summary[a], summary[b])
                          for a, b in pairs if a in runs and b in runs}  # fmt: skip
     if spec["device"] == "cuda":
@@ -295,6 +333,10 @@ def markdown(results: dict) -> str:
             if precision == COMPILED:
                 first = ", ".join(f"{t:.1f}" for t in r["first_step_s"] if t is not None)
                 label = label[: -len(COMPILED)] + f"bf16, torch.compile (first steps: {first} s)"
+            if precision == AUTO:
+                chose = ", ".join(f"{p}{' compiled' if c else ''}" for p, c in s["auto"]["chosen"])
+                setup = ", ".join(f"{t:.1f}" for t in s["auto"]["setup_s"])
+                label += f" (chose per rep: {chose}; start to step 1: {setup} s)"
             lines.append(f"| {label} | {r['median_step_s']:.3f} | {r['median_cpu_step_s']:.2f} | "
                          f"{r['pairs_per_s']:.2f} | "
                          f"{r['tokens_per_s']:.0f} | {r['peak_bytes'] / GIB:.2f} | "
@@ -306,6 +348,10 @@ def markdown(results: dict) -> str:
             lines.append(f"- {pair}: pairs/s x{x['pairs_per_s']:.2f} (wall; per rep: {per_rep}), "
                          f"x{x['cpu']:.2f} by CPU time per step, x{x['min_step']:.2f} by fastest "
                          f"step; peak memory x{x['peak']:.2f}")  # fmt: skip
+        if "auto" in s:
+            lines.append("\nauto's decisions, per rep (its started event):")
+            for (pw, cw), probe in zip(s["auto"]["reasons"], s["auto"]["probe"], strict=True):
+                lines.append(f"- precision: {pw}; torch_compile: {cw}; measured: {probe}")
         lines.append(f"\nMemory: {mem_note}.")
     if "ablation" in results:
         lines += ["", "| orpo_lab layout / chunk | median step (s) | CPU s/step | pairs/s |"
@@ -358,6 +404,9 @@ def main(argv: list[str] | None = None) -> int:
         tag += f"-{args.gpu_model}-{args.max_length or (2048 if args.device == 'cuda' else 256)}"
     out = Path(args.out or HERE / "results" / tag)
     out.mkdir(parents=True, exist_ok=True)
+    if not args.keep_caches:  # the workers' caches start empty
+        shutil.rmtree(out / "inductor", ignore_errors=True)
+        (out / "autotune.json").unlink(missing_ok=True)
     began = time.perf_counter()
     spec = prepare(args, out) | {"reps": args.reps, "peak_tflops": args.peak_tflops}
     results = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "spec": spec,

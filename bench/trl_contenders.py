@@ -13,6 +13,7 @@ import json
 import resource
 import statistics
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -194,10 +195,14 @@ class _Profile:
 def run_ours(a: dict) -> dict:
     """orpo_lab's own `train()` for warmup + steps + 1 steps; a = the shared settings (see bench_trl.py)."""
     device, tmp = a["device"], Path(tempfile.mkdtemp(prefix="bench-ours-"))
+    measured = a["warmup"] + a["steps"] + 1
+    # "auto" decides for a run of a["auto_steps"] (the cpu-quick preset's 60 by default: compiling
+    # pays only over a run's length); the measured steps end it with a stop request.
+    stop = threading.Event()
     cfg = TrainConfig(
         model=a["model"], dataset=a["data_dir"], output_dir=str(tmp), run_name="ours",
         beta=a["beta"], nll_scope="prompt_response", learning_rate=a["lr"], lr_scheduler="linear",
-        warmup_steps=0, max_steps=a["warmup"] + a["steps"] + 1, batch_size=a["batch"],
+        warmup_steps=0, max_steps=max(measured, a.get("auto_steps", 0)), batch_size=a["batch"],
         max_length=a["max_length"], max_prompt_length=a["max_prompt_length"], lora_r=a["lora_r"],
         lora_alpha=a["lora_alpha"], lora_dropout=0.0, lora_target_modules="all-linear",
         gradient_checkpointing=False, layout=a["layout"], logps_chunk_size=a["chunk"],
@@ -206,8 +211,13 @@ def run_ours(a: dict) -> dict:
     )  # fmt: skip
     ends, tokens, state = [], [], {"before": 0}
     prof = _Profile(Path(a["profile"]) if a.get("profile") else None, device)
+    began = time.perf_counter()
 
     def callback(record: dict) -> None:
+        if record.get("event") == "started":  # what auto chose, and what it measured for it
+            state["setup_s"] = time.perf_counter() - began
+            state["started"] = {k: record.get(k) for k in ("precision", "precision_reason",
+                                "torch_compile", "torch_compile_reason", "autotune")}  # fmt: skip
         if record["kind"] == "event":  # logged after model and data loading, before step 1
             if device == "cuda":
                 torch.cuda.reset_peak_memory_stats()
@@ -217,11 +227,14 @@ def run_ours(a: dict) -> dict:
             state.setdefault("first_step_s", record["step_s"])  # a compile happens in step 1
             tokens.append(round(record["tokens_per_s"] * a["batch"] / record["pairs_per_s"]))
             prof.at_step_end(record["step"], a["warmup"] + 1)
+            if record["step"] >= measured:
+                stop.set()
 
-    last = train(cfg, callback=callback)
+    last = train(cfg, callback=callback, stop_event=stop)
     out = _summary(ends, tokens, a["batch"], a["warmup"]) | _memory(device, state["before"])
     out["loss_last"] = last["loss"]
     out["first_step_s"] = state.get("first_step_s")
+    out["setup_s"], out["started"] = state.get("setup_s"), state.get("started")
     return out
 
 

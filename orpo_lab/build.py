@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from orpo_lab import autotune
 from orpo_lab.config import TrainConfig
 from orpo_lab.model import (
     PRECISIONS,
@@ -27,23 +28,32 @@ DTYPE_NAMES = {dtype: name for name, dtype in PRECISIONS.items()}
 def precision_plan(cfg: TrainConfig) -> dict:
     """How a run computes: {"precision", "precision_reason", "base", "autocast", "attention"}.
 
-    "precision" is the compute dtype `pick_precision` chooses for the device and the kind of run
-    ("auto": bf16 on CUDA and for LoRA on a CPU with AMX, float32 otherwise). LoRA and QLoRA hold
-    the frozen base in it ("base"); the adapter weights and AdamW state stay float32 (peft keeps
-    adapters in float32), and so do the log-probs and the loss. "autocast" (accelerate's
-    mixed_precision) wraps the whole forward on CUDA and for full fine-tuning (float32 master
-    weights); a LoRA run on a CPU autocasts its decoder alone (`logps.decoder_autocast`) and uses
-    eager attention ("attention"), whose bf16 backward measured ~5x faster there than sdpa's.
+    "precision" is the compute dtype: `pick_precision`'s for the device, except for a LoRA run on
+    a CPU with precision="auto", which `orpo_lab.autotune` decides by measuring this machine (its
+    cache; or, when this setup was never measured, float32 with "precision_probe": True, and
+    `autotune.settle_precision` measures before training; "autotune": the step times it was
+    decided on, for the started event). LoRA and QLoRA hold the frozen base in
+    it ("base"); the adapter weights and AdamW state stay float32 (peft keeps adapters in
+    float32), and so do the log-probs and the loss. "autocast" (accelerate's mixed_precision)
+    wraps the whole forward on CUDA and for full fine-tuning (float32 master weights); a LoRA run
+    on a CPU autocasts its decoder alone (`logps.decoder_autocast`) and uses eager attention
+    ("attention"), whose bf16 backward measured ~5x faster there than sdpa's.
     """
     device = pick_device(cfg.device)
     lora = not (cfg.full_finetune or cfg.load_in_4bit)
-    dtype, reason = pick_precision(device, cfg.precision, lora_training=lora)
-    name = DTYPE_NAMES[dtype]
+    probe, measured = False, None
+    if lora and device.type == "cpu" and cfg.precision == "auto":
+        name, reason, measured = autotune.precision_from_cache(cfg)
+        probe = name is None
+        name = name or "fp32"
+    else:
+        dtype, reason = pick_precision(device, cfg.precision)
+        name = DTYPE_NAMES[dtype]
     base = "fp32" if cfg.full_finetune else name
     autocast = name if (cfg.full_finetune or device.type != "cpu") and name != "fp32" else "no"
     attention = "eager" if device.type == "cpu" and base != "fp32" else None
     return {"precision": name, "precision_reason": reason, "base": base, "autocast": autocast,
-            "attention": attention}  # fmt: skip
+            "attention": attention, "precision_probe": probe, "autotune": measured}  # fmt: skip
 
 
 def model_source(cfg: TrainConfig, resume_from: Path | None) -> str:
@@ -56,16 +66,18 @@ def run_tokenizer(cfg: TrainConfig, resume_from: Path | None):
     return load_tokenizer(model_source(cfg, resume_from), cfg.trust_remote_code)
 
 
-def build_model(cfg: TrainConfig, resume_from: Path | None, tokenizer=None):
+def build_model(
+    cfg: TrainConfig, resume_from: Path | None, plan: dict | None = None, tokenizer=None
+):
     """The model to train: LoRA on the base (default), QLoRA (LoRA on a 4-bit base), or every weight.
 
-    `tokenizer`: the run's, already loaded from `model_source` (its data is prepared before the
-    model loads); None loads it with the model."""
+    `plan`: the run's `precision_plan` (computed here when None). `tokenizer`: the run's, already
+    loaded from `model_source` (its data is prepared before the model loads); None loads it."""
     if cfg.load_in_4bit:
         model, tokenizer = _load_4bit(cfg, tokenizer)
     else:
         # LoRA keeps the frozen base in the compute dtype; full fine-tuning keeps fp32 master weights.
-        plan = precision_plan(cfg)
+        plan = plan or precision_plan(cfg)
         model, tokenizer = load_model(model_source(cfg, resume_from), cfg.device, plan["base"],
                                       cfg.trust_remote_code, attn_implementation=plan["attention"],
                                       tokenizer=tokenizer)  # fmt: skip

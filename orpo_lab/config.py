@@ -108,15 +108,14 @@ class TrainConfig:
     seed: int = _f(0, "seed for data order, LoRA init and dropout")
     precision: str = _f(
         "auto",
-        "auto: bf16 on CUDA and for LoRA on a CPU with AMX (measured faster), else fp32; bf16 "
-        "on CPU: a bf16 frozen base under bf16 autocast, float32 adapter, optimizer state, "
-        "log-probs and loss",
+        "auto: bf16 on CUDA; CPU LoRA: fp32 or bf16, whichever a few timed steps measure faster "
+        "here (cached; orpo_lab.autotune); else fp32. CPU bf16: bf16 frozen base, fp32 adapter",
         ("auto", "fp32", "bf16", "fp16"),
     )
     torch_compile: str = _f(
         "auto",
-        "torch.compile the decoder layers (a first compile ~1 min on 2 cores, later ~8 s); auto: "
-        "CPU LoRA runs of 300+ steps, or of 40+ whose setup compiled before here",
+        "torch.compile the decoder layers; auto (CPU LoRA): when the measured saving over the "
+        "run exceeds the measured compile (first tried in a 10+ minute run; orpo_lab.autotune)",
         ("auto", "on", "off"),
     )
     device: str = _f("auto", "auto, cpu, cuda, cuda:1, ...")

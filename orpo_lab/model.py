@@ -16,7 +16,7 @@ import shutil
 import tempfile
 import time
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -164,11 +164,6 @@ def pick_device(device: str = "auto") -> torch.device:
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
-CPU_BF16_FLAGS = {
-    "amx_bf16": "AMX bf16 units",
-    "avx512_bf16": "AVX512-BF16 instructions",
-}
-
 
 def cpu_flags(text: str | None = None) -> set[str]:
     """The CPU's feature flags from /proc/cpuinfo (or its `text`); empty where there is none."""
@@ -181,31 +176,12 @@ def cpu_flags(text: str | None = None) -> set[str]:
     return set(line.partition(":")[2].split())
 
 
-def cpu_bf16_units(flags: Iterable[str] | None = None) -> str | None:
-    """The CPU's native bf16 matrix flag ("amx_bf16" before "avx512_bf16"), or None without one.
+def pick_precision(device: torch.device, precision: str = "auto") -> tuple[torch.dtype, str]:
+    """(compute dtype, why). "auto": bf16 on CUDA with bf16 support, else float32.
 
-    `flags`: the CPU's feature flags; this machine's (/proc/cpuinfo) when None. Only these make
-    bf16 matmuls faster than float32 on a CPU; elsewhere bf16 is converted in software and slower.
-    """
-    have = set(cpu_flags() if flags is None else flags)
-    return next((flag for flag in CPU_BF16_FLAGS if flag in have), None)
-
-
-def pick_precision(
-    device: torch.device,
-    precision: str = "auto",
-    flags: Iterable[str] | None = None,
-    lora_training: bool = False,
-) -> tuple[torch.dtype, str]:
-    """(compute dtype, why). "auto": bf16 on CUDA with bf16 support, float32 on other devices,
-    except LoRA training on a CPU with AMX bf16 units (`lora_training`), which gets bf16.
-
-    There a bf16 frozen base under bf16 autocast (`orpo_lab.logps.decoder_autocast`, eager
-    attention) measured x1.45 faster per LoRA step than float32 on a 2-core AMX Xeon
-    (BENCHMARKS.md, "bf16 on a CPU"); LoRA weights, AdamW state, log-probs and loss stay float32.
-    AVX512-BF16 without AMX (Cooper Lake, Zen 4) was never measured, so it stays float32; so does
-    loading for generation (merging an adapter into bf16 weights would round it) and full
-    fine-tuning. `flags`: the CPU's feature flags (`cpu_bf16_units`); this machine's when None.
+    A LoRA training run on a CPU does not ask here: `orpo_lab.autotune` measures float32 against
+    bf16 on the machine (`build.precision_plan`). Loading for generation keeps float32 (merging
+    an adapter into bf16 weights would round it), and so does full fine-tuning.
     """
     if precision != "auto":
         if precision not in PRECISIONS:
@@ -219,26 +195,9 @@ def pick_precision(
         return torch.float32, "CUDA device without bf16 support"
     if device.type != "cpu":
         return torch.float32, f"{device.type} device: float32 (bf16 is not measured there)"
-    unit = cpu_bf16_units(flags)
-    if unit is None:
-        return torch.float32, (
-            "CPU without native bf16 units (no amx_bf16 or avx512_bf16 flag): float32; bf16 "
-            "would be converted in software, slower"
-        )
-    if unit != "amx_bf16":
-        return torch.float32, (
-            f"CPU with {CPU_BF16_FLAGS[unit]} ({unit}) but no AMX: float32; bf16 was measured "
-            "faster only with AMX (BENCHMARKS.md); precision=bf16 to try it"
-        )
-    if not lora_training:
-        return torch.float32, (
-            f"CPU with {CPU_BF16_FLAGS[unit]} ({unit}): float32 outside LoRA training "
-            "(bf16 pays off for LoRA steps; merged or fully trained weights keep float32)"
-        )
-    return torch.bfloat16, (
-        f"CPU with {CPU_BF16_FLAGS[unit]} ({unit}): bf16 frozen base under bf16 autocast, "
-        "measured faster than float32 for LoRA steps (BENCHMARKS.md); LoRA weights, optimizer "
-        "state, log-probs and loss stay float32; precision=fp32 to turn it off"
+    return torch.float32, (
+        "CPU: float32 outside LoRA training (merged or fully trained weights keep float32; "
+        "LoRA runs measure bf16 against it)"
     )
 
 

@@ -23,7 +23,7 @@ import torch
 from accelerate import Accelerator, DistributedType
 from transformers import get_scheduler
 
-from orpo_lab import build, compiling, trackers
+from orpo_lab import autotune, build, compiling, trackers
 from orpo_lab.build import DTYPE_NAMES, build_model, load_pairs, precision_plan, subset
 from orpo_lab.checkpoint import load_training_state, resume_point, save_checkpoint
 from orpo_lab.config import TrainConfig
@@ -78,7 +78,6 @@ class Run:
     per_epoch: int
     stop_event: threading.Event | None = None
     callback: Callable[[dict], None] | None = None
-    compiled: str | None = None  # the `compiling.signature` of compiled layers, None when eager
     step_times: list = field(default_factory=list)
     began: float = field(default_factory=time.perf_counter)
 
@@ -155,8 +154,6 @@ def log_step(run: Run, step: int, metrics: dict, grad_norm, lr: float, micro, be
     }
     run.log(record)
     run.status(step=step, step_s=median)
-    if run.compiled and run.main and len(run.step_times) == 1:  # its kernels are in the cache now
-        compiling.mark_compiled(run.compiled, step_time)
     return record
 
 
@@ -273,7 +270,7 @@ def train(
     started = time.time()
     cfg.run_name = cfg.run_name or time.strftime("run-%Y%m%d-%H%M%S")
     folder = RunDir(cfg.run_dir)
-    plan = precision_plan(cfg)
+    plan = precision_plan(cfg) | {"sliced": fits is not None}  # a slice never tries a compile
     accelerator = Accelerator(mixed_precision=plan["autocast"], cpu=cfg.device == "cpu")
     resume_from = resume_point(
         folder, cfg.resume, accelerator.distributed_type == DistributedType.FSDP
@@ -344,7 +341,7 @@ def prepare(
     tokenizer = build.run_tokenizer(cfg, resume_from)
     progress = data_progress(folder, stop_event) if accelerator.is_main_process else None
     train_pairs, held_out, stats = load_pairs(cfg, tokenizer, progress)
-    model, tokenizer = build_model(cfg, resume_from, tokenizer)
+    model, tokenizer = build_model(cfg, resume_from, plan, tokenizer)
     if len(train_pairs) < cfg.batch_size * world:
         raise TrainingError(
             f"The dataset has {len(train_pairs)} usable pairs, fewer than one batch "
@@ -356,6 +353,10 @@ def prepare(
         if cfg.max_steps > 0
         else max(1, math.ceil(cfg.epochs * per_epoch / cfg.grad_accum))
     )
+    first = collate(train_pairs[: cfg.batch_size], cfg.layout, tokenizer.pad_token_id)
+    # precision="auto" on a CPU: measured on this batch when the setup is new to this machine.
+    model, plan = autotune.settle_precision(cfg, plan, model, first,
+                                            lambda p: build_model(cfg, resume_from, p, tokenizer)[0])  # fmt: skip
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
                                   fused=fused_adamw(params))  # fmt: skip
@@ -364,20 +365,19 @@ def prepare(
     start = 0 if resume_from is None else load_training_state(resume_from, optimizer, scheduler)
     pair_logps = PairLogps(model, cfg.nll_scope, cfg.logps_chunk_size)
     # The fast log-prob path is checked against the model's own logits on a real pair, not assumed.
-    first = collate([check_sample(train_pairs[0])], cfg.layout, tokenizer.pad_token_id)
-    logps_check = pair_logps.verify(first)
-    sig = compiling.signature(model, pair_logps.autocast, cfg.layout)
-    compile_on, compile_reason = compiling.plan(cfg, model, total - start, world,
-                                                accelerator.device, sig)  # fmt: skip
-    if compile_on:  # after the check above, which then runs eager (no graphs compiled for it)
-        compiling.compile_layers(model)
+    sample = collate([check_sample(train_pairs[0])], cfg.layout, tokenizer.pad_token_id)
+    logps_check = pair_logps.verify(sample)
+    # After the check above, which then runs eager (no graphs compiled for it).
+    compile_on, compile_reason = autotune.settle_compile(cfg, plan, pair_logps, first, total - start,
+                                                         world, accelerator.device)  # fmt: skip
+    if compile_on:
+        compiling.compile_layers(model)  # unless the probe compiled them already
     wrapped = accelerator.prepare(pair_logps)
     # The scheduler is not prepared: accelerate would step it once per process, changing the schedule.
     optimizer = accelerator.prepare(optimizer)
     eval_subset = held_out and subset(held_out, cfg.eval_subset_pairs, cfg.seed)
     run = Run(cfg, accelerator, folder, wrapped, tokenizer, optimizer, scheduler, params,
-              train_pairs, held_out, eval_subset, total, per_epoch, stop_event, callback,
-              compiled=sig if compile_on else None)  # fmt: skip
+              train_pairs, held_out, eval_subset, total, per_epoch, stop_event, callback)  # fmt: skip
     if run.main and start:
         folder.truncate_metrics(after_step=start)  # lines after the checkpoint would repeat
     run.log({"kind": "event", "step": start, "event": "resumed" if start else "started",
@@ -389,6 +389,7 @@ def prepare(
              "mixed_precision": accelerator.mixed_precision,
              "decoder_autocast": DTYPE_NAMES.get(pair_logps.autocast),
              "torch_compile": compile_on, "torch_compile_reason": compile_reason,
+             "autotune": plan.get("autotune"),
              "data": stats["data"]})  # fmt: skip
     run.log({"kind": "event", "step": start, "event": "logps_check", **logps_check})
     run.status("running", "training", step=start, total_steps=total)

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import os
+import tempfile
+from pathlib import Path
 
 # The suite never needs the network (tiny models from configs, the embedded default model): say so
 # before huggingface_hub and gradio are imported, so that nothing waits on a hub or analytics call
 # that cannot succeed here. Subprocesses (training runs, notebook kernels) inherit it.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-# torch_compile="auto" compiles a run whose setup compiled before on the machine (a marker in the
-# cache) or that is long (the stop tests' 100000 steps): runs here must not depend on what earlier
-# runs left behind, so "auto" stays eager; tests/test_compile.py tests it with this unset.
-os.environ.setdefault("ORPO_LAB_TORCH_COMPILE", "off")
+# precision="auto" and torch_compile="auto" follow measurements of the machine (orpo_lab.autotune),
+# kept in a measurement cache: the suite (and its subprocesses) starts one of its own, empty, so that
+# nothing earlier runs measured changes what a test sees. Tests that compare arithmetic ask for a
+# precision and torch_compile="off" themselves (test_train.make_config).
+if not os.environ.get("ORPO_LAB_AUTOTUNE_CACHE"):
+    _folder = Path(tempfile.mkdtemp(prefix="orpo-lab-tests-"))
+    os.environ["ORPO_LAB_AUTOTUNE_CACHE"] = str(_folder / "autotune.json")
 
 import pytest
 import torch

@@ -146,9 +146,10 @@ def plot_traces(page, elem_id: str) -> list[dict]:
     )
 
 
-# 400 steps: a tiny-model step takes 15-25 ms in bf16, so 100 steps could finish between two of the
-# page's 2 s polls and the test would never see the run running to stop it.
-TINY_FORM = dict(max_steps=400, batch_size=2, max_length=96, max_prompt_length=48, lora_r=4,
+# 600 steps: a tiny-model step takes 10-15 ms ("auto" measures float32 the faster for it; bf16
+# 15-25 ms), so 100 steps could finish between two of the page's 2 s polls and the test would never
+# see the run running to stop it.
+TINY_FORM = dict(max_steps=600, batch_size=2, max_length=96, max_prompt_length=48, lora_r=4,
                  lora_alpha=8, eval_every=0, save_every=0, learning_rate=5e-3)  # fmt: skip
 
 

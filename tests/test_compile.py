@@ -1,10 +1,10 @@
-"""torch.compile of the decoder layers (orpo_lab.compiling): the same training as eager, the marker
-that lets "auto" compile a later short run, and every reason "auto" gives for staying eager."""
+"""torch.compile of the decoder layers (orpo_lab.compiling): the same training as eager, which runs
+"auto" may measure, a real probe of compiled layers (tests/test_autotune.py: the probe's logic),
+a broken compiler, YAML on/off."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -12,8 +12,11 @@ import torch
 from peft import LoraConfig, get_peft_model
 from test_train import adapter, lines, make_config, same_trajectory, same_weights, write_pairs
 
-from orpo_lab import compiling
+from orpo_lab import autotune, compiling
+from orpo_lab.build import build_model, load_pairs, precision_plan
 from orpo_lab.config import TrainConfig
+from orpo_lab.data import collate
+from orpo_lab.logps import PairLogps
 from orpo_lab.train import train
 
 
@@ -22,15 +25,6 @@ def data(tmp_path):
     return write_pairs(tmp_path / "train.jsonl", 16), write_pairs(
         tmp_path / "test.jsonl", 8, offset=100
     )
-
-
-@pytest.fixture()
-def own_cache(tmp_path, monkeypatch):
-    """Markers in a fresh folder (what this test compiles must not make other runs compile), and
-    "auto" deciding for itself (conftest turns it off for the rest of the suite)."""
-    monkeypatch.setenv("ORPO_LAB_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv("ORPO_LAB_TORCH_COMPILE", raising=False)
-    return tmp_path / "cache"
 
 
 def dynamo_frames() -> int:
@@ -44,28 +38,18 @@ def started(run_dir) -> dict:
     return next(r for r in lines(run_dir, "event") if r["event"] == "started")
 
 
-def test_compiled_layers_train_like_eager_and_let_auto_compile_the_next_run(
-    tmp_path, data, tiny_model_dir, own_cache
-):
-    steps = compiling.AUTO_MIN_STEPS_CACHED  # 40 tiny steps: a few seconds
-
+def test_compiled_layers_train_like_eager(tmp_path, data, tiny_model_dir):
     def run(name, **changes):
         cfg = make_config(tmp_path, data, tiny_model_dir, run_name=name,
-                          **{"max_steps": steps, "eval_every": 0, "save_every": 0, **changes})  # fmt: skip
+                          **{"max_steps": 3, "eval_every": 0, "save_every": 0, **changes})  # fmt: skip
         train(cfg)
         event = started(cfg.run_dir)
         return cfg.run_dir, event["torch_compile"], event["torch_compile_reason"]
 
-    # Eager and compiled side by side over 3 steps (float32 rounding drifts apart over 40).
-    eager, compiled, why = run("eager", torch_compile="off", max_steps=3)
+    eager, compiled, why = run("eager", torch_compile="off")
     assert (compiled, why) == (False, "torch_compile=off was asked for")
-
-    # Before anything compiled, "auto" keeps a run shorter than 300 steps eager, and says why.
-    _, compiled, why = run("first")
-    assert not compiled and why.startswith(f"a run of {steps} steps whose setup never compiled")
-
     frames = dynamo_frames()
-    on, compiled, why = run("on", torch_compile="on", max_steps=3)
+    on, compiled, why = run("on", torch_compile="on")
     assert (compiled, why) == (True, "torch_compile=on was asked for")
     # dynamo compiled the decoder layer (train and no-grad eval graphs), not only the probe.
     assert dynamo_frames() - frames >= 2
@@ -76,26 +60,32 @@ def test_compiled_layers_train_like_eager_and_let_auto_compile_the_next_run(
     # The checkpoint keeps peft's parameter names: compiling did not wrap the modules.
     same_weights(adapter(eager), adapter(on))
 
-    markers = list((own_cache / "compile").glob("*.json"))
-    assert len(markers) == 1
-    record = json.loads(markers[0].read_text())
-    assert record["first_step_s"] > 0 and any(Path(record["kernel_cache"]).iterdir())
 
-    # Now the same setup compiled here before: "auto" compiles a run of 40+ steps, from the cache,
-    again, compiled, why = run("again")
-    assert compiled and why.startswith("this model, adapter and precision compiled before")
-    same_trajectory(lines(eager), lines(again)[:3])  # a constant learning rate: the same 3 steps
-    # but not a run of a few steps, nor another adapter (another setup), nor with the switch off.
-    _, compiled, why = run("short", max_steps=3)
-    assert not compiled and why.startswith("a short run (3 steps): even a compile from the cache")
-    assert run("other", lora_r=4)[1] is False
-    monkeypatch = pytest.MonkeyPatch()
-    with monkeypatch.context() as m:
-        m.setenv("ORPO_LAB_TORCH_COMPILE", "off")
-        assert run("switched-off")[1:] == (
-            False,
-            "ORPO_LAB_TORCH_COMPILE=off: auto does not compile on this machine",
-        )
+def test_a_real_compile_probe_times_cold_and_cached_compiles(
+    tmp_path, data, tiny_model_dir, monkeypatch
+):
+    """orpo_lab.autotune's probe of the tiny model's layers, compiled for real (after the test
+    above, which compiled them cold): step times and both compile times measured, the layers left
+    compiled exactly when the measured choice says so."""
+    monkeypatch.setenv("ORPO_LAB_AUTOTUNE_CACHE", str(tmp_path / "autotune.json"))
+    cfg = make_config(tmp_path, data, tiny_model_dir, torch_compile="auto")
+    model, tok = build_model(cfg, None)
+    batch = collate(load_pairs(cfg, tok)[0][:4], cfg.layout, tok.pad_token_id)
+    plan = precision_plan(cfg)
+    # A run of 10**6 tiny steps: long enough (eager) that a first compile is tried.
+    on, why = autotune.settle_compile(cfg, plan, PairLogps(model, cfg.nll_scope, 16), batch, 10**6,
+                                      1, torch.device("cpu"))  # fmt: skip
+    record = plan["autotune"]
+    eager, compiled = record["candidates"]["fp32"], record["candidates"]["fp32+compile"]
+    assert len(eager) == len(compiled) == autotune.PROBE_STEPS and min(eager + compiled) > 0
+    assert record["compile_s"]["cold"] >= 0 and record["compile_s"]["cached"] >= 0
+    expected = autotune.choose_compile(min(eager), min(compiled),
+                                       record["compile_s"]["cached"], 10**6, paid=True)  # fmt: skip
+    assert (on, why) == expected
+    assert all((layer._compiled_call_impl is not None) == on
+               for layer in compiling.decoder_layers(model))  # fmt: skip
+    stored = json.loads((tmp_path / "autotune.json").read_text())["setups"]
+    assert [e["compiled"]["fp32"] for e in stored.values()] == [compiled]
 
 
 @pytest.fixture()
@@ -106,40 +96,27 @@ def lora_model(tiny_model_dir):
     return get_peft_model(base, LoraConfig(r=4, target_modules="all-linear"))
 
 
-def test_auto_compiles_only_what_was_measured_and_says_why(lora_model, own_cache, monkeypatch):
+def test_which_runs_auto_may_measure_and_why_the_others_do_not(lora_model, monkeypatch):
     monkeypatch.setattr(compiling, "compiler_works", lambda: None)
-    cpu, sig = torch.device("cpu"), compiling.signature(lora_model, None, "prefix")
+    cpu = torch.device("cpu")
     assert len(compiling.decoder_layers(lora_model)) == 2  # the tiny Llama's two layers
 
-    def plan(steps=10, processes=1, device=cpu, **changes):
-        return compiling.plan(TrainConfig(**changes), lora_model, steps, processes, device, sig)
+    def plan(processes=1, device=cpu, **changes):
+        return compiling.plan(TrainConfig(**changes), lora_model, processes, device)
 
     assert plan(torch_compile="off") == (False, "torch_compile=off was asked for")
     assert plan(torch_compile="on") == (True, "torch_compile=on was asked for")
+    assert plan(torch_compile="on", device=torch.device("cuda"))[0] is True
+    assert plan() == (None, "")  # auto: measured (orpo_lab.autotune)
     on, why = plan(device=torch.device("cuda"))
     assert not on and why.startswith("cuda: torch.compile is measured on CPUs only")
     for changes in (dict(processes=2), dict(full_finetune=True), dict(gradient_checkpointing=True)):
-        on, why = plan(steps=1000, **changes)
-        assert not on and why.startswith("measured for single-process LoRA runs"), changes
-    assert plan(steps=compiling.AUTO_MIN_STEPS - 1)[0] is False
-    assert plan(steps=compiling.AUTO_MIN_STEPS - 1, torch_compile="on")[0] is True
-    on, why = plan(steps=compiling.AUTO_MIN_STEPS)
-    assert on and why.startswith(f"a long run ({compiling.AUTO_MIN_STEPS} steps)")
-
-    # A marker whose kernel cache is gone (a reboot emptied /tmp) does not count.
-    kernels = own_cache / "kernels"
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(kernels))
-    compiling.mark_compiled(sig, 12.0)
-    cached = compiling.AUTO_MIN_STEPS_CACHED
-    assert plan(steps=cached)[0] is False
-    kernels.mkdir()
-    (kernels / "some-kernel").write_text("x")
-    on, why = plan(steps=cached)
-    assert on and why.startswith("this model, adapter and precision compiled before")
-    assert plan(steps=cached - 1)[0] is False
-    # The signature ignores the batch and length, but not the adapter or the layout.
-    assert compiling.signature(lora_model, None, "padded") != sig
-    assert compiling.signature(lora_model, torch.bfloat16, "prefix") != sig
+        on, why = plan(**changes)
+        assert on is False and why.startswith("measured for single-process LoRA runs"), changes
+    compiling.compile_layers(lora_model)
+    assert all(m._compiled_call_impl is not None for m in compiling.decoder_layers(lora_model))
+    compiling.uncompile_layers(lora_model)
+    assert all(m._compiled_call_impl is None for m in compiling.decoder_layers(lora_model))
 
 
 def test_yaml_on_and_off_read_as_the_choices(tmp_path):
@@ -164,7 +141,7 @@ def test_a_model_without_decoder_layer_names_or_a_broken_compiler_trains_eager(
     cfg, cpu = TrainConfig(torch_compile="on"), torch.device("cpu")
     bare = SimpleNamespace(modules=lambda: [], config=None)  # no _no_split_modules
     assert compiling.decoder_layers(bare) == []
-    on, why = compiling.plan(cfg, bare, 10, 1, cpu, "sig")
+    on, why = compiling.plan(cfg, bare, 1, cpu)
     assert not on and why.startswith("the model names no decoder layer class")
 
     def no_compiler(fn, **kwargs):
@@ -174,7 +151,7 @@ def test_a_model_without_decoder_layer_names_or_a_broken_compiler_trains_eager(
     assert compiling.compiler_works() == (
         "RuntimeError: InvalidCxxCompiler: No working C++ compiler found"
     )
-    on, why = compiling.plan(cfg, lora_model, 10, 1, cpu, "sig")
+    on, why = compiling.plan(cfg, lora_model, 1, cpu)
     assert (on, why) == (
         False,
         "torch.compile does not work here (RuntimeError: InvalidCxxCompiler: No working C++ "

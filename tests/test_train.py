@@ -68,9 +68,11 @@ def make_config(tmp_path, data, tiny_model_dir, **changes) -> TrainConfig:
         max_prompt_length=48,
         device="cpu",
         layout="padded",
-        # These tests check float32 arithmetic (accumulation, resume, DDP equal one big batch);
-        # "auto" would be bf16 on a CPU with AMX. bf16 runs: tests/test_precision.py.
+        # These tests check float32 eager arithmetic (accumulation, resume, DDP equal one big
+        # batch); "auto" would follow the machine's timings. bf16 runs: tests/test_precision.py,
+        # compiled ones: tests/test_compile.py, "auto": tests/test_autotune.py.
         precision="fp32",
+        torch_compile="off",
     )
     return TrainConfig(**(values | changes))
 

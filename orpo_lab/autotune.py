@@ -1,0 +1,360 @@
+"""Precision and compilation of a CPU LoRA run, decided by measuring this machine.
+
+No list of CPU flags or guess from one machine says whether bf16 or compiled decoder layers pay on
+the next one: a 2-core Xeon with AMX ran a LoRA step x1.45 faster in bf16 and x1.35 faster again
+compiled, a 2-core AMD Zen 4 (avx512_bf16, no AMX) x2.2 faster in bf16 but slower compiled
+(BENCHMARKS.md). So `precision="auto"` and `torch_compile="auto"` time forward+backward passes of
+the run's own model, adapter and first batch:
+
+- precision, on the first run of a setup: one untimed and one timed pass in float32 and, where the
+  CPU has any bf16 support, in bf16 (a second copy of the model, loaded in bf16), and a second
+  timed pass each when the first two are within x`CLEAR`: a few seconds;
+- compiled layers, in the chosen precision: their first compile costs about a minute on 2 cores,
+  so it is tried only in a run whose eager steps take `COMPILE_TRIAL_RUN_S`+ (measured: eager
+  step time x steps), never in a time slice; the trial times the cold compile, the compiled passes
+  and a compile from inductor's on-disk cache (what a later process pays), and the run keeps the
+  layers compiled when they won.
+
+The step times go to a per-machine cache (`cache_path()`, JSON), keyed by CPU model, core count,
+torch version, model and adapter configuration and batch layout, so a later run of the same setup
+reads its answer instead of measuring; it compiles when (eager - compiled) x its steps exceeds the
+compile from the cache, and then times that compile (the one pass step 1 would have paid it in), so
+that the next run decides on what a fresh process paid. Delete the file to measure again; no run needs it. A candidate is chosen
+over float32 eager only when it is faster by more than float32's own spread and by `MARGIN`;
+otherwise, or when a probe fails, the run trains in float32 (eager) and says why. Nothing else
+(no environment variable, no other cache folder) changes what "auto" does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from orpo_lab import compiling
+from orpo_lab.logps import PairLogps
+from orpo_lab.loss import orpo_loss
+from orpo_lab.model import cache_dir, cpu_flags
+
+PROBE_STEPS = 2  # timed forward+backward passes per candidate, after one untimed (warm-up) pass
+CLEAR = 1.5  # a first timed pass this much faster or slower decides the precision probe alone
+MARGIN = 0.05  # a candidate must beat float32 eager by 5%: a tie keeps the simpler float32
+# A first compile costs about a minute on 2 cores (the default model; once per machine and setup):
+# tried only in a run whose eager steps would take 10+ minutes, where it costs at most ~10%.
+COMPILE_TRIAL_RUN_S = 600.0
+# Flags that say a CPU computes bf16 natively: x86 (AMX tiles, AVX512-BF16, AVX-NE-CONVERT) and
+# Arm (the bf16 feature of Graviton 3+, Neoverse V1/V2; /proc/cpuinfo "Features").
+BF16_FLAGS = ("amx_bf16", "avx512_bf16", "avx_ne_convert", "bf16")
+
+
+def cache_path() -> Path:
+    """The measurement cache: $ORPO_LAB_AUTOTUNE_CACHE, else autotune.json in ORPO Lab's cache."""
+    return Path(os.environ.get("ORPO_LAB_AUTOTUNE_CACHE") or cache_dir() / "autotune.json")
+
+
+def bf16_flag(flags=None) -> str | None:
+    """The CPU's first bf16 flag of `BF16_FLAGS` (this machine's when `flags` is None), or None."""
+    have = set(cpu_flags() if flags is None else flags)
+    return next((f for f in BF16_FLAGS if f in have), None)
+
+
+def machine() -> dict:
+    """What a measurement holds for: the CPU model, its cores and torch's threads, torch."""
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("model name", "Model")):  # x86, Arm
+                name = line.partition(":")[2].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": name, "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+            "torch": torch.__version__}  # fmt: skip
+
+
+def setup_key(cfg) -> str:
+    """The cache key of a run: `machine()`, the model's architecture config, the LoRA adapter
+    (r, alpha, dropout, targets) and the batch layout. Not the data, batch size or step count."""
+    from transformers import AutoConfig
+
+    from orpo_lab.model import resolve_model
+
+    config = AutoConfig.from_pretrained(resolve_model(cfg.model),
+                                        trust_remote_code=cfg.trust_remote_code).to_dict()  # fmt: skip
+    for volatile in ("_name_or_path", "name_or_path", "transformers_version", "dtype",
+                     "torch_dtype"):  # fmt: skip
+        config.pop(volatile, None)
+    adapter = [cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules]
+    key = [machine(), config, adapter, cfg.layout]
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def read_cache() -> dict:
+    try:
+        data = json.loads(cache_path().read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write_entry(key: str, entry: dict) -> None:
+    path, data = cache_path(), read_cache()
+    data.setdefault("setups", {})[key] = entry
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+        tmp.replace(path)  # readers see the old file or the new one, never half of one
+    except OSError:
+        pass  # the cache is never required: the next run measures again
+
+
+def entry(key: str) -> dict:
+    return read_cache().get("setups", {}).get(key) or {}
+
+
+# ---------------------------------------------------------------- the decisions (pure functions)
+
+
+def choose_precision(times: dict[str, list[float]]) -> tuple[str, str]:
+    """(precision, why) from measured step times {"fp32": [...], "bf16": [...]} (seconds). Each
+    candidate counts by its fastest pass: other work on the machine only ever adds time."""
+    fp32 = times.get("fp32") or []
+    others = {k: v for k, v in times.items() if k != "fp32" and v}
+    if not fp32 or any(t <= 0 for v in times.values() for t in v):
+        return "fp32", "the probe gave no usable float32 time: float32"
+    base = min(fp32)
+    if not others:
+        return "fp32", f"float32 {base:.3f} s/step, the only candidate measured"
+    name, best = min(((k, min(v)) for k, v in others.items()), key=lambda kv: kv[1])
+    spread = max(fp32) - min(fp32)
+    summary = f"{name} {best:.3f} s/step vs float32 {base:.3f} (x{base / best:.2f})"
+    if best > base * (1 - MARGIN):
+        return "fp32", f"measured here: {summary}; not {MARGIN:.0%} faster: float32"
+    if base - best <= spread:
+        return "fp32", (
+            f"inconclusive: {summary}, but float32's own steps spread by {spread:.3f} s: float32"
+        )
+    return name, f"measured here: {summary}"
+
+
+def choose_compile(eager: float, compiled: float | None, compile_s: float | None, steps: int,
+                   paid: bool) -> tuple[bool, str]:  # fmt: skip
+    """(compile?, why) from measured step times (eager, compiled) and the measured compile time
+    from the cache (`compile_s`); `paid`: this process compiled already (its probe did)."""
+    if compiled is None:
+        return False, "compiled layers were not measured here"
+    gain = eager / compiled
+    summary = f"compiled {compiled:.3f} s/step vs eager {eager:.3f} (x{gain:.2f})"
+    if compiled > eager * (1 - MARGIN):
+        return False, f"measured here: {summary}; not {MARGIN:.0%} faster: eager"
+    if paid:
+        return True, f"measured here: {summary}; compiled by the probe already"
+    saving = (eager - compiled) * steps
+    if compile_s is None or saving <= compile_s:
+        cost = "unknown" if compile_s is None else f"{compile_s:.1f} s"
+        return False, (
+            f"measured here: {summary}, but {steps} steps save {saving:.1f} s and a compile from "
+            f"the cache costs {cost}: eager"
+        )
+    return True, (
+        f"measured here: {summary}; {steps} steps save {saving:.1f} s, a compile from the cache "
+        f"costs {compile_s:.1f} s"
+    )
+
+
+# ---------------------------------------------------------------- timing
+
+
+def time_steps(
+    pair_logps: PairLogps, batch: dict, beta: float, n: int = PROBE_STEPS, warmup: int = 1
+) -> list[float]:
+    """Seconds of `n` forward+backward passes of `batch` (after `warmup` untimed ones). Nothing of
+    the run changes: gradients are dropped, the random number state is restored, the mode too."""
+    model, training = pair_logps.model, pair_logps.training
+    device = next(model.parameters()).device
+    batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+    times = []
+    with torch.random.fork_rng(devices=[]):
+        pair_logps.train()
+        try:
+            for i in range(n + warmup):
+                began = time.perf_counter()
+                chosen, rejected, nll_sum, nll_count = pair_logps(**batch)
+                loss, _ = orpo_loss(chosen, rejected, nll_sum / nll_count.clamp(min=1), beta)
+                loss.backward()
+                model.zero_grad(set_to_none=True)
+                if i >= warmup:
+                    times.append(time.perf_counter() - began)
+        finally:
+            pair_logps.train(training)
+            model.zero_grad(set_to_none=True)
+    return times
+
+
+def _rounded(times: list[float]) -> list[float]:
+    return [round(t, 4) for t in times]
+
+
+# ---------------------------------------------------------------- the hooks train.prepare calls
+
+
+def precision_from_cache(cfg) -> tuple[str | None, str, dict | None]:
+    """(precision, why, what was measured) for a CPU LoRA run with precision="auto", from the
+    cache; (None, why, None) when this setup was never measured here (`settle_precision` then
+    measures it)."""
+    if bf16_flag() is None:
+        why = "no bf16 support on this CPU (no flag of " + ", ".join(BF16_FLAGS) + "): float32"
+        return "fp32", why, None
+    known = entry(setup_key(cfg))
+    if known.get("precision"):
+        measured = {"candidates": _cached_times(known), "cached": known["when"], "probe_s": 0.0}
+        return known["precision"], f"{known['precision_reason']} (cached {known['when']})", measured
+    return None, "not measured on this machine yet", None
+
+
+def _cached_times(known: dict) -> dict:
+    times = dict(known.get("candidates") or {})
+    times |= {f"{k}+compile": v for k, v in (known.get("compiled") or {}).items()}
+    return times
+
+
+def settle_precision(
+    cfg, plan: dict, model, batch: dict, rebuild: Callable[[dict], object]
+) -> tuple[object, dict]:
+    """(model, plan) of a run whose precision `plan` left to measure (plan["precision_probe"]):
+    times the model (float32) and a bf16 copy (`rebuild(bf16 plan)`) on `batch`, keeps the faster,
+    caches the answer. Any other plan is returned as it is."""
+    if not plan.get("precision_probe"):
+        return model, plan
+    began = time.perf_counter()
+    times, models, failed = {}, {"fp32": model}, False
+    try:
+        timed = {"fp32": _verified(model, cfg, batch)}
+        times["fp32"] = time_steps(timed["fp32"], batch, cfg.beta, n=1)
+        models["bf16"] = rebuild(
+            {**plan, "precision": "bf16", "base": "bf16", "attention": "eager"}
+        )
+        timed["bf16"] = _verified(models["bf16"], cfg, batch)
+        times["bf16"] = time_steps(timed["bf16"], batch, cfg.beta, n=1)
+        ratio = times["fp32"][0] / times["bf16"][0]
+        for _ in range(PROBE_STEPS - 1 if 1 / CLEAR < ratio < CLEAR else 0):  # a close call
+            for key, pair_logps in timed.items():
+                times[key] += time_steps(pair_logps, batch, cfg.beta, n=1, warmup=0)
+        times = {k: _rounded(v) for k, v in times.items()}  # what the started event shows
+        name, why = choose_precision(times)
+    except Exception as err:  # noqa: BLE001 - a failed probe trains in float32, saying why
+        name, why, failed = "fp32", f"the probe failed ({type(err).__name__}: {err}): float32", True
+    models = {name: models[name]}  # the other copy is dropped before training allocates
+    key = setup_key(cfg)
+    probe = {"candidates": {k: _rounded(v) for k, v in times.items()},
+             "probe_s": round(time.perf_counter() - began, 1),
+             "batch": [int(batch["num_pairs"]), int(batch["input_ids"].numel())]}  # fmt: skip
+    if not failed:
+        _write_entry(key, {**entry(key), **probe, "precision": name, "precision_reason": why,
+                           "machine": machine(), "when": time.strftime("%Y-%m-%d %H:%M")})  # fmt: skip
+    chosen = plan if name == "fp32" else {**plan, "precision": name, "base": name,
+                                          "attention": "eager"}  # fmt: skip
+    chosen = {**chosen, "precision_reason": why, "precision_probe": False, "autotune": probe}
+    return models[name], chosen
+
+
+def _verified(model, cfg, batch) -> PairLogps:
+    pair_logps = PairLogps(model, cfg.nll_scope, cfg.logps_chunk_size)
+    pair_logps.verify(batch)
+    return pair_logps
+
+
+def settle_compile(
+    cfg, plan: dict, pair_logps: PairLogps, batch: dict, steps: int, processes: int, device
+) -> tuple[bool, str]:
+    """(compile?, why) for a run of `steps` more steps: `compiling.plan`'s answer, except for an
+    eligible "auto" run, which follows the measured step times: from the cache, or, for a setup
+    whose compiled layers were never timed here, from a trial in a run long enough to pay for it
+    (module docstring). What it measured or read goes to plan["autotune"] (the started event)."""
+    on, why = compiling.plan(cfg, pair_logps.model, processes, device)
+    if on is not None:
+        return on, why
+    key, name = setup_key(cfg), plan["precision"]
+    known, record = entry(key), dict(plan.get("autotune") or {})
+    times = record["candidates"] = dict(record.get("candidates") or {})
+    plan["autotune"] = record
+    eager = times.get(name) or (known.get("candidates") or {}).get(name)
+    compiled = (known.get("compiled") or {}).get(name)
+    if eager and compiled:
+        times.update({name: eager, f"{name}+compile": compiled})
+        costs = dict(known.get("compile_s", {}).get(name) or {})
+        # The compiler worked here when these were measured: no check of it (a compile) again.
+        on, why = choose_compile(min(eager), min(compiled), costs.get("cached"), steps, paid=False)
+        if on:  # the compile step 1 would pay, timed: what a fresh process pays, for later runs
+            costs["cached"] = round(_compile_s(pair_logps, batch, cfg.beta, min(compiled)), 1)
+            _store(key, name, compile_s=costs)
+        record["compile_s"] = costs
+        return on, why
+    if plan.get("sliced"):
+        return False, "compiled layers were never measured here, and a time slice never tries them"
+    try:
+        if not eager:  # precision was asked for: its eager step time, once per setup
+            began, eager = time.perf_counter(), time_steps(pair_logps, batch, cfg.beta)
+            record["probe_s"] = round(record.get("probe_s", 0) + time.perf_counter() - began, 1)
+            _store(key, name, candidates=_rounded(eager))
+        times[name] = _rounded(eager)
+        run_s = min(eager) * steps
+        if run_s < COMPILE_TRIAL_RUN_S:
+            return False, (
+                f"compiled layers were never measured here; their first compile (about a minute on "
+                f"2 cores) is tried in runs of {COMPILE_TRIAL_RUN_S / 60:.0f}+ minutes eager, and "
+                f"this one is {steps} steps x {min(eager):.3f} s = {run_s:.0f} s"
+            )
+        broken = compiling.broken_compiler()
+        if broken:
+            return broken
+        began = time.perf_counter()
+        compiled, cold_s, cached_s = _probe_compiled(pair_logps, batch, cfg.beta)
+    except Exception as err:  # noqa: BLE001 - a failed probe trains eager, saying why
+        compiling.uncompile_layers(pair_logps.model)
+        return False, f"the compile probe failed ({type(err).__name__}: {err}): eager"
+    costs = {"cold": round(cold_s, 1), "cached": round(cached_s, 1)}
+    _store(key, name, compiled=_rounded(compiled), compile_s=costs)
+    times[f"{name}+compile"] = _rounded(compiled)
+    record |= {"compile_s": costs, "compile_probe_s": round(time.perf_counter() - began, 1)}
+    on, why = choose_compile(min(eager), min(compiled), cached_s,
+                             steps, paid=True)  # fmt: skip
+    if not on:
+        compiling.uncompile_layers(pair_logps.model)
+    return on, why
+
+
+def _store(key: str, name: str, **measured) -> None:
+    """Add measurements of precision `name` (candidates, compiled, compile_s) to a setup's entry."""
+    known = entry(key)
+    for field, value in measured.items():
+        known.setdefault(field, {})[name] = value
+    _write_entry(key, {**known, "machine": machine(),
+                       "when": known.get("when") or time.strftime("%Y-%m-%d %H:%M")})  # fmt: skip
+
+
+def _compile_s(pair_logps: PairLogps, batch: dict, beta: float, compiled_step: float) -> float:
+    """Seconds the compile of the layers costs here: one pass, less a compiled pass's time."""
+    compiling.compile_layers(pair_logps.model)
+    began = time.perf_counter()
+    time_steps(pair_logps, batch, beta, n=0)
+    return max(time.perf_counter() - began - compiled_step, 0.0)
+
+
+def _probe_compiled(pair_logps: PairLogps, batch: dict, beta: float):
+    """(compiled times, cold compile s, cached compile s); the layers are left compiled. The
+    compile from the cache is timed after dropping dynamo's in-process state, so that inductor
+    reads its kernels from its on-disk cache, as a later process does."""
+    cold = _compile_s(pair_logps, batch, beta, 0.0)  # the cold compile (train graphs)
+    compiled = time_steps(pair_logps, batch, beta, warmup=0)
+    torch._dynamo.reset()
+    cached = _compile_s(pair_logps, batch, beta, 0.0)
+    step = min(compiled)
+    return compiled, max(cold - step, 0.0), max(cached - step, 0.0)

@@ -1,0 +1,295 @@
+"""precision="auto" and torch_compile="auto" by measurement (orpo_lab.autotune): the choices from
+injected step times, the cache that later runs read, a probe that fails, and a real probe of the
+tiny model in a run. (A real probe of compiled layers: test_compile.py, after its compiled run,
+so that the suite compiles the tiny model cold once.)"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from test_train import lines, make_config, same_trajectory, write_pairs
+
+from orpo_lab import autotune, compiling
+from orpo_lab.build import build_model, load_pairs, precision_plan
+from orpo_lab.data import collate
+from orpo_lab.logps import PairLogps
+from orpo_lab.train import train
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture()
+def data(tmp_path):
+    return write_pairs(tmp_path / "train.jsonl", 16), write_pairs(
+        tmp_path / "test.jsonl", 8, offset=100
+    )
+
+
+@pytest.fixture()
+def own_cache(tmp_path, monkeypatch):
+    """A measurement cache of this test's own: "auto" measures."""
+    path = tmp_path / "autotune.json"
+    monkeypatch.setenv("ORPO_LAB_AUTOTUNE_CACHE", str(path))
+    return path
+
+
+def started(run_dir) -> dict:
+    return next(r for r in lines(run_dir, "event") if r["event"] == "started")
+
+
+def test_precision_follows_the_measured_times():
+    # Each candidate by its fastest pass (other work only adds time): 0.50 vs 0.99.
+    assert autotune.choose_precision({"fp32": [1.0, 1.02, 0.99], "bf16": [0.5, 0.52, 0.51]}) == (
+        "bf16", "measured here: bf16 0.500 s/step vs float32 0.990 (x1.98)",
+    )  # fmt: skip
+    # Slower, or faster by less than MARGIN (5%): float32.
+    name, why = autotune.choose_precision({"fp32": [1.0, 1.0, 1.0], "bf16": [1.3, 1.3, 1.2]})
+    assert name == "fp32" and why.endswith("(x0.83); not 5% faster: float32")
+    assert autotune.choose_precision({"fp32": [1.0] * 3, "bf16": [0.97] * 3})[0] == "fp32"
+    # Faster by less than float32's own steps spread: inconclusive.
+    name, why = autotune.choose_precision({"fp32": [1.0, 1.3], "bf16": [0.8, 0.8]})
+    assert name == "fp32" and why.startswith("inconclusive: bf16 0.800 s/step vs float32 1.000")
+    assert "spread by 0.300 s" in why
+    # Nothing (or nonsense) measured: float32, and why.
+    assert autotune.choose_precision({"fp32": [1.0]}) == (
+        "fp32", "float32 1.000 s/step, the only candidate measured",
+    )  # fmt: skip
+    for times in ({}, {"fp32": [1.0], "bf16": [0.0]}):
+        assert autotune.choose_precision(times) == (
+            "fp32", "the probe gave no usable float32 time: float32",
+        )  # fmt: skip
+
+
+def test_compilation_follows_the_measured_times_and_compile_cost():
+    choose = autotune.choose_compile
+    assert choose(1.0, None, None, 100, paid=False) == (
+        False, "compiled layers were not measured here",
+    )  # fmt: skip
+    on, why = choose(1.0, 1.1, 5.0, 1000, paid=True)
+    assert not on and why.endswith("(x0.91); not 5% faster: eager")
+    # The probe compiled already: any measured gain is this run's.
+    assert choose(1.0, 0.8, 40.0, 3, paid=True) == (
+        True, "measured here: compiled 0.800 s/step vs eager 1.000 (x1.25); compiled by the probe "
+        "already",
+    )  # fmt: skip
+    # A later run: the saving over its steps must exceed the compile from the cache.
+    on, why = choose(1.0, 0.8, 7.0, 40, paid=False)
+    assert on and why.endswith("40 steps save 8.0 s, a compile from the cache costs 7.0 s")
+    on, why = choose(1.0, 0.8, 7.0, 30, paid=False)
+    assert not on and why.endswith(
+        "30 steps save 6.0 s and a compile from the cache costs 7.0 s: eager"
+    )
+    assert choose(1.0, 0.8, None, 10**6, paid=False)[0] is False  # cost never measured
+
+
+def scripted_times(log: list, bf16_s: float = 0.5, fp32_s: float = 1.0):
+    """A stand-in for autotune.time_steps: the step time of the model's frozen dtype."""
+
+    def fake(pair_logps, batch, beta, n=autotune.PROBE_STEPS, warmup=1):
+        dtype = pair_logps.model.get_base_model().get_input_embeddings().weight.dtype
+        log.append(dtype)
+        return [bf16_s if dtype == torch.bfloat16 else fp32_s] * n
+
+    return fake
+
+
+def test_a_new_setup_is_measured_once_then_read_from_the_cache(
+    tmp_path, data, tiny_model_dir, own_cache, monkeypatch
+):
+    monkeypatch.setattr(autotune, "bf16_flag", lambda flags=None: "avx512_bf16")
+    timed: list = []
+    monkeypatch.setattr(autotune, "time_steps", scripted_times(timed))
+    cfg = make_config(tmp_path, data, tiny_model_dir, precision="auto")
+    plan = precision_plan(cfg)
+    assert plan["precision_probe"] and plan["precision"] == "fp32"
+    assert plan["precision_reason"] == "not measured on this machine yet"
+    model, tok = build_model(cfg, None, plan)
+    batch = collate(load_pairs(cfg, tok)[0][:4], cfg.layout, tok.pad_token_id)
+    chosen, plan = autotune.settle_precision(cfg, plan, model, batch,
+                                             lambda p: build_model(cfg, None, p)[0])  # fmt: skip
+    assert timed == [torch.float32, torch.bfloat16]
+    assert (plan["precision"], plan["base"], plan["attention"]) == ("bf16", "bf16", "eager")
+    assert plan["precision_reason"] == "measured here: bf16 0.500 s/step vs float32 1.000 (x2.00)"
+    # x2.00 from one timed pass each (beyond x1.5, autotune.CLEAR): no second pass.
+    assert plan["autotune"]["candidates"] == {"fp32": [1.0], "bf16": [0.5]}
+    assert chosen is not model and chosen.get_base_model().dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 for p in chosen.parameters() if p.requires_grad)
+
+    # The cache now answers for this setup, without measuring; the key knows the machine.
+    (key, stored), = json.loads(own_cache.read_text())["setups"].items()  # fmt: skip
+    assert stored["machine"] == autotune.machine() and stored["precision"] == "bf16"
+    again = precision_plan(cfg)
+    assert not again["precision_probe"] and again["precision"] == "bf16"
+    assert again["precision_reason"].startswith("measured here: bf16 0.500 s/step")
+    assert "(cached " in again["precision_reason"]
+    # Its started event still shows the step times the choice was made on; nothing was timed.
+    assert again["autotune"]["candidates"] == plan["autotune"]["candidates"]
+    assert again["autotune"]["probe_s"] == 0
+    assert autotune.settle_precision(cfg, again, chosen, batch, None)[0] is chosen
+    assert len(timed) == 2
+    # Another adapter or layout is another setup; a CPU without bf16 support never measures.
+    for changes in (dict(lora_r=4), dict(layout="prefix")):
+        assert precision_plan(make_config(tmp_path, data, tiny_model_dir, precision="auto",
+                                          **changes))["precision_probe"]  # fmt: skip
+    monkeypatch.setattr(autotune, "bf16_flag", lambda flags=None: None)
+    plan = precision_plan(make_config(tmp_path, data, tiny_model_dir, precision="auto", lora_r=4))
+    assert not plan["precision_probe"] and plan["precision"] == "fp32"
+    assert plan["precision_reason"].startswith("no bf16 support on this CPU")
+
+    # A probe that fails trains in float32 on the model it has, says why, and caches nothing.
+    own_cache.unlink()
+    monkeypatch.setattr(autotune, "bf16_flag", lambda flags=None: "amx_bf16")
+
+    def broken(plan):
+        raise RuntimeError("no bf16 kernels")
+
+    plan = precision_plan(cfg)
+    kept, plan = autotune.settle_precision(cfg, plan, model, batch, broken)
+    assert kept is model and plan["precision"] == "fp32"
+    assert plan["precision_reason"] == "the probe failed (RuntimeError: no bf16 kernels): float32"
+    assert not own_cache.exists()
+
+
+def test_a_close_call_gets_a_second_timed_pass_each(
+    tmp_path, data, tiny_model_dir, own_cache, monkeypatch
+):
+    monkeypatch.setattr(autotune, "bf16_flag", lambda flags=None: "avx512_bf16")
+    timed: list = []
+    monkeypatch.setattr(autotune, "time_steps", scripted_times(timed, bf16_s=0.8))
+    cfg = make_config(tmp_path, data, tiny_model_dir, precision="auto")
+    model, tok = build_model(cfg, None, precision_plan(cfg))
+    batch = collate(load_pairs(cfg, tok)[0][:4], cfg.layout, tok.pad_token_id)
+    _, plan = autotune.settle_precision(cfg, precision_plan(cfg), model, batch,
+                                        lambda p: build_model(cfg, None, p)[0])  # fmt: skip
+    assert timed == [torch.float32, torch.bfloat16] * 2  # x1.25: within x1.5, timed again
+    assert plan["autotune"]["candidates"] == {"fp32": [1.0, 1.0], "bf16": [0.8, 0.8]}
+    assert plan["precision"] == "bf16"
+
+
+def test_a_real_probe_picks_the_faster_and_leaves_the_run_unchanged(
+    tmp_path, data, tiny_model_dir, own_cache, monkeypatch
+):
+    """Timed for real on the tiny model (both candidates, whatever the CPU: its flags are said to
+    have bf16); the run then trains exactly as one that asked for the chosen precision."""
+    monkeypatch.setattr(autotune, "bf16_flag", lambda flags=None: "avx512_bf16")
+    probed = make_config(tmp_path, data, tiny_model_dir, run_name="probed", precision="auto",
+                         torch_compile="auto", max_steps=3, save_every=0)  # fmt: skip
+    train(probed)
+    event = started(probed.run_dir)
+    times = event["autotune"]["candidates"]
+    assert times.keys() == {"fp32", "bf16"}
+    assert all(1 <= len(v) <= autotune.PROBE_STEPS and min(v) > 0 for v in times.values())
+    name, why = autotune.choose_precision(times)
+    assert (event["precision"], event["precision_reason"]) == (name, why)
+    assert event["autotune"]["probe_s"] > 0
+    assert event["torch_compile"] is False  # 3 tiny steps: far from a run that tries a compile
+    assert event["torch_compile_reason"].startswith(
+        "compiled layers were never measured here; their first compile (about a minute on 2 cores) "
+        "is tried in runs of 10+ minutes eager, and this one is 3 steps x "
+    )
+
+    cached = make_config(tmp_path, data, tiny_model_dir, run_name="cached", precision="auto",
+                         torch_compile="auto", max_steps=3, save_every=0)  # fmt: skip
+    train(cached)
+    event = started(cached.run_dir)
+    assert event["precision"] == name and "(cached " in event["precision_reason"]
+    assert event["autotune"]["probe_s"] == 0  # nothing measured in this run: the cache's times
+    assert event["autotune"]["candidates"] == {
+        k: [round(t, 4) for t in v] for k, v in times.items()
+    }
+    asked = make_config(tmp_path, data, tiny_model_dir, run_name="asked", precision=name,
+                        torch_compile="off", max_steps=3, save_every=0)  # fmt: skip
+    train(asked)
+    for run in (probed, cached):  # the probe drew no random numbers and left no gradient behind
+        same_trajectory(lines(asked.run_dir), lines(run.run_dir))
+
+
+@pytest.fixture()
+def pair_logps(tmp_path, data, tiny_model_dir):
+    cfg = make_config(tmp_path, data, tiny_model_dir, torch_compile="auto")
+    model, tok = build_model(cfg, None)
+    batch = collate(load_pairs(cfg, tok)[0][:4], cfg.layout, tok.pad_token_id)
+    return cfg, PairLogps(model, cfg.nll_scope, 16), batch
+
+
+def test_compiled_layers_are_tried_once_in_a_long_enough_run(pair_logps, own_cache, monkeypatch):
+    """Injected timings: eager 1.0 s a step, compiled 0.7, a cold compile 40 s, from the cache 6."""
+    cfg, wrapped, batch = pair_logps
+    plan = precision_plan(cfg)  # precision="fp32" asked for: only compilation is measured
+    monkeypatch.setattr(compiling, "compiler_works", lambda: None)
+    timed, probes = [], []
+
+    def eager(pair_logps, batch, beta, n=autotune.PROBE_STEPS, warmup=1):
+        timed.append(n)
+        return [1.0] * n
+
+    def fake_probe(pair_logps, batch, beta):
+        probes.append(1)
+        compiling.compile_layers(pair_logps.model)
+        return [0.7] * autotune.PROBE_STEPS, 40.0, 6.0
+
+    monkeypatch.setattr(autotune, "time_steps", eager)
+    monkeypatch.setattr(autotune, "_probe_compiled", fake_probe)
+
+    def settle(steps, processes=1, device=CPU, **changes):
+        return autotune.settle_compile(
+            cfg, plan | changes, wrapped, batch, steps, processes, device
+        )
+
+    # 599 steps x 1.0 s: under the 10 minutes that a first compile is tried in; the eager step
+    # time (precision was asked for, never measured) is timed once and kept.
+    assert settle(599) == (False, "compiled layers were never measured here; their first compile "
+                           "(about a minute on 2 cores) is tried in runs of 10+ minutes eager, and "
+                           "this one is 599 steps x 1.000 s = 599 s")  # fmt: skip
+    assert settle(10**6, sliced=True) == (
+        False, "compiled layers were never measured here, and a time slice never tries them",
+    )  # fmt: skip
+    assert timed == [autotune.PROBE_STEPS] and probes == []
+    trial = dict(plan)
+    on, why = autotune.settle_compile(cfg, trial, wrapped, batch, 600, 1, CPU)
+    assert on and why.endswith("(x1.43); compiled by the probe already") and probes == [1]
+    assert len(timed) == 1  # the eager time came from the cache
+    two = autotune.PROBE_STEPS
+    assert trial["autotune"]["candidates"] == {"fp32": [1.0] * two, "fp32+compile": [0.7] * two}
+    assert trial["autotune"]["compile_s"] == {"cold": 40.0, "cached": 6.0}
+    # Later runs read the cache: compiled when 0.3 s a step repays the 6 s compile from the cache,
+    # whatever the environment says (the old switch is gone).
+    monkeypatch.setenv("ORPO_LAB_TORCH_COMPILE", "off")
+    assert settle(19)[0] is False
+    monkeypatch.setattr(autotune, "_compile_s", lambda *args: 9.0)  # what this process paid
+    later = dict(plan)
+    on, why = autotune.settle_compile(cfg, later, wrapped, batch, 21, 1, CPU)
+    assert on and why.endswith("21 steps save 6.3 s, a compile from the cache costs 6.0 s")
+    assert later["autotune"]["candidates"] == {"fp32": [1.0] * two, "fp32+compile": [0.7] * two}
+    # The compile this run paid (timed in the pass step 1 would have paid it in) is what the
+    # next run decides on: 21 steps no longer repay it.
+    assert later["autotune"]["compile_s"] == {"cold": 40.0, "cached": 9.0}
+    assert settle(21)[0] is False and settle(31)[0] is True
+    assert probes == [1] and len(timed) == 1
+    # The compiler worked when these were measured: a later run does not check it again (its
+    # check is a compile of its own, seconds).
+    monkeypatch.setattr(compiling, "compiler_works", lambda: pytest.fail("checked again"))
+    assert settle(40)[0] is True
+    # Not eligible: auto does not measure (compiling.plan says why).
+    assert settle(1000, processes=2)[1].startswith("measured for single-process LoRA runs")
+    assert settle(1000, device=torch.device("cuda"))[1].startswith("cuda: torch.compile is")
+
+
+def test_compiled_layers_that_lose_are_undone(pair_logps, own_cache, monkeypatch):
+    cfg, wrapped, batch = pair_logps
+    monkeypatch.setattr(compiling, "compiler_works", lambda: None)
+    monkeypatch.setattr(autotune, "time_steps", lambda *args, **kwargs: [1.0, 1.0])
+
+    def slower(pair_logps, batch, beta):
+        compiling.compile_layers(pair_logps.model)
+        return [1.2, 1.2], 30.0, 5.0
+
+    monkeypatch.setattr(autotune, "_probe_compiled", slower)
+    plan = precision_plan(cfg)
+    on, why = autotune.settle_compile(cfg, plan, wrapped, batch, 1000, 1, CPU)
+    assert not on and why.endswith("(x0.83); not 5% faster: eager")
+    assert plan["autotune"]["compile_s"] == {"cold": 30.0, "cached": 5.0}
+    layers = compiling.decoder_layers(wrapped.model)
+    assert layers and all(layer._compiled_call_impl is None for layer in layers)
