@@ -19,8 +19,9 @@ The step times go to a per-machine cache (`cache_path()`, JSON), keyed by CPU mo
 torch version, model and adapter configuration and batch layout, so a later run of the same setup
 reads its answer instead of measuring; it compiles when (eager - compiled) x its steps exceeds the
 compile from the cache, and then times that compile (the one pass step 1 would have paid it in), so
-that the next run decides on what a fresh process paid. Delete the file to measure again; no run needs it. A candidate is chosen
-over float32 eager only when it is faster by more than float32's own spread and by `MARGIN`;
+that the next run decides on what a fresh process paid. Delete the file to measure again; no run
+needs it. A candidate is chosen over float32 eager only when it is faster by more than float32's
+own spread and by `MARGIN`;
 otherwise, or when a probe fails, the run trains in float32 (eager) and says why. Nothing else
 (no environment variable, no other cache folder) changes what "auto" does.
 """
