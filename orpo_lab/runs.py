@@ -161,17 +161,19 @@ class RunManager:
         """Write RUN/config.yaml and start the run, or queue it while its device is busy.
 
         Returns the run name. Raises RunError / ValueError with a readable message, and then nothing
-        was written: an invalid config, a taken name, or data with fewer pairs than one batch.
+        was written: an invalid config, a taken name, a model that does not load, or data with
+        fewer pairs than one batch.
         """
         values = config.to_dict() if isinstance(config, TrainConfig) else dict(config)
         name = validate_run_name(
             run_name or values.get("run_name") or time.strftime("run-%Y%m%d-%H%M%S")
         )
         values.update(output_dir=str(self.runs_dir), run_name=name, resume=False)
-        cfg = TrainConfig.from_dict(
-            values
-        )  # refuses impossible settings before anything is written
-        check_data(cfg)
+        from orpo_lab.build import check_launch  # torch and transformers: only when starting
+
+        # Impossible settings, a missing model and unusable data: refused before anything is written.
+        cfg = TrainConfig.from_dict(values)
+        check_launch(cfg)
         run = self.folder(name)
         with self.lock:
             if run.path.exists():
@@ -380,19 +382,3 @@ class RunManager:
             raise RunError(f"Export of {name}/{checkpoint} failed:\n{tail}")
         return out
 
-
-def check_data(cfg: TrainConfig) -> int:
-    """The number of training pairs, after checking that there is at least one batch of them.
-
-    Runs in the caller's process before a run exists: a broken or too small dataset is refused
-    with its own message, and no run folder is left behind.
-    """
-    from orpo_lab.prepared import check_data as checked
-
-    pairs = checked(cfg)["train_pairs"]  # the trainer reads the same checked split from the cache
-    if pairs < cfg.batch_size:
-        raise RunError(
-            f"The dataset {cfg.dataset} has {pairs} usable training pair(s), fewer than one batch "
-            f"of {cfg.batch_size}: add pairs (e.g. vote on more chat answers) or lower batch_size."
-        )
-    return pairs
