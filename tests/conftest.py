@@ -14,11 +14,36 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 # runs left behind, so "auto" stays eager; tests/test_compile.py tests it with this unset.
 os.environ.setdefault("ORPO_LAB_TORCH_COMPILE", "off")
 
+import sys
+import traceback
+
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from orpo_lab.model import load_tokenizer
+
+
+@pytest.fixture(autouse=True)
+def no_unhandled_app_errors(request, monkeypatch):
+    """A browser test fails when a handler of the app raised anything but a `gr.Error` (the page
+    shows a bare red "Error" for those): Gradio prints each with `traceback.print_exc`."""
+    if request.node.get_closest_marker("browser") is None:
+        yield
+        return
+    from gradio.exceptions import Error
+
+    unhandled, original = [], traceback.print_exc
+
+    def noted(*args, **kwargs):
+        err = sys.exc_info()[1]
+        if err is not None and not isinstance(err, Error):
+            unhandled.append(f"{type(err).__name__}: {err}")
+        original(*args, **kwargs)
+
+    monkeypatch.setattr(traceback, "print_exc", noted)
+    yield
+    assert not unhandled, f"unhandled exception(s) in the app during this test: {unhandled}"
 
 
 @pytest.fixture(scope="session")
