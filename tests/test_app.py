@@ -224,10 +224,13 @@ def test_chat_votes_one_per_exchange_with_undo_and_dataset(served, tiny_model_di
     assert [column in u["choices"][-1] for u in updates] == [True] * 3
     columns = [BASE_CHOICE, column, "(off)"]
     client.predict(api_name="/clear")  # the session's conversation so far is kept until cleared
-    message, left, right, third = map(
-        value, client.predict("Say something.", *columns, *SETTINGS, api_name="/send")
-    )
-    assert message == "" and third == []
+    job = client.submit("Say something.", *columns, *SETTINGS, api_name="/send")
+    job.result()
+    updates = [[value(o) for o in outputs] for outputs in job.outputs()]
+    # The box is emptied once, before the answers stream; later updates leave what is typed there.
+    assert updates[0][0] == "" and all(u[0] is None for u in updates[1:])
+    _, left, right, third = updates[-1]
+    assert third == []
     answers = [h[-1]["content"][0]["text"] for h in (left, right)]
     assert all(answers) and answers[0] != answers[1]  # base and adapter differ, one base in memory
     # The models saw the conversation up to the user's message, nothing after it: the same batch
@@ -280,11 +283,16 @@ def test_chat_reports_a_missing_checkpoint(served):
 
 
 def test_tick_shows_the_latest_run_and_its_config_loads_into_the_form(served, tiny_model_dir):
+    from orpo_lab.ui.views import started_text
+
     client, manager, *_ = served
-    selected, plot, progress, table, _, checkpoint, weighting, timer, config = client.predict(
-        None, 0.6, None, api_name="/tick"
+    selected, plot, progress, table, _, checkpoint, weighting, timer, config, started, log = (
+        client.predict(None, 0.6, None, api_name="/tick")
     )
     assert yaml.safe_load(value(config)) == manager.config(value(selected))  # filled on load
+    shown = manager.folder(value(selected))  # the run's started event and log, as on disk
+    assert value(started) == started_text(manager.metrics(shown.name))
+    assert value(log) == (shown.log_tail(60) or "(nothing logged yet)")
     assert weighting is not None  # the gradient-weighting figure (empty here: no held-out records)
     assert (
         value(timer) == 10.0
