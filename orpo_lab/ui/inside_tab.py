@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import html
-import json
 from functools import partial
 from itertools import zip_longest
 from types import SimpleNamespace
@@ -95,6 +94,11 @@ def labelled_pairs(pairs: list[dict]) -> dict[str, dict]:
     return labels
 
 
+def _searched_text(pair: dict) -> str:
+    parts = (_prompt_text(pair["prompt"]), pair["chosen"], pair["rejected"], pair.get("family"))
+    return " ".join(str(part) for part in parts if part).lower()
+
+
 def _pairs_of(ctx: AppContext, choice: str | None) -> dict[str, dict]:
     try:
         return labelled_pairs(held_out_pairs(ctx, choice))
@@ -116,7 +120,7 @@ def fill_pair(ctx: AppContext, choice: str | None, label: str | None):
     pair = pairs.get(label)
     if pair is None:
         wanted = label.strip().lower()
-        found = [p for p in pairs.values() if wanted in json.dumps(p, ensure_ascii=False).lower()]
+        found = [p for p in pairs.values() if wanted in _searched_text(p)]
         if not found:
             gr.Warning(f"No held-out pair holds {label.strip()!r}: pick one from the list, search "
                        "for another word, or type your own pair in the three boxes.")  # fmt: skip
