@@ -11,6 +11,7 @@ from orpo_lab import autotune
 from orpo_lab.config import TrainConfig
 from orpo_lab.model import (
     PRECISIONS,
+    ModelLoadError,
     add_lora,
     attach_adapter,
     enable_activation_checkpointing,
@@ -147,3 +148,29 @@ def subset(items: Sequence, n: int, seed: int) -> Sequence:
 
 
 # ---------------------------------------------------------------- batching
+
+
+def check_launch(cfg: TrainConfig) -> int:
+    """What a run needs before its folder exists: a model whose tokenizer loads and at least one
+    batch of checked training pairs. Returns the number of pairs; raises ValueError (a
+    `ModelLoadError`, `PreferenceDataError` or `RunError`) saying what to change."""
+    from orpo_lab.prepared import check_data
+    from orpo_lab.rundir import RunError
+
+    path = Path(cfg.model).expanduser()
+    if cfg.model.startswith(("/", ".", "~")) and not path.exists():  # a path, not a hub id
+        raise ModelLoadError(
+            f"Model path {cfg.model} does not exist: give a model directory (with config.json), "
+            "a hub id (owner/name) or 'default'."
+        )
+    try:  # the tokenizer is enough to know the model is there, without loading its weights
+        load_tokenizer(cfg.model, cfg.trust_remote_code, cfg.chat_template)
+    except OSError as err:
+        raise ModelLoadError(f"Could not load the model {cfg.model!r}: {err}") from err
+    pairs = check_data(cfg)["train_pairs"]  # the trainer reads these checked rows from the cache
+    if pairs < cfg.batch_size:
+        raise RunError(
+            f"The dataset {cfg.dataset} has {pairs} usable training pair(s), fewer than one batch "
+            f"of {cfg.batch_size}: add pairs (e.g. vote on more chat answers) or lower batch_size."
+        )
+    return pairs

@@ -80,7 +80,7 @@ class TrainConfig:
     weight_decay: float = _f(0.0, "AdamW weight decay")
     max_grad_norm: float = _f(1.0, "gradient clipping norm; 0 disables clipping")
     epochs: float = _f(1.0, "passes over the training pairs (ignored when max_steps > 0)")
-    max_steps: int = _f(-1, "optimiser steps; > 0 overrides epochs")
+    max_steps: int = _f(-1, "optimiser steps; -1 (or 0): as many as `epochs` make")
     batch_size: int = _f(4, "preference pairs per micro-batch (per process)")
     grad_accum: int = _f(1, "micro-batches per optimiser step")
     max_length: int = _f(256, "longest prompt+response in tokens")
@@ -185,16 +185,13 @@ class TrainConfig:
             problems.append(
                 "load_in_4bit (QLoRA) trains a LoRA adapter: drop full_finetune or load_in_4bit"
             )
-        for name in ("max_eval_pairs", "eval_subset_pairs"):
+        if self.max_steps < -1:
+            problems.append(f"max_steps must be -1 (epochs decide) or > 0; got {self.max_steps}")
+        for name, zero in (("max_eval_pairs", " (0 = all)"), ("eval_subset_pairs", " (0 = all)"),
+                           ("eval_batch_size", " (0 = 4 x batch_size, at most 16)"),
+                           ("logps_chunk_size", "")):  # fmt: skip
             if getattr(self, name) < 0:
-                problems.append(f"{name} must be >= 0 (0 = all); got {getattr(self, name)}")
-        if self.eval_batch_size < 0:
-            problems.append(
-                f"eval_batch_size must be >= 0 (0 = 4 x batch_size, at most 16); "
-                f"got {self.eval_batch_size}"
-            )
-        if self.logps_chunk_size < 0:
-            problems.append(f"logps_chunk_size must be >= 0; got {self.logps_chunk_size}")
+                problems.append(f"{name} must be >= 0{zero}; got {getattr(self, name)}")
         return problems
 
     def _data_problems(self) -> list[str]:

@@ -15,7 +15,8 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 CHOSEN, REJECTED, NEUTRAL = "#1f77b4", "#d62728", "#444444"
-PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22"]
+# Run colours of the overlay: never the blue and red that mean chosen and rejected elsewhere.
+PALETTE = ["#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"]
 
 # (panel title, y-axis title, [(metric key, legend name, colour)]); eval/* keys are held-out points.
 PANELS = [
@@ -168,6 +169,8 @@ WEIGHTING = [
     ("weight_rejected", "1/(1-P) on the rejected response", "weight", REJECTED),
 ]
 QUANTILES = (10, 25, 50, 75, 90)
+NO_WEIGHTING = ("No held-out evaluation in this run yet: these panels fill at each one "
+                "(eval every > 0, or before step 1, with held-out pairs).")  # fmt: skip
 
 
 def _band(fig, x, low, high, colour: str, opacity: float, col: int, name: str) -> None:
@@ -200,6 +203,9 @@ def weighting_figure(records: list[dict]) -> go.Figure:
     _steps_axis(fig, max_step)
     fig.update_layout(height=330, margin=dict(l=50, r=20, t=50, b=40), template="plotly_white",
                       uirevision="weighting")  # fmt: skip
+    if max_step == 1 and not fig.data:  # no held-out evaluation yet: say so, not empty axes
+        fig.add_annotation(text=NO_WEIGHTING, xref="paper", yref="paper", x=0.5, y=0.5,
+                           showarrow=False, font=dict(size=14))  # fmt: skip
     return fig
 
 

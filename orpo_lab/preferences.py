@@ -168,6 +168,28 @@ def _check_batch(batch, indices, kind, path, label, base, mapping, max_prompt_to
     return out
 
 
+def check_columns(raw: RawRows, column_map: dict[str, str] | str | None = None) -> None:
+    """A source with columns (CSV, Parquet, a hub or in-memory dataset) that lacks chosen or
+    rejected, once renamed by `column_map`, fails here in one message naming the missing column and
+    the columns present: every row would fail the same way. (JSONL rows may differ: checked per row.)
+    """
+    if raw.kind != "arrow":
+        return
+    mapping, columns = parse_column_map(column_map), raw.rows.column_names
+    if any(old not in columns for old in mapping):  # a mapped column that is not there: per row
+        return
+    renamed = [c for c in columns if c not in mapping and c not in mapping.values()]
+    renamed += [new for new in mapping.values() if new]
+    missing = [field for field in ("chosen", "rejected") if field not in renamed]
+    if missing:
+        names = " and ".join(repr(m) for m in missing)
+        raise PreferenceDataError(
+            f"{raw.name}: no {names} column; every pair needs 'chosen' and 'rejected'. The columns "
+            f"here are {', '.join(columns) or 'none'}: rename one with column_map (e.g. "
+            f"{'worse' if missing[-1] == 'rejected' else 'better'}={missing[-1]})."
+        )
+
+
 def check_rows(
     raw: RawRows,
     column_map: dict[str, str] | str | None = None,
@@ -183,6 +205,7 @@ def check_rows(
     """
     if max_prompt_tokens is not None and tokenizer is None:
         raise ValueError("max_prompt_tokens needs the tokenizer that will be used for training.")
+    check_columns(raw, column_map)
     rows = raw.rows
     parallel = len(rows) >= PARALLEL_ROWS and (os.cpu_count() or 1) > 1
     return rows.map(

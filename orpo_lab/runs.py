@@ -26,6 +26,7 @@ from orpo_lab.rundir import ACTIVE, RUN_NAME, RunDir, RunError, read_metrics, va
 TRAINER = [sys.executable, "-m", "orpo_lab.cli"]
 # The folder that holds this package: a Space runs app.py from a checkout without installing it.
 PACKAGE_ROOT = str(Path(__file__).resolve().parents[1])
+UNTRAINED_GRACE_S = 5.0  # how long a stop waits for a run that has not trained a step yet
 
 __all__ = ["RunError", "RunManager", "trainer_env", "validate_run_name"]
 
@@ -161,17 +162,19 @@ class RunManager:
         """Write RUN/config.yaml and start the run, or queue it while its device is busy.
 
         Returns the run name. Raises RunError / ValueError with a readable message, and then nothing
-        was written: an invalid config, a taken name, or data with fewer pairs than one batch.
+        was written: an invalid config, a taken name, a model that does not load, or data with
+        fewer pairs than one batch.
         """
         values = config.to_dict() if isinstance(config, TrainConfig) else dict(config)
         name = validate_run_name(
             run_name or values.get("run_name") or time.strftime("run-%Y%m%d-%H%M%S")
         )
         values.update(output_dir=str(self.runs_dir), run_name=name, resume=False)
-        cfg = TrainConfig.from_dict(
-            values
-        )  # refuses impossible settings before anything is written
-        check_data(cfg)
+        from orpo_lab.build import check_launch  # torch and transformers: only when starting
+
+        # Impossible settings, a missing model and unusable data: refused before anything is written.
+        cfg = TrainConfig.from_dict(values)
+        check_launch(cfg)
         run = self.folder(name)
         with self.lock:
             if run.path.exists():
@@ -296,7 +299,8 @@ class RunManager:
 
     def stop(self, name: str, grace_s: float | None = None) -> str:
         """Stop a run; returns "cancelled" (was queued), "stopped" (it saved and exited after the
-        STOP request), "killed" (it did not exit within the grace period) or "not running".
+        STOP request, or had trained nothing yet and was ended), "killed" (it did not exit within
+        the grace period) or "not running".
         Its status message then says what is on disk."""
         run = self._existing(name)
         if self.slices is not None and self.slices.owns(name):  # ZeroGPU: its chain of slices
@@ -313,22 +317,34 @@ class RunManager:
             proc = self.procs.get(name)
             pid = proc.pid if proc else status.get("pid")
         grace = self.grace(name) if grace_s is None else grace_s
+        if self._untrained(run):  # loading: a model, data, a compile may not see STOP for minutes
+            grace = min(grace, UNTRAINED_GRACE_S)
         run.request_stop(pid)
         if not self._wait_exit(pid, proc, grace):
             self._kill(pid, proc)
+            # Nothing trained since the last checkpoint: ending it lost nothing, as a clean stop.
+            how = "stopped" if self._untrained(run) else "killed"
             with self.lock:
                 self.procs.pop(name, None)
                 run.clear_stop()
-                run.write_status("stopped", f"killed: it did not stop within {grace:.0f} s; "
-                                 f"{run.describe_checkpoints()}")  # fmt: skip
+                run.write_status("stopped", (
+                    "stopped on request before the first step (nothing trained)" if how == "stopped"
+                    else f"killed: it did not stop within {grace:.0f} s"
+                ) + f"; {run.describe_checkpoints()}")  # fmt: skip
             self.poll()
-            return "killed"
+            return how
         with self.lock:
             self.procs.pop(name, None)
             if run.read_status()["status"] in ACTIVE:
                 self._mark_failed(name, "the training process exited after STOP")
         self.poll()
         return "stopped"
+
+    def _untrained(self, run: RunDir) -> bool:
+        """No step trained since the last checkpoint (the run is still loading): nothing to save."""
+        steps = [r["step"] for r in self.metrics(run.name) if r.get("kind") == "train"]
+        done = max(run.read_status().get("step") or 0, steps[-1] if steps else 0)
+        return done <= run.saved_step()
 
     @staticmethod
     def _wait_exit(pid, proc: subprocess.Popen | None, timeout: float) -> bool:
@@ -379,20 +395,3 @@ class RunManager:
             tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-15:])
             raise RunError(f"Export of {name}/{checkpoint} failed:\n{tail}")
         return out
-
-
-def check_data(cfg: TrainConfig) -> int:
-    """The number of training pairs, after checking that there is at least one batch of them.
-
-    Runs in the caller's process before a run exists: a broken or too small dataset is refused
-    with its own message, and no run folder is left behind.
-    """
-    from orpo_lab.prepared import check_data as checked
-
-    pairs = checked(cfg)["train_pairs"]  # the trainer reads the same checked split from the cache
-    if pairs < cfg.batch_size:
-        raise RunError(
-            f"The dataset {cfg.dataset} has {pairs} usable training pair(s), fewer than one batch "
-            f"of {cfg.batch_size}: add pairs (e.g. vote on more chat answers) or lower batch_size."
-        )
-    return pairs

@@ -19,11 +19,36 @@ if not os.environ.get("ORPO_LAB_AUTOTUNE_CACHE"):
     _folder = Path(tempfile.mkdtemp(prefix="orpo-lab-tests-"))
     os.environ["ORPO_LAB_AUTOTUNE_CACHE"] = str(_folder / "autotune.json")
 
+import sys
+import traceback
+
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from orpo_lab.model import load_tokenizer
+
+
+@pytest.fixture(autouse=True)
+def no_unhandled_app_errors(request, monkeypatch):
+    """A browser test fails when a handler of the app raised anything but a `gr.Error` (the page
+    shows a bare red "Error" for those): Gradio prints each with `traceback.print_exc`."""
+    if request.node.get_closest_marker("browser") is None:
+        yield
+        return
+    from gradio.exceptions import Error
+
+    unhandled, original = [], traceback.print_exc
+
+    def noted(*args, **kwargs):
+        err = sys.exc_info()[1]
+        if err is not None and not isinstance(err, Error):
+            unhandled.append(f"{type(err).__name__}: {err}")
+        original(*args, **kwargs)
+
+    monkeypatch.setattr(traceback, "print_exc", noted)
+    yield
+    assert not unhandled, f"unhandled exception(s) in the app during this test: {unhandled}"
 
 
 @pytest.fixture(scope="session")

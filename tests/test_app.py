@@ -106,8 +106,10 @@ def test_sft_box_shows_beta_zero_and_gives_the_old_value_back(served):
     client, *_ = served
     ticked = client.predict(True, 0.7, api_name="/sft_switch")
     assert ticked["value"] == 0 and ticked["interactive"] is False
+    assert "locked at 0" in ticked["label"]  # a greyed number box alone looks editable
     unticked = client.predict(False, 0, api_name="/sft_switch")
     assert unticked["value"] == 0.7 and unticked["interactive"] is True
+    assert "locked" not in unticked["label"]
 
 
 def test_preview_shows_text_exactly_and_reports_bad_files(served, tiny_model_dir, tmp_path):
@@ -192,7 +194,7 @@ def test_train_stop_resume_download_export_delete(served, tiny_model_dir):
     assert stopped.startswith("Stopped **live**") and f"after step {step}" in stopped
     assert f"{checkpoint} (step {step})" in stopped  # the message names what is on disk
     # The tick brings the new checkpoint into the dropdown without a page reload.
-    _, _, _, table, overlay, checkpoints, _, _ = client.predict("live", 0.0, None, api_name="/tick")
+    _, _, _, table, overlay, checkpoints, *_ = client.predict("live", 0.0, None, api_name="/tick")
     assert value(checkpoints) == checkpoint and ["live", "live"] in overlay["choices"]
     assert {row[0]: row[1] for row in table["data"]} == {"live": "stopped", FAKE_RUN: "finished"}
     # Resume continues from that checkpoint: no step logged twice, none missing.
@@ -222,10 +224,13 @@ def test_chat_votes_one_per_exchange_with_undo_and_dataset(served, tiny_model_di
     assert [column in u["choices"][-1] for u in updates] == [True] * 3
     columns = [BASE_CHOICE, column, "(off)"]
     client.predict(api_name="/clear")  # the session's conversation so far is kept until cleared
-    message, left, right, third = map(
-        value, client.predict("Say something.", *columns, *SETTINGS, api_name="/send")
-    )
-    assert message == "" and third == []
+    job = client.submit("Say something.", *columns, *SETTINGS, api_name="/send")
+    job.result()
+    updates = [[value(o) for o in outputs] for outputs in job.outputs()]
+    # The box is emptied once, before the answers stream; later updates leave what is typed there.
+    assert updates[0][0] == "" and all(u[0] is None for u in updates[1:])
+    _, left, right, third = updates[-1]
+    assert third == []
     answers = [h[-1]["content"][0]["text"] for h in (left, right)]
     assert all(answers) and answers[0] != answers[1]  # base and adapter differ, one base in memory
     # The models saw the conversation up to the user's message, nothing after it: the same batch
@@ -278,10 +283,16 @@ def test_chat_reports_a_missing_checkpoint(served):
 
 
 def test_tick_shows_the_latest_run_and_its_config_loads_into_the_form(served, tiny_model_dir):
-    client, *_ = served
-    selected, plot, progress, table, _, checkpoint, weighting, timer = client.predict(
-        None, 0.6, None, api_name="/tick"
+    from orpo_lab.ui.views import started_text
+
+    client, manager, *_ = served
+    selected, plot, progress, table, _, checkpoint, weighting, timer, config, started, log = (
+        client.predict(None, 0.6, None, api_name="/tick")
     )
+    assert yaml.safe_load(value(config)) == manager.config(value(selected))  # filled on load
+    shown = manager.folder(value(selected))  # the run's started event and log, as on disk
+    assert value(started) == started_text(manager.metrics(shown.name))
+    assert value(log) == (shown.log_tail(60) or "(nothing logged yet)")
     assert weighting is not None  # the gradient-weighting figure (empty here: no held-out records)
     assert (
         value(timer) == 10.0
@@ -395,3 +406,19 @@ def test_push_to_hub_button_says_what_is_missing(served, monkeypatch, tmp_path):
     assert said.startswith("**Not pushed:** No Hugging Face token"), said
     said = client.predict(FAKE_RUN, "step-000099", "me/adapter", False, api_name="/push_to_hub")
     assert "has no checkpoint 'step-000099'" in said, said
+
+
+def test_elapsed_counts_every_process_of_a_resumed_run_and_errors_wrap():
+    """Each trainer process counts elapsed_s from its own start: after a resume the page adds
+    the time before it (40 s + 25 s), instead of starting again from 0."""
+    from orpo_lab.ui.views import elapsed, progress_text
+
+    records = [{"kind": "train", "step": 1, "elapsed_s": 20.0},
+               {"kind": "train", "step": 2, "elapsed_s": 40.0},
+               {"kind": "event", "step": 2, "event": "resumed"},
+               {"kind": "train", "step": 3, "elapsed_s": 25.0, "eta_s": 5.0}]  # fmt: skip
+    assert elapsed(records) == 65.0 and elapsed(records[:2]) == 40.0
+    running = progress_text("r", {"status": "running", "step": 3, "total_steps": 4}, records)
+    assert "elapsed 1m 05s" in running
+    failed = progress_text("r", {"status": "failed", "message": "a\n<b>" + "x" * 300}, records)
+    assert "```" not in failed and "> &lt;b&gt;" in failed  # quoted lines wrap; not a code block

@@ -138,6 +138,16 @@ def wait_answers(page, columns=(1, 2), timeout: float = 120.0) -> list[str]:
     raise AssertionError(f"answers still changing after {timeout} s: {last}")
 
 
+def shot_with_caption(page, caption_id: str, plot_id: str, path: Path) -> None:
+    """A screenshot of a plot with its caption above it (the README shows both)."""
+    page.locator(f"#{caption_id}").scroll_into_view_if_needed()
+    top, bottom = (page.locator(f"#{i}").bounding_box() for i in (caption_id, plot_id))
+    page.screenshot(path=str(path), clip={  # viewport coordinates, as bounding_box gives
+        "x": min(top["x"], bottom["x"]), "y": top["y"],
+        "width": max(top["width"], bottom["width"]), "height": bottom["y"] + bottom["height"] - top["y"],
+    })  # fmt: skip
+
+
 def plot_traces(page, elem_id: str) -> list[dict]:
     return page.evaluate(
         f"""() => (document.querySelector('#{elem_id} .js-plotly-plot')?.data || [])
@@ -201,6 +211,7 @@ def test_train_stop_resume_overlay_chat_votes(browser, tiny_model_dir, tmp_path)
             name: {t["color"] for t in traces if t["name"] == name} for name in ("orpo", "sft")
         }
         assert all(len(c) == 1 for c in colours.values()) and colours["orpo"] != colours["sft"]
+        assert not {"#1f77b4", "#d62728"} & (colours["orpo"] | colours["sft"])  # chosen, rejected
         sft_accuracy = [t for t in traces if t["name"] == "sft" and t["xaxis"] == "x3"]
         assert sft_accuracy and max(sft_accuracy[0]["y"]) > 0  # beta 0, yet accuracy is measured
         page.locator("#compare-plot").scroll_into_view_if_needed()
@@ -270,7 +281,7 @@ def test_default_model_inside_orpo_and_blind_vote(browser, tmp_path):
         )
         medians = [t for t in plot_traces(page, "weighting-plot") if t["name"] == "delta median"]
         assert len(medians[0]["y"]) == 4 and medians[0]["y"][-1] < medians[0]["y"][0]
-        page.locator("#weighting-plot").screenshot(path=str(shots / "weighting.png"))
+        shot_with_caption(page, "weighting-help", "weighting-plot", shots / "weighting.png")
 
         # ---- Inside ORPO: one held-out pair, ORPO next to SFT
         page.get_by_role("tab", name="Inside ORPO").click()

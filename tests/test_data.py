@@ -483,6 +483,19 @@ def test_csv_and_column_map_errors(tmp_path):
         load_preferences(latin)
 
 
+def test_a_missing_column_is_one_message_before_any_row(tmp_path):
+    """A CSV without `rejected`: one message naming it and the columns there, not one per row."""
+    csv = tmp_path / "two.csv"
+    csv.write_text("prompt,chosen,worse\n" + "".join(f"Q{i},A{i}.,B{i}.\n" for i in range(30)))
+    with pytest.raises(PreferenceDataError) as caught:
+        load_preferences(csv)
+    message = str(caught.value)
+    assert "no 'rejected' column" in message and "prompt, chosen, worse" in message
+    assert "row" not in message.replace("rows", "") and "skip" not in message
+    renamed = load_preferences(csv, column_map="worse=rejected")  # the fix the message names
+    assert len(renamed) == 30 and renamed[0]["rejected"] == "B0."
+
+
 def test_missing_file_and_unknown_default_split(tmp_path):
     with pytest.raises(PreferenceDataError, match="file not found"):
         load_preferences(tmp_path / "nope.jsonl")

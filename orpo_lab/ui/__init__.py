@@ -22,10 +22,18 @@ from orpo_lab.chat import ModelPool
 from orpo_lab.runs import RunManager
 from orpo_lab.slices import SliceRunner
 from orpo_lab.ui.chat_tab import chat_tab, column_updates, votes_table, wire_chat
-from orpo_lab.ui.common import BASE_CHOICE, OFF_CHOICE, AppContext
+from orpo_lab.ui.common import BASE_CHOICE, OFF_CHOICE, AppContext, named
 from orpo_lab.ui.inside_tab import checkpoint_updates, inside_tab, wire_inside
 from orpo_lab.ui.runs_panel import live_panel, runs_panel, wire_runs
-from orpo_lab.ui.train_tab import train_tab, wire_dataset, wire_launch
+from orpo_lab.ui.train_tab import (
+    STEPS_NAMES,
+    steps_inputs,
+    steps_note,
+    train_tab,
+    wire_dataset,
+    wire_launch,
+    wire_steps_note,
+)
 from orpo_lab.votes import blind_tally, read_votes
 
 __all__ = ["BASE_CHOICE", "OFF_CHOICE", "AppContext", "build_app"]
@@ -58,13 +66,14 @@ def build_app(
         with gr.Tab("Train"):
             train = train_tab(ctx)
             live = live_panel(ctx)
-            runs = runs_panel()
+            runs = runs_panel(ctx)
         with gr.Tab("Chat"):
             chat = chat_tab(ctx)
         with gr.Tab("Inside ORPO"):
             inside = inside_tab(ctx)
         wire_dataset(ctx, train.data)
         wire_launch(ctx, train.data, train.form, train.launch, live)
+        wire_steps_note(train.data, train.form, train.launch)
         wire_runs(ctx, live, runs, train)
         wire_chat(ctx, chat)
         wire_inside(ctx, inside)
@@ -72,6 +81,8 @@ def build_app(
         demo.load(lambda: column_updates(ctx), None, chat.columns, api_visibility="private")
         demo.load(lambda: checkpoint_updates(ctx), None, [inside.first, inside.second,
                   inside.reference], api_visibility="private")  # fmt: skip
+        demo.load(named(STEPS_NAMES, steps_note), steps_inputs(train.data, train.form),
+                  train.launch.steps_note, api_visibility="private")  # fmt: skip
         demo.load(lambda: (votes_table(ctx), blind_tally(read_votes(ctx.votes_path))), None,
                   [chat.votes, chat.tally], api_visibility="private")  # fmt: skip
     manager.watch()  # the queue advances and crashes show even with no page open

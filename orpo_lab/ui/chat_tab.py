@@ -37,8 +37,8 @@ def chat_tab(ctx: AppContext) -> SimpleNamespace:
                                   "show after your vote (as in arena evaluations)")  # fmt: skip
     p.blind = gr.State({"models": None, "revealed": False})  # the battle: which model is A and B
     with gr.Row():
-        p.bots = [gr.Chatbot(elem_id=f"chat-{i + 1}", label=f"column {i + 1}", height=380,
-                             buttons=["copy"]) for i in range(COLUMNS)]  # fmt: skip
+        p.bots = [gr.Chatbot(elem_id=f"chat-{i + 1}", label=label, height=380, buttons=["copy"])
+                  for i, label in enumerate(model_labels([c.value for c in p.columns]))]  # fmt: skip
     p.histories = gr.State([[] for _ in range(COLUMNS)])  # what each column's model has seen
     p.message = gr.Textbox(label="message", placeholder="Ask all columns the same thing; Enter sends",
                            elem_id="chat-message")  # fmt: skip
@@ -135,10 +135,20 @@ def panes(ctx: AppContext, v: dict) -> tuple[list[str], dict]:
     return [*state["models"], OFF_CHOICE], state
 
 
+def model_labels(columns: list[str]) -> list[str]:
+    """Each pane named for the model that answers in it ("column 3 (off)" when none does)."""
+    return [c if c and c != OFF_CHOICE else f"column {i + 1} (off)" for i, c in enumerate(columns)]
+
+
+def _pane_label(i: int, column: str, blind_on: bool):
+    """A column's pane relabelled when its model changes (blind mode keeps "A" and "B")."""
+    return gr.skip() if blind_on else gr.update(label=model_labels([OFF_CHOICE] * i + [column])[i])
+
+
 def pane_labels(v: dict, state: dict) -> list[str]:
-    """ "A" and "B" while a blind battle is open, with the names once it is voted on."""
+    """The models' names; "A" and "B" while a blind battle is open, with names once voted on."""
     if not v["blind_on"] or not state.get("models"):
-        return [f"column {i + 1}" for i in range(COLUMNS)]
+        return model_labels([v[n] for n in COLUMN_NAMES])
     names = [
         f"{side}: {m}" if state["revealed"] else side
         for side, m in zip(SIDES, state["models"], strict=True)
@@ -163,8 +173,10 @@ def send(ctx: AppContext, v: dict):
         histories[i] += [{"role": "user", "content": v["message"]},
                          {"role": "assistant", "content": ""}]  # fmt: skip
     labels = pane_labels(v, state)
+    # The box is emptied once, before the answers stream: what is typed meanwhile stays there.
+    yield "", histories, state, *_shown(histories, labels)
     for updated in answer(ctx, histories, columns, _settings(v)):
-        yield "", updated, state, *_shown(updated, labels)
+        yield gr.skip(), updated, state, *_shown(updated, labels)
 
 
 def regenerate(ctx: AppContext, v: dict):
@@ -224,9 +236,9 @@ def undo(ctx: AppContext):
     return f"Removed the vote {removed['id']} ({removed['winner']}).", votes_table(ctx), tally
 
 
-def blind_switch(on: bool):
+def blind_switch(on: bool, *columns: str):
     """Entering or leaving blind mode starts from empty panes, labelled for the mode."""
-    labels = [*SIDES, "(off in blind mode)"] if on else [f"column {i + 1}" for i in range(COLUMNS)]
+    labels = [*SIDES, "(off in blind mode)"] if on else model_labels(list(columns))
     empty = [[] for _ in range(COLUMNS)]
     return (
         empty,
@@ -243,9 +255,9 @@ def wire_chat(ctx: AppContext, p: SimpleNamespace) -> None:
     send_outputs = [p.message, p.histories, p.blind, *p.bots]
 
     p.refresh.click(lambda: column_updates(ctx), None, p.columns, api_name="checkpoints")
-    p.send.click(named(send_names, partial(send, ctx)), send_inputs, send_outputs, api_name="send")
-    p.message.submit(named(send_names, partial(send, ctx)), send_inputs, send_outputs,
-                     api_visibility="private")  # fmt: skip
+    # Send (or Enter) while answers stream is queued: it runs when they end ("always_last").
+    gr.on([p.send.click, p.message.submit], named(send_names, partial(send, ctx)), send_inputs,
+          send_outputs, api_name="send", trigger_mode="always_last")  # fmt: skip
     p.regenerate.click(
         named(names, partial(regenerate, ctx)), inputs, outputs, api_name="regenerate"
     )
@@ -257,4 +269,7 @@ def wire_chat(ctx: AppContext, p: SimpleNamespace) -> None:
         button.click(named(names, partial(vote, ctx, kind)), inputs, vote_outputs,
                      api_name=f"vote_{kind}")  # fmt: skip
     p.undo.click(partial(undo, ctx), None, [p.vote_message, p.votes, p.tally], api_name="undo_vote")
-    p.blind_on.change(blind_switch, p.blind_on, [p.histories, p.blind, *p.bots], api_name="blind")
+    p.blind_on.change(blind_switch, [p.blind_on, *p.columns], [p.histories, p.blind, *p.bots],
+                      api_name="blind")  # fmt: skip
+    for i, (column, bot) in enumerate(zip(p.columns, p.bots, strict=True)):
+        column.change(partial(_pane_label, i), [column, p.blind_on], bot, api_visibility="private")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import html
 from functools import partial
+from itertools import zip_longest
 from types import SimpleNamespace
 
 import gradio as gr
@@ -35,7 +36,9 @@ def inside_tab(ctx: AppContext) -> SimpleNamespace:
         p.reference = gr.Dropdown([BASE_CHOICE], value=BASE_CHOICE, label="changes from",
                                   elem_id="view-reference", allow_custom_value=True)  # fmt: skip
         p.refresh = gr.Button("Refresh checkpoints", size="sm", elem_id="view-refresh")
-    p.pair = gr.Dropdown([OWN_PAIR], value=OWN_PAIR, label="pair: a held-out pair of the run, or your own",
+    p.pair = gr.Dropdown([OWN_PAIR], value=OWN_PAIR, label="pair: a held-out pair of the run (type "
+                         "to search), or your own", info="where the data names families (the default "
+                         "data), they take turns in the list",
                          elem_id="view-pair", allow_custom_value=True)  # fmt: skip
     with gr.Row():
         p.prompt = gr.Textbox(label="prompt", lines=2, elem_id="view-prompt")
@@ -55,36 +58,74 @@ def checkpoint_updates(ctx: AppContext):
             gr.update(choices=[BASE_CHOICE, *choices]))  # fmt: skip
 
 
-def held_out_pairs(ctx: AppContext, choice: str | None, limit: int = 40) -> list[dict]:
-    """The first held-out pairs of the run a "run/checkpoint" choice belongs to (never its training
-    pairs: the same split the run evaluated on)."""
+PAIRS_OFFERED = 400  # held-out pairs listed in the pair dropdown (typing there filters them)
+
+
+def held_out_pairs(ctx: AppContext, choice: str | None) -> list[dict]:
+    """The held-out pairs of the run a "run/checkpoint" choice belongs to (never its training
+    pairs: the same split the run evaluated on), at most PAIRS_OFFERED."""
     from orpo_lab.splits import load_config_splits
 
     run = (choice or "").partition("/")[0]
     if run not in ctx.manager.names():
         return []
     _, held_out, _ = load_config_splits(TrainConfig.from_dict(ctx.manager.config(run)))
-    return [] if held_out is None else list(held_out.select(range(min(limit, len(held_out)))))
+    if held_out is None:
+        return []
+    return list(held_out.select(range(min(PAIRS_OFFERED, len(held_out)))))
 
 
 def _prompt_text(prompt) -> str:
     return prompt if isinstance(prompt, str) else prompt[-1]["content"]
 
 
-def pair_choices(ctx: AppContext, choice: str | None):
+def labelled_pairs(pairs: list[dict]) -> dict[str, dict]:
+    """{label: pair}, families taking turns (a family column, as the default dataset has), so the
+    first labels show every kind of pair: "12 · bullets: What are three ..."."""
+    families: dict[str, list[int]] = {}
+    for i, pair in enumerate(pairs):
+        families.setdefault(str(pair.get("family") or ""), []).append(i)
+    turns = [i for group in zip_longest(*families.values()) for i in group if i is not None]
+    labels = {}
+    for i in turns:
+        family = pairs[i].get("family")
+        kind = f" · {family}" if family else ""
+        labels[f"{i + 1}{kind}: {_prompt_text(pairs[i]['prompt'])[:70]}"] = pairs[i]
+    return labels
+
+
+def _searched_text(pair: dict) -> str:
+    parts = (_prompt_text(pair["prompt"]), pair["chosen"], pair["rejected"], pair.get("family"))
+    return " ".join(str(part) for part in parts if part).lower()
+
+
+def _pairs_of(ctx: AppContext, choice: str | None) -> dict[str, dict]:
     try:
-        pairs = held_out_pairs(ctx, choice)
+        return labelled_pairs(held_out_pairs(ctx, choice))
     except ValueError:  # the run's data is gone or broken: only own pairs then
-        pairs = []
-    labels = [f"{i + 1}: {_prompt_text(p['prompt'])[:70]}" for i, p in enumerate(pairs)]
+        return {}
+
+
+def pair_choices(ctx: AppContext, choice: str | None):
+    labels = list(_pairs_of(ctx, choice))
     return gr.update(choices=[*labels, OWN_PAIR], value=labels[0] if labels else OWN_PAIR)
 
 
 def fill_pair(ctx: AppContext, choice: str | None, label: str | None):
-    """Put the picked held-out pair into the three boxes (a user turn's text for chat prompts)."""
+    """Put the picked held-out pair into the three boxes (a user turn's text for chat prompts).
+    Typed text that is no label searches the pairs: the first that holds it is put there."""
     if not label or label == OWN_PAIR:
         return gr.skip(), gr.skip(), gr.skip()
-    pair = held_out_pairs(ctx, choice)[int(label.split(":")[0]) - 1]
+    pairs = _pairs_of(ctx, choice)
+    pair = pairs.get(label)
+    if pair is None:
+        wanted = label.strip().lower()
+        found = [p for p in pairs.values() if wanted in _searched_text(p)]
+        if not found:
+            gr.Warning(f"No held-out pair holds {label.strip()!r}: pick one from the list, search "
+                       "for another word, or type your own pair in the three boxes.")  # fmt: skip
+            return gr.skip(), gr.skip(), gr.skip()
+        pair = found[0]
     return _prompt_text(pair["prompt"]), pair["chosen"], pair["rejected"]
 
 

@@ -14,7 +14,15 @@ from orpo_lab.plots import compare_figure, metrics_figure, weighting_figure
 from orpo_lab.rundir import ACTIVE
 from orpo_lab.ui.common import AppContext
 from orpo_lab.ui.train_tab import DATA_OPTIONS, DEFAULTS, form_values
-from orpo_lab.ui.views import EVAL_COLUMNS, RUN_COLUMNS, pass_rate_table, progress_text, runs_table
+from orpo_lab.ui.views import (
+    EVAL_COLUMNS,
+    RUN_COLUMNS,
+    RUN_WIDTHS,
+    pass_rate_table,
+    progress_text,
+    runs_table,
+    started_text,
+)
 
 WEIGHTING_HELP = (
     "**How hard each pair pulls**, at every held-out evaluation: ORPO's gradient is delta(d) times the "
@@ -25,8 +33,28 @@ WEIGHTING_HELP = (
 BUSY_TICK_S, IDLE_TICK_S = 2.0, 10.0  # poll the runs folder often only while a run is not over
 CURVES_HELP = (
     "Lines are the training batches (a new batch every step, so they jump); dots are the same "
-    "held-out pairs at every evaluation: the numbers to compare. Chosen is blue, rejected red."
+    "held-out pairs at every evaluation: the numbers to compare. Chosen is blue, rejected red. "
+    "Each panel, what it shows and what to expect (the notebooks in `notebooks/` derive them):"
 )
+# One line per panel of `plots.metrics_figure`, in its order: what it shows, what to expect.
+PANEL_CAPTIONS = [
+    ("mean log-prob", "the average log-probability per token of the chosen and the rejected "
+     "response. Expect chosen to rise; ORPO keeps rejected down, SFT lifts both "
+     "(`00_why_orpo.ipynb`, `03_text_to_logps.ipynb`)."),
+    ("log-odds ratio", "log(odds of chosen / odds of rejected), odds = P / (1 - P) of the mean "
+     "per-token probability P. Starts near 0; expect it to climb as the pairs separate "
+     "(`01_odds.ipynb`)."),
+    ("loss", "total = NLL (the SFT term on chosen) + beta x L_OR; L_OR (unweighted) is "
+     "-log sigmoid(log-odds ratio), drawn before beta scales it. Expect NLL to fall; L_OR falls "
+     "from ln 2 = 0.69 as the ratio grows (`02_loss_gradient.ipynb`)."),
+    ("preference accuracy", "the fraction of pairs whose chosen response has the higher mean "
+     "log-prob. Expect it to rise from about 0.5 towards 1; the held-out dots are the honest "
+     "number (`04_training.ipynb`)."),
+    ("learning rate", "the schedule: warm-up, then decay. Expect the shape you set; a curve that "
+     "turns where the rate does is following it."),
+    ("log-prob margin", "chosen minus rejected mean log-prob, per training batch. Expect it to "
+     "grow; the log-odds ratio follows it, stretched where P is high (`01_odds.ipynb`)."),
+]  # fmt: skip
 
 
 def live_panel(ctx: AppContext) -> SimpleNamespace:
@@ -37,9 +65,14 @@ def live_panel(ctx: AppContext) -> SimpleNamespace:
         p.smoothing = gr.Slider(0, 0.95, 0.6, step=0.05, label="smoothing of the training lines",
                                 info="0 = raw", scale=1, elem_id="smoothing")  # fmt: skip
     p.progress = gr.Markdown(elem_id="progress")
-    gr.Markdown(CURVES_HELP)
+    with gr.Accordion("how the run started (data, held-out pairs, precision, compile) and its log",
+                      open=False, elem_id="run-start"):  # fmt: skip
+        p.started = gr.Markdown(elem_id="run-started")
+        p.log = gr.Code(label="train.log (its last lines)", interactive=False, elem_id="run-log")
+    gr.Markdown(CURVES_HELP + "\n" + "\n".join(f"- **{t}**: {c}" for t, c in PANEL_CAPTIONS),
+                elem_id="curves-help")  # fmt: skip
     p.plot = gr.Plot(label="training curves", elem_id="train-plot")
-    gr.Markdown(WEIGHTING_HELP)
+    gr.Markdown(WEIGHTING_HELP, elem_id="weighting-help")
     p.weighting = gr.Plot(
         label="gradient weighting on the held-out pairs", elem_id="weighting-plot"
     )
@@ -49,11 +82,12 @@ def live_panel(ctx: AppContext) -> SimpleNamespace:
     return p
 
 
-def runs_panel() -> SimpleNamespace:
+def runs_panel(ctx: AppContext) -> SimpleNamespace:
     p = SimpleNamespace()
-    gr.Markdown("## Runs")
+    gr.Markdown(f"## Runs\nin `{ctx.manager.runs_dir}` (one folder per run: config.yaml, "
+                "status.json, metrics.jsonl, train.log, checkpoints/)", elem_id="runs-folder")  # fmt: skip
     p.table = gr.Dataframe(headers=RUN_COLUMNS, value=[], interactive=False, wrap=True,
-                           elem_id="runs-table")  # fmt: skip
+                           column_widths=RUN_WIDTHS, elem_id="runs-table")  # fmt: skip
     with gr.Row():
         p.overlay = gr.Dropdown([], multiselect=True, label="overlay runs (e.g. SFT vs ORPO)",
                                 scale=3, elem_id="overlay-select", allow_custom_value=True)  # fmt: skip
@@ -77,7 +111,8 @@ def runs_panel() -> SimpleNamespace:
     p.download = gr.File(label="adapter zip", interactive=False, elem_id="download")
     p.artefact = gr.Markdown(elem_id="artefact-message")
     with gr.Accordion("config of the run shown", open=False):
-        p.config = gr.Code(language="yaml", label="config.yaml", interactive=False)
+        p.config = gr.Code(language="yaml", label="config.yaml", interactive=False,
+                           elem_id="run-config")  # fmt: skip
         p.load_config = gr.Button("Load into the form", size="sm", elem_id="load-config")
     with gr.Accordion("evaluate: base model vs this checkpoint, judged", open=False):
         gr.Markdown("Greedy answers to held-out prompts of the default dataset, each checked by its "
@@ -107,6 +142,14 @@ def _config_text(ctx: AppContext, name: str | None) -> str:
     return yaml.safe_dump(ctx.manager.config(name), sort_keys=False)
 
 
+def details(ctx: AppContext, name: str | None, records: list[dict]) -> tuple[str, str, str]:
+    """The run's config, how it started (its `started` event) and the end of its train.log."""
+    if not name or name not in ctx.manager.names():
+        return "", "", ""
+    log = ctx.manager.folder(name).log_tail(60)
+    return _config_text(ctx, name), started_text(records), log or "(nothing logged yet)"
+
+
 def pass_rate_figure(summary: dict) -> go.Figure:
     """Bars of judged pass rates: base vs trained, in-domain and out-of-domain, per family."""
     families = sorted(k for k in summary["base"] if k != "all") + ["all"]
@@ -124,27 +167,28 @@ def pass_rate_figure(summary: dict) -> go.Figure:
 def show(ctx: AppContext, name, smoothing):
     """Everything about the run shown, when another run is picked."""
     if not name or name not in ctx.manager.names():
-        return None, "", gr.update(choices=[], value=None), None, "", None
+        return None, "", gr.update(choices=[], value=None), None, None, "", "", ""
     records, status = ctx.manager.metrics(name), ctx.manager.status(name)
     return (metrics_figure(records, smoothing, name), progress_text(name, status, records),
-            _checkpoint_update(ctx, name), None, _config_text(ctx, name),
-            weighting_figure(records))  # fmt: skip
+            _checkpoint_update(ctx, name), None, weighting_figure(records),
+            *details(ctx, name, records))  # fmt: skip
 
 
 def tick(ctx: AppContext, name, seen, smoothing, checkpoint, pinned):
     """Every 2 s: redraw what changed on disk, nothing when nothing did (an idle page is cheap).
+    The first tick of a (re)loaded page draws everything, the config of the run shown included.
 
     A value the user picked is never overwritten (a tick in flight would undo their click):
     only choices follow the disk, and a value only when the old one is gone.
     """
     signature = f"{ctx.manager.signature()}|{name}|{smoothing}"
     if signature == seen:
-        return [gr.skip()] * 9
+        return [gr.skip()] * 12
     summaries = ctx.manager.list_runs()
     names = [s["name"] for s in summaries]
     active = [s["name"] for s in summaries if s["status"]["status"] in ACTIVE]
     shown = name if name in names else ([*active, *names, None][0])
-    plot, progress, weighting = None, "", None
+    plot, progress, weighting, records = None, "", None, []
     if shown:
         records, status = ctx.manager.metrics(shown), ctx.manager.status(shown)
         plot, progress = (
@@ -156,7 +200,7 @@ def tick(ctx: AppContext, name, seen, smoothing, checkpoint, pinned):
     interval = BUSY_TICK_S if active else IDLE_TICK_S  # an idle page costs almost nothing
     return (run, plot, progress, signature, runs_table(summaries), gr.update(choices=names),
             _checkpoint_update(ctx, shown, checkpoint if pinned else None), weighting,
-            gr.Timer(interval))  # fmt: skip
+            gr.Timer(interval), *details(ctx, shown, records))  # fmt: skip
 
 
 def overlay(ctx: AppContext, names, smoothing):
@@ -228,8 +272,8 @@ def evaluate(ctx: AppContext, name, checkpoint, prompts, progress=gr.Progress(tr
 
 
 def wire_runs(ctx: AppContext, live, runs, train) -> None:
-    show_outputs = [live.plot, live.progress, runs.checkpoint, runs.download, runs.config,
-                    live.weighting]  # fmt: skip
+    show_outputs = [live.plot, live.progress, runs.checkpoint, runs.download, live.weighting,
+                    runs.config, live.started, live.log]  # fmt: skip
     live.run.change(
         partial(show, ctx), [live.run, live.smoothing], show_outputs, api_name="show_run"
     )
@@ -240,7 +284,8 @@ def wire_runs(ctx: AppContext, live, runs, train) -> None:
     live.timer.tick(partial(tick, ctx), [live.run, live.seen, live.smoothing, runs.checkpoint,
                                          live.pinned],
                     [live.run, live.plot, live.progress, live.seen, runs.table, runs.overlay,
-                     runs.checkpoint, live.weighting, live.timer], api_name="tick",
+                     runs.checkpoint, live.weighting, live.timer, runs.config, live.started,
+                     live.log], api_name="tick",
                     show_progress="hidden")  # fmt: skip
     runs.overlay_btn.click(
         partial(overlay, ctx), [runs.overlay, live.smoothing], runs.compare, api_name="compare"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import math
 import re
 import shutil
 from dataclasses import fields
@@ -14,12 +15,15 @@ import gradio as gr
 from orpo_lab.config import PRESETS, TrainConfig
 from orpo_lab.trackers import TRACKERS, parse_report_to
 from orpo_lab.ui.common import AppContext, named
-from orpo_lab.ui.views import escaped_block
+from orpo_lab.ui.views import escaped_block, toast_text
 
 HELP = {f.name: f.metadata["help"] for f in fields(TrainConfig)}
 DEFAULTS = TrainConfig()
 DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 PRESET_CHOICES = {"CPU, quick": "cpu-quick", "GPU": "gpu"}
+
+
+BETA_LABEL, BETA_LOCKED = "beta (lambda)", "beta (lambda): locked at 0 by the SFT baseline box"
 
 
 def _number(name: str, label: str, whole: bool = False):
@@ -29,7 +33,7 @@ def _number(name: str, label: str, whole: bool = False):
 
 # The form's hyperparameters, in order: field -> component factory.
 FORM = {
-    "beta": lambda: gr.Number(DEFAULTS.beta, label="beta (lambda)", minimum=0, info=HELP["beta"],
+    "beta": lambda: gr.Number(DEFAULTS.beta, label=BETA_LABEL, minimum=0, info=HELP["beta"],
                               elem_id="hp-beta"),
     "learning_rate": lambda: _number("learning_rate", "learning rate"),
     "max_steps": lambda: _number("max_steps", "max steps", whole=True),
@@ -236,6 +240,7 @@ def train_tab(ctx: AppContext) -> SimpleNamespace:
             launch = launch_panel()
     data.preview = gr.HTML(elem_id="preview")
     form = hyperparameter_panel()
+    launch.steps_note = gr.Markdown(elem_id="steps-note")  # what max_steps means for this data
     with gr.Row():
         launch.start = gr.Button("Start training", variant="primary", elem_id="start")
         launch.stop = gr.Button("Stop", variant="stop", elem_id="stop")
@@ -258,6 +263,52 @@ def form_config(v: dict, default_model: str) -> dict:
     return config
 
 
+STEPS_NAMES = ["dataset", "skip_bad_rows", *DATA_OPTIONS, "max_steps", "epochs", "batch_size",
+               "grad_accum"]  # fmt: skip
+
+
+def steps_note(v: dict) -> str:
+    """How many optimiser steps the run will take: max_steps, or for -1 what the epochs make of
+    this dataset and batch ("1 epoch = 126 steps"), as the trainer counts them."""
+    max_steps = int(v["max_steps"] or 0)
+    if max_steps > 0:
+        return f"Run length: **{max_steps} steps** (max steps > 0; epochs is ignored)."
+    if max_steps < -1:
+        return (f"**max steps {max_steps} is refused:** -1 lets epochs decide; a count above 0 "
+                "sets the steps.")  # fmt: skip
+    from orpo_lab.prepared import check_data
+
+    try:
+        cfg = TrainConfig.from_dict({k: v[k] for k in DATA_OPTIONS} | {
+            "dataset": (v["dataset"] or "").strip() or "default",
+            "skip_bad_rows": bool(v["skip_bad_rows"]), "batch_size": v["batch_size"],
+            "grad_accum": v["grad_accum"], "epochs": v["epochs"]})  # fmt: skip
+        pairs = check_data(cfg)["train_pairs"]  # cached: the run reads the same checked rows
+    except Exception as err:  # the data is not usable yet: Preview and check says why
+        problem = str(err).splitlines()[0][:200]
+        return f"Run length: max steps -1 lets epochs decide (the data is not usable: {problem})."
+    per_epoch = pairs // cfg.batch_size  # batches per pass, as the trainer counts them
+    epoch = max(1, math.ceil(per_epoch / cfg.grad_accum))
+    total = max(1, math.ceil(cfg.epochs * per_epoch / cfg.grad_accum))
+    return (f"Run length: max steps -1 lets epochs decide: **1 epoch = {epoch} steps** ({pairs} "
+            f"training pairs / batch size {cfg.batch_size} / grad accumulation {cfg.grad_accum}); "
+            f"{cfg.epochs:g} epoch(s) = **{total} steps**.")  # fmt: skip
+
+
+def steps_inputs(data, form: dict) -> list:
+    """The components steps_note reads, in STEPS_NAMES order."""
+    return [form[n] if n in form else getattr(data, n) for n in STEPS_NAMES]
+
+
+def wire_steps_note(data, form: dict, launch) -> None:
+    """The run length under the form follows the data, the batch and the steps as they change."""
+    texts = [data.dataset, data.column_map, data.train_split, data.test_split, data.chat_template]
+    triggers = [*[t.blur for t in texts], *[t.submit for t in texts], data.skip_bad_rows.change,
+                data.held_out_size.change, *[form[n].change for n in STEPS_NAMES[-4:]]]  # fmt: skip
+    gr.on(triggers, named(STEPS_NAMES, steps_note), steps_inputs(data, form), launch.steps_note,
+          api_name="steps_note", show_progress="hidden")  # fmt: skip
+
+
 def wire_launch(ctx, data, form: dict, launch, live) -> None:
     """Presets, the SFT switch, Start, Stop and Resume; `live` is the run shown below."""
     manager = ctx.manager
@@ -271,14 +322,15 @@ def wire_launch(ctx, data, form: dict, launch, live) -> None:
 
     def sft_switch(sft, beta, remembered):
         if sft:  # beta 0 is what an SFT run trains with: show it, keep the field from edits
-            return gr.update(value=0, interactive=False), beta
-        return gr.update(value=remembered if remembered else DEFAULTS.beta, interactive=True), None
+            return gr.update(value=0, interactive=False, label=BETA_LOCKED), beta
+        return gr.update(value=remembered if remembered else DEFAULTS.beta, interactive=True,
+                         label=BETA_LABEL), None  # fmt: skip
 
     def start(v):
         try:
             name = manager.start(form_config(v, ctx.model), (v["run_name"] or "").strip() or None)
         except ValueError as err:  # RunError is a ValueError too
-            gr.Warning(str(err).splitlines()[0])
+            gr.Warning(toast_text(str(err)))  # the full message is in the launch panel
             return gr.skip(), f"**Not started:** {err}", gr.skip()
         queued = manager.status(name)["status"] == "queued"
         when = "it starts when its device is free" if queued else "it started at once"

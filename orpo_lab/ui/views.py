@@ -10,6 +10,8 @@ RUN_COLUMNS = [
     "run", "status", "step", "model", "data", "created", "time", "beta", "lr", "loss", "acc",
     "held-out acc", "checkpoints",
 ]  # fmt: skip
+# Wide enough that no header breaks inside a word ("be/ta"); the checkpoints cell is short.
+RUN_WIDTHS = ["10%", "7%", "7%", "11%", "11%", "9%", "6%", "5%", "6%", "6%", "5%", "7%", "10%"]
 
 
 def duration(seconds) -> str:
@@ -47,11 +49,45 @@ def progress_text(name: str, status: dict, records: list[dict]) -> str:
     if total:
         text += f" · step {step}/{total} ({100 * step / total:.0f}%)"
     if state == "running" and last:
-        text += f" · ETA {duration(last.get('eta_s'))} · elapsed {duration(last.get('elapsed_s'))}"
+        text += f" · ETA {duration(last.get('eta_s'))} · elapsed {duration(elapsed(records))}"
     message = (status.get("message") or "").strip()
-    if state == "failed":
-        return text + f"\n\n```\n{message}\n```"
+    if state == "failed":  # quoted line by line: a long error wraps instead of scrolling sideways
+        quoted = [f"> {html.escape(line)}  " for line in message.splitlines()]
+        return text + "\n\n" + "\n".join(quoted)
     return text + (f" · {message}" if message else "")
+
+
+def elapsed(records: list[dict]) -> float:
+    """Training time so far across resumes: each process counts `elapsed_s` from its own start."""
+    total, last = 0.0, 0.0
+    for r in records:
+        if r.get("kind") == "event" and r.get("event") == "resumed":
+            total, last = total + last, 0.0
+        elif r.get("kind") == "train" and isinstance(r.get("elapsed_s"), (int, float)):
+            last = r["elapsed_s"]
+    return total + last
+
+
+def started_text(records: list[dict]) -> str:
+    """The run's last `started` or `resumed` event as a few lines: where the held-out pairs came
+    from, precision and why, the compile decision, truncation."""
+    events = [r for r in records if r.get("event") in ("started", "resumed")]
+    if not events:
+        return "How the run started shows here once its model and data are loaded."
+    e = events[-1]
+    held_out = (e.get("data") or {}).get("held_out") or "their source was not recorded"
+    cut = (e.get("truncation") or {}).get("train") or {}
+    compiled = "on" if e.get("torch_compile") else "off"
+    return "\n".join([
+        f"- **{e['event']} at step {e.get('step', 0)}:** {e.get('train_pairs')} training pairs, "
+        f"{e.get('total_steps')} steps on {e.get('device')}",
+        f"- **held-out pairs:** {e.get('eval_pairs', 0)} ({e.get('eval_subset_pairs', 0)} at each "
+        f"evaluation, all at the end): {held_out}",
+        f"- **precision:** {e.get('precision')}: {e.get('precision_reason')}",
+        f"- **torch.compile:** {compiled}: {e.get('torch_compile_reason')}",
+        f"- **truncation:** {cut.get('truncated_pairs', e.get('truncated_pairs', 0))} of "
+        f"{cut.get('pairs', e.get('train_pairs'))} training pairs cut to fit max_length",
+    ])  # fmt: skip
 
 
 def runs_table(summaries: list[dict]) -> list[list]:
@@ -67,9 +103,27 @@ def runs_table(summaries: list[dict]) -> list[list]:
             time.strftime("%m-%d %H:%M", time.localtime(created)) if created else "",
             duration(s.get("train_s")), _fmt(cfg.get("beta")), _fmt(cfg.get("learning_rate")),
             _fmt(s["train"].get("loss")), _fmt(s["train"].get("rewards/accuracies")),
-            _fmt(s["eval"].get("eval/accuracy")), ", ".join(s["checkpoints"]),
+            _fmt(s["eval"].get("eval/accuracy")), _checkpoints_cell(s["checkpoints"]),
         ])  # fmt: skip
     return rows
+
+
+def toast_text(message: str, limit: int = 400) -> str:
+    """The start of a long message, fit for a toast: its first two lines (the problem and the first
+    detail, as in "2 bad row(s). First problems: / line 4: ...") and more while under `limit`."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    shown = lines[:2]
+    for line in lines[2:]:
+        if len(" ".join(shown)) + len(line) > limit:
+            break
+        shown.append(line)
+    text = " ".join(shown)
+    return text if len(text) <= limit + 200 else text[: limit + 197] + "..."
+
+
+def _checkpoints_cell(names: list[str]) -> str:
+    """ "3, newest step-000030": the whole list would not fit the table's last column."""
+    return f"{len(names)}, newest {names[-1]}" if len(names) > 1 else (names[0] if names else "-")
 
 
 def escaped_block(text: str) -> str:
