@@ -11,13 +11,14 @@ Writes its own files (bench/scale_data.py): 60,000 rows in UltraFeedback-binariz
 "prepare" is cold minus warm: the preparation itself, compared with TRL's `__init__`; the
 whole commands are compared too (TRL: its process start to the end of `__init__`).
 "first step" is when step 1 began: the first train record's arrival minus its step time. RSS is
-the whole process tree's (workers included, as proportional set size), sampled every 0.1 s: over
-the whole command, and up to step 1 (preparation and model loading); "model" is the RSS of a
-process that has only loaded the model.
+the whole process tree's (workers included), sampled every 0.1 s: over the whole command, and up
+to step 1 (preparation and model loading); "model" is the RSS of a process that has only
+loaded the model.
 
     .venv/bin/python bench/data_scale.py [--rows 60000] [--capybara-rows 10000] [--skip ours trl capybara bad]
 
-"prepare_alone": the preparation in a process without the model (cold), its time and peak RSS
+"prepare_alone": the preparation in a process without the model (cold), its time and peak
+memory (proportional set size: the forked workers' shared pages counted once)
 (with --skip ours: only that, for each file).
 
 Then a bad row at line 45,000 of the 60k file: refused with file, line and field (several processes),
@@ -43,15 +44,17 @@ ROOT = Path(__file__).resolve().parents[1]
 LENGTHS = ["--max-length", "1024", "--max-prompt-length", "512"]
 
 
-def tree_rss(pid: int) -> int:
-    """Bytes resident in `pid` and every descendant (from /proc): their proportional set sizes, so
-    that pages the forked workers share with their parent count once, not once per process."""
+def tree_rss(pid: int, proportional: bool = False) -> int:
+    """Bytes resident in `pid` and every descendant (from /proc). `proportional`: their
+    proportional set sizes (pages that forked workers share with their parent count once, not once
+    per process); slower to read (the kernel walks the page tables), so only where workers are."""
     total, todo = 0, [pid]
+    source, field = ("smaps_rollup", "Pss:") if proportional else ("status", "VmRSS")
     while todo:
         p = todo.pop()
         try:
-            rollup = Path(f"/proc/{p}/smaps_rollup").read_text()
-            total += int(next(ln for ln in rollup.splitlines() if ln.startswith("Pss:")).split()[1])
+            text = Path(f"/proc/{p}/{source}").read_text()
+            total += int(next(ln for ln in text.splitlines() if ln.startswith(field)).split()[1])
             for task in Path(f"/proc/{p}/task").iterdir():
                 todo += [int(c) for c in (task / "children").read_text().split()]
         except (OSError, StopIteration):
@@ -59,7 +62,9 @@ def tree_rss(pid: int) -> int:
     return total * 1024
 
 
-def watch(command: list[str], env: dict, until=None, timeout: float = 1800) -> dict:
+def watch(
+    command: list[str], env: dict, until=None, timeout: float = 1800, proportional: bool = False
+) -> dict:
     """Run `command`; its wall time, peak tree RSS, and the time `until(started)` first returned a
     number (seconds since start), polled every 0.1 s."""
     began = time.perf_counter()
@@ -70,7 +75,7 @@ def watch(command: list[str], env: dict, until=None, timeout: float = 1800) -> d
     reader.start()
     peak, before, mark = 0, 0, None
     while proc.poll() is None:
-        rss = tree_rss(proc.pid)
+        rss = tree_rss(proc.pid, proportional)
         peak = max(peak, rss)
         if until and mark is None:
             before = max(before, rss)  # data preparation, model loading: up to step 1
@@ -154,6 +159,8 @@ print("TRL_PREPARE_S", time.perf_counter() - t)
 
 
 def trl(path: Path, work: Path) -> dict:
+    """TRL's preparation, cold: its `datasets` cache (maps cached by fingerprint) emptied first."""
+    subprocess.run(["rm", "-rf", str(work / "hf-datasets")], check=True)
     env = {**os.environ, "HF_DATASETS_CACHE": str(work / "hf-datasets"), "PYTHONUNBUFFERED": "1"}
     result = watch([sys.executable, "-c", TRL_PREPARE, str(path), str(work / "trl-out")], env)
     line = next(ln for ln in result["output"].splitlines() if ln.startswith("TRL_PREPARE_S"))
@@ -180,7 +187,7 @@ def prepare_alone(path: Path, work: Path) -> dict:
     cache = cache_with_model(work / "cache-prepare")
     subprocess.run(["rm", "-rf", str(cache / "data")], check=True)
     result = watch([sys.executable, "-c", PREPARE_ALONE, str(path)],
-                   {**os.environ, "ORPO_LAB_CACHE": str(cache)})  # fmt: skip
+                   {**os.environ, "ORPO_LAB_CACHE": str(cache)}, proportional=True)  # fmt: skip
     line = next(ln for ln in result.pop("output").splitlines() if ln.startswith("PREPARED_S"))
     return {"prepare_s": round(float(line.split()[1]), 1), "wall_s": result["wall_s"],
             "peak_rss_gb": result["peak_rss_gb"]}  # fmt: skip
