@@ -3,9 +3,10 @@
 Stage 1, `checked_splits(cfg)`: every row through the rules of `orpo_lab.preferences` (a batched
 `map`, in several processes for large data, the rows memory-mapped Arrow, never a Python list of
 the whole file), then the training / held-out split of `orpo_lab.splits`. Stage 2,
-`prepare_data(cfg, tokenizer)`: both splits tokenised with `data.tokenize_pair`'s budgets, in the
-same kind of `map`. The check before a run (`build.check_launch` in the app, the CLI) is stage 1; the run reads
-stage 2, which starts from stage 1's cache.
+`prepare_data(cfg, tokenizer)`: both splits tokenised with `data.tokenize_pair`'s budgets
+(`data.tokenize_pairs`, a batch at a time), in the same kind of `map`. The check before a run
+(`build.check_launch` in the app, the CLI) is stage 1; the run reads stage 2, which starts from
+stage 1's cache.
 
 Each stage is cached under `cache_dir()/data/<key>` (`$ORPO_LAB_CACHE/data`; delete it whenever
 you like, nothing needs it). A key holds everything that decides the result: the source (path,
