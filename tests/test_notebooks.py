@@ -5,7 +5,9 @@ so a `python3` kernel of another environment can never be picked up). One extra 
 prints a JSON object of chosen values from the notebook's namespace; the asserts read real values.
 Every exercise cell (tagged "exercise") runs with its hidden solution (the python block of the next
 `<details>` markdown cell) appended, so the self-check after it must pass: solutions cannot rot.
-The notebooks share one temporary runs folder, so notebook 5 reuses notebook 4's runs.
+Every cell that runs for a while must show progress as it goes (outputs, a progress bar, a live
+figure), not only when it ends (`assert_progress_shown`). The notebooks share one temporary runs
+folder, so notebook 5 reuses notebook 4's runs.
 """
 
 from __future__ import annotations
@@ -54,11 +56,14 @@ def exercise_indices(nb) -> list[int]:
     return [i for i, c in enumerate(nb.cells) if "exercise" in c.metadata.get("tags", [])]
 
 
-def run_notebook(name: str, values: dict[str, str], env: dict, monkeypatch) -> dict:
+def run_notebook(
+    name: str, values: dict[str, str], env: dict, monkeypatch, drive: str = ""
+) -> dict:
     """Execute notebooks/<name> and return {key: value of the expression values[key]} from its kernel.
 
+    `drive`: code run after the notebook, before the values are read (to move a widget, say).
     Also returned: "solved", the notebook's exercise_N_solved flags (each exercise run with its
-    solution), and "seconds", the wall time of the run.
+    solution), "printed", the text every cell of the notebook printed, and "seconds", the wall time.
     """
     for key, value in env.items():
         monkeypatch.setenv(key, value)  # the kernel inherits this process's environment
@@ -72,7 +77,7 @@ def run_notebook(name: str, values: dict[str, str], env: dict, monkeypatch) -> d
     )
     nb.cells.append(
         nbformat.v4.new_code_cell(
-            f"import json, re, sys\nprint({MARKER!r} + json.dumps({{{fields}}}))"
+            f"import json, re, sys\n{drive}\nprint({MARKER!r} + json.dumps({{{fields}}}))"
         )
     )
     client = SlicedPollClient(
@@ -89,7 +94,33 @@ def run_notebook(name: str, values: dict[str, str], env: dict, monkeypatch) -> d
     # Every exercise was run with its solution, and its self-check passed.
     assert len(result["solved"]) == len(exercise_indices(nb)) >= 1, name
     assert all(result["solved"].values()), result["solved"]
+    assert_progress_shown(client, nb, name)
+    result["printed"] = "".join(
+        o.get("text", "") for c in nb.cells[:-1] if c.cell_type == "code" for o in c.outputs
+    )
     return result
+
+
+LONG_CELL_S = 10.0  # a cell that runs longer than this must show progress while it runs
+SILENT_SHARE = 1 / 3  # ... and never show nothing for more than this share of its run time
+
+
+def assert_progress_shown(client: SlicedPollClient, nb, name: str) -> None:
+    """No long cell leaves the reader in front of nothing: its longest stretch without an output or a
+    widget update (a progress bar moving, a live figure growing) is a small share of its run time.
+
+    A share, not a number of seconds, so a slower or busier machine does not change the verdict.
+    Cells of a few seconds (imports, loading the model) are not held to it.
+    """
+    for i, cell in enumerate(nb.cells[:-1]):  # the appended cell that reads the values is not shown
+        if cell.cell_type != "code":
+            continue
+        ran, silent = client.longest_silence(i)
+        if ran > LONG_CELL_S:
+            first = cell.source.splitlines()[0]
+            assert silent <= SILENT_SHARE * ran, (
+                f"{name} cell {i} ({first!r}) ran {ran:.0f} s and showed nothing for {silent:.0f} s"
+            )
 
 
 def test_notebooks_are_stored_without_outputs():
@@ -111,6 +142,7 @@ def test_notebooks_are_stored_without_outputs():
         assert nb.cells[0].cell_type == "markdown" and "you will learn" in intro, name
         assert "What to try next" in nb.cells[-1].source
         assert "ORPO_LAB_QUICK" in code[0].source
+        assert "ORPO_LAB_QUICK=1" in nb.cells[0].source, f"{name}: the intro points to quick mode"
         # Exercises: a cell for the learner's answer, a self-check right after it, a hidden solution.
         exercises = exercise_indices(nb)
         assert exercises, f"{name} has no exercise (a code cell tagged 'exercise')"
@@ -262,6 +294,7 @@ def test_04_training(notebook_env, monkeypatch):
             "orpo_train_rejected": "orpo_train_rejected",
             "margins": "{str(k): m for k, m in sweep_margins.items()}",
             "run_seconds": "run_seconds",
+            "max_steps": "SETTINGS['max_steps']",
         },
         notebook_env,
         monkeypatch,
@@ -281,6 +314,10 @@ def test_04_training(notebook_env, monkeypatch):
     assert v["orpo_train_rejected"] < v["sft_train_rejected"] - 0.3  # same last batch in both runs
     assert set(v["margins"]) == {"0.0", "1.0"}  # quick mode: SFT and the main run, no extra lambdas
     assert v["margins"]["1.0"] > v["margins"]["0.0"] + 0.5
+    # Each run showed its start and its evaluations under its live figure.
+    for name in v["run_seconds"]:
+        assert f"{name}: started: " in v["printed"]
+        assert f"{name}: held-out at step {v['max_steps']}: " in v["printed"]
 
 
 @pytest.mark.slow
