@@ -167,6 +167,10 @@ def test_00_why_orpo(notebook_env, monkeypatch):
             "same": "same",
             "shared_gain": "gain",
             "lora_share": "trainable / total",
+            "steps": "cfg.max_steps",
+            "texts": "[shared_text, pair['chosen'], pair['rejected']]",
+            "seen": "seen",
+            "digits": "[right, wrong, right_lp, wrong_lp, digit_sentence]",
         },
         notebook_env,
         monkeypatch,
@@ -182,6 +186,37 @@ def test_00_why_orpo(notebook_env, monkeypatch):
     assert rejected1 - rejected0 > 0.2
     # The arithmetic pair shares a prefix with identical log-probs, raised by SFT on both sides.
     assert v["shared"] >= 3 and v["same"] and v["shared_gain"] > 0.5
+    # "write the same sum and differ only in the result": the texts part after "a + b = ".
+    shared_text, chosen, rejected = v["texts"]
+    (a, op, b, result), (*same_sum, wrong_result) = (
+        re.fullmatch(r"(\d+) ([+-]) (\d+) = (\d+)\.", text).groups() for text in (chosen, rejected)
+    )
+    assert same_sum == [a, op, b] and wrong_result != result
+    assert int(result) == (int(a) + int(b) if op == "+" else int(a) - int(b))  # chosen: correct
+    assert shared_text.startswith(f"{a} {op} {b} = ")
+    assert v["seen"] is False  # "never on this question": a held-out prompt
+    # The digits where the replies part: the first characters after the shared text.
+    right, wrong, right_lp, wrong_lp, sentence = v["digits"]
+    assert right == chosen[len(shared_text)] and wrong == rejected[len(shared_text)]
+    # SFT (on correct sums only) raised the wrong digit, in quick mode as in full mode; the
+    # sentence says what was measured, whichever way each digit moved.
+    assert wrong_lp[1] - wrong_lp[0] > 1.0
+    for digit, (before, after) in ((wrong, wrong_lp), (right, right_lp)):
+        moved = "rose" if after > before else "fell"
+        assert f"digit {digit!r} {moved} from {before:.2f} to {after:.2f}" in sentence
+    gap_before, gap_after = right_lp[0] - wrong_lp[0], right_lp[1] - wrong_lp[1]
+    assert f"right digit {math.exp(gap_before):.1f}x the probability of the wrong one" in sentence
+    if gap_after > 0:
+        assert sentence.endswith(f"after it, {math.exp(gap_after):.1f}x.")
+    else:
+        assert f"WRONG digit {math.exp(-gap_after):.1f}x the probability" in sentence
+    # The SFT cell showed its progress: the start, and the evaluations before and after training.
+    for line in (
+        "SFT: started: ",
+        "SFT: held-out at step 0: ",
+        f"SFT: held-out at step {v['steps']}: ",
+    ):
+        assert line in v["printed"]
 
 
 def test_01_odds(notebook_env, monkeypatch):
