@@ -229,15 +229,26 @@ def test_01_odds(notebook_env, monkeypatch):
             "or_std": "log_or_std",
             "sum_prefers_chosen": "sum_prefers_chosen",
             "mean_prefers_chosen": "mean_prefers_chosen",
+            "length_axis": "length_fig.layout.yaxis.type",
+            "mean_line": "[float(y) for y in length_fig.data[1].y]",
+            "sum_line": "[float(y) for y in length_fig.data[0].y]",
+            "length_readout": "length_readout.value",
         },
         notebook_env,
         monkeypatch,
+        drive="per_token.value = -1.0",  # the slider moved: figure and readout follow
     )
     # The paper's histogram: log OR spreads wider than log PR for P ~ U(0, 1).
     assert v["or_spread"] > 1.3 * v["pr_spread"] > 0
     assert v["or_std"] > v["pr_std"] > 0
     # 10 tokens at -0.5 vs 40 at -0.3: the sum prefers the short reply, the mean the better-fitting one.
     assert v["sum_prefers_chosen"] and not v["mean_prefers_chosen"]
+    # Length: on a linear axis the mean's line stays at e^(log p) = e^-1, the sum's falls as e^-n.
+    assert v["length_axis"] != "log"
+    assert v["mean_line"] == pytest.approx([math.exp(-1.0)] * 200, rel=1e-9)
+    assert v["sum_line"] == pytest.approx([math.exp(-n) for n in range(1, 201)], rel=1e-9)
+    assert f"{math.exp(-1.0):.3f} per token" in v["length_readout"]
+    assert f"P = <b>{math.exp(-200):.3g}</b>" in v["length_readout"]
 
 
 def test_02_loss_gradient(notebook_env, monkeypatch):
