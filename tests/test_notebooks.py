@@ -263,10 +263,13 @@ def test_02_loss_gradient(notebook_env, monkeypatch):
             "hand": "hand.item()",
             "nll": "nll.item()",
             "metrics_explained": "metrics_explained",
-            "plateau": "[plateau_value, plateau_odds]",
+            "levelling": "{v: [*approach(v), *chosen_side_limit(v)] for v in (-4.0, -1.0, -0.05)}",
+            "limit_line": "list(grad_fig.data[3].y)",
+            "readout": "plateau_readout.value",
         },
         notebook_env,
         monkeypatch,
+        drive="rejected_lp.value = -0.05",  # the slider moved: figure and readout follow
     )
     assert v["grad_error"] < 1e-6
     assert (
@@ -277,10 +280,29 @@ def test_02_loss_gradient(notebook_env, monkeypatch):
     # L_SFT as the library reduces it: token mean, (0.4*12 + 1.2*30 + 0.2*8) / 50 = 0.848.
     assert v["nll"] == pytest.approx(0.848, abs=1e-6)
     assert v["metrics_explained"]  # every metric key recomputed from its stated definition
-    # The chosen-side gradient levels off at odds(y_l): e^-1 / (1 - e^-1) = 0.58198 at the slider's start.
-    plateau, odds = v["plateau"]
-    assert odds == pytest.approx(math.exp(-1) / (1 - math.exp(-1)), rel=1e-9)
-    assert plateau == pytest.approx(odds, rel=1e-5)
+    # The chosen-side gradient tends to odds(y_l) as log P(y_w) -> 0, for every rejected reply;
+    # g / odds_l = 1 / (odds_l + P_w (1 - odds_l)): above the limit and falling when odds_l < 1,
+    # below and rising when odds_l > 1, within 5% from P_w = (1/1.05 - o) / (1 - o) (o < 1) or
+    # (o - 1/0.95) / (o - 1) (o > 1) on.
+    for log_p_l, (direction, flat_from, plateau, odds) in v["levelling"].items():
+        p_l = math.exp(float(log_p_l))
+        assert odds == pytest.approx(p_l / (1 - p_l), rel=1e-9)
+        p_w = math.exp(-1e-6)  # where chosen_side_limit reads the curve: the formula above
+        assert plateau == pytest.approx(odds / (odds * (1 - p_w) + p_w), rel=1e-9)
+        assert plateau == pytest.approx(odds, rel=1e-4)
+        assert direction == ("falls" if odds < 1 else "rises"), log_p_l
+        p_flat = (1 / 1.05 - odds) / (1 - odds) if odds < 1 else (odds - 1 / 0.95) / (odds - 1)
+        assert flat_from == pytest.approx(math.log(p_flat), rel=0.01), log_p_l
+    # The readout and the dashed limit line followed the slider to -0.05 (odds 19.504).
+    *_, odds = v["levelling"]["-0.05"]
+    assert v["limit_line"] == pytest.approx([odds, odds])
+    assert "rises towards its limit" in v["readout"] and f"<b>{odds:.4f}</b>" in v["readout"]
+    # The exercise's message: the limit is the odds of the rejected reply, not its probability.
+    odds_2 = math.exp(-2) / (1 - math.exp(-2))
+    assert (
+        f"{odds_2:.4f} = odds(y_l) = P / (1 - P), with P = e^-2 = {math.exp(-2):.4f}"
+        in (v["printed"])
+    )
 
 
 @pytest.mark.slow
