@@ -324,6 +324,9 @@ def test_03_text_to_logps(notebook_env, monkeypatch):
             "mean_prefers_chosen": "mean_prefers_chosen",
             "share_sum_chosen": "share_sum_chosen",
             "widget_score": "[my_score.preference, my_score.log_odds_ratio, my_score.or_loss]",
+            "differs_at": "differs_at",
+            "counter": "counter_example",
+            "prompt_tokens": "[len(prompt_ids), len(ids['prompt_ids']), prompt_count]",
         },
         notebook_env,
         monkeypatch,
@@ -335,6 +338,17 @@ def test_03_text_to_logps(notebook_env, monkeypatch):
     assert -10 < v["chosen_logp"] < 0 and -10 < v["rejected_logp"] < 0
     # A real tokenizer counter-example to enc(a + b) == enc(a) + enc(b) was found and printed.
     assert v["counter_example"]
+    # It merges leading whitespace into the prompt's last token; other leading whitespace does not
+    # merge: the prose says "can", and "not on the whitespace alone".
+    n_prompt, n_kept, n_targets = v["prompt_tokens"]
+    assert v["counter"][0].isspace() and v["differs_at"][v["counter"]] < n_prompt
+    assert any(r[0].isspace() and at is None for r, at in v["differs_at"].items())
+    # Prompt targets: every prompt token but the first, which no position predicts.
+    assert n_kept == n_prompt and n_targets == n_prompt - 1
+    assert (
+        f"the {n_targets} prompt targets in both means (the prompt's {n_prompt} tokens"
+        in (v["printed"])
+    )
     # Counting the prompt into mean log-probs changes the log-odds ratio: it does not cancel.
     assert abs(v["log_or"][0] - v["log_or"][1]) > 0.02
     # The rambling concise pair: the sum prefers the short chosen reply, the mean the rejected one;
