@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from orpo_lab.config import build_parser, config_from_args
@@ -87,6 +88,35 @@ def print_progress(record: dict) -> None:
     line = progress_line(record)
     if line:
         print(line, file=sys.stderr, flush=True)
+
+
+def progress_bar(desc: str) -> Callable[[dict], None]:
+    """A `train` callback that shows a run's progress where it runs: a notebook cell or a terminal.
+
+    The start and each held-out evaluation are printed as `progress_line` words them, after `desc`;
+    the steps move a bar (tqdm: a widget in Jupyter, a line of text elsewhere) with the latest loss.
+    """
+    from tqdm.auto import tqdm  # imported here: `orpo-lab --help` answers without it
+
+    bar = None
+
+    def show(record: dict) -> None:
+        nonlocal bar
+        if record["kind"] == "train":
+            if bar is None:  # a callback handed over after the start event
+                bar = tqdm(total=record["total_steps"], desc=desc, unit="step")
+            bar.set_postfix_str(f"loss {record['loss']:.3f}", refresh=False)
+            bar.update(record["step"] - bar.n)
+            if record["step"] == record["total_steps"]:
+                bar.close()
+            return
+        line = progress_line(record)
+        if line:
+            tqdm.write(f"{desc}: {line}")
+        if record.get("event") in ("started", "resumed"):
+            bar = tqdm(total=record["total_steps"], initial=record["step"], desc=desc, unit="step")
+
+    return show
 
 
 def parser_with_hub() -> argparse.ArgumentParser:

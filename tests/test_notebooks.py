@@ -5,7 +5,9 @@ so a `python3` kernel of another environment can never be picked up). One extra 
 prints a JSON object of chosen values from the notebook's namespace; the asserts read real values.
 Every exercise cell (tagged "exercise") runs with its hidden solution (the python block of the next
 `<details>` markdown cell) appended, so the self-check after it must pass: solutions cannot rot.
-The notebooks share one temporary runs folder, so notebook 5 reuses notebook 4's runs.
+Every cell that runs for a while must show progress as it goes (outputs, a progress bar, a live
+figure), not only when it ends (`assert_progress_shown`). The notebooks share one temporary runs
+folder, so notebook 5 reuses notebook 4's runs.
 """
 
 from __future__ import annotations
@@ -54,11 +56,14 @@ def exercise_indices(nb) -> list[int]:
     return [i for i, c in enumerate(nb.cells) if "exercise" in c.metadata.get("tags", [])]
 
 
-def run_notebook(name: str, values: dict[str, str], env: dict, monkeypatch) -> dict:
+def run_notebook(
+    name: str, values: dict[str, str], env: dict, monkeypatch, drive: str = ""
+) -> dict:
     """Execute notebooks/<name> and return {key: value of the expression values[key]} from its kernel.
 
+    `drive`: code run after the notebook, before the values are read (to move a widget, say).
     Also returned: "solved", the notebook's exercise_N_solved flags (each exercise run with its
-    solution), and "seconds", the wall time of the run.
+    solution), "printed", the text every cell of the notebook printed, and "seconds", the wall time.
     """
     for key, value in env.items():
         monkeypatch.setenv(key, value)  # the kernel inherits this process's environment
@@ -72,7 +77,7 @@ def run_notebook(name: str, values: dict[str, str], env: dict, monkeypatch) -> d
     )
     nb.cells.append(
         nbformat.v4.new_code_cell(
-            f"import json, re, sys\nprint({MARKER!r} + json.dumps({{{fields}}}))"
+            f"import json, re, sys\n{drive}\nprint({MARKER!r} + json.dumps({{{fields}}}))"
         )
     )
     client = SlicedPollClient(
@@ -89,7 +94,33 @@ def run_notebook(name: str, values: dict[str, str], env: dict, monkeypatch) -> d
     # Every exercise was run with its solution, and its self-check passed.
     assert len(result["solved"]) == len(exercise_indices(nb)) >= 1, name
     assert all(result["solved"].values()), result["solved"]
+    assert_progress_shown(client, nb, name)
+    result["printed"] = "".join(
+        o.get("text", "") for c in nb.cells[:-1] if c.cell_type == "code" for o in c.outputs
+    )
     return result
+
+
+LONG_CELL_S = 10.0  # a cell that runs longer than this must show progress while it runs
+SILENT_SHARE = 1 / 3  # ... and never show nothing for more than this share of its run time
+
+
+def assert_progress_shown(client: SlicedPollClient, nb, name: str) -> None:
+    """No long cell leaves the reader in front of nothing: its longest stretch without an output or a
+    widget update (a progress bar moving, a live figure growing) is a small share of its run time.
+
+    A share, not a number of seconds, so a slower or busier machine does not change the verdict.
+    Cells of a few seconds (imports, loading the model) are not held to it.
+    """
+    for i, cell in enumerate(nb.cells[:-1]):  # the appended cell that reads the values is not shown
+        if cell.cell_type != "code":
+            continue
+        ran, silent = client.longest_silence(i)
+        if ran > LONG_CELL_S:
+            first = cell.source.splitlines()[0]
+            assert silent <= SILENT_SHARE * ran, (
+                f"{name} cell {i} ({first!r}) ran {ran:.0f} s and showed nothing for {silent:.0f} s"
+            )
 
 
 def test_notebooks_are_stored_without_outputs():
@@ -111,6 +142,7 @@ def test_notebooks_are_stored_without_outputs():
         assert nb.cells[0].cell_type == "markdown" and "you will learn" in intro, name
         assert "What to try next" in nb.cells[-1].source
         assert "ORPO_LAB_QUICK" in code[0].source
+        assert "ORPO_LAB_QUICK=1" in nb.cells[0].source, f"{name}: the intro points to quick mode"
         # Exercises: a cell for the learner's answer, a self-check right after it, a hidden solution.
         exercises = exercise_indices(nb)
         assert exercises, f"{name} has no exercise (a code cell tagged 'exercise')"
@@ -135,6 +167,10 @@ def test_00_why_orpo(notebook_env, monkeypatch):
             "same": "same",
             "shared_gain": "gain",
             "lora_share": "trainable / total",
+            "steps": "cfg.max_steps",
+            "texts": "[shared_text, pair['chosen'], pair['rejected']]",
+            "seen": "seen",
+            "digits": "[right, wrong, right_lp, wrong_lp, digit_sentence]",
         },
         notebook_env,
         monkeypatch,
@@ -150,6 +186,37 @@ def test_00_why_orpo(notebook_env, monkeypatch):
     assert rejected1 - rejected0 > 0.2
     # The arithmetic pair shares a prefix with identical log-probs, raised by SFT on both sides.
     assert v["shared"] >= 3 and v["same"] and v["shared_gain"] > 0.5
+    # "write the same sum and differ only in the result": the texts part after "a + b = ".
+    shared_text, chosen, rejected = v["texts"]
+    (a, op, b, result), (*same_sum, wrong_result) = (
+        re.fullmatch(r"(\d+) ([+-]) (\d+) = (\d+)\.", text).groups() for text in (chosen, rejected)
+    )
+    assert same_sum == [a, op, b] and wrong_result != result
+    assert int(result) == (int(a) + int(b) if op == "+" else int(a) - int(b))  # chosen: correct
+    assert shared_text.startswith(f"{a} {op} {b} = ")
+    assert v["seen"] is False  # "never on this question": a held-out prompt
+    # The digits where the replies part: the first characters after the shared text.
+    right, wrong, right_lp, wrong_lp, sentence = v["digits"]
+    assert right == chosen[len(shared_text)] and wrong == rejected[len(shared_text)]
+    # SFT (on correct sums only) raised the wrong digit, in quick mode as in full mode; the
+    # sentence says what was measured, whichever way each digit moved.
+    assert wrong_lp[1] - wrong_lp[0] > 1.0
+    for digit, (before, after) in ((wrong, wrong_lp), (right, right_lp)):
+        moved = "rose" if after > before else "fell"
+        assert f"digit {digit!r} {moved} from {before:.2f} to {after:.2f}" in sentence
+    gap_before, gap_after = right_lp[0] - wrong_lp[0], right_lp[1] - wrong_lp[1]
+    assert f"right digit {math.exp(gap_before):.1f}x the probability of the wrong one" in sentence
+    if gap_after > 0:
+        assert sentence.endswith(f"after it, {math.exp(gap_after):.1f}x.")
+    else:
+        assert f"WRONG digit {math.exp(-gap_after):.1f}x the probability" in sentence
+    # The SFT cell showed its progress: the start, and the evaluations before and after training.
+    for line in (
+        "SFT: started: ",
+        "SFT: held-out at step 0: ",
+        f"SFT: held-out at step {v['steps']}: ",
+    ):
+        assert line in v["printed"]
 
 
 def test_01_odds(notebook_env, monkeypatch):
@@ -162,15 +229,26 @@ def test_01_odds(notebook_env, monkeypatch):
             "or_std": "log_or_std",
             "sum_prefers_chosen": "sum_prefers_chosen",
             "mean_prefers_chosen": "mean_prefers_chosen",
+            "length_axis": "length_fig.layout.yaxis.type",
+            "mean_line": "[float(y) for y in length_fig.data[1].y]",
+            "sum_line": "[float(y) for y in length_fig.data[0].y]",
+            "length_readout": "length_readout.value",
         },
         notebook_env,
         monkeypatch,
+        drive="per_token.value = -1.0",  # the slider moved: figure and readout follow
     )
     # The paper's histogram: log OR spreads wider than log PR for P ~ U(0, 1).
     assert v["or_spread"] > 1.3 * v["pr_spread"] > 0
     assert v["or_std"] > v["pr_std"] > 0
     # 10 tokens at -0.5 vs 40 at -0.3: the sum prefers the short reply, the mean the better-fitting one.
     assert v["sum_prefers_chosen"] and not v["mean_prefers_chosen"]
+    # Length: on a linear axis the mean's line stays at e^(log p) = e^-1, the sum's falls as e^-n.
+    assert v["length_axis"] != "log"
+    assert v["mean_line"] == pytest.approx([math.exp(-1.0)] * 200, rel=1e-9)
+    assert v["sum_line"] == pytest.approx([math.exp(-n) for n in range(1, 201)], rel=1e-9)
+    assert f"{math.exp(-1.0):.3f} per token" in v["length_readout"]
+    assert f"P = <b>{math.exp(-200):.3g}</b>" in v["length_readout"]
 
 
 def test_02_loss_gradient(notebook_env, monkeypatch):
@@ -185,10 +263,13 @@ def test_02_loss_gradient(notebook_env, monkeypatch):
             "hand": "hand.item()",
             "nll": "nll.item()",
             "metrics_explained": "metrics_explained",
-            "plateau": "[plateau_value, plateau_odds]",
+            "levelling": "{v: [*approach(v), *chosen_side_limit(v)] for v in (-4.0, -1.0, -0.05)}",
+            "limit_line": "list(grad_fig.data[3].y)",
+            "readout": "plateau_readout.value",
         },
         notebook_env,
         monkeypatch,
+        drive="rejected_lp.value = -0.05",  # the slider moved: figure and readout follow
     )
     assert v["grad_error"] < 1e-6
     assert (
@@ -199,10 +280,29 @@ def test_02_loss_gradient(notebook_env, monkeypatch):
     # L_SFT as the library reduces it: token mean, (0.4*12 + 1.2*30 + 0.2*8) / 50 = 0.848.
     assert v["nll"] == pytest.approx(0.848, abs=1e-6)
     assert v["metrics_explained"]  # every metric key recomputed from its stated definition
-    # The chosen-side gradient levels off at odds(y_l): e^-1 / (1 - e^-1) = 0.58198 at the slider's start.
-    plateau, odds = v["plateau"]
-    assert odds == pytest.approx(math.exp(-1) / (1 - math.exp(-1)), rel=1e-9)
-    assert plateau == pytest.approx(odds, rel=1e-5)
+    # The chosen-side gradient tends to odds(y_l) as log P(y_w) -> 0, for every rejected reply;
+    # g / odds_l = 1 / (odds_l + P_w (1 - odds_l)): above the limit and falling when odds_l < 1,
+    # below and rising when odds_l > 1, within 5% from P_w = (1/1.05 - o) / (1 - o) (o < 1) or
+    # (o - 1/0.95) / (o - 1) (o > 1) on.
+    for log_p_l, (direction, flat_from, plateau, odds) in v["levelling"].items():
+        p_l = math.exp(float(log_p_l))
+        assert odds == pytest.approx(p_l / (1 - p_l), rel=1e-9)
+        p_w = math.exp(-1e-6)  # where chosen_side_limit reads the curve: the formula above
+        assert plateau == pytest.approx(odds / (odds * (1 - p_w) + p_w), rel=1e-9)
+        assert plateau == pytest.approx(odds, rel=1e-4)
+        assert direction == ("falls" if odds < 1 else "rises"), log_p_l
+        p_flat = (1 / 1.05 - odds) / (1 - odds) if odds < 1 else (odds - 1 / 0.95) / (odds - 1)
+        assert flat_from == pytest.approx(math.log(p_flat), rel=0.01), log_p_l
+    # The readout and the dashed limit line followed the slider to -0.05 (odds 19.504).
+    *_, odds = v["levelling"]["-0.05"]
+    assert v["limit_line"] == pytest.approx([odds, odds])
+    assert "rises towards its limit" in v["readout"] and f"<b>{odds:.4f}</b>" in v["readout"]
+    # The exercise's message: the limit is the odds of the rejected reply, not its probability.
+    odds_2 = math.exp(-2) / (1 - math.exp(-2))
+    assert (
+        f"{odds_2:.4f} = odds(y_l) = P / (1 - P), with P = e^-2 = {math.exp(-2):.4f}"
+        in (v["printed"])
+    )
 
 
 @pytest.mark.slow
@@ -224,6 +324,9 @@ def test_03_text_to_logps(notebook_env, monkeypatch):
             "mean_prefers_chosen": "mean_prefers_chosen",
             "share_sum_chosen": "share_sum_chosen",
             "widget_score": "[my_score.preference, my_score.log_odds_ratio, my_score.or_loss]",
+            "differs_at": "differs_at",
+            "counter": "counter_example",
+            "prompt_tokens": "[len(prompt_ids), len(ids['prompt_ids']), prompt_count]",
         },
         notebook_env,
         monkeypatch,
@@ -235,6 +338,17 @@ def test_03_text_to_logps(notebook_env, monkeypatch):
     assert -10 < v["chosen_logp"] < 0 and -10 < v["rejected_logp"] < 0
     # A real tokenizer counter-example to enc(a + b) == enc(a) + enc(b) was found and printed.
     assert v["counter_example"]
+    # It merges leading whitespace into the prompt's last token; other leading whitespace does not
+    # merge: the prose says "can", and "not on the whitespace alone".
+    n_prompt, n_kept, n_targets = v["prompt_tokens"]
+    assert v["counter"][0].isspace() and v["differs_at"][v["counter"]] < n_prompt
+    assert any(r[0].isspace() and at is None for r, at in v["differs_at"].items())
+    # Prompt targets: every prompt token but the first, which no position predicts.
+    assert n_kept == n_prompt and n_targets == n_prompt - 1
+    assert (
+        f"the {n_targets} prompt targets in both means (the prompt's {n_prompt} tokens"
+        in (v["printed"])
+    )
     # Counting the prompt into mean log-probs changes the log-odds ratio: it does not cancel.
     assert abs(v["log_or"][0] - v["log_or"][1]) > 0.02
     # The rambling concise pair: the sum prefers the short chosen reply, the mean the rejected one;
@@ -262,6 +376,7 @@ def test_04_training(notebook_env, monkeypatch):
             "orpo_train_rejected": "orpo_train_rejected",
             "margins": "{str(k): m for k, m in sweep_margins.items()}",
             "run_seconds": "run_seconds",
+            "max_steps": "SETTINGS['max_steps']",
         },
         notebook_env,
         monkeypatch,
@@ -281,6 +396,10 @@ def test_04_training(notebook_env, monkeypatch):
     assert v["orpo_train_rejected"] < v["sft_train_rejected"] - 0.3  # same last batch in both runs
     assert set(v["margins"]) == {"0.0", "1.0"}  # quick mode: SFT and the main run, no extra lambdas
     assert v["margins"]["1.0"] > v["margins"]["0.0"] + 0.5
+    # Each run showed its start and its evaluations under its live figure.
+    for name in v["run_seconds"]:
+        assert f"{name}: started: " in v["printed"]
+        assert f"{name}: held-out at step {v['max_steps']}: " in v["printed"]
 
 
 @pytest.mark.slow
