@@ -325,7 +325,8 @@ def settle_compile(
     _store(key, name, compiled=_rounded(compiled), compile_s=costs)
     times[f"{name}+compile"] = _rounded(compiled)
     record |= {"compile_s": costs, "compile_probe_s": round(time.perf_counter() - began, 1)}
-    on, why = choose_compile(min(eager), min(compiled), cached_s,
+    # Decided on the times the started event shows (rounded), so its numbers explain the choice.
+    on, why = choose_compile(min(times[name]), min(times[f"{name}+compile"]), costs["cached"],
                              steps, paid=True)  # fmt: skip
     if not on:
         compiling.uncompile_layers(pair_logps.model)
