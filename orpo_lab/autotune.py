@@ -37,12 +37,18 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from orpo_lab import compiling
-from orpo_lab.logps import PairLogps
-from orpo_lab.loss import orpo_loss
+from orpo_lab.data import collate
+from orpo_lab.logps import PairLogps, check_sample
 from orpo_lab.model import cache_dir, cpu_flags
+from orpo_lab.step import StopRequested, pair_tokens, time_steps
 
+# Tokens per part (prompt, chosen, rejected) of the pairs the probe times: at max_length 1,024 the
+# whole first batch cost a new setup ~26 s of probing; the ratios between candidates are measured
+# on the same shapes (BENCHMARKS.md, stop 26), and step-time projections scale by the token count.
+PROBE_TOKENS = 128
 PROBE_STEPS = 2  # timed forward+backward passes per candidate, after one untimed (warm-up) pass
 CLEAR = 1.5  # a first timed pass this much faster or slower decides the precision probe alone
 MARGIN = 0.05  # a candidate must beat float32 eager by 5%: a tie keeps the simpler float32
@@ -173,30 +179,14 @@ def choose_compile(eager: float, compiled: float | None, compile_s: float | None
 # ---------------------------------------------------------------- timing
 
 
-def time_steps(
-    pair_logps: PairLogps, batch: dict, beta: float, n: int = PROBE_STEPS, warmup: int = 1
-) -> list[float]:
-    """Seconds of `n` forward+backward passes of `batch` (after `warmup` untimed ones). Nothing of
-    the run changes: gradients are dropped, the random number state is restored, the mode too."""
-    model, training = pair_logps.model, pair_logps.training
-    device = next(model.parameters()).device
-    batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-    times = []
-    with torch.random.fork_rng(devices=[]):
-        pair_logps.train()
-        try:
-            for i in range(n + warmup):
-                began = time.perf_counter()
-                chosen, rejected, nll_sum, nll_count = pair_logps(**batch)
-                loss, _ = orpo_loss(chosen, rejected, nll_sum / nll_count.clamp(min=1), beta)
-                loss.backward()
-                model.zero_grad(set_to_none=True)
-                if i >= warmup:
-                    times.append(time.perf_counter() - began)
-        finally:
-            pair_logps.train(training)
-            model.zero_grad(set_to_none=True)
-    return times
+def probe_batch(pairs: list[dict], layout: str, tokenizer) -> tuple[dict, float]:
+    """(batch, scale): the batch every probe times, the run's first `pairs` with each part cut to
+    `PROBE_TOKENS` tokens (`logps.check_sample`), and how many times more tokens the uncut pairs
+    have: a probed step time x `scale` estimates a step of the run."""
+    cut = [check_sample(pair, PROBE_TOKENS) for pair in pairs]
+    return collate(cut, layout, tokenizer.pad_token_id), pair_tokens(pairs) / max(
+        pair_tokens(cut), 1
+    )
 
 
 def _rounded(times: list[float]) -> list[float]:
@@ -227,21 +217,33 @@ def _cached_times(known: dict) -> dict:
 
 
 def settle_precision(
-    cfg, plan: dict, model, batch: dict, rebuild: Callable[[dict], object]
+    cfg, plan: dict, model, batch: dict, rebuild: Callable[[dict], object], progress=None
 ) -> tuple[object, dict]:
     """(model, plan) of a run whose precision `plan` left to measure (plan["precision_probe"]):
     times the model (float32) and a bf16 copy (`rebuild(bf16 plan)`) on `batch`, keeps the faster,
-    caches the answer. Any other plan is returned as it is."""
+    caches the answer. Any other plan is returned as it is. It says what it does on a bar (stderr)
+    and to `progress(stage, done, total)` (the run's status line), which may raise to stop it."""
     if not plan.get("precision_probe"):
         return model, plan
     began = time.perf_counter()
     times, models, failed = {}, {"fp32": model}, False
+    bar = tqdm(total=3, desc="Measuring float32 vs bf16 here (once per setup)", leave=False)
+
+    def stage(text: str) -> None:
+        bar.set_postfix_str(text)
+        if progress is not None:
+            progress(f"measuring float32 vs bf16 here (once per setup): {text}", bar.n, 3)
+        bar.update()
+
     try:
+        stage("float32")
         timed = {"fp32": _verified(model, cfg, batch)}
         times["fp32"] = time_steps(timed["fp32"], batch, cfg.beta, n=1)
+        stage("loading a bf16 copy")
         models["bf16"] = rebuild(
             {**plan, "precision": "bf16", "base": "bf16", "attention": "eager"}
         )
+        stage("bf16")
         timed["bf16"] = _verified(models["bf16"], cfg, batch)
         times["bf16"] = time_steps(timed["bf16"], batch, cfg.beta, n=1)
         ratio = times["fp32"][0] / times["bf16"][0]
@@ -250,8 +252,12 @@ def settle_precision(
                 times[key] += time_steps(pair_logps, batch, cfg.beta, n=1, warmup=0)
         times = {k: _rounded(v) for k, v in times.items()}  # what the started event shows
         name, why = choose_precision(times)
+    except StopRequested:
+        raise
     except Exception as err:  # noqa: BLE001 - a failed probe trains in float32, saying why
         name, why, failed = "fp32", f"the probe failed ({type(err).__name__}: {err}): float32", True
+    finally:
+        bar.close()
     models = {name: models[name]}  # the other copy is dropped before training allocates
     key = setup_key(cfg)
     probe = {"candidates": {k: _rounded(v) for k, v in times.items()},
@@ -273,12 +279,20 @@ def _verified(model, cfg, batch) -> PairLogps:
 
 
 def settle_compile(
-    cfg, plan: dict, pair_logps: PairLogps, batch: dict, steps: int, processes: int, device
+    cfg,
+    plan: dict,
+    pair_logps: PairLogps,
+    batch: dict,
+    steps: int,
+    processes: int,
+    device,
+    scale: float = 1.0,
 ) -> tuple[bool, str]:
     """(compile?, why) for a run of `steps` more steps: `compiling.plan`'s answer, except for an
     eligible "auto" run, which follows the measured step times: from the cache, or, for a setup
     whose compiled layers were never timed here, from a trial in a run long enough to pay for it
-    (module docstring). What it measured or read goes to plan["autotune"] (the started event)."""
+    (module docstring). `batch`, `scale`: `probe_batch`'s. What it measured or read goes to
+    plan["autotune"] (the started event)."""
     on, why = compiling.plan(cfg, pair_logps.model, processes, device)
     if on is not None:
         return on, why
@@ -292,7 +306,8 @@ def settle_compile(
         times.update({name: eager, f"{name}+compile": compiled})
         costs = dict(known.get("compile_s", {}).get(name) or {})
         # The compiler worked here when these were measured: no check of it (a compile) again.
-        on, why = choose_compile(min(eager), min(compiled), costs.get("cached"), steps, paid=False)
+        on, why = choose_compile(min(eager) * scale, min(compiled) * scale, costs.get("cached"),
+                                 steps, paid=False)  # fmt: skip
         if on:  # the compile step 1 would pay, timed: what a fresh process pays, for later runs
             costs["cached"] = round(_compile_s(pair_logps, batch, cfg.beta, min(compiled)), 1)
             _store(key, name, compile_s=costs)
@@ -302,16 +317,20 @@ def settle_compile(
         return False, "compiled layers were never measured here, and a time slice never tries them"
     try:
         if not eager:  # precision was asked for: its eager step time, once per setup
-            began, eager = time.perf_counter(), time_steps(pair_logps, batch, cfg.beta)
+            began, eager = time.perf_counter(), time_steps(pair_logps, batch, cfg.beta, PROBE_STEPS)
             record["probe_s"] = round(record.get("probe_s", 0) + time.perf_counter() - began, 1)
             _store(key, name, candidates=_rounded(eager))
         times[name] = _rounded(eager)
-        run_s = min(eager) * steps
+        step = min(eager) * scale
+        run_s = step * steps
         if run_s < COMPILE_TRIAL_RUN_S:
+            per_step = f"{step:.3f} s"
+            if scale != 1:
+                per_step = f"~{per_step} ({min(eager):.3f} s probed, x{scale:.1f} the tokens)"
             return False, (
                 f"compiled layers were never measured here; their first compile (about a minute on "
                 f"2 cores) is tried in runs of {COMPILE_TRIAL_RUN_S / 60:.0f}+ minutes eager, and "
-                f"this one is {steps} steps x {min(eager):.3f} s = {run_s:.0f} s"
+                f"this one is {steps} steps x {per_step} = {run_s:.0f} s"
             )
         broken = compiling.broken_compiler()
         if broken:
@@ -326,8 +345,8 @@ def settle_compile(
     times[f"{name}+compile"] = _rounded(compiled)
     record |= {"compile_s": costs, "compile_probe_s": round(time.perf_counter() - began, 1)}
     # Decided on the times the started event shows (rounded), so its numbers explain the choice.
-    on, why = choose_compile(min(times[name]), min(times[f"{name}+compile"]), costs["cached"],
-                             steps, paid=True)  # fmt: skip
+    on, why = choose_compile(min(times[name]) * scale, min(times[f"{name}+compile"]) * scale,
+                             costs["cached"], steps, paid=True)  # fmt: skip
     if not on:
         compiling.uncompile_layers(pair_logps.model)
     return on, why
@@ -355,7 +374,7 @@ def _probe_compiled(pair_logps: PairLogps, batch: dict, beta: float):
     compile from the cache is timed after dropping dynamo's in-process state, so that inductor
     reads its kernels from its on-disk cache, as a later process does."""
     cold = _compile_s(pair_logps, batch, beta, 0.0)  # the cold compile (train graphs)
-    compiled = time_steps(pair_logps, batch, beta, warmup=0)
+    compiled = time_steps(pair_logps, batch, beta, PROBE_STEPS, warmup=0)
     torch._dynamo.reset()
     cached = _compile_s(pair_logps, batch, beta, 0.0)
     step = min(compiled)

@@ -8,6 +8,7 @@ tests call them directly.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from contextlib import nullcontext
 
@@ -205,3 +206,27 @@ def clip_gradients(run) -> float | None:
         norm = torch.nn.utils.clip_grad_norm_(run.params, run.cfg.max_grad_norm, foreach=True)
         return float(norm)
     return float(accelerator.clip_grad_norm_(run.params, run.cfg.max_grad_norm))
+
+
+def time_steps(pair_logps, batch: dict, beta: float, n: int = 2, warmup: int = 1) -> list[float]:
+    """Seconds of `n` forward+backward passes of `batch` through a `logps.PairLogps` (after `warmup`
+    untimed ones), what `orpo_lab.autotune` compares. Nothing of the run changes: gradients are dropped, the random number state is restored, the mode too."""
+    model, training = pair_logps.model, pair_logps.training
+    device = next(model.parameters()).device
+    batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+    times = []
+    with torch.random.fork_rng(devices=[]):
+        pair_logps.train()
+        try:
+            for i in range(n + warmup):
+                began = time.perf_counter()
+                chosen, rejected, nll_sum, nll_count = pair_logps(**batch)
+                loss, _ = orpo_loss(chosen, rejected, nll_sum / nll_count.clamp(min=1), beta)
+                loss.backward()
+                model.zero_grad(set_to_none=True)
+                if i >= warmup:
+                    times.append(time.perf_counter() - began)
+        finally:
+            pair_logps.train(training)
+            model.zero_grad(set_to_none=True)
+    return times

@@ -311,8 +311,8 @@ def _fail(accelerator, folder: RunDir, message: str) -> None:
 
 
 def data_progress(folder: RunDir, stop_event: threading.Event | None, every_s: float = 1.0):
-    """A `prepared.Progress` for a run: the stage in status.json ("tokenising train pairs 31,200 /
-    60,000"), at most once every `every_s`; a stop request (event or STOP file) stops it."""
+    """A `prepared.Progress` for a run: the stage in status.json ("preparing data: tokenising ...
+    31,200 / 60,000"), at most once every `every_s`; a stop request (event or STOP file) stops it."""
     last = [0.0]
 
     def progress(stage: str, done: int, total: int) -> None:
@@ -322,7 +322,8 @@ def data_progress(folder: RunDir, stop_event: threading.Event | None, every_s: f
         if now - last[0] >= every_s or (total and done >= total):
             last[0] = now
             count = f" {done:,} / {total:,}" if total else ""
-            folder.write_status("running", f"preparing data: {stage}{count}")
+            about = "" if stage.startswith("measuring") else "preparing data: "
+            folder.write_status("running", f"{about}{stage}{count}")
 
     return progress
 
@@ -353,10 +354,10 @@ def prepare(
         if cfg.max_steps > 0
         else max(1, math.ceil(cfg.epochs * per_epoch / cfg.grad_accum))
     )
-    first = collate(train_pairs[: cfg.batch_size], cfg.layout, tokenizer.pad_token_id)
-    # precision="auto" on a CPU: measured on this batch when the setup is new to this machine.
+    # precision="auto" on a CPU: measured on the first pairs (cut short) when the setup is new here.
+    first, scale = autotune.probe_batch(train_pairs[: cfg.batch_size], cfg.layout, tokenizer)
     model, plan = autotune.settle_precision(cfg, plan, model, first,
-                                            lambda p: build_model(cfg, resume_from, p, tokenizer)[0])  # fmt: skip
+                                            lambda p: build_model(cfg, resume_from, p, tokenizer)[0], progress)  # fmt: skip
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
                                   fused=fused_adamw(params))  # fmt: skip
@@ -369,7 +370,7 @@ def prepare(
     logps_check = pair_logps.verify(sample)
     # After the check above, which then runs eager (no graphs compiled for it).
     compile_on, compile_reason = autotune.settle_compile(cfg, plan, pair_logps, first, total - start,
-                                                         world, accelerator.device)  # fmt: skip
+                                                         world, accelerator.device, scale)  # fmt: skip
     if compile_on:
         compiling.compile_layers(model)  # unless the probe compiled them already
     wrapped = accelerator.prepare(pair_logps)

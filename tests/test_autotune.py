@@ -6,6 +6,7 @@ so that the suite compiles the tiny model cold once.)"""
 from __future__ import annotations
 
 import json
+import threading
 
 import pytest
 import torch
@@ -15,7 +16,9 @@ from orpo_lab import autotune, compiling
 from orpo_lab.build import build_model, load_pairs, precision_plan
 from orpo_lab.data import collate
 from orpo_lab.logps import PairLogps
-from orpo_lab.train import train
+from orpo_lab.rundir import RunDir
+from orpo_lab.step import StopRequested
+from orpo_lab.train import data_progress, train
 
 CPU = torch.device("cpu")
 
@@ -152,6 +155,36 @@ def test_a_new_setup_is_measured_once_then_read_from_the_cache(
     assert not own_cache.exists()
 
 
+def test_the_probe_says_what_it_measures_and_a_stop_stops_it(
+    tmp_path, data, tiny_model_dir, own_cache, monkeypatch
+):
+    """Each stage goes to the run's status line (not as "preparing data"); a stop request raised
+    there ends the probe, caching nothing."""
+    monkeypatch.setattr(autotune, "bf16_flag", lambda flags=None: "avx512_bf16")
+    monkeypatch.setattr(autotune, "time_steps", scripted_times([]))
+    cfg = make_config(tmp_path, data, tiny_model_dir, precision="auto")
+    model, tok = build_model(cfg, None, precision_plan(cfg))
+    batch = collate(load_pairs(cfg, tok)[0][:4], cfg.layout, tok.pad_token_id)
+    folder, stop = RunDir(tmp_path / "run"), threading.Event()
+    folder.path.mkdir()
+    progress, statuses = data_progress(folder, stop, every_s=0), []
+
+    def rebuild(plan):
+        statuses.append(folder.read_status()["message"])
+        return build_model(cfg, None, plan)[0]
+
+    autotune.settle_precision(cfg, precision_plan(cfg), model, batch, rebuild, progress)
+    assert statuses == [
+        "measuring float32 vs bf16 here (once per setup): loading a bf16 copy 1 / 3"
+    ]
+    assert folder.read_status()["message"].endswith("here (once per setup): bf16 2 / 3")
+    own_cache.unlink()
+    stop.set()
+    with pytest.raises(StopRequested):
+        autotune.settle_precision(cfg, precision_plan(cfg), model, batch, rebuild, progress)
+    assert len(statuses) == 1 and not own_cache.exists()
+
+
 def test_a_close_call_gets_a_second_timed_pass_each(
     tmp_path, data, tiny_model_dir, own_cache, monkeypatch
 ):
@@ -206,6 +239,22 @@ def test_a_real_probe_picks_the_faster_and_leaves_the_run_unchanged(
         same_trajectory(lines(asked.run_dir), lines(run.run_dir))
 
 
+def test_the_probe_times_the_first_pairs_cut_short():
+    """Each part of a pair cut to PROBE_TOKENS (the prompt's end, the replies' starts); a pair that
+    fits is timed as it is; the scale is the uncut pairs' tokens over the probe's."""
+    n = autotune.PROBE_TOKENS
+    long = {"prompt_ids": list(range(3 * n)), "chosen_ids": [7] * (2 * n), "rejected_ids": [8] * n}
+    short = {"prompt_ids": [1, 2, 3], "chosen_ids": [4, 5], "rejected_ids": [6]}
+    tokenizer = type("Tok", (), {"pad_token_id": 0})()
+    batch, scale = autotune.probe_batch([short], "padded", tokenizer)
+    assert scale == 1.0 and torch.equal(batch["input_ids"], collate([short])["input_ids"])
+    batch, scale = autotune.probe_batch([long, short], "padded", tokenizer)
+    cut = {"prompt_ids": list(range(2 * n, 3 * n)), "chosen_ids": [7] * n, "rejected_ids": [8] * n}
+    assert torch.equal(batch["input_ids"], collate([cut, short])["input_ids"])
+    assert batch["input_ids"].shape[1] == 2 * n  # the longest row: prompt + reply, cut
+    assert scale == (2 * 3 * n + 2 * n + n + 2 * 3 + 2 + 1) / (2 * n + n + n + 2 * 3 + 2 + 1)
+
+
 @pytest.fixture()
 def pair_logps(tmp_path, data, tiny_model_dir):
     cfg = make_config(tmp_path, data, tiny_model_dir, torch_compile="auto")
@@ -233,9 +282,9 @@ def test_compiled_layers_are_tried_once_in_a_long_enough_run(pair_logps, own_cac
     monkeypatch.setattr(autotune, "time_steps", eager)
     monkeypatch.setattr(autotune, "_probe_compiled", fake_probe)
 
-    def settle(steps, processes=1, device=CPU, **changes):
+    def settle(steps, processes=1, device=CPU, scale=1.0, **changes):
         return autotune.settle_compile(
-            cfg, plan | changes, wrapped, batch, steps, processes, device
+            cfg, plan | changes, wrapped, batch, steps, processes, device, scale
         )
 
     # 599 steps x 1.0 s: under the 10 minutes that a first compile is tried in; the eager step
@@ -246,6 +295,11 @@ def test_compiled_layers_are_tried_once_in_a_long_enough_run(pair_logps, own_cac
     assert settle(10**6, sliced=True) == (
         False, "compiled layers were never measured here, and a time slice never tries them",
     )  # fmt: skip
+    # The probe times the first pairs cut short (`probe_batch`): its step time x the token ratio.
+    assert settle(149, scale=4.0) == (False, "compiled layers were never measured here; their "
+                                      "first compile (about a minute on 2 cores) is tried in runs "
+                                      "of 10+ minutes eager, and this one is 149 steps x ~4.000 s "
+                                      "(1.000 s probed, x4.0 the tokens) = 596 s")  # fmt: skip
     assert timed == [autotune.PROBE_STEPS] and probes == []
     trial = dict(plan)
     on, why = autotune.settle_compile(cfg, trial, wrapped, batch, 600, 1, CPU)
