@@ -2,9 +2,11 @@
 
 Writes its own files (bench/scale_data.py): 60,000 rows in UltraFeedback-binarized's layout and
 10,000 in Capybara's multi-turn layout. For each, in fresh processes:
-  cold  `orpo-lab --dataset FILE --max-steps 2 --batch-size 2 --max-length 1024
-        --max-prompt-length 512 --eval-every 0 --save-every 0` with an empty data cache (the
-        default model already prepared, as after `make model`);
+  new   `orpo-lab --dataset FILE --max-steps 2 --batch-size 2 --max-length 1024
+        --max-prompt-length 512 --eval-every 0 --save-every 0` with an empty data cache and no
+        precision measurement of this setup (a machine's first run: `precision=auto` probes
+        float32 and bf16 once; the default model already prepared, as after `make model`);
+  cold  the same with the data cache emptied again (the measurement kept);
   warm  the same command again (the cache from the cold run);
   trl   TRL's ORPOTrainer.__init__ on the same file, tokenizer and lengths (its dataset
         preparation), with dataset_num_proc = the cores, as ours uses.
@@ -137,6 +139,7 @@ def ours(path: Path, cache: Path, runs: Path, name: str) -> dict:
     result["truncation"] = started["truncation"]
     result["data_cache"] = started["data_cache"]
     result["precision"] = started["precision"]
+    result["probe_s"] = (started.get("autotune") or {}).get("probe_s")  # precision="auto" measuring
     return result
 
 
@@ -268,12 +271,19 @@ def main() -> None:
             print(json.dumps({name: report[name]}), flush=True)
             continue
         cache = cache_with_model(work / f"cache-{name}")
-        subprocess.run(["rm", "-rf", str(cache / "data"), str(work / "runs")], check=True)
+        # A machine that never ran this setup: no data cache and no precision measurement.
+        subprocess.run(["rm", "-rf", str(cache / "data"), str(cache / "autotune.json"),
+                        str(work / "runs")], check=True)  # fmt: skip
+        new = ours(path, cache, work / "runs", f"{name}-new")
+        print(name, "new", {k: v for k, v in new.items() if k != "output"}, flush=True)
+        # Cold: the data cache emptied again; the precision measured by the run above is kept.
+        subprocess.run(["rm", "-rf", str(cache / "data")], check=True)
         cold = ours(path, cache, work / "runs", f"{name}-cold")
         print(name, "cold", {k: v for k, v in cold.items() if k != "output"}, flush=True)
         warm = ours(path, cache, work / "runs", f"{name}-warm")
         print(name, "warm", {k: v for k, v in warm.items() if k != "output"}, flush=True)
-        entry = {"file_mb": round(path.stat().st_size / 2**20), "cold": cold, "warm": warm}
+        entry = {"file_mb": round(path.stat().st_size / 2**20), "new": new, "cold": cold,
+                 "warm": warm}  # fmt: skip
         # The preparation itself: what the cold run does that the warm one (cache hit) does not.
         entry["prepare_s"] = round(cold["first_step_s"] - warm["first_step_s"], 1)
         entry["prepare_alone"] = prepare_alone(path, work)
@@ -281,7 +291,7 @@ def main() -> None:
             entry["trl"] = trl(path, work)
             entry["x_trl_prepare"] = round(entry["trl"]["prepare_s"] / entry["prepare_s"], 2)
             entry["x_trl_command"] = round(entry["trl"]["wall_s"] / cold["first_step_s"], 2)
-        for part in ("cold", "warm", "trl"):
+        for part in ("new", "cold", "warm", "trl"):
             entry.get(part, {}).pop("output", None)
         report[name] = entry
         print(json.dumps({name: entry}, indent=1), flush=True)

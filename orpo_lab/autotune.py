@@ -4,7 +4,7 @@ No list of CPU flags or guess from one machine says whether bf16 or compiled dec
 the next one: a 2-core Xeon with AMX ran a LoRA step x1.45 faster in bf16 and x1.35 faster again
 compiled, a 2-core AMD Zen 4 (avx512_bf16, no AMX) x2.2 faster in bf16 but slower compiled
 (BENCHMARKS.md). So `precision="auto"` and `torch_compile="auto"` time forward+backward passes of
-the run's own model, adapter and first batch:
+the run's own model, adapter and first pairs, each part cut to `PROBE_TOKENS` (`probe_batch`):
 
 - precision, on the first run of a setup: one untimed and one timed pass in float32 and, where the
   CPU has any bf16 support, in bf16 (a second copy of the model, loaded in bf16), and a second
@@ -217,12 +217,20 @@ def _cached_times(known: dict) -> dict:
 
 
 def settle_precision(
-    cfg, plan: dict, model, batch: dict, rebuild: Callable[[dict], object], progress=None
+    cfg,
+    plan: dict,
+    model,
+    batch: dict,
+    rebuild: Callable[[dict], object],
+    progress=None,
+    sample: dict | None = None,
 ) -> tuple[object, dict]:
     """(model, plan) of a run whose precision `plan` left to measure (plan["precision_probe"]):
     times the model (float32) and a bf16 copy (`rebuild(bf16 plan)`) on `batch`, keeps the faster,
-    caches the answer. Any other plan is returned as it is. It says what it does on a bar (stderr)
-    and to `progress(stage, done, total)` (the run's status line), which may raise to stop it."""
+    caches the answer. Any other plan is returned as it is. Each candidate's log-prob path is
+    checked first (`PairLogps.verify`) on `sample` (the run's one short pair), else on `batch`.
+    It says what it does on a bar (stderr) and to `progress(stage, done, total)` (the run's status
+    line), which may raise to stop it."""
     if not plan.get("precision_probe"):
         return model, plan
     began = time.perf_counter()
@@ -237,14 +245,14 @@ def settle_precision(
 
     try:
         stage("float32")
-        timed = {"fp32": _verified(model, cfg, batch)}
+        timed = {"fp32": _verified(model, cfg, batch if sample is None else sample)}
         times["fp32"] = time_steps(timed["fp32"], batch, cfg.beta, n=1)
         stage("loading a bf16 copy")
         models["bf16"] = rebuild(
             {**plan, "precision": "bf16", "base": "bf16", "attention": "eager"}
         )
         stage("bf16")
-        timed["bf16"] = _verified(models["bf16"], cfg, batch)
+        timed["bf16"] = _verified(models["bf16"], cfg, batch if sample is None else sample)
         times["bf16"] = time_steps(timed["bf16"], batch, cfg.beta, n=1)
         ratio = times["fp32"][0] / times["bf16"][0]
         for _ in range(PROBE_STEPS - 1 if 1 / CLEAR < ratio < CLEAR else 0):  # a close call

@@ -356,8 +356,9 @@ def prepare(
     )
     # precision="auto" on a CPU: measured on the first pairs (cut short) when the setup is new here.
     first, scale = autotune.probe_batch(train_pairs[: cfg.batch_size], cfg.layout, tokenizer)
+    sample = collate([check_sample(train_pairs[0])], cfg.layout, tokenizer.pad_token_id)
     model, plan = autotune.settle_precision(cfg, plan, model, first,
-                                            lambda p: build_model(cfg, resume_from, p, tokenizer)[0], progress)  # fmt: skip
+                                            lambda p: build_model(cfg, resume_from, p, tokenizer)[0], progress, sample)  # fmt: skip
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
                                   fused=fused_adamw(params))  # fmt: skip
@@ -366,7 +367,6 @@ def prepare(
     start = 0 if resume_from is None else load_training_state(resume_from, optimizer, scheduler)
     pair_logps = PairLogps(model, cfg.nll_scope, cfg.logps_chunk_size)
     # The fast log-prob path is checked against the model's own logits on a real pair, not assumed.
-    sample = collate([check_sample(train_pairs[0])], cfg.layout, tokenizer.pad_token_id)
     logps_check = pair_logps.verify(sample)
     # After the check above, which then runs eager (no graphs compiled for it).
     compile_on, compile_reason = autotune.settle_compile(cfg, plan, pair_logps, first, total - start,
