@@ -240,3 +240,18 @@ def test_sft_then_dpo_at_one_runs_step_budget(tmp_path, data, tiny_model_dir):
     shutil.rmtree(sft_cfg.run_dir)  # the DPO run still names it; a new run from it is refused
     with pytest.raises(ValueError, match="init_checkpoint '.*two-sft' does not exist"):
         check_start(dpo_cfg)
+
+
+def test_runs_table_and_model_card_name_the_method():
+    from orpo_lab.checkpoint import method_words
+    from orpo_lab.ui.views import method_cell
+
+    configs = [{"beta": 0.0}, {"method": "orpo", "beta": 0.5}, {"method": "sft", "beta": 0.0},
+               {"method": "dpo", "dpo_beta": 0.1, "beta": 0.5, "init_checkpoint": "runs/s"},
+               {"method": "prob_ratio", "beta": 1.0}]  # fmt: skip
+    assert [method_cell(c) for c in configs] == ["SFT", "ORPO 0.5", "SFT", "DPO 0.1", "PR 1"]
+    assert [method_words(c) for c in configs] == [
+        "SFT (beta = 0, the baseline)", "ORPO, beta (lambda) = 0.5", "SFT (beta = 0, the baseline)",
+        "DPO, beta 0.1, from runs/s, reference its start",
+        "probability ratio (ORPO paper, section 7.1), lambda = 1.0",
+    ]  # fmt: skip

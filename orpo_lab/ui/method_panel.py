@@ -4,6 +4,7 @@ metric names, so they overlay in the runs panel; chat and the token view take an
 
 from __future__ import annotations
 
+from dataclasses import fields
 from types import SimpleNamespace
 
 import gradio as gr
@@ -11,7 +12,7 @@ import gradio as gr
 from orpo_lab.config import TrainConfig
 from orpo_lab.ui.common import AppContext
 
-HELP = {name: f.metadata["help"] for name, f in TrainConfig.__dataclass_fields__.items()}
+HELP = {f.name: f.metadata["help"] for f in fields(TrainConfig)}
 METHODS = [("ORPO", "orpo"), ("SFT (beta = 0, the baseline)", "sft"), ("DPO", "dpo"),
            ("probability ratio (paper, 7.1)", "prob_ratio")]  # fmt: skip
 BETA_LABEL, BETA_LOCKED = "beta (lambda)", "beta (lambda): locked at 0 by the SFT method"
