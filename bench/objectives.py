@@ -10,8 +10,8 @@ Each pipeline trains in a process of its own (so its peak memory is its own) for
 max_steps in all (SFT then DPO: --sft-steps, default half, then DPO for the rest, from the SFT
 checkpoint, which is also DPO's reference). Writes bench/results/objectives.json and prints a
 table: held-out preference accuracy and mean chosen / rejected log-probs at the last step (every
-held-out pair; and at step 0), training wall time (model loading and the reference included),
-peak resident memory, and forward passes per training pair visited (each a forward + backward;
+held-out pair; and at step 0), training wall time (model loading, evaluations and DPO's
+reference included), the median optimiser step time, peak resident memory, and forward passes per training pair visited (each a forward + backward;
 DPO adds one no-grad reference forward per distinct pair, precomputed before its first step).
 """
 
@@ -22,6 +22,7 @@ import json
 import platform
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -60,6 +61,7 @@ def stage_numbers(run_dir: Path) -> dict:
         "chosen_first": first["eval/logps_chosen"], "chosen": last["eval/logps_chosen"],
         "rejected_first": first["eval/logps_rejected"], "rejected": last["eval/logps_rejected"],
         "train_loss_last": train[-1]["loss"],
+        "median_step_s": statistics.median(r["step_s"] for r in train),
     }  # fmt: skip
 
 
@@ -91,6 +93,7 @@ def run_one(name: str, values: dict, sft_steps: int) -> dict:
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         "forwards_per_pair_visit": forwards / visits,
         "reference_s": sum(s["reference_s"] for s in stages),
+        "median_step_s": statistics.median(s["median_step_s"] for s in stages),
         "accuracy": last["accuracy"], "chosen": last["chosen"], "rejected": last["rejected"],
         "accuracy_first": stages[0]["accuracy_first"], "chosen_first": stages[0]["chosen_first"],
         "rejected_first": stages[0]["rejected_first"], "stages": stages,
@@ -107,12 +110,14 @@ def preset_values(preset: str, overrides: list[str]) -> dict:
 
 def print_table(result: dict) -> None:
     print(f"{'pipeline':14s}{'steps':>6s}{'acc':>7s}{'chosen':>9s}{'rejected':>10s}"
-          f"{'wall s':>8s}{'peak GB':>9s}{'fwd/pair':>9s}  (held-out at step 0: acc, chosen, rejected)")  # fmt: skip
+          f"{'wall s':>8s}{'step s':>8s}{'peak GB':>9s}{'fwd/pair':>9s}  (held-out at step 0: "
+          "acc, chosen, rejected)")  # fmt: skip
     for name in PIPELINES:
         r = result["rows"].get(name)
         if r:
             print(f"{name:14s}{r['steps']:>6d}{r['accuracy']:>7.3f}{r['chosen']:>9.3f}"
-                  f"{r['rejected']:>10.3f}{r['wall_s']:>8.0f}{r['peak_rss_gb']:>9.2f}"
+                  f"{r['rejected']:>10.3f}{r['wall_s']:>8.0f}{r.get('median_step_s', 0):>8.2f}"
+                  f"{r['peak_rss_gb']:>9.2f}"
                   f"{r['forwards_per_pair_visit']:>9.2f}  ({r['accuracy_first']:.3f}, "
                   f"{r['chosen_first']:.3f}, {r['rejected_first']:.3f})")  # fmt: skip
 

@@ -157,7 +157,7 @@ def as_reference(pair_logps, cfg: TrainConfig, source):
         finally:
             model.set_adapter(active)  # trainable again, as it was
             model.delete_adapter("ref")
-    else:  # every weight trained: the reference as a model of its own, for the precompute only
+    else:  # every weight trained (or a fully fine-tuned reference): a model of its own, freed after
         yield PairLogps(_reference_model(cfg, source, model), cfg.nll_scope, pair_logps.chunk_size)
 
 
