@@ -21,6 +21,7 @@ from orpo_lab.model import (
     pick_precision,
 )
 from orpo_lab.prepared import prepare_data
+from orpo_lab.reference import check_start, start_checkpoint
 from orpo_lab.step import TrainingError
 
 DTYPE_NAMES = {dtype: name for name, dtype in PRECISIONS.items()}
@@ -58,9 +59,11 @@ def precision_plan(cfg: TrainConfig) -> dict:
 
 
 def model_source(cfg: TrainConfig, resume_from: Path | None) -> str:
-    """Where the run's weights and tokenizer load from: the checkpoint when a full fine-tune resumes."""
-    full_resume = resume_from and cfg.full_finetune and not cfg.load_in_4bit
-    return str(resume_from) if full_resume else cfg.model
+    """Where the run's weights and tokenizer load from: the checkpoint when a full fine-tune
+    resumes or starts from one (`init_checkpoint`)."""
+    start = resume_from or start_checkpoint(cfg)
+    full_start = start and cfg.full_finetune and not cfg.load_in_4bit
+    return str(start) if full_start else cfg.model
 
 
 def run_tokenizer(cfg: TrainConfig, resume_from: Path | None):
@@ -84,8 +87,9 @@ def build_model(
                                       tokenizer=tokenizer)  # fmt: skip
     if cfg.gradient_checkpointing:
         enable_activation_checkpointing(model)
-    if not cfg.full_finetune and resume_from is not None:
-        model = attach_adapter(model, resume_from, is_trainable=True)
+    start = resume_from or start_checkpoint(cfg)  # this run's checkpoint, else init_checkpoint
+    if not cfg.full_finetune and start is not None:
+        model = attach_adapter(model, start, is_trainable=True)
     elif not cfg.full_finetune:
         targets = cfg.lora_target_modules
         targets = targets if targets == "all-linear" else [t.strip() for t in targets.split(",")]
@@ -167,6 +171,7 @@ def check_launch(cfg: TrainConfig) -> int:
         load_tokenizer(cfg.model, cfg.trust_remote_code, cfg.chat_template)
     except OSError as err:
         raise ModelLoadError(f"Could not load the model {cfg.model!r}: {err}") from err
+    check_start(cfg)  # init_checkpoint, ref_checkpoint: there, and of this base model
     pairs = check_data(cfg)["train_pairs"]  # the trainer reads these checked rows from the cache
     if pairs < cfg.batch_size:
         raise RunError(

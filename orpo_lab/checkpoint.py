@@ -141,8 +141,7 @@ def model_card(state: dict, base_id: str, held_out: dict | None = None) -> str:
     """README.md of a shared adapter: base model, data, ORPO settings, the last step's training
     metrics and the run's held-out evaluation (`held_out`, an eval record) when there is one."""
     cfg, metrics = state["config"], state.get("metrics") or {}
-    method = "SFT (beta = 0, the baseline)" if not cfg.get("beta") else (
-        f"ORPO, beta (lambda) = {cfg['beta']}")  # fmt: skip
+    method = method_words(cfg)
     dataset = _hub_dataset(str(cfg.get("dataset", "")))
     lines = ["---", f"base_model: {base_id}", "library_name: peft", "pipeline_tag: text-generation",
              "tags: [orpo, lora, orpo-lab]", *([f"datasets: [{dataset}]"] if dataset else []),
@@ -174,6 +173,19 @@ def model_card(state: dict, base_id: str, held_out: dict | None = None) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def method_words(cfg: dict) -> str:
+    """The objective a run's config trained with, in words (beta 0 with ORPO is the SFT baseline)."""
+    method = cfg.get("method", "orpo")
+    if method == "dpo":
+        start = cfg.get("init_checkpoint") or "the base model"
+        return f"DPO, beta {cfg.get('dpo_beta')}, from {start}, reference {cfg.get('ref_checkpoint') or 'its start'}"
+    if method == "prob_ratio":
+        return f"probability ratio (ORPO paper, section 7.1), lambda = {cfg.get('beta')}"
+    if method == "sft" or not cfg.get("beta"):
+        return "SFT (beta = 0, the baseline)"
+    return f"ORPO, beta (lambda) = {cfg['beta']}"
 
 
 HELD_OUT_ROWS = {

@@ -131,7 +131,19 @@ def parser_with_hub() -> argparse.ArgumentParser:
     )
     hub.add_argument("--public", action="store_true",
                      help="with --push-to-hub: a public repository (default: private)")  # fmt: skip
+    parser.add_argument("--sft-then-dpo", type=int, metavar="N",
+                        help="two runs, NAME-sft then NAME-dpo: N steps of SFT, then DPO from its "
+                        "checkpoint for the rest of max_steps (orpo_lab.pipeline)")  # fmt: skip
     return parser
+
+
+def _sft_then_dpo(cfg, sft_steps: int, stop: threading.Event) -> int:
+    from orpo_lab.pipeline import sft_then_dpo
+
+    last = sft_then_dpo(cfg, sft_steps, callback=print_progress, stop_event=stop)
+    print(json.dumps({stage: {k: v for k, v in record.items() if k != "kind"}
+                      for stage, record in last.items()}, indent=1))  # fmt: skip
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -166,13 +178,19 @@ def main(argv: list[str] | None = None) -> int:
         from orpo_lab.prepared import check_data
 
         # A broken or too small dataset fails here, before the model loads; the run then reads
-        # the checked data from the cache.
+        # the checked data from the cache. So do the checkpoints it starts from or refers to.
+        from orpo_lab.reference import check_start
+
+        if not cfg.resume:  # a resumed run starts from its own checkpoint
+            check_start(cfg)
         pairs = check_data(cfg)["train_pairs"]
         if pairs < cfg.batch_size:
             return _error(
                 f"The dataset {cfg.dataset} has {pairs} usable training pair(s), fewer than one "
                 f"batch of {cfg.batch_size}: add pairs or lower batch_size."
             )
+        if args.sft_then_dpo is not None:
+            return _sft_then_dpo(cfg, args.sft_then_dpo, stop)
         from orpo_lab.train import train
 
         last = train(cfg, callback=print_progress, stop_event=stop)

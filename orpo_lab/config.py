@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from orpo_lab.config_values import coerce, read_yaml
 from orpo_lab.presets import PRESETS
 from orpo_lab.rundir import RUN_NAME
 from orpo_lab.trackers import report_to_checked
+
+METHODS = ("orpo", "sft", "dpo", "prob_ratio")
 
 
 def _f(default: Any, help: str, choices: tuple | None = None):
@@ -59,8 +61,30 @@ class TrainConfig:
     output_dir: str = _f("runs", "folder that holds one sub-folder per run")
     run_name: str = _f("", "sub-folder name; empty: a timestamp")
     # the objective
+    method: str = _f(
+        "orpo",
+        "the objective (orpo_lab.objectives): orpo = NLL + beta x odds ratio; sft = NLL on the "
+        "chosen replies; dpo = DPO's sigmoid loss against a reference model; prob_ratio = NLL + "
+        "beta x probability ratio (the paper's section 7.1)",
+        METHODS,
+    )
     beta: float = _f(
-        0.5, "weight of the odds-ratio term (the paper's lambda); 0 = plain SFT baseline"
+        0.5,
+        "weight of the odds-ratio term (the paper's lambda; with prob_ratio, of its ratio term); "
+        "0 = plain SFT baseline",
+    )
+    dpo_beta: float = _f(
+        0.1, "method=dpo: DPO's beta, the scale of its implicit reward (TRL's 0.1)"
+    )
+    ref_checkpoint: str = _f(
+        "",
+        "method=dpo: the reference model; empty = the run's starting point (init_checkpoint, else "
+        "the base model), 'base', or a checkpoint (or run folder) of the same base model",
+    )
+    init_checkpoint: str = _f(
+        "",
+        "start a new run from a checkpoint's weights (or a run folder's last checkpoint) of the "
+        "same base model, e.g. SFT then DPO; its adapter keeps its own LoRA r and alpha",
     )
     nll_scope: str = _f(
         "response",
@@ -148,7 +172,10 @@ class TrainConfig:
         if isinstance(self.torch_compile, bool):  # YAML reads a bare on / off as true / false
             self.torch_compile = "on" if self.torch_compile else "off"
         self.report_to, wrong = report_to_checked(self.report_to)
-        problems = self._training_problems() + self._data_problems() + wrong
+        if self.method == "sft":  # no preference term: beta 0 says so, as beta 0 always meant SFT
+            self.beta = 0.0
+        problems = self._training_problems() + self._method_problems() + self._data_problems()
+        problems += wrong
         if problems:
             raise ValueError("Invalid training config:\n- " + "\n- ".join(problems))
 
@@ -192,6 +219,18 @@ class TrainConfig:
                            ("logps_chunk_size", "")):  # fmt: skip
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0{zero}; got {getattr(self, name)}")
+        return problems
+
+    def _method_problems(self) -> list[str]:
+        """What is impossible about the method and its reference (files: `reference.check_start`)."""
+        problems = []
+        if self.method == "dpo" and self.dpo_beta <= 0:
+            problems.append(f"dpo_beta must be > 0 (TRL's default is 0.1); got {self.dpo_beta}")
+        if self.ref_checkpoint and self.method != "dpo":
+            problems.append(
+                f"ref_checkpoint is DPO's reference model, but method is {self.method!r}: set "
+                "method=dpo, or leave ref_checkpoint empty"
+            )
         return problems
 
     def _data_problems(self) -> list[str]:
@@ -248,7 +287,7 @@ class TrainConfig:
                 converted[name] = value  # YAML's forms of these: __post_init__ takes them
                 continue
             try:
-                converted[name] = _coerce(str(known[name].type), value)
+                converted[name] = coerce(str(known[name].type), value)
             except ValueError as err:
                 problems.append(f"{name}: {err}, got {value!r}")
         if problems:
@@ -258,39 +297,6 @@ class TrainConfig:
     @classmethod
     def from_yaml(cls, path: str | Path) -> TrainConfig:
         return cls.from_dict(read_yaml(path))
-
-
-_EXPECTED = {"int": "a whole number", "float": "a number", "str": "text", "bool": "true or false"}
-
-
-def _coerce(kind: str, value: Any) -> Any:
-    """`value` as the field type `kind` ("int", "float", "str", "bool"); ValueError if it is not one."""
-    if kind not in _EXPECTED:
-        return value
-    expected = _EXPECTED[kind]
-    if value is None:
-        raise ValueError(f"empty; expected {expected}")
-    if kind == "bool":
-        if isinstance(value, bool):
-            return value
-        raise ValueError(f"expected {expected}")
-    if kind == "str":
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise ValueError(f"expected {expected}")
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ValueError(f"expected {expected}")
-    try:
-        number = float(value)
-    except ValueError:
-        raise ValueError(f"expected {expected}") from None
-    if not math.isfinite(number):
-        raise ValueError("expected a finite number")
-    if kind == "float":
-        return number
-    if not number.is_integer():
-        raise ValueError(f"expected {expected}")
-    return int(number)
 
 
 COLUMN_TARGETS = ("prompt", "chosen", "rejected", "system")
@@ -326,22 +332,6 @@ def parse_column_map(value: str | dict | None) -> dict[str, str]:
             raise ValueError(f"column_map maps two columns to {new!r}: keep one")
         mapping[old] = new
     return mapping
-
-
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """The mapping in a config file, with a clear error for a missing or malformed file."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"Config file {path} does not exist.")
-    try:
-        values = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ValueError(f"Config file {path} is not valid YAML: {err}") from err
-    if not isinstance(values, dict):
-        raise ValueError(
-            f"Config file {path} must hold a mapping of field: value; got {type(values).__name__}."
-        )
-    return values
 
 
 def build_parser() -> argparse.ArgumentParser:

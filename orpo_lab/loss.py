@@ -1,4 +1,6 @@
-"""The ORPO objective as pure functions of tensors: log-probs in, `(loss, metrics)` out.
+"""The ORPO objective, and those the paper compares it with, as pure functions of tensors:
+log-probs in, `(loss, metrics)` out. `orpo_loss`, `sft_loss`, `probability_ratio_loss` (section
+7.1) take MEAN log-probs; `dpo_loss` takes SUMMED ones and a reference model's (as TRL's DPO does).
 
 Paper: Hong, Lee, Thorne, "ORPO: Monolithic Preference Optimization without Reference Model"
 (arXiv 2403.07691). With P(y|x) = exp(mean per-token log-prob of the response):
@@ -215,39 +217,135 @@ def orpo_loss(
     TRL's keys, plus "logps/margins", "or_loss" (L_OR without beta) and "loss".
     """
     pairs = chosen_logps.shape[0] if pairs_in_step is None else pairs_in_step
-    # At least float32 whatever the caller's dtype (as TRL does): bf16 keeps ~3 significant digits,
-    # too few for log1mexp near 0 and for the small differences that the log-odds ratio is made of.
-    dtype = torch.promote_types(chosen_logps.dtype, torch.float32)  # float64 stays float64
-    chosen_logps, rejected_logps = chosen_logps.to(dtype), rejected_logps.to(dtype)
-    nll = torch.as_tensor(nll).to(dtype)
+    chosen_logps, rejected_logps, nll = _upcast(chosen_logps, rejected_logps, nll)
     log_odds_ratio = log_odds(chosen_logps) - log_odds(rejected_logps)  # (B,)
     log_sig = F.logsigmoid(log_odds_ratio)  # (B,) stable, unlike log(sigmoid(x))
     loss = nll + beta * (-log_sig.sum() / pairs)
+    return loss, _floats(_weighted_rewards(chosen_logps, rejected_logps, beta)
+                         | _shared(chosen_logps, rejected_logps, nll) | {"loss": loss})  # fmt: skip
 
+
+def sft_loss(
+    chosen_logps: torch.Tensor,
+    rejected_logps: torch.Tensor,
+    nll: torch.Tensor,
+    pairs_in_step: int | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """SFT on the chosen responses: the loss is `nll` alone; the metrics are `orpo_loss`'s at
+    beta = 0 (the preference ones still measured from the log-probs, TRL's rewards all 0)."""
+    return orpo_loss(chosen_logps, rejected_logps, nll, 0.0, pairs_in_step)
+
+
+def probability_ratio_loss(
+    chosen_logps: torch.Tensor,
+    rejected_logps: torch.Tensor,
+    nll: torch.Tensor,
+    beta: float,
+    pairs_in_step: int | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The paper's section 7.1 alternative: `nll + beta * sum(L_PR) / pairs_in_step`, with
+    L_PR = -log sigmoid(log P_w - log P_l), a probability ratio where ORPO has an odds ratio.
+
+    Inputs, reduction and metrics as `orpo_loss` (MEAN log-probs: the same P(y|x) as ORPO's), plus
+    "pr_loss" (L_PR without beta). `prob_ratio_loss` is its ratio term alone, for the notebooks.
+    """
+    pairs = chosen_logps.shape[0] if pairs_in_step is None else pairs_in_step
+    chosen_logps, rejected_logps, nll = _upcast(chosen_logps, rejected_logps, nll)
+    log_sig = F.logsigmoid(log_prob_ratio(chosen_logps, rejected_logps))  # (B,)
+    loss = nll + beta * (-log_sig.sum() / pairs)
+    return loss, _floats(_weighted_rewards(chosen_logps, rejected_logps, beta)
+                         | _shared(chosen_logps, rejected_logps, nll)
+                         | {"pr_loss": -log_sig.detach().mean(), "loss": loss})  # fmt: skip
+
+
+def dpo_loss(
+    chosen_logps: torch.Tensor,
+    rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor,
+    ref_rejected_logps: torch.Tensor,
+    beta: float,
+    pairs_in_step: int | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """DPO's sigmoid loss `sum(-log sigmoid(beta * margin)) / pairs_in_step` and detached metrics.
+
+    All four (B,) are SUMMED log-probs of the responses (log pi(y|x), TRL's default), the policy's
+    and the reference model's; margin = (chosen - ref_chosen) - (rejected - ref_rejected). Computes
+    in float32 at least. Metrics: TRL's DPO rewards under "dpo_rewards/" (chosen, rejected:
+    beta * (logp - ref logp); margins; accuracies: chosen reward above rejected), "dpo_loss" (the
+    mean over this micro-batch) and "loss". The preference metrics that every objective logs
+    under one name (mean log-probs) are `preference_metrics`'.
+    """
+    pairs = chosen_logps.shape[0] if pairs_in_step is None else pairs_in_step
+    chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps = _upcast(
+        chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps
+    )
+    chosen_rewards = beta * (chosen_logps - ref_chosen_logps)  # (B,) DPO's implicit rewards
+    rejected_rewards = beta * (rejected_logps - ref_rejected_logps)
+    per_pair = -F.logsigmoid(chosen_rewards - rejected_rewards)  # (B,)
+    loss = per_pair.sum() / pairs
     with torch.no_grad():
-        chosen, rejected = chosen_logps.detach(), rejected_logps.detach()
+        c, r = chosen_rewards.detach(), rejected_rewards.detach()
         values = {
-            # TRL's "rewards" are beta * mean log-prob: ORPO has no reward model, the name is TRL's.
-            "rewards/chosen": (beta * chosen).mean(),
-            "rewards/rejected": (beta * rejected).mean(),
+            "dpo_rewards/chosen": c.mean(),
+            "dpo_rewards/rejected": r.mean(),
+            "dpo_rewards/margins": (c - r).mean(),
+            "dpo_rewards/accuracies": (c > r).to(c.dtype).mean(),
+            "dpo_loss": per_pair.detach().mean(),
+            "loss": loss.detach(),
+        }
+    return loss, _floats(values)
+
+
+def preference_metrics(
+    chosen_logps: torch.Tensor, rejected_logps: torch.Tensor, nll: torch.Tensor
+) -> dict[str, float]:
+    """The metrics every objective logs under the same names, from (B,) MEAN log-probs and the
+    NLL of the chosen responses: "logps/*", "rewards/accuracies", the log-odds ratio ("log_odds_chosen",
+    "log_odds_ratio", "or_loss") and "nll_loss", so that runs of any method overlay on one axis."""
+    return _floats(_shared(*_upcast(chosen_logps, rejected_logps, nll)))
+
+
+def _upcast(*tensors: torch.Tensor) -> list[torch.Tensor]:
+    # At least float32 whatever the caller's dtype (as TRL does): bf16 keeps ~3 significant digits,
+    # too few for log1mexp near 0 and for the small differences that the log-odds ratio is made of.
+    dtype = torch.promote_types(tensors[0].dtype, torch.float32)  # float64 stays float64
+    return [torch.as_tensor(t).to(dtype) for t in tensors]
+
+
+def _weighted_rewards(chosen: torch.Tensor, rejected: torch.Tensor, beta: float) -> dict:
+    # TRL's ORPO "rewards" are beta * mean log-prob: ORPO has no reward model, the name is TRL's.
+    chosen, rejected = chosen.detach(), rejected.detach()
+    return {"rewards/chosen": (beta * chosen).mean(), "rewards/rejected": (beta * rejected).mean(),
+            "rewards/margins": (beta * (chosen - rejected)).mean()}  # fmt: skip
+
+
+def _shared(chosen: torch.Tensor, rejected: torch.Tensor, nll: torch.Tensor) -> dict:
+    with torch.no_grad():
+        chosen, rejected = chosen.detach(), rejected.detach()
+        log_odds_ratio = log_odds(chosen) - log_odds(rejected)  # (B,)
+        log_sig = F.logsigmoid(log_odds_ratio)
+        return {
             # From the log-probs, not the rewards: equal to TRL's value when beta > 0, and still the
             # preference accuracy when beta = 0 (the SFT baseline), where TRL's is always 0.
-            "rewards/accuracies": (chosen > rejected).to(dtype).mean(),
-            "rewards/margins": (beta * (chosen - rejected)).mean(),
+            "rewards/accuracies": (chosen > rejected).to(chosen.dtype).mean(),
             "logps/chosen": chosen.mean(),
             "logps/rejected": rejected.mean(),
             "logps/margins": (chosen - rejected).mean(),  # the margin that beta does not scale
             "nll_loss": nll.detach(),
             # TRL's name, misleading: it holds the mean log sigmoid of the log-odds ratio (= -or_loss).
-            "log_odds_ratio": log_sig.detach().mean(),
+            "log_odds_ratio": log_sig.mean(),
             # TRL's name for the mean log-odds ratio itself, log(odds_w / odds_l).
-            "log_odds_chosen": log_odds_ratio.detach().mean(),
-            "or_loss": -log_sig.detach().mean(),
-            "loss": loss.detach(),
+            "log_odds_chosen": log_odds_ratio.mean(),
+            "or_loss": -log_sig.mean(),
         }
-        # One device-to-host copy for all metrics instead of one .item() each.
-        floats = torch.stack([v.to(dtype).reshape(()) for v in values.values()]).cpu().tolist()
-    return loss, dict(zip(values, floats, strict=True))
+
+
+def _floats(values: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Metric tensors -> floats, with one device-to-host copy for all of them instead of one each."""
+    dtype = next(iter(values.values())).dtype
+    with torch.no_grad():
+        floats = torch.stack([v.detach().to(dtype).reshape(()) for v in values.values()])
+    return dict(zip(values, floats.cpu().tolist(), strict=True))
 
 
 # Section 4.3 of the paper: grad L_OR = delta(d) * h(d). For the notebooks' plots and checks.

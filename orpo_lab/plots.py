@@ -27,9 +27,11 @@ PANELS = [
         ("log_odds_chosen", "log OR", "#9467bd"), ("eval/log_odds_chosen", "log OR", "#9467bd")]),
     ("loss", "loss", [
         ("nll_loss", "NLL (SFT term)", NEUTRAL), ("or_loss", "L_OR (unweighted)", "#ff7f0e"),
+        ("pr_loss", "L_PR (unweighted)", "#17becf"), ("dpo_loss", "DPO loss", "#e377c2"),
         ("loss", "total", "#000000")]),
     ("preference accuracy", "chosen above rejected", [
-        ("rewards/accuracies", "accuracy", "#2ca02c"), ("eval/accuracy", "accuracy", "#2ca02c")]),
+        ("rewards/accuracies", "accuracy", "#2ca02c"), ("eval/accuracy", "accuracy", "#2ca02c"),
+        ("dpo_rewards/accuracies", "DPO reward accuracy", "#e377c2")]),
     ("learning rate", "lr", [("lr", "lr", NEUTRAL)]),
     ("log-prob margin", "chosen - rejected", [
         ("logps/margins", "train batch", "#8c564b")]),

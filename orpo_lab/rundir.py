@@ -9,6 +9,7 @@
       train.log       stdout and stderr of the training process
       STOP            present while a stop is requested; holds the pid it is meant for
       checkpoints/    step-000050/ ... (written by `orpo_lab.checkpoint`), .tmp-* while saving
+      reference_logps.pt  DPO runs: the reference's log-probs of the training pairs (orpo_lab.reference)
       trackers.json   the experiment trackers' runs (`orpo_lab.trackers`): a resume continues them
       tensorboard/    TensorBoard event files; wandb/: Weights & Biases run files (report_to)
 
@@ -117,6 +118,10 @@ class RunDir:
     @property
     def metrics_path(self) -> Path:
         return self.path / "metrics.jsonl"
+
+    @property
+    def reference_path(self) -> Path:
+        return self.path / "reference_logps.pt"
 
     @property
     def checkpoints_dir(self) -> Path:

@@ -1,6 +1,6 @@
 """One optimiser step's gradients and one held-out evaluation: functions of the wrapped model.
 
-`forward_backward` is the step: forward every micro-batch through `PairLogps`, the ORPO loss,
+`forward_backward` is the step: forward every micro-batch through `PairLogps`, the run's objective,
 backward, with the normalisation that makes gradient accumulation and DDP equal one big batch.
 `held_out_metrics` is the evaluation. `orpo_lab.train` calls them in its loop; benchmarks and
 tests call them directly.
@@ -18,6 +18,17 @@ from tqdm.auto import tqdm
 from orpo_lab.config import TrainConfig
 from orpo_lab.data import collate
 from orpo_lab.loss import odds_weight, or_penalty, orpo_loss
+from orpo_lab.objectives import model_inputs, objective_loss
+
+OOM_ADVICE = (
+    "Out of memory. Try, one at a time: a smaller batch_size with a larger grad_accum (same effective "
+    "batch), a smaller eval_batch_size, a shorter max_length / max_prompt_length, layout=prefix or "
+    "packed, gradient_checkpointing, LoRA instead of full_finetune, a smaller lora_r, or "
+    "load_in_4bit (QLoRA, needs bitsandbytes)."
+)
+NON_FINITE_ADVICE = (
+    "Lower learning_rate, check the data for empty or huge responses, or use fp32 precision."
+)
 
 
 class TrainingError(RuntimeError):
@@ -58,9 +69,10 @@ def forward_backward(
     cfg: TrainConfig,
     stop: Callable[[], bool] | None = None,
 ) -> dict:
-    """Forward, ORPO loss and backward of every micro-batch of one optimiser step; its metrics.
+    """Forward, loss (`cfg.method`'s) and backward of every micro-batch of one optimiser step; its
+    metrics.
 
-    The NLL is normalised by the NLL tokens of the whole step and the odds-ratio term by its pairs,
+    The NLL is normalised by the NLL tokens of the whole step and the pair terms by its pairs,
     over all processes, so batch 4 x accumulation 1 and batch 1 x accumulation 4 give the same
     gradients. `stop()` is asked before every micro-batch after the first: StopRequested if true.
     """
@@ -77,9 +89,10 @@ def forward_backward(
             raise StopRequested
         sync = nullcontext() if i == len(micro) - 1 else accelerator.no_sync(wrapped)
         with sync:
-            chosen, rejected, nll_sum, _ = wrapped(**to_device(batch, device))
+            batch = to_device(batch, device)
+            chosen, rejected, nll_sum, _ = wrapped(**model_inputs(batch))
             nll = nll_sum / max(nll_tokens, 1.0)
-            loss, m = orpo_loss(chosen, rejected, nll, cfg.beta, pairs_in_step=pairs_in_step)
+            loss, m = objective_loss(cfg, batch, chosen, rejected, nll, pairs_in_step)
             if total(not torch.isfinite(loss)):
                 raise NonFiniteLoss(f"The loss became {loss.item()}")
             # DDP averages gradients over processes; the loss is a share of the global step: undo it.
@@ -115,18 +128,20 @@ def _mean_over_processes(accelerator, sums: dict[str, float]) -> dict[str, float
 
 @torch.no_grad()
 def held_out_logps(
-    wrapped, pairs: list, cfg: TrainConfig, pad_id: int, device, stop=None
+    wrapped, pairs: list, cfg: TrainConfig, pad_id: int, device, stop=None, desc: str = ""
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
     """(chosen, rejected) (N,) float32 mean log-probs of `pairs`, `cfg.eval_batch` pairs at a time.
 
     Returns None when `stop()` becomes true between batches: a stop never waits for an evaluation.
+    `desc`: the progress bar's words (default: evaluating held-out pairs).
     """
     wrapped.eval()
     chosen, rejected = [], []
     starts = range(0, len(pairs), cfg.eval_batch)
     # A bar on stderr (the terminal, or a run's train.log): an evaluation of long pairs can take
     # minutes on a CPU. TQDM_DISABLE=1 hides it.
-    bar = tqdm(starts, desc=f"Evaluating {len(pairs)} held-out pairs", unit="batch", leave=False)
+    desc = desc or f"Evaluating {len(pairs)} held-out pairs"
+    bar = tqdm(starts, desc=desc, unit="batch", leave=False)
     try:
         for i in bar:
             if stop is not None and stop():

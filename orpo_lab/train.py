@@ -23,7 +23,7 @@ import torch
 from accelerate import Accelerator, DistributedType
 from transformers import get_scheduler
 
-from orpo_lab import autotune, build, compiling, trackers
+from orpo_lab import autotune, build, compiling, reference, trackers
 from orpo_lab.build import DTYPE_NAMES, build_model, load_pairs, precision_plan, subset
 from orpo_lab.checkpoint import load_training_state, resume_point, save_checkpoint
 from orpo_lab.config import TrainConfig
@@ -31,6 +31,8 @@ from orpo_lab.data import collate
 from orpo_lab.logps import PairLogps, check_sample
 from orpo_lab.rundir import RunDir
 from orpo_lab.step import (
+    NON_FINITE_ADVICE,
+    OOM_ADVICE,
     NonFiniteLoss,
     StopRequested,
     TrainingError,
@@ -44,17 +46,6 @@ from orpo_lab.step import (
 
 if __name__ == "__main__":  # `python -m orpo_lab.train` (earlier versions): the CLI, which exits
     runpy.run_module("orpo_lab.cli", run_name="__main__")  # as `python -m orpo_lab.cli` runs it
-
-OOM_ADVICE = (
-    "Out of memory. Try, one at a time: a smaller batch_size with a larger grad_accum (same effective "
-    "batch), a smaller eval_batch_size, a shorter max_length / max_prompt_length, layout=prefix or "
-    "packed, gradient_checkpointing, LoRA instead of full_finetune, a smaller lora_r, or "
-    "load_in_4bit (QLoRA, needs bitsandbytes)."
-)
-NON_FINITE_ADVICE = (
-    "Lower learning_rate, check the data for empty or huge responses, or use fp32 precision."
-)
-
 
 # ---------------------------------------------------------------- what the loop works with
 
@@ -78,6 +69,7 @@ class Run:
     per_epoch: int
     stop_event: threading.Event | None = None
     callback: Callable[[dict], None] | None = None
+    reference: torch.Tensor | None = None  # DPO: (N, 2) reference summed log-probs per pair
     step_times: list = field(default_factory=list)
     began: float = field(default_factory=time.perf_counter)
 
@@ -120,7 +112,10 @@ def next_micro_batches(run: Run, step: int) -> list[tuple[dict, int]]:
         idx = micro_batch_indices(k, len(run.train_pairs), cfg.batch_size * world, cfg.seed)
         mine = idx[run.accelerator.process_index * cfg.batch_size :][: cfg.batch_size]
         pairs = [run.train_pairs[j] for j in mine]
-        micro.append((collate(pairs, cfg.layout, run.tokenizer.pad_token_id), pair_tokens(pairs)))
+        batch = collate(pairs, cfg.layout, run.tokenizer.pad_token_id)
+        if run.reference is not None:  # DPO: the reference's log-probs of these pairs, (B, 2)
+            batch["ref_logps"] = run.reference[mine]
+        micro.append((batch, pair_tokens(pairs)))
     return micro
 
 
@@ -339,6 +334,8 @@ def prepare(
     plan = plan or precision_plan(cfg)
     world = accelerator.num_processes
     # The data first: preparing it needs only the tokenizer, and a problem shows before the model loads.
+    if resume_from is None:  # init_checkpoint and ref_checkpoint: before anything loads
+        reference.check_start(cfg)
     tokenizer = build.run_tokenizer(cfg, resume_from)
     progress = data_progress(folder, stop_event) if accelerator.is_main_process else None
     train_pairs, held_out, stats = load_pairs(cfg, tokenizer, progress)
@@ -368,6 +365,8 @@ def prepare(
     pair_logps = PairLogps(model, cfg.nll_scope, cfg.logps_chunk_size)
     # The fast log-prob path is checked against the model's own logits on a real pair, not assumed.
     logps_check = pair_logps.verify(sample)
+    ref_logps, ref_info = reference.reference_logps(cfg, pair_logps, train_pairs, tokenizer.pad_token_id,
+                                                    accelerator, total, folder, start)  # fmt: skip
     # After the check above, which then runs eager (no graphs compiled for it).
     compile_on, compile_reason = autotune.settle_compile(cfg, plan, pair_logps, first, total - start,
                                                          world, accelerator.device, scale)  # fmt: skip
@@ -378,14 +377,16 @@ def prepare(
     optimizer = accelerator.prepare(optimizer)
     eval_subset = held_out and subset(held_out, cfg.eval_subset_pairs, cfg.seed)
     run = Run(cfg, accelerator, folder, wrapped, tokenizer, optimizer, scheduler, params,
-              train_pairs, held_out, eval_subset, total, per_epoch, stop_event, callback)  # fmt: skip
+              train_pairs, held_out, eval_subset, total, per_epoch, stop_event, callback,
+              ref_logps)  # fmt: skip
     if run.main and start:
         folder.truncate_metrics(after_step=start)  # lines after the checkpoint would repeat
     run.log({"kind": "event", "step": start, "event": "resumed" if start else "started",
              "train_pairs": len(train_pairs), "truncated_pairs": stats.get("truncated", 0),
              "truncation": stats["truncation"], "data_cache": stats["cache"],
              "eval_pairs": len(held_out or []), "eval_subset_pairs": len(eval_subset or []),
-             "total_steps": total, "processes": world, "device": str(accelerator.device),
+             "total_steps": total, "processes": world, "method": cfg.method, **ref_info,
+             "device": str(accelerator.device),
              "precision": plan["precision"], "precision_reason": plan["precision_reason"],
              "mixed_precision": accelerator.mixed_precision,
              "decoder_autocast": DTYPE_NAMES.get(pair_logps.autocast),

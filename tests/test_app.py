@@ -22,7 +22,7 @@ from orpo_lab.ui.train_tab import FORM_NAMES
 
 FAKE_RUN = "fake-done"
 FORM_VALUES = dict(
-    beta=0.5, learning_rate=5e-4, max_steps=400, epochs=1.0, batch_size=2, grad_accum=1,
+    beta=0.5, dpo_beta=0.1, learning_rate=5e-4, max_steps=400, epochs=1.0, batch_size=2, grad_accum=1,
     max_length=96, max_prompt_length=48, lora_r=4, lora_alpha=8, nll_scope="response",
     eval_every=0, eval_at_start=True, save_every=0, report_to=[],
 )  # fmt: skip
@@ -87,8 +87,8 @@ def data_args(model, dataset, skip_bad_rows=False, **options):
     return [model, dataset, False, skip_bad_rows, *values.values()]
 
 
-def start_args(model, dataset, run_name="", sft=False, **changes):
-    return [*data_args(model, dataset), run_name, sft, "cpu", *form(**changes)]
+def start_args(model, dataset, run_name="", method="orpo", init="", ref="", **changes):
+    return [*data_args(model, dataset), run_name, method, init, ref, "cpu", *form(**changes)]
 
 
 def plot_data(plot) -> list[dict]:
@@ -102,12 +102,12 @@ def test_preset_fills_the_form(served):
     assert values[FORM_NAMES.index("beta")] == PRESETS["cpu-quick"]["beta"]
 
 
-def test_sft_box_shows_beta_zero_and_gives_the_old_value_back(served):
+def test_sft_method_shows_beta_zero_and_gives_the_old_value_back(served):
     client, *_ = served
-    ticked = client.predict(True, 0.7, api_name="/sft_switch")
+    ticked = client.predict("sft", 0.7, api_name="/method_switch")
     assert ticked["value"] == 0 and ticked["interactive"] is False
     assert "locked at 0" in ticked["label"]  # a greyed number box alone looks editable
-    unticked = client.predict(False, 0, api_name="/sft_switch")
+    unticked = client.predict("dpo", 0, api_name="/method_switch")
     assert unticked["value"] == 0.7 and unticked["interactive"] is True
     assert "locked" not in unticked["label"]
 
@@ -159,6 +159,16 @@ def test_start_refuses_impossible_settings_bad_names_and_too_little_data(
     _, message, _ = client.predict(*start_args(str(tiny_model_dir), str(two), "tiny-data",
                                             batch_size=4), api_name="/start")  # fmt: skip
     assert "1 usable training pair(s), fewer than one batch of 4" in message  # 1 held out
+    other = tmp_path / "other-run" / "checkpoints" / "step-000001"  # a checkpoint of another model
+    other.mkdir(parents=True)
+    (other / "trainer_state.json").write_text(json.dumps({"step": 1, "config": {
+        "model": "someone/another-model"}, "metrics": {}}))  # fmt: skip
+    _, message, _ = client.predict(*start_args(str(tiny_model_dir), pairs, method="dpo",
+                                               ref=str(other.parent.parent)), api_name="/start")  # fmt: skip
+    assert "trained on the base model 'someone/another-model'" in message
+    _, message, _ = client.predict(*start_args(str(tiny_model_dir), pairs, method="dpo",
+                                               init="gone/step-000010"), api_name="/start")  # fmt: skip
+    assert "init_checkpoint 'gone/step-000010' does not exist" in message
     assert manager.names() == [FAKE_RUN]  # nothing was created
 
 
@@ -303,10 +313,13 @@ def test_tick_shows_the_latest_run_and_its_config_loads_into_the_form(served, ti
     assert {"chosen", "total", "accuracy"} <= names
     loaded = client.predict(FAKE_RUN, api_name="/load_config")
     names = [*FORM_NAMES, "model", "dataset", "column_map", "train_split", "test_split",
-             "held_out_size", "chat_template", "run_name", "sft"]  # fmt: skip
+             "held_out_size", "chat_template", "run_name", "method", "init_checkpoint",
+             "ref_checkpoint"]  # fmt: skip
     values = dict(zip(names, loaded, strict=True))
     assert (
-        values["model"] == str(tiny_model_dir) and values["beta"] == 0.0 and values["sft"] is True
+        values["model"] == str(tiny_model_dir)
+        and values["beta"] == 0.0
+        and values["method"] == "sft"
     )
     assert values["run_name"] == f"{FAKE_RUN}-again" and values["max_steps"] == -1
 

@@ -102,8 +102,10 @@ def set_form(page, values: dict) -> None:
 def start_run(page, name: str, dataset, form: dict, sft: bool = False) -> None:
     fill(page, "dataset", dataset)
     fill(page, "run-name", name)
-    if sft != page.locator("#sft input").is_checked():
-        page.locator("#sft input").click()
+    label = "SFT (beta = 0, the baseline)" if sft else "ORPO"
+    method = page.locator("#method").get_by_label(label, exact=True)
+    if not method.is_checked():
+        method.check()
     set_form(page, form)
     page.locator("#start").click()
     wait_text(page, "train-message", f"Created run {name}")

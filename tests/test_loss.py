@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from orpo_lab.loss import (
+    dpo_loss,
     log1mexp,
     log_odds,
     log_prob_ratio,
@@ -16,8 +17,11 @@ from orpo_lab.loss import (
     or_grad,
     or_penalty,
     orpo_loss,
+    preference_metrics,
     prob_ratio_loss,
+    probability_ratio_loss,
     sequence_logps,
+    sft_loss,
     token_logps,
     token_logps_from_hidden,
 )
@@ -328,3 +332,142 @@ def test_accuracy_comes_from_the_log_probs_so_sft_has_one():
     _, m = orpo_loss(chosen, rejected, torch.tensor(0.3), beta=0.2)
     assert m["rewards/accuracies"] == 0.5  # the same as TRL's whenever beta > 0
     assert m["rewards/margins"] == pytest.approx(0.2 * m["logps/margins"], abs=1e-7)
+
+
+# ---------------------------------------------------------------- the other objectives
+
+
+def test_probability_ratio_objective_hand_derived():
+    """P_w = 1/2, P_l = 1/4 (as above): L_PR = -log sigmoid(ln 2) = ln 1.5; with nll 1.2 and
+    beta 0.1 the loss is 1.2 + 0.1 ln 1.5 = 1.2405465108108165. Its gradient has no 1/(1-P)
+    factors: sigmoid(-ln 2) = 1/3, so dL/dlp_w = -0.1/3 and dL/dlp_l = +0.1/3, where ORPO's are
+    -0.05 and +0.1/3 (the chosen side scaled by 1/(1-P_w) = 2, see test_hand_derived_pair)."""
+    chosen = torch.tensor([LN(0.5)], dtype=torch.float64, requires_grad=True)
+    rejected = torch.tensor([LN(0.25)], dtype=torch.float64, requires_grad=True)
+    nll = torch.tensor(1.2, dtype=torch.float64)
+    loss, m = probability_ratio_loss(chosen, rejected, nll, beta=0.1)
+    assert loss.item() == pytest.approx(1.2405465108108165, rel=1e-12)
+    assert m["pr_loss"] == pytest.approx(LN(1.5), rel=1e-12)
+    assert m["or_loss"] == pytest.approx(0.2876820724517809, rel=1e-12)  # the same pair's L_OR
+    assert m["rewards/chosen"] == pytest.approx(0.1 * LN(0.5), rel=1e-12)
+    loss.backward()
+    assert chosen.grad.item() == pytest.approx(-0.1 / 3, rel=1e-12)
+    assert rejected.grad.item() == pytest.approx(0.1 / 3, rel=1e-12)
+
+
+def test_probability_ratio_objective_matches_float64_reference():
+    """nll + beta * mean log(1 + P_l / P_w) in plain math; float32 inputs agree to 1e-6."""
+    gen = torch.Generator().manual_seed(1)
+    chosen = -torch.rand(16, generator=gen, dtype=torch.float64) * 3 - 0.05
+    rejected = -torch.rand(16, generator=gen, dtype=torch.float64) * 3 - 0.05
+    terms = [
+        math.log1p(math.exp(r - c)) for c, r in zip(chosen.tolist(), rejected.tolist(), strict=True)
+    ]
+    expected = 0.7 + 0.25 * sum(terms) / 16
+    nll = torch.tensor(0.7, dtype=torch.float64)
+    loss, _ = probability_ratio_loss(chosen, rejected, nll, beta=0.25)
+    assert loss.item() == pytest.approx(expected, rel=1e-12)
+    loss32, _ = probability_ratio_loss(chosen.float(), rejected.float(), nll.float(), beta=0.25)
+    assert loss32.dtype == torch.float32 and loss32.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_sft_loss_is_the_nll_with_orpo_metrics_at_beta_zero():
+    chosen = torch.tensor([LN(0.5), LN(0.25)], dtype=torch.float64, requires_grad=True)
+    rejected = torch.tensor([LN(0.25), LN(0.5)], dtype=torch.float64, requires_grad=True)
+    nll = torch.tensor(1.3, dtype=torch.float64)
+    loss, m = sft_loss(chosen, rejected, nll)
+    assert loss.item() == 1.3 and m == orpo_loss(chosen, rejected, nll, beta=0.0)[1]
+    loss.backward()  # the NLL reaches the model through `nll`; the pair terms carry no gradient
+    assert chosen.grad.abs().sum().item() == 0.0 and rejected.grad.abs().sum().item() == 0.0
+    assert m["rewards/accuracies"] == 0.5 and m["rewards/chosen"] == 0.0
+
+
+def test_dpo_hand_derived():
+    """Summed log-probs: policy -10 / -12, reference -11 / -11, beta 0.1. Rewards 0.1 * (+1) = 0.1
+    and 0.1 * (-1) = -0.1, margin 0.2, loss log(1 + e^-0.2) = 0.5981388693815918; dL/dchosen =
+    -beta sigmoid(-0.2) = -0.04501660026875222, dL/drejected the opposite; nothing reaches the
+    reference."""
+    chosen = torch.tensor([-10.0], dtype=torch.float64, requires_grad=True)
+    rejected = torch.tensor([-12.0], dtype=torch.float64, requires_grad=True)
+    ref = torch.tensor([-11.0], dtype=torch.float64)
+    loss, m = dpo_loss(chosen, rejected, ref, ref, beta=0.1)
+    assert loss.item() == pytest.approx(0.5981388693815918, rel=1e-12)
+    assert m["dpo_loss"] == pytest.approx(0.5981388693815918, rel=1e-12)
+    assert m["dpo_rewards/chosen"] == pytest.approx(0.1, rel=1e-12)
+    assert m["dpo_rewards/rejected"] == pytest.approx(-0.1, rel=1e-12)
+    assert m["dpo_rewards/margins"] == pytest.approx(0.2, rel=1e-12)
+    assert m["dpo_rewards/accuracies"] == 1.0 and m["loss"] == loss.item()
+    loss.backward()
+    assert chosen.grad.item() == pytest.approx(-0.04501660026875222, rel=1e-12)
+    assert rejected.grad.item() == pytest.approx(0.04501660026875222, rel=1e-12)
+
+
+def _trl_dpo_formula(chosen, rejected, ref_chosen, ref_rejected, beta: float):
+    """TRL 1.16's DPOTrainer._compute_loss with its defaults (loss_type "sigmoid",
+    f_divergence_type "reverse_kl", label_smoothing 0, summed log-probs): the mean over pairs of
+    -logsigmoid(beta * ((chosen - ref_chosen) - (rejected - ref_rejected))); its metrics
+    rewards/chosen = mean beta * (chosen - ref_chosen), rewards/accuracies = mean(chosen reward >
+    rejected reward), rewards/margins = mean(chosen reward - rejected reward)."""
+    chosen_rewards, rejected_rewards = (
+        beta * (chosen - ref_chosen),
+        beta * (rejected - ref_rejected),
+    )
+    loss = -F.logsigmoid(chosen_rewards - rejected_rewards).mean()
+    return loss, {
+        "dpo_rewards/chosen": chosen_rewards.mean().item(),
+        "dpo_rewards/rejected": rejected_rewards.mean().item(),
+        "dpo_rewards/accuracies": (chosen_rewards > rejected_rewards).double().mean().item(),
+        "dpo_rewards/margins": (chosen_rewards - rejected_rewards).mean().item(),
+    }
+
+
+def test_dpo_matches_float64_reference_and_trl_formula():
+    gen = torch.Generator().manual_seed(2)
+    c, r, rc, rr = (-torch.rand(16, generator=gen, dtype=torch.float64) * 60 for _ in range(4))
+    loss, m = dpo_loss(c, r, rc, rr, beta=0.1)
+    margins = [
+        0.1 * ((a - b) - (d - e))
+        for a, b, d, e in zip(*(t.tolist() for t in (c, rc, r, rr)), strict=True)
+    ]
+    # -log sigmoid(x) = log(1 + e^-x)
+    expected = sum(math.log1p(math.exp(-x)) for x in margins) / 16
+    assert loss.item() == pytest.approx(expected, rel=1e-12)
+    trl_loss, trl_metrics = _trl_dpo_formula(c, r, rc, rr, 0.1)
+    assert loss.item() == pytest.approx(trl_loss.item(), rel=1e-12)
+    assert {k: m[k] for k in trl_metrics} == pytest.approx(trl_metrics, rel=1e-12)
+    # The notebooks' prob_ratio_loss of beta times the log-ratios is the same loss (00_why_orpo).
+    assert loss.item() == pytest.approx(prob_ratio_loss(0.1 * (c - rc), 0.1 * (r - rr)).item())
+    loss32, _ = dpo_loss(c.float(), r.float(), rc.float(), rr.float(), beta=0.1)
+    assert loss32.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_dpo_at_its_reference_is_log_two_with_zero_margin():
+    """Policy = reference (step 0 of a DPO run): every margin is 0 and the loss ln 2."""
+    logps = torch.tensor([-20.0, -3.5, -140.0])
+    loss, m = dpo_loss(logps, logps - 1, logps, logps - 1, beta=0.1)
+    assert loss.item() == pytest.approx(math.log(2.0), rel=1e-7) and m["dpo_loss"] == loss.item()
+    assert m["dpo_rewards/margins"] == 0.0 and m["dpo_rewards/accuracies"] == 0.0
+
+
+def test_dpo_pairs_in_step_makes_accumulation_exact():
+    gen = torch.Generator().manual_seed(3)
+    c, r, rc, rr = (-torch.rand(8, generator=gen, dtype=torch.float64) * 30 for _ in range(4))
+    whole, _ = dpo_loss(c, r, rc, rr, beta=0.5)
+    parts = [dpo_loss(c[s], r[s], rc[s], rr[s], 0.5, pairs_in_step=8)[0]
+             for s in (slice(0, 3), slice(3, 8))]  # fmt: skip
+    assert sum(parts).item() == pytest.approx(whole.item(), rel=1e-12)
+
+
+def test_every_objective_logs_the_shared_metrics_as_orpo_does():
+    """The names runs overlay on hold the same numbers whatever the objective."""
+    gen = torch.Generator().manual_seed(4)
+    chosen = -torch.rand(6, generator=gen, dtype=torch.float64) * 2 - 0.1
+    rejected = -torch.rand(6, generator=gen, dtype=torch.float64) * 2 - 0.1
+    nll = torch.tensor(0.9, dtype=torch.float64)
+    shared = preference_metrics(chosen, rejected, nll)
+    assert set(shared) == {"rewards/accuracies", "logps/chosen", "logps/rejected", "logps/margins",
+                           "nll_loss", "log_odds_ratio", "log_odds_chosen", "or_loss"}  # fmt: skip
+    for _, metrics in (orpo_loss(chosen, rejected, nll, 0.3),
+                       probability_ratio_loss(chosen, rejected, nll, 0.3),
+                       sft_loss(chosen, rejected, nll)):  # fmt: skip
+        assert {k: metrics[k] for k in shared} == shared

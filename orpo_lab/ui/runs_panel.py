@@ -13,6 +13,7 @@ import yaml
 from orpo_lab.plots import compare_figure, metrics_figure, weighting_figure
 from orpo_lab.rundir import ACTIVE
 from orpo_lab.ui.common import AppContext
+from orpo_lab.ui.method_panel import method_values
 from orpo_lab.ui.train_tab import DATA_OPTIONS, DEFAULTS, form_values
 from orpo_lab.ui.views import (
     EVAL_COLUMNS,
@@ -46,7 +47,8 @@ PANEL_CAPTIONS = [
      "(`01_odds.ipynb`)."),
     ("loss", "total = NLL (the SFT term on chosen) + beta x L_OR; L_OR (unweighted) is "
      "-log sigmoid(log-odds ratio), drawn before beta scales it. Expect NLL to fall; L_OR falls "
-     "from ln 2 = 0.69 as the ratio grows (`02_loss_gradient.ipynb`)."),
+     "from ln 2 = 0.69 as the ratio grows (`02_loss_gradient.ipynb`). Other methods: prob_ratio "
+     "adds L_PR (a probability ratio) instead, DPO's total is its own loss (from ln 2 at step 1)."),
     ("preference accuracy", "the fraction of pairs whose chosen response has the higher mean "
      "log-prob. Expect it to rise from about 0.5 towards 1; the held-out dots are the honest "
      "number (`04_training.ipynb`)."),
@@ -256,7 +258,7 @@ def load_config(ctx: AppContext, name):
     new_name = f"{name}-again" if name else ""
     data = [config[n] for n in DATA_OPTIONS]
     return form_values(config) + [config["model"], config["dataset"], *data, new_name,
-                                              config["beta"] == 0]  # fmt: skip
+                                  *method_values(config)]  # fmt: skip
 
 
 def evaluate(ctx: AppContext, name, checkpoint, prompts, progress=gr.Progress(track_tqdm=True)):  # noqa: B008
@@ -302,7 +304,7 @@ def wire_runs(ctx: AppContext, live, runs, train) -> None:
     launch, data = train.launch, train.data
     runs.load_config.click(partial(load_config, ctx), live.run,
                            [*train.form.values(), data.model, data.dataset, *[getattr(data, n) for n in DATA_OPTIONS],
-         launch.run_name, launch.sft],
+         launch.run_name, launch.method, launch.init_checkpoint, launch.ref_checkpoint],
                            api_name="load_config")  # fmt: skip
     runs.evaluate.click(partial(evaluate, ctx), [live.run, runs.checkpoint, runs.eval_prompts],
                         [runs.eval_table, runs.eval_plot], api_name="evaluate")  # fmt: skip

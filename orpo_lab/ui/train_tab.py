@@ -15,15 +15,19 @@ import gradio as gr
 from orpo_lab.config import PRESETS, TrainConfig
 from orpo_lab.trackers import TRACKERS, parse_report_to
 from orpo_lab.ui.common import AppContext, named
+from orpo_lab.ui.method_panel import (
+    BETA_LABEL,
+    METHOD_NAMES,
+    method_components,
+    method_config,
+    wire_method,
+)
 from orpo_lab.ui.views import escaped_block, toast_text
 
 HELP = {f.name: f.metadata["help"] for f in fields(TrainConfig)}
 DEFAULTS = TrainConfig()
 DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 PRESET_CHOICES = {"CPU, quick": "cpu-quick", "GPU": "gpu"}
-
-
-BETA_LABEL, BETA_LOCKED = "beta (lambda)", "beta (lambda): locked at 0 by the SFT baseline box"
 
 
 def _number(name: str, label: str, whole: bool = False):
@@ -35,6 +39,7 @@ def _number(name: str, label: str, whole: bool = False):
 FORM = {
     "beta": lambda: gr.Number(DEFAULTS.beta, label=BETA_LABEL, minimum=0, info=HELP["beta"],
                               elem_id="hp-beta"),
+    "dpo_beta": lambda: _number("dpo_beta", "DPO beta"),
     "learning_rate": lambda: _number("learning_rate", "learning rate"),
     "max_steps": lambda: _number("max_steps", "max steps", whole=True),
     "epochs": lambda: _number("epochs", "epochs"),
@@ -63,7 +68,7 @@ def form_values(config: dict) -> list:
 
 DATA_OPTIONS = ["column_map", "train_split", "test_split", "held_out_size", "chat_template"]
 DATA_NAMES = ["model", "dataset", "trust_remote_code", "skip_bad_rows", *DATA_OPTIONS]
-LAUNCH_NAMES = ["run_name", "sft", "device"]
+LAUNCH_NAMES = ["run_name", *METHOD_NAMES, "device"]
 
 
 def safe_filename(name: str) -> str:
@@ -222,12 +227,10 @@ def launch_panel() -> SimpleNamespace:
                             info="letters, digits, '.', '_', '-'; empty: a timestamp")  # fmt: skip
     p.preset = gr.Radio(list(PRESET_CHOICES), label="preset", elem_id="preset",
                         info="fill the form with a starting point")  # fmt: skip
-    p.sft = gr.Checkbox(False, label="SFT baseline (beta = 0)", elem_id="sft",
-                        info="the same loop without the odds-ratio term, to compare")  # fmt: skip
+    method_components(p)  # method, init_checkpoint, ref_checkpoint (orpo_lab.ui.method_panel)
     p.device = gr.Dropdown(
         ["auto", "cpu", "cuda"], value="auto", label="device", info=HELP["device"]
     )
-    p.beta_memory = gr.State(None)  # beta as it was before SFT was ticked
     return p
 
 
@@ -249,7 +252,7 @@ def train_tab(ctx: AppContext) -> SimpleNamespace:
     return SimpleNamespace(data=data, form=form, launch=launch)
 
 
-def form_config(v: dict, default_model: str) -> dict:
+def form_config(v: dict, default_model: str, ctx: AppContext) -> dict:
     """Form values -> TrainConfig values (types are checked by TrainConfig.from_dict)."""
     config = {name: v[name] for name in FORM_NAMES}
     config["report_to"] = ",".join(v["report_to"] or []) or "none"  # the ticked trackers
@@ -258,8 +261,7 @@ def form_config(v: dict, default_model: str) -> dict:
                   dataset=(v["dataset"] or "").strip() or "default",
                   trust_remote_code=bool(v["trust_remote_code"]),
                   skip_bad_rows=bool(v["skip_bad_rows"]), device=v["device"] or "auto")  # fmt: skip
-    if v["sft"]:
-        config["beta"] = 0.0  # the SFT baseline: the same loop with the odds-ratio term off
+    config.update(method_config(ctx, v))  # SFT: TrainConfig sets beta 0, as the form shows it
     return config
 
 
@@ -310,7 +312,7 @@ def wire_steps_note(data, form: dict, launch) -> None:
 
 
 def wire_launch(ctx, data, form: dict, launch, live) -> None:
-    """Presets, the SFT switch, Start, Stop and Resume; `live` is the run shown below."""
+    """Presets, the method, Start, Stop and Resume; `live` is the run shown below."""
     manager = ctx.manager
     form_inputs = list(form.values())
 
@@ -320,15 +322,10 @@ def wire_launch(ctx, data, form: dict, launch, live) -> None:
         return [gr.skip() if n == "report_to" else v
                 for n, v in zip(FORM_NAMES, values, strict=True)]  # fmt: skip
 
-    def sft_switch(sft, beta, remembered):
-        if sft:  # beta 0 is what an SFT run trains with: show it, keep the field from edits
-            return gr.update(value=0, interactive=False, label=BETA_LOCKED), beta
-        return gr.update(value=remembered if remembered else DEFAULTS.beta, interactive=True,
-                         label=BETA_LABEL), None  # fmt: skip
-
     def start(v):
         try:
-            name = manager.start(form_config(v, ctx.model), (v["run_name"] or "").strip() or None)
+            config = form_config(v, ctx.model, ctx)
+            name = manager.start(config, (v["run_name"] or "").strip() or None)
         except ValueError as err:  # RunError is a ValueError too
             gr.Warning(toast_text(str(err)))  # the full message is in the launch panel
             return gr.skip(), f"**Not started:** {err}", gr.skip()
@@ -359,10 +356,9 @@ def wire_launch(ctx, data, form: dict, launch, live) -> None:
         return gr.update(value=name), f"Resumed **{name}** from {checkpoint}.", gr.Timer(2.0)
 
     launch.preset.change(apply_preset, launch.preset, form_inputs, api_name="preset")
-    launch.sft.change(sft_switch, [launch.sft, form["beta"], launch.beta_memory],
-                      [form["beta"], launch.beta_memory], api_name="sft_switch")  # fmt: skip
+    wire_method(ctx, launch, form["beta"])
     names = DATA_NAMES + LAUNCH_NAMES + FORM_NAMES
-    inputs = [*data_components(data), launch.run_name, launch.sft, launch.device, *form_inputs]
+    inputs = [*data_components(data), *[getattr(launch, n) for n in LAUNCH_NAMES], *form_inputs]
     busy = [live.run, launch.message, live.timer]  # a new or resumed run: follow it closely again
     launch.start.click(named(names, start), inputs, busy, api_name="start")
     launch.stop.click(stop, live.run, launch.message, api_name="stop")

@@ -7,11 +7,11 @@ import math
 import time
 
 RUN_COLUMNS = [
-    "run", "status", "step", "model", "data", "created", "time", "beta", "lr", "loss", "acc",
+    "run", "status", "step", "model", "data", "created", "time", "method", "lr", "loss", "acc",
     "held-out acc", "checkpoints",
 ]  # fmt: skip
 # Wide enough that no header breaks inside a word ("be/ta"); the checkpoints cell is short.
-RUN_WIDTHS = ["10%", "7%", "7%", "11%", "11%", "9%", "6%", "5%", "6%", "6%", "5%", "7%", "10%"]
+RUN_WIDTHS = ["10%", "7%", "7%", "10%", "10%", "9%", "6%", "7%", "6%", "6%", "5%", "7%", "10%"]
 
 
 def duration(seconds) -> str:
@@ -26,6 +26,16 @@ def duration(seconds) -> str:
 
 def _fmt(value) -> str:
     return f"{value:.3g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else ""
+
+
+def method_cell(cfg: dict) -> str:
+    """The objective and its weight: "ORPO 0.5", "SFT" (also ORPO with beta 0), "DPO 0.1", "PR 1"."""
+    method = cfg.get("method", "orpo")
+    if method == "sft" or (method == "orpo" and cfg.get("beta") == 0):
+        return "SFT"
+    weight = cfg.get("dpo_beta") if method == "dpo" else cfg.get("beta")
+    name = {"orpo": "ORPO", "dpo": "DPO", "prob_ratio": "PR"}.get(method, str(method))
+    return f"{name} {_fmt(weight)}".strip()
 
 
 def _short(path: str, width: int = 24) -> str:
@@ -101,7 +111,7 @@ def runs_table(summaries: list[dict]) -> list[list]:
             s["name"], status["status"], step if status["status"] != "queued" else "-",
             _short(cfg.get("model")), _short(cfg.get("dataset")),
             time.strftime("%m-%d %H:%M", time.localtime(created)) if created else "",
-            duration(s.get("train_s")), _fmt(cfg.get("beta")), _fmt(cfg.get("learning_rate")),
+            duration(s.get("train_s")), method_cell(cfg), _fmt(cfg.get("learning_rate")),
             _fmt(s["train"].get("loss")), _fmt(s["train"].get("rewards/accuracies")),
             _fmt(s["eval"].get("eval/accuracy")), _checkpoints_cell(s["checkpoints"]),
         ])  # fmt: skip

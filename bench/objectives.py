@@ -1,0 +1,159 @@
+"""The paper's comparisons at equal steps on the default recipe: ORPO, SFT, the probability ratio
+(section 7.1), DPO from the base model, and SFT then DPO (the two-stage pipeline), on this machine.
+
+    python bench/objectives.py                        # all five, the "cpu-quick" preset
+    python bench/objectives.py --only orpo sft        # some of them (a long bench in parts);
+                                                      # the others' rows stay in the results file
+    python bench/objectives.py --sft-steps 20 --set learning_rate=3e-4
+
+Each pipeline trains in a process of its own (so its peak memory is its own) for the preset's
+max_steps in all (SFT then DPO: --sft-steps, default half, then DPO for the rest, from the SFT
+checkpoint, which is also DPO's reference). Writes bench/results/objectives.json and prints a
+table: held-out preference accuracy and mean chosen / rejected log-probs at the last step (every
+held-out pair; and at step 0), training wall time (model loading, evaluations and DPO's
+reference included), the median optimiser step time, peak resident memory, and forward passes per training pair visited (each a forward + backward;
+DPO adds one no-grad reference forward per distinct pair, precomputed before its first step).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from orpo_lab.config import PRESETS, TrainConfig
+
+HERE = Path(__file__).parent
+RESULTS = HERE / "results" / "objectives.json"
+PIPELINES = ("orpo", "sft", "prob_ratio", "dpo", "sft_then_dpo")
+
+
+def rows_of(run_dir: Path) -> list[dict]:
+    return [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def stage_numbers(run_dir: Path) -> dict:
+    """What one run logged: its method, steps, held-out numbers first and last, its cost."""
+    rows = rows_of(run_dir)
+    started = next(r for r in rows if r.get("event") == "started")
+    evals = [r for r in rows if r["kind"] == "eval"]
+    train = [r for r in rows if r["kind"] == "train"]
+    first, last = evals[0], evals[-1]
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    return {
+        "method": started["method"], "steps": train[-1]["step"], "precision": started["precision"],
+        "torch_compile": started["torch_compile"],
+        "pair_visits": train[-1]["step"] * cfg["batch_size"] * cfg["grad_accum"],
+        "reference_forwards": started.get("reference_pairs", 0),
+        "reference_s": started.get("reference_s", 0.0),
+        "eval_pairs": last["eval/pairs"], "first_eval_step": first["step"],
+        "accuracy_first": first["eval/accuracy"], "accuracy": last["eval/accuracy"],
+        "chosen_first": first["eval/logps_chosen"], "chosen": last["eval/logps_chosen"],
+        "rejected_first": first["eval/logps_rejected"], "rejected": last["eval/logps_rejected"],
+        "train_loss_last": train[-1]["loss"],
+        "median_step_s": statistics.median(r["step_s"] for r in train),
+    }  # fmt: skip
+
+
+def run_one(name: str, values: dict, sft_steps: int) -> dict:
+    """Train pipeline `name` in this process; its numbers (peak memory: this process's)."""
+    from orpo_lab.pipeline import sft_then_dpo, stage_configs
+    from orpo_lab.train import train
+
+    began = time.perf_counter()
+    if name == "sft_then_dpo":
+        cfg = TrainConfig(**(values | {"run_name": "two-stage"}))
+        stages = stage_configs(cfg, sft_steps)
+        for stage in stages:
+            shutil.rmtree(stage.run_dir, ignore_errors=True)
+        sft_then_dpo(cfg, sft_steps)
+        dirs = [s.run_dir for s in stages]
+    else:
+        cfg = TrainConfig(**(values | {"method": name, "run_name": name}))
+        shutil.rmtree(cfg.run_dir, ignore_errors=True)
+        train(cfg)
+        dirs = [cfg.run_dir]
+    wall = time.perf_counter() - began
+    stages = [stage_numbers(d) for d in dirs]
+    visits = sum(s["pair_visits"] for s in stages)
+    forwards = visits + sum(s["reference_forwards"] for s in stages)
+    last = stages[-1]
+    return {
+        "steps": sum(s["steps"] for s in stages), "wall_s": wall,
+        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "forwards_per_pair_visit": forwards / visits,
+        "reference_s": sum(s["reference_s"] for s in stages),
+        "median_step_s": statistics.median(s["median_step_s"] for s in stages),
+        "accuracy": last["accuracy"], "chosen": last["chosen"], "rejected": last["rejected"],
+        "accuracy_first": stages[0]["accuracy_first"], "chosen_first": stages[0]["chosen_first"],
+        "rejected_first": stages[0]["rejected_first"], "stages": stages,
+    }  # fmt: skip
+
+
+def preset_values(preset: str, overrides: list[str]) -> dict:
+    values = dict(PRESETS[preset], output_dir=str(HERE / "runs" / "objectives"), max_eval_pairs=0)
+    for item in overrides:
+        key, _, raw = item.partition("=")
+        values[key] = yaml.safe_load(raw)
+    return values
+
+
+def print_table(result: dict) -> None:
+    print(f"{'pipeline':14s}{'steps':>6s}{'acc':>7s}{'chosen':>9s}{'rejected':>10s}"
+          f"{'wall s':>8s}{'step s':>8s}{'peak GB':>9s}{'fwd/pair':>9s}  (held-out at step 0: "
+          "acc, chosen, rejected)")  # fmt: skip
+    for name in PIPELINES:
+        r = result["rows"].get(name)
+        if r:
+            print(f"{name:14s}{r['steps']:>6d}{r['accuracy']:>7.3f}{r['chosen']:>9.3f}"
+                  f"{r['rejected']:>10.3f}{r['wall_s']:>8.0f}{r.get('median_step_s', 0):>8.2f}"
+                  f"{r['peak_rss_gb']:>9.2f}"
+                  f"{r['forwards_per_pair_visit']:>9.2f}  ({r['accuracy_first']:.3f}, "
+                  f"{r['chosen_first']:.3f}, {r['rejected_first']:.3f})")  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--preset", default="cpu-quick", choices=sorted(PRESETS))
+    parser.add_argument("--only", nargs="*", choices=PIPELINES, default=list(PIPELINES))
+    parser.add_argument("--sft-steps", type=int, default=0, help="SFT's share (0: half)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="TrainConfig overrides")  # fmt: skip
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # the child process: one pipeline
+    args = parser.parse_args()
+    values = preset_values(args.preset, args.set)
+    sft_steps = args.sft_steps or values["max_steps"] // 2
+    if args.one:
+        print("RESULT " + json.dumps(run_one(args.one, values, sft_steps)))
+        return
+    result = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"rows": {}}
+    for name in args.only:
+        command = [sys.executable, __file__, "--one", name, "--preset", args.preset,
+                   "--sft-steps", str(sft_steps), "--set", *args.set]  # fmt: skip
+        out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+        result["rows"][name] = json.loads(out.split("RESULT ", 1)[1])
+        print(f"{name}: {result['rows'][name]['wall_s']:.0f} s", flush=True)
+    import orpo_lab
+
+    result.update(device=platform.processor() or platform.machine(), torch=torch.__version__,
+                  threads=torch.get_num_threads(), orpo_lab=orpo_lab.__version__,
+                  preset=args.preset, overrides=args.set, sft_steps=sft_steps, config=values)  # fmt: skip
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=1))
+    print_table(result)
+
+
+if __name__ == "__main__":
+    main()
