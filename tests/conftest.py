@@ -39,7 +39,7 @@ def environment_kept():
     original = os.environ
     yield
     if os.environ is not original:
-        os.environ = original
+        os.environ = original  # noqa: B003 (the object itself back, not a new environment)
 
 
 @pytest.fixture(autouse=True)
