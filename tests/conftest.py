@@ -110,4 +110,3 @@ def learnable_model_dir(tmp_path_factory, default_tokenizer):
     model.save_pretrained(folder)
     default_tokenizer.save_pretrained(folder)
     return folder
-
