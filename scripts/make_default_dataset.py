@@ -128,7 +128,9 @@ def counts_table(splits: dict[str, list[dict]]) -> str:
     return "\n".join(rows)
 
 
-def measure_base(n: int, model_name: str = "default", max_new_tokens: int = 48) -> dict[str, dict]:
+def measure_base(
+    n: int, model_name: str = "default", max_new_tokens: int = 48, families=FAMILIES
+) -> dict[str, dict]:
     """Greedy answers of the base model on n in-domain and n ood test prompts per family."""
     from orpo_lab.model import load_model
 
@@ -137,7 +139,7 @@ def measure_base(n: int, model_name: str = "default", max_new_tokens: int = 48) 
     tokenizer.padding_side = "left"
     test = build()["test"]
     results = {}
-    for family in FAMILIES:
+    for family in families:
         for ood in (False, True):
             recs = [r for r in test if r["family"] == family and r["ood"] == ood][:n]
             texts = [
@@ -185,9 +187,11 @@ def main(argv: list[str] | None = None) -> int:
         metavar="N",
         help="measure base pass rates on N prompts per family and kind",
     )
+    parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=FAMILIES,
+                        help="with --measure-base: these families only")  # fmt: skip
     args = parser.parse_args(argv)
     if args.measure_base:
-        measure_base(args.measure_base)
+        measure_base(args.measure_base, families=args.families)
         return 0
     splits = build(args.seed)
     files = {f"{s}.jsonl": to_jsonl(recs) for s, recs in splits.items()}
