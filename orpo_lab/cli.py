@@ -119,9 +119,42 @@ def progress_bar(desc: str) -> Callable[[dict], None]:
     return show
 
 
+def sampled_table(sampled: dict) -> str:
+    """evaluate_run's "sampled" part as a text table: per family and domain, base and trained pass
+    rates with their 95% intervals, and the share of rejected-like samples."""
+    settings = sampled["settings"]
+    lines = [f"sampled: {settings['k']} per prompt, temperature {settings['temperature']}, top-p "
+             f"{settings['top_p']}, seed {settings['seed']}; pass % [95% interval], rejected-like %",
+             f"{'family':<11}{'domain':<10}{'samples':>8}  {'base pass':<17}{'trained pass':<17}"
+             f"{'base rej.':>9}{'trained rej.':>13}"]  # fmt: skip
+
+    def pct(cell: dict) -> str:
+        return f"{100 * cell['rate']:.0f} [{100 * cell['low']:.0f}-{100 * cell['high']:.0f}]"
+
+    for family, domains in sampled["base"].items():
+        for domain, base in domains.items():
+            if not base["pass"]["n"]:
+                continue
+            trained = sampled["trained"][family][domain]
+            lines.append(f"{family:<11}{domain:<10}{base['pass']['n']:>8}  {pct(base['pass']):<17}"
+                         f"{pct(trained['pass']):<17}{100 * base['rejected_like']['rate']:>8.0f}%"
+                         f"{100 * trained['rejected_like']['rate']:>12.0f}%")  # fmt: skip
+    return "\n".join(lines)
+
+
 def parser_with_hub() -> argparse.ArgumentParser:
-    """`build_parser`'s flags plus --push-to-hub and its options."""
+    """`build_parser`'s flags plus --evaluate's sampling options, --push-to-hub and its options."""
     parser = build_parser()
+    sampled = parser.add_argument_group("sampled evaluation (with --evaluate)")
+    sampled.add_argument("--samples", type=int, default=0, metavar="K",
+                         help="also judge K sampled answers per prompt, pass rates with 95%% "
+                              "intervals (0 = greedy only)")  # fmt: skip
+    sampled.add_argument("--temperature", type=float, default=1.0, metavar="T",
+                         help="with --samples: the sampling temperature (> 0; default 1)")  # fmt: skip
+    sampled.add_argument("--top-p", type=float, default=1.0, metavar="P",
+                         help="with --samples: nucleus sampling's top-p, in (0, 1] (default 1)")  # fmt: skip
+    sampled.add_argument("--sample-seed", type=int, default=0, metavar="S",
+                         help="with --samples: the seed; the same seed draws the same samples")  # fmt: skip
     hub = parser.add_argument_group("share a run's adapter on the Hugging Face hub")
     hub.add_argument("--push-to-hub", metavar="RUN_DIR",
                      help="upload the run's adapter, tokenizer and model card (needs a hub login)")  # fmt: skip
@@ -168,8 +201,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.evaluate:
             from orpo_lab.evaluate import evaluate_run
 
-            report = evaluate_run(args.evaluate, max_prompts=args.eval_prompts)
+            report = evaluate_run(args.evaluate, max_prompts=args.eval_prompts,
+                                  samples=args.samples, temperature=args.temperature,
+                                  top_p=args.top_p, sample_seed=args.sample_seed)  # fmt: skip
             print(json.dumps(report["summary"], indent=1))
+            if "sampled" in report:
+                print(sampled_table(report["sampled"]))
             return 0
         cfg = config_from_args(args)
         stop = threading.Event()

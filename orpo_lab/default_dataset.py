@@ -1,15 +1,24 @@
 """The shipped default preference dataset: small, deterministic, and built so ORPO shows in minutes.
 
-Three families, every prompt and reply short (a pair is ~120 tokens with the chat template):
+Four families, every prompt and reply short (a pair is ~120 tokens with the chat template):
   arithmetic  chosen and rejected share their style and differ only in correctness ("7 + 5 = 12."
               vs "7 + 5 = 13."): plain SFT raises both, the odds-ratio term separates them.
   bullets     "Name three ..." answered as a "- " bullet list (chosen) vs comma prose (rejected).
   concise     "What is a ...?" answered in one short sentence (chosen) vs a rambling one (rejected).
+  ranked      "My car is red. Is my car red or blue?" with three replies ranked best > middle >
+              bad: "Your car is red." > "I think your car is red, but I am not sure." > the same
+              hedge, wrong colour. Each prompt gives two pairs, best > middle and middle > bad, so
+              the middle reply is chosen in one and rejected in the other (UltraFeedback's
+              rankings are binarised the same way). In the first three families the chosen reply
+              alone says what is preferred; here it does not: SFT on the chosen replies learns to
+              hedge, and only the pairs say that the hedge loses.
 The test split holds in-domain prompts and prompts of a kind never seen in training ("ood": true):
 subtraction for arithmetic, held-out categories and phrasings for bullets, "What does a <job> do?"
-for concise. Each family has a judge, `JUDGES[family](record, answer) -> bool`, that says whether a
-generated answer has the preferred property. `build(seed)` returns the splits; the files in
-`orpo_lab/data/default/` are written by `scripts/make_default_dataset.py`.
+for concise, another property than colour (hot or cold, full or empty, ...) for ranked. Each family
+has a judge, `JUDGES[family](record, answer) -> bool`, that says whether a generated answer has the
+preferred property (for ranked: `grade` says "best"), and `rejected_like(family, record, answer)`
+says whether it has the property the rejected replies have. `build(seed)` returns the splits; the
+files in `orpo_lab/data/default/` are written by `scripts/make_default_dataset.py`.
 """
 
 from __future__ import annotations
@@ -19,181 +28,27 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
+from orpo_lab.default_words import (
+    CATEGORIES,
+    COLOURS,
+    HEDGE_WORDS,
+    HEDGES,
+    JOBS,
+    N_OOD_CATEGORIES,
+    N_TEST_THINGS,
+    OBJECTS,
+    OOD_TEMPLATES,
+    PROPERTIES,
+    RAMBLE_CLOSERS,
+    RAMBLE_OPENERS,
+    RANKED_TEMPLATES,
+    THINGS,
+    TRAIN_TEMPLATES,
+)
+
 DATA_DIR = Path(__file__).parent / "data" / "default"
 SEED = 1234
-FAMILIES = ("arithmetic", "bullets", "concise")
-
-# ---------------------------------------------------------------- lexicons (written for this project)
-
-CATEGORIES = {  # category -> members; the last five categories are held out for the ood test
-    "fruits": "apple banana cherry grape mango pear peach plum lemon orange kiwi melon",
-    "colours": "red blue green yellow purple orange pink brown black white grey",
-    "animals": "dog cat horse cow sheep goat lion tiger bear wolf fox rabbit",
-    "vegetables": "carrot potato onion pea bean leek cabbage spinach pepper corn celery",
-    "birds": "robin eagle owl sparrow crow swan duck parrot pigeon hawk penguin",
-    "musical instruments": "piano guitar violin drum flute trumpet cello harp banjo clarinet",
-    "metals": "iron copper gold silver tin zinc lead nickel aluminium platinum",
-    "planets": "Mercury Venus Earth Mars Jupiter Saturn Uranus Neptune",
-    "sports": "football tennis golf rugby cricket hockey boxing rowing cycling swimming",
-    "drinks": "water tea coffee milk juice lemonade cocoa soda",
-    "tools": "hammer saw drill wrench chisel pliers screwdriver spanner ladder",
-    "shapes": "circle square triangle oval rectangle hexagon star diamond",
-    "body parts": "arm leg hand foot head knee elbow shoulder finger ear",
-    "trees": "oak pine maple birch willow elm ash cedar beech palm",
-    "weather types": "rain snow fog hail wind sunshine thunder frost sleet",
-    "kitchen items": "spoon fork knife plate bowl cup pan kettle oven",
-    "clothes": "shirt coat hat scarf sock shoe glove dress jacket",
-    "flowers": "rose tulip daisy lily orchid poppy sunflower iris violet",
-    "vehicles": "car bus train bicycle truck boat plane tram scooter",
-    "insects": "ant bee fly moth beetle wasp ladybird cricket butterfly",
-    "countries": "France Spain Italy Japan Brazil Canada Kenya India Egypt Peru",
-    "fish": "salmon trout cod tuna carp pike herring sardine shark",
-    "rooms in a house": "kitchen bedroom bathroom hallway attic cellar lounge study",
-    "school subjects": "maths history science art music geography biology chemistry",
-    "board games": "chess checkers backgammon scrabble monopoly go ludo",
-}
-TRAIN_TEMPLATES = ("Name three {c}.", "List three {c}.", "Give me three {c}.")
-OOD_TEMPLATES = ("What are three {c}?", "Can you name three {c}?")
-N_OOD_CATEGORIES = 5
-
-THINGS = {  # thing -> one short definition (the chosen reply is "A <thing> is <definition>.")
-    "clock": "a device that shows the time",
-    "bridge": "a structure that lets people cross a river or road",
-    "library": "a place where books are kept for people to borrow",
-    "volcano": "a mountain that can erupt with hot lava",
-    "magnet": "an object that pulls iron towards it",
-    "desert": "a dry region that gets very little rain",
-    "compass": "a tool that shows which way is north",
-    "calendar": "a chart of the days, weeks and months of a year",
-    "thermometer": "a tool that measures temperature",
-    "island": "a piece of land with water all around it",
-    "glacier": "a slow river of ice",
-    "map": "a drawing of an area seen from above",
-    "battery": "a device that stores electrical energy",
-    "telescope": "a tool that makes faraway objects look closer",
-    "microscope": "a tool that makes tiny things look bigger",
-    "forest": "a large area covered with trees",
-    "river": "a large natural stream of water",
-    "lighthouse": "a tower with a bright light that guides ships",
-    "museum": "a building where old and important objects are shown",
-    "recipe": "a set of steps for cooking a dish",
-    "poem": "a short piece of writing with rhythm",
-    "dictionary": "a book that explains the meaning of words",
-    "umbrella": "a folding cover that keeps the rain off",
-    "ladder": "a set of steps for climbing up and down",
-    "passport": "a document that lets you travel abroad",
-    "vaccine": "a medicine that trains the body to fight a disease",
-    "planet": "a large body that orbits a star",
-    "comet": "a ball of ice and dust that orbits the sun",
-    "rainbow": "an arc of colours made by sunlight and rain",
-    "harbour": "a sheltered place where ships can stay",
-    "canal": "a man-made waterway for boats",
-    "password": "a secret word that protects an account",
-    "spreadsheet": "a table of numbers that a computer can calculate",
-    "keyboard": "a set of keys for typing",
-    "printer": "a machine that puts text and images on paper",
-    "satellite": "an object that circles a planet",
-    "tornado": "a fast spinning column of wind",
-    "orchestra": "a large group of musicians playing together",
-    "fossil": "the remains of an ancient plant or animal in rock",
-    "budget": "a plan for how to spend money",
-    "receipt": "a paper that shows what you paid for",
-    "tunnel": "a passage that goes under the ground",
-    "nest": "a home that birds build for their eggs",
-    "hive": "a home where bees live",
-    "meteor": "a space rock that burns up in the sky",
-    "swamp": "wet land covered with shallow water",
-    "cliff": "a high, steep face of rock",
-    "valley": "low land between hills or mountains",
-    "dam": "a wall that holds back water",
-    "puzzle": "a game that tests your thinking",
-    "lens": "a curved piece of glass that bends light",
-    "seed": "the part of a plant that grows into a new plant",
-    "skeleton": "the frame of bones inside a body",
-    "muscle": "body tissue that makes parts move",
-    "noun": "a word that names a person, place or thing",
-    "verb": "a word that describes an action",
-    "triangle": "a shape with three sides",
-    "square": "a shape with four equal sides",
-    "pyramid": "a solid with a square base and four triangular sides",
-    "circle": "a round shape with every point the same distance from the centre",
-    "vowel": "a letter such as a, e, i, o or u",
-    "magnifier": "a lens that makes things look larger",
-    "helmet": "a hard hat that protects the head",
-    "wallet": "a small case for carrying money and cards",
-    "blanket": "a warm cover for a bed",
-    "pillow": "a soft cushion for your head",
-    "backpack": "a bag that you carry on your back",
-    "kettle": "a pot for boiling water",
-    "oven": "a box that heats food to cook it",
-    "fridge": "a cold cupboard that keeps food fresh",
-    "cactus": "a desert plant that stores water in its stem",
-    "coral reef": "an underwater structure built by tiny sea animals",
-    "hurricane": "a huge storm with very strong winds",
-    "earthquake": "a sudden shaking of the ground",
-    "continent": "one of the very large land areas of the earth",
-    "ocean": "a very large area of salt water",
-    "mammal": "a warm-blooded animal that feeds its young with milk",
-    "reptile": "a cold-blooded animal with scaly skin",
-    "insect": "a small animal with six legs",
-    "robot": "a machine that can carry out tasks by itself",
-}
-N_TEST_THINGS = 15  # held back from training for the in-domain test (two phrasings each)
-
-JOBS = {  # job -> what they do (ood for concise: a question kind never seen in training)
-    "baker": "makes bread and cakes",
-    "pilot": "flies aircraft",
-    "farmer": "grows crops and raises animals",
-    "dentist": "looks after people's teeth",
-    "librarian": "looks after books and helps readers",
-    "plumber": "fits and repairs water pipes",
-    "carpenter": "builds things out of wood",
-    "nurse": "cares for sick people",
-    "chef": "cooks meals in a kitchen",
-    "teacher": "helps students learn",
-    "firefighter": "puts out fires and rescues people",
-    "vet": "treats sick animals",
-    "electrician": "installs and repairs wiring",
-    "gardener": "looks after plants and gardens",
-    "tailor": "makes and mends clothes",
-    "journalist": "writes news stories",
-    "architect": "designs buildings",
-    "postman": "delivers letters and parcels",
-    "mechanic": "repairs cars and engines",
-    "lifeguard": "keeps swimmers safe",
-    "painter": "paints walls and buildings",
-    "judge": "decides cases in a court",
-    "cashier": "takes payments in a shop",
-    "fisherman": "catches fish",
-    "astronaut": "travels into space",
-    "pharmacist": "prepares and sells medicines",
-    "butcher": "cuts and sells meat",
-    "photographer": "takes pictures",
-    "translator": "turns text from one language into another",
-    "waiter": "serves food to customers",
-    "scientist": "studies the world through experiments",
-    "sailor": "works on a ship",
-    "miner": "digs minerals out of the ground",
-    "barber": "cuts hair",
-    "author": "writes books",
-    "zookeeper": "looks after animals in a zoo",
-    "cleaner": "keeps places clean",
-    "programmer": "writes computer software",
-    "police officer": "keeps the peace and enforces the law",
-    "surgeon": "performs operations",
-}
-
-RAMBLE_OPENERS = (
-    "Great question! Let me explain it to you.",
-    "Well, that is a really interesting thing to ask.",
-    "Sure! Many people wonder about this.",
-    "Okay, so here is the thing.",
-)
-RAMBLE_CLOSERS = (
-    "I hope this helps you!",
-    "That is the main idea, really.",
-    "Let me know if you want to hear more!",
-)
+FAMILIES = ("arithmetic", "bullets", "concise", "ranked")
 
 
 def _article(noun: str) -> str:
@@ -295,11 +150,58 @@ def _concise(rng: random.Random) -> tuple[list[dict], list[dict]]:
     return train, test
 
 
+N_TEST_OBJECTS = 10  # objects held back from training for the in-domain test (three phrasings each)
+
+
+def _ranked_replies(subject: str, right: str, wrong: str, rng: random.Random) -> tuple[str, ...]:
+    """(best, middle, bad): the plain answer; the right answer hedged; the same hedge, wrong."""
+    capital = subject[0].upper() + subject[1:]
+    hedge = rng.choice(HEDGES)
+    return (
+        f"{capital} is {right}.",
+        hedge.format(s=subject, S=capital, c=right),
+        hedge.format(s=subject, S=capital, c=wrong),
+    )
+
+
+def _ranked_question(template: str, thing: str, value: str, other: str, rng: random.Random):
+    a, b = (value, other) if rng.random() < 0.5 else (other, value)
+    prompt = template.format(t=thing, c=value, a=a, b=b)
+    return prompt, *_ranked_replies(f"your {thing}", value, other, rng)
+
+
+def _ranked(rng: random.Random) -> tuple[list[dict], list[dict]]:
+    objects = list(OBJECTS)
+    rng.shuffle(objects)
+    seen, held = objects[N_TEST_OBJECTS:], objects[:N_TEST_OBJECTS]
+    train = []
+    for thing in seen:  # both pairs of a question: the middle reply chosen once, rejected once
+        for template in (*RANKED_TEMPLATES, rng.choice(RANKED_TEMPLATES)):
+            prompt, best, middle, bad = _ranked_question(template, thing, *rng.sample(COLOURS, 2),
+                                                         rng)  # fmt: skip
+            train += [_rec(prompt, best, middle, "ranked", False),
+                      _rec(prompt, middle, bad, "ranked", False)]  # fmt: skip
+    # Test: the pair the family is about (best over middle), once per question.
+    test = []
+    for thing in held:
+        for template in RANKED_TEMPLATES:
+            prompt, best, middle, _ = _ranked_question(template, thing, *rng.sample(COLOURS, 2),
+                                                       rng)  # fmt: skip
+            test.append(_rec(prompt, best, middle, "ranked", False))
+    asked = [(pair, thing, i) for pair, things in PROPERTIES.items() for thing in things
+             for i in (0, 1)]  # fmt: skip
+    for pair, thing, i in rng.sample(asked, 40):
+        prompt, best, middle, _ = _ranked_question(RANKED_TEMPLATES[0], thing, pair[i], pair[1 - i],
+                                                   rng)  # fmt: skip
+        test.append(_rec(prompt, best, middle, "ranked", True))
+    return train, test
+
+
 def build(seed: int = SEED) -> dict[str, list[dict]]:
     """{"train": [...], "test": [...]}: the same records for the same seed, every time."""
     rng = random.Random(seed)
     train, test = [], []
-    for make in (_arithmetic, _bullets, _concise):
+    for make in (_arithmetic, _bullets, _concise, _ranked):
         a, b = make(rng)
         train += a
         test += b
@@ -322,16 +224,19 @@ def _expected_result(prompt: str | list[dict]) -> int:
     return int(a) + int(b) if op == "+" else int(a) - int(b)
 
 
-def judge_arithmetic(record: dict, answer: str) -> bool:
-    """The number after the first "=" (else the first number that is not an operand) is right."""
-    expected = _expected_result(record["prompt"])
+def _stated_result(record: dict, answer: str) -> int | None:
+    # The number after the first "=", else the first number that is not an operand; None: none.
     after = re.search(r"=\s*(-?\d+)", answer)
     if after:
-        return int(after.group(1)) == expected
+        return int(after.group(1))
     operands = [int(x) for x in re.findall(r"\d+", prompt_text(record["prompt"]))]
-    numbers = [int(x) for x in re.findall(r"-?\d+", answer)]
-    rest = [n for n in numbers if n not in operands]
-    return bool(rest) and rest[0] == expected
+    rest = [n for n in (int(x) for x in re.findall(r"-?\d+", answer)) if n not in operands]
+    return rest[0] if rest else None
+
+
+def judge_arithmetic(record: dict, answer: str) -> bool:
+    """The number after the first "=" (else the first number that is not an operand) is right."""
+    return _stated_result(record, answer) == _expected_result(record["prompt"])
 
 
 def judge_bullets(record: dict, answer: str) -> bool:
@@ -342,20 +247,109 @@ def judge_bullets(record: dict, answer: str) -> bool:
     )
 
 
+def _sentences(text: str) -> list[str]:
+    return [s for s in re.split(r"(?<=[.!?])\s+", text.strip()) if s]
+
+
 def judge_concise(record: dict, answer: str) -> bool:
     """One sentence of at most 16 words."""
     text = answer.strip()
-    sentences = [s for s in re.split(r"(?<=[.!?])\s+", text) if s]
-    return 0 < len(text.split()) <= 16 and len(sentences) == 1 and "\n" not in text
+    return 0 < len(text.split()) <= 16 and len(_sentences(text)) == 1 and "\n" not in text
+
+
+def _pattern(template: str) -> re.Pattern:
+    escaped = re.escape(template)
+    for name, group in (("t", r"(?P<t>.+)"), ("c", r"(?P<c>\w+)"), ("a", r"(?P<a>\w+)"),
+                        ("b", r"(?P<b>\w+)")):  # fmt: skip
+        escaped = escaped.replace(re.escape("{" + name + "}"), group, 1)
+    return re.compile(escaped.replace(re.escape("{t}"), "(?P=t)"))
+
+
+RANKED_QUESTIONS = [_pattern(t) for t in RANKED_TEMPLATES]
+
+
+def ranked_options(prompt: str | list[dict]) -> tuple[str, str]:
+    """(right, wrong): the two answers a ranked question offers; the right one is what the user
+    said in the question ("My car is red. Is my car red or blue?": red, blue)."""
+    text = prompt_text(prompt)
+    found = next((m for m in (q.fullmatch(text) for q in RANKED_QUESTIONS) if m), None)
+    if found is None:
+        raise ValueError(
+            f"{text!r} is not a ranked question: the ranked judge reads questions shaped like "
+            f"{' / '.join(RANKED_TEMPLATES)}"
+        )
+    right, a, b = found.group("c", "a", "b")
+    return right, (b if a == right else a)
+
+
+def _hedged(answer: str) -> bool:
+    return re.search(HEDGE_WORDS, answer, re.IGNORECASE) is not None
+
+
+def grade(record: dict, answer: str) -> str:
+    """A ranked answer's rank: "bad" when the first of the two offered answers it names is the
+    wrong one (or it names neither), else "middle" when it hedges (`HEDGE_WORDS`), else "best"."""
+    right, wrong = ranked_options(record["prompt"])
+    named = re.search(rf"\b({right}|{wrong})\b", answer, re.IGNORECASE)
+    if named is None or named.group(1).lower() != right:
+        return "bad"
+    return "middle" if _hedged(answer) else "best"
+
+
+def judge_ranked(record: dict, answer: str) -> bool:
+    """The right one of the two offered answers, said without a hedge (`grade` is "best")."""
+    return grade(record, answer) == "best"
 
 
 JUDGES: dict[str, Callable[[dict, str], bool]] = {
     "arithmetic": judge_arithmetic,
     "bullets": judge_bullets,
     "concise": judge_concise,
+    "ranked": judge_ranked,
 }
 
 
 def judge(family: str, record: dict, answer: str) -> bool:
     """Whether a generated `answer` to `record["prompt"]` has the family's preferred property."""
     return JUDGES[family](record, answer)
+
+
+def _wrong_result(record: dict, answer: str) -> bool:
+    """States a result, and a wrong one."""
+    stated = _stated_result(record, answer)
+    return stated is not None and stated != _expected_result(record["prompt"])
+
+
+def _comma_prose(record: dict, answer: str) -> bool:
+    """Lists items as "a, b and c" (or "a, b, and c") with no "- " line."""
+    listed = re.search(r"\w+, \w+,? and \w+", answer)
+    return listed is not None and not any(
+        line.strip().startswith("- ") for line in answer.splitlines()
+    )
+
+
+def _rambles(record: dict, answer: str) -> bool:
+    """Says it in more than one sentence."""
+    return len(_sentences(answer)) > 1
+
+
+def _hedges(record: dict, answer: str) -> bool:
+    """Hedges: I think, not sure, maybe, probably, ... (`HEDGE_WORDS`)."""
+    return _hedged(answer)
+
+
+# What the rejected replies of each family do, read off an answer. Not the judge's negation: an
+# answer can fail the judge in other ways (a numbered list, no number at all, one long sentence)
+# without doing what the rejected replies do.
+REJECTED_LIKE: dict[str, Callable[[dict, str], bool]] = {
+    "arithmetic": _wrong_result,
+    "bullets": _comma_prose,
+    "concise": _rambles,
+    "ranked": _hedges,
+}
+
+
+def rejected_like(family: str, record: dict, answer: str) -> bool:
+    """Whether `answer` has the property of the family's rejected replies (`REJECTED_LIKE`; each
+    function's docstring names the property)."""
+    return REJECTED_LIKE[family](record, answer)

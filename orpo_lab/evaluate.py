@@ -1,7 +1,9 @@
 """Judge generations: base model vs a trained checkpoint on held-out prompts, pass rate per family.
 
 The default dataset has an automatic judge per family (`orpo_lab.default_dataset.JUDGES`); a run's
-report goes to `RUN_DIR/generations.json`, next to its metrics.
+report goes to `RUN_DIR/generations.json`, next to its metrics. Greedy answers always; with
+`samples=k`, also k sampled answers per prompt (`orpo_lab.sampling`): pass rates and rejected-like
+rates with 95% intervals.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from orpo_lab.config import TrainConfig
 from orpo_lab.default_dataset import JUDGES
 from orpo_lab.model import attach_adapter, load_model, resolve_model
 from orpo_lab.rundir import RunDir, write_json_atomic
+from orpo_lab.sampling import judge_samples, sample_answers, sampled_rates
 from orpo_lab.splits import load_config_splits
 
 
@@ -90,26 +93,31 @@ def judged(records: list[dict], answers: list[str]) -> list[bool]:
 BASE_ANSWERS_DIR = ".base-answers"  # in the runs folder; not a run name (those cannot start with .)
 
 
-def base_answers_file(runs_dir: Path, model, tokenizer, source: str, prompts, max_new_tokens):
-    """Where the base model's greedy answers to `prompts` are kept for every run of `runs_dir`.
+def base_answers_file(runs_dir: Path, model, tokenizer, source: str, prompts, max_new_tokens,
+                      sampling: dict | None = None):  # fmt: skip
+    """Where the base model's answers to `prompts` are kept for every run of `runs_dir`.
 
     Evaluating a second run against the same base (SFT next to ORPO) needs no second generation.
     Greedy answers depend only on what is in the key: the model's files (name, size, time), the
     prompts, the token budget, the chat template, dtype, device and library versions; change any
-    and a new file is written instead of an old one reused.
+    and a new file is written instead of an old one reused. Seeded samples depend on the same and
+    on `sampling` (k, temperature, top_p, seed), which joins the key.
     """
     path = Path(source)
     files = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(path.iterdir())
              if f.is_file()] if path.is_dir() else []  # fmt: skip
     key = json.dumps([source, files, prompts, max_new_tokens, tokenizer.chat_template,
                       str(model.dtype), str(model.device), torch.__version__,
-                      transformers.__version__], default=str)  # fmt: skip
+                      transformers.__version__] + ([sampling] if sampling else []),
+                     default=str)  # fmt: skip
     return runs_dir / BASE_ANSWERS_DIR / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
 
 
-def base_answers(runs_dir: Path, model, tokenizer, source: str, prompts, max_new_tokens):
-    """(answers, reused): the base model's greedy answers, from `base_answers_file` when there."""
-    cache = base_answers_file(runs_dir, model, tokenizer, source, prompts, max_new_tokens)
+def base_answers(runs_dir: Path, model, tokenizer, source: str, prompts, max_new_tokens,
+                 sampling: dict | None = None):  # fmt: skip
+    """(answers, reused): the base model's greedy answers (with `sampling`: its lists of samples,
+    `sample_answers(**sampling)`), from `base_answers_file` when there."""
+    cache = base_answers_file(runs_dir, model, tokenizer, source, prompts, max_new_tokens, sampling)
     if cache.is_file():
         try:
             answers = json.loads(cache.read_text())["answers"]
@@ -117,35 +125,21 @@ def base_answers(runs_dir: Path, model, tokenizer, source: str, prompts, max_new
                 return answers, True
         except (ValueError, KeyError, TypeError):
             pass  # unreadable: generate again and overwrite it
-    answers = generate_answers(model, tokenizer, prompts, max_new_tokens, desc="base model")
+    if sampling:
+        answers = sample_answers(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
+                                 desc="base model, sampled", **sampling)  # fmt: skip
+    else:
+        answers = generate_answers(model, tokenizer, prompts, max_new_tokens, desc="base model")
     cache.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(cache, {"model": source, "max_new_tokens": max_new_tokens,
                               "answers": answers})  # fmt: skip
     return answers, False
 
 
-def evaluate_run(
-    run_dir: str | Path,
-    checkpoint: str | Path | None = None,
-    max_prompts: int = 0,
-    max_new_tokens: int = 64,
-) -> dict:
-    """Base model vs the run's last checkpoint on the held-out split, judged; writes generations.json.
-
-    The base model's answers are kept beside the runs (`base_answers_file`), so evaluating a
-    second run of the same folder generates only for its checkpoint.
-
-    `max_prompts`: at most that many held-out prompts, taken in turn from every family (0 = all).
-    """
-    run = RunDir(run_dir)
-    if checkpoint is None and run.latest_checkpoint() is None:
-        raise CheckpointError(
-            f"{run.path} has no checkpoint to evaluate (expected checkpoints/step-*)."
-        )
-    checkpoint = Path(checkpoint or run.latest_checkpoint())
-    config = read_state(checkpoint)["config"]
+def _judged_records(run: RunDir, checkpoint: Path, max_prompts: int) -> tuple[list, TrainConfig]:
     # The run's own held-out pairs (its test split, eval_dataset or carve): never its training pairs.
-    _, held_out, info = load_config_splits(TrainConfig.from_dict(config))
+    cfg = TrainConfig.from_dict(read_state(checkpoint)["config"])
+    _, held_out, info = load_config_splits(cfg)
     if held_out is None:
         raise ValueError(f"The run has no held-out pairs to judge ({info['held_out']}).")
     if "family" not in held_out.column_names:
@@ -153,18 +147,61 @@ def evaluate_run(
             "Generation judging needs a 'family' column with a judge per family "
             f"({', '.join(JUDGES)}): the default dataset has one, this dataset does not."
         )
-    records = stratified([r for r in held_out if r["family"] in JUDGES], max_prompts)
-    cfg = TrainConfig.from_dict(config)
-    base, tokenizer = load_model(cfg.model, cfg.device, cfg.precision, cfg.trust_remote_code)
-    prompts = [r["prompt"] for r in records]
-    base_said, reused = base_answers(run.path.parent, base, tokenizer, resolve_model(cfg.model),
-                                     prompts, max_new_tokens)  # fmt: skip
-    base_pass = judged(records, base_said)
+    return stratified([r for r in held_out if r["family"] in JUDGES], max_prompts), cfg
+
+
+def _tuned_model(base, checkpoint: Path, cfg: TrainConfig):
     if (checkpoint / "adapter_config.json").is_file():
         # Merged for generation: the same outputs, without LoRA's extra matmuls on every token.
-        tuned = attach_adapter(base, checkpoint).merge_and_unload()
-    else:
-        tuned, _ = load_model(str(checkpoint), cfg.device, cfg.precision, cfg.trust_remote_code)
+        return attach_adapter(base, checkpoint).merge_and_unload()
+    return load_model(str(checkpoint), cfg.device, cfg.precision, cfg.trust_remote_code)[0]
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    checkpoint: str | Path | None = None,
+    max_prompts: int = 0,
+    max_new_tokens: int = 64,
+    samples: int = 0,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    sample_seed: int = 0,
+) -> dict:
+    """Base model vs the run's last checkpoint on the held-out split, judged; writes generations.json.
+
+    The base model's answers are kept beside the runs (`base_answers_file`), so evaluating a
+    second run of the same folder generates only for its checkpoint.
+
+    `max_prompts`: at most that many held-out prompts, taken in turn from every family (0 = all).
+    `samples`: also draw that many answers per prompt at `temperature` and `top_p`, seeded with
+    `sample_seed` (`orpo_lab.sampling.sample_answers`); the report's "sampled" then holds, for
+    base and trained, pass and rejected-like rates with 95% Wilson intervals (`sampled_rates`),
+    and each generation its samples. 0: greedy only.
+    """
+    if samples < 0 or (samples and (temperature <= 0 or not 0 < top_p <= 1)):
+        raise ValueError(
+            f"Sampled evaluation needs samples >= 0, a temperature > 0 and top_p in (0, 1]; got "
+            f"samples {samples}, temperature {temperature}, top_p {top_p} (samples 0 evaluates "
+            "greedy answers only)."
+        )
+    sampling = (dict(k=int(samples), temperature=float(temperature), top_p=float(top_p),
+                     seed=int(sample_seed)) if samples else None)  # fmt: skip
+    run = RunDir(run_dir)
+    if checkpoint is None and run.latest_checkpoint() is None:
+        raise CheckpointError(
+            f"{run.path} has no checkpoint to evaluate (expected checkpoints/step-*)."
+        )
+    checkpoint = Path(checkpoint or run.latest_checkpoint())
+    records, cfg = _judged_records(run, checkpoint, max_prompts)
+    base, tokenizer = load_model(cfg.model, cfg.device, cfg.precision, cfg.trust_remote_code)
+    prompts, source = [r["prompt"] for r in records], resolve_model(cfg.model)
+    base_said, reused = base_answers(run.path.parent, base, tokenizer, source, prompts,
+                                     max_new_tokens)  # fmt: skip
+    base_pass = judged(records, base_said)
+    if sampling:
+        base_samples, _ = base_answers(run.path.parent, base, tokenizer, source, prompts,
+                                       max_new_tokens, sampling)  # fmt: skip
+    tuned = _tuned_model(base, checkpoint, cfg)
     tuned_answers, tuned_pass = judge_model(
         tuned, tokenizer, records, max_new_tokens, checkpoint.name
     )
@@ -190,5 +227,20 @@ def evaluate_run(
             )
         ],
     }
+    if sampling:
+        tuned_samples = sample_answers(tuned, tokenizer, prompts, max_new_tokens=max_new_tokens,
+                                       desc=f"{checkpoint.name}, sampled", **sampling)  # fmt: skip
+        _add_samples(report, records, sampling | {"max_new_tokens": max_new_tokens},
+                     {"base": base_samples, "trained": tuned_samples})  # fmt: skip
     (run.path / "generations.json").write_text(json.dumps(report, indent=1))
     return report
+
+
+def _add_samples(report: dict, records: list[dict], settings: dict, samples: dict) -> None:
+    # report["sampled"]: the settings and each model's rates; each generation: its judged samples.
+    report["sampled"] = {"settings": settings}
+    for model, texts in samples.items():
+        judged_samples = judge_samples(records, texts)
+        report["sampled"][model] = sampled_rates(records, judged_samples)
+        for generation, judged_texts in zip(report["generations"], judged_samples, strict=True):
+            generation[f"{model}_samples"] = judged_texts

@@ -124,8 +124,9 @@ def _score_seconds(pair, checkpoints, budgets) -> float:
     return min(MAX_CALL_S, 20 + 5 * len(checkpoints))
 
 
-def _evaluate_seconds(run_dir, checkpoint, max_prompts, *args, **kwargs) -> float:
-    return min(MAX_CALL_S, 30 + 1.5 * (int(max_prompts) or 60))
+def _evaluate_seconds(run_dir, checkpoint, max_prompts, *args, samples=0, **kwargs) -> float:
+    # Sampled answers come k to a prompt in one batch: about half a greedy answer's time each.
+    return min(MAX_CALL_S, 30 + 1.5 * (int(max_prompts) or 60) * (1 + 0.5 * int(samples)))
 
 
 class GpuPool:
@@ -186,11 +187,11 @@ def _readable_errors():
         raise gr.Error(str(err)) from err
 
 
-def _evaluate_in_call(run_dir, checkpoint, max_prompts, max_new_tokens=64) -> dict:
+def _evaluate_in_call(run_dir, checkpoint, max_prompts, max_new_tokens=64, **sampling) -> dict:
     from orpo_lab.evaluate import evaluate_run
 
     with _readable_errors():
-        return evaluate_run(run_dir, checkpoint, max_prompts, max_new_tokens)
+        return evaluate_run(run_dir, checkpoint, max_prompts, max_new_tokens, **sampling)
 
 
 def gpu_evaluate() -> Callable:

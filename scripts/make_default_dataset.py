@@ -26,7 +26,7 @@ CARD = """\
 Small synthetic preference pairs written for ORPO Lab, sized so that a 135M model (SmolLM2-135M-Instruct)
 trained with LoRA for a few minutes on a 2-core CPU shows ORPO working. Every prompt is at most 25
 tokens and every reply at most 40; a tokenized pair (prompt with the chat template's system prompt,
-chosen, rejected) is 63 tokens on average, 89 at most.
+chosen, rejected) is 62 tokens on average, 89 at most.
 
 Generated deterministically (seed 1234) by `orpo_lab/default_dataset.py`:
 
@@ -43,21 +43,46 @@ Load it with `orpo_lab.preferences.load_preferences("default", split="train" | "
 | arithmetic | the right sum; same style both sides, so SFT alone raises both (the paper's observation) | `What is 7 + 5?` -> `7 + 5 = 12.` | `7 + 5 = 13.` |
 | bullets | a "- " bullet list of three items | `Name three fruits.` -> `- Apple\\n- Pear\\n- Plum` | `Apple, pear and plum.` |
 | concise | one short sentence | `What is a clock?` -> `A clock is a device that shows the time.` | the same sentence wrapped in a rambling opener and closer |
+| ranked | the answer said plainly | `My car is red. Is my car red or blue?` -> `Your car is red.` | `I think your car is red, but I am not sure.` |
+
+### Why the ranked family: a preference the chosen replies do not hold
+
+In the first three families the chosen reply alone already says everything the pair says: SFT on the
+chosen replies learns the same behaviour as ORPO. The ranked family is built as UltraFeedback's
+rankings are binarised. The user says what colour something of theirs is, then asks ("My car is red. Is my car
+red or blue?"), so the answer needs no knowledge. Each question has three replies ranked best >
+middle > bad: the plain answer (`Your car is red.`), the same answer hedged (`I think your car is red,
+but I am not sure.`; three hedge forms), and the same hedge with the other colour. Each training question gives two pairs,
+best over middle and middle over bad, so the hedged reply is chosen in one pair and rejected in the
+other. SFT on the chosen replies learns to hedge about half the time; only the pairs say that the
+hedge loses to the plain answer, and ORPO's odds-ratio term is what reads them. The test split keeps
+the pair the family is about, best over middle, once per question.
 
 ## Judges
 
 `orpo_lab.default_dataset.JUDGES[family](record, answer) -> bool` says whether a generated answer has
-the preferred property. Every chosen reply passes its judge and every rejected reply fails it (tested).
+the preferred property. In arithmetic, bullets and concise every chosen reply passes its judge and
+every rejected reply fails it (tested); in ranked the chosen hedged replies fail it too (see below).
 - arithmetic: the number after the first "=" (else the first number that is not an operand) is the result.
 - bullets: at least three lines starting with "- ", and no numbered lines.
 - concise: a single sentence of at most 16 words, on one line.
+- ranked: `grade(record, answer)` is "bad" when the first of the two offered answers the answer names is
+  the wrong one (or it names neither), "middle" when it hedges (I think, not sure, maybe, probably,
+  ...), else "best"; the judge passes "best". Chosen replies grade above their rejected ones (tested).
+
+`orpo_lab.default_dataset.rejected_like(family, record, answer) -> bool` says whether an answer does
+what the family's rejected replies do: states a wrong result (arithmetic), lists the items as comma
+prose (bullets), says it in more than one sentence (concise), hedges (ranked). Every rejected reply
+has that property, every chosen reply but the ranked family's hedged middle ones does not (tested).
 
 ## Splits
 
 The test split holds in-domain prompts and prompts of a kind never seen in training (`"ood": true`):
 subtraction (training has only addition); five held-out categories asked with two held-out phrasings
 ("What are three ...?", "Can you name three ...?"); "What does a <job> do?" (training asks "What is a
-<thing>?"). The in-domain concise test prompts use things held out of training.
+<thing>?"); for ranked, another property than colour ("My tea is hot. Is my tea cold or hot?": hot
+or cold, full or empty, open or closed, clean or dirty, wet or dry, old or new). The in-domain
+concise and ranked test prompts use things (objects) held out of training.
 
 {{COUNTS}}
 
@@ -103,7 +128,9 @@ def counts_table(splits: dict[str, list[dict]]) -> str:
     return "\n".join(rows)
 
 
-def measure_base(n: int, model_name: str = "default", max_new_tokens: int = 48) -> dict[str, dict]:
+def measure_base(
+    n: int, model_name: str = "default", max_new_tokens: int = 48, families=FAMILIES
+) -> dict[str, dict]:
     """Greedy answers of the base model on n in-domain and n ood test prompts per family."""
     from orpo_lab.model import load_model
 
@@ -112,7 +139,7 @@ def measure_base(n: int, model_name: str = "default", max_new_tokens: int = 48) 
     tokenizer.padding_side = "left"
     test = build()["test"]
     results = {}
-    for family in FAMILIES:
+    for family in families:
         for ood in (False, True):
             recs = [r for r in test if r["family"] == family and r["ood"] == ood][:n]
             texts = [
@@ -160,9 +187,11 @@ def main(argv: list[str] | None = None) -> int:
         metavar="N",
         help="measure base pass rates on N prompts per family and kind",
     )
+    parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=FAMILIES,
+                        help="with --measure-base: these families only")  # fmt: skip
     args = parser.parse_args(argv)
     if args.measure_base:
-        measure_base(args.measure_base)
+        measure_base(args.measure_base, families=args.families)
         return 0
     splits = build(args.seed)
     files = {f"{s}.jsonl": to_jsonl(recs) for s, recs in splits.items()}

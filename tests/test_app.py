@@ -335,11 +335,18 @@ def test_evaluate_judges_base_and_checkpoint_or_says_why_not(served, tiny_model_
                   max_eval_pairs=4, max_length=96, max_prompt_length=64, device="cpu")  # fmt: skip
     train(TrainConfig(dataset="default", run_name="judged", max_train_pairs=8, **common))
     train(TrainConfig(dataset=pairs, run_name="unjudged", **common))
-    table, chart = client.predict("judged", "step-000001", 6, api_name="/evaluate")
+    table, chart, sampled = client.predict("judged", "step-000001", 8, 2, 1.0, 1.0,
+                                           api_name="/evaluate")  # fmt: skip
     rows = {row[0]: row for row in table["data"]}
-    assert set(rows) == {"arithmetic", "bullets", "concise", "all"}
-    assert rows["all"][1] == 6 and all(row[1] == 2 for f, row in rows.items() if f != "all")
+    assert set(rows) == {"arithmetic", "bullets", "concise", "ranked", "all"}
+    assert rows["all"][1] == 8 and all(row[1] == 2 for f, row in rows.items() if f != "all")
     assert all(cell.endswith("%") for row in rows.values() for cell in row[2:])
+    # Two samples per prompt: a row per family and domain, one prompt each, so 2 samples a row.
+    sampled_rows = {(row[0], row[1]): row for row in sampled["data"]}
+    assert set(sampled_rows) == {(f, d) for f in (*rows,) for d in ("in-domain", "ood")}
+    assert all(row[2] == (8 if row[0] == "all" else 2) for row in sampled_rows.values())
+    assert all(re.fullmatch(r"\d+% \[\d+-\d+\]", cell) for row in sampled_rows.values()
+               for cell in row[3:5])  # fmt: skip
     bars = json.loads(chart["plot"])["data"]
     assert [b["name"] for b in bars] == [
         "base, in-domain",
@@ -349,7 +356,7 @@ def test_evaluate_judges_base_and_checkpoint_or_says_why_not(served, tiny_model_
     ]
     assert (runs / "judged" / "generations.json").is_file()
     with pytest.raises(Exception, match="needs a 'family' column"):
-        client.predict("unjudged", "step-000001", 6, api_name="/evaluate")
+        client.predict("unjudged", "step-000001", 8, 0, 1.0, 1.0, api_name="/evaluate")
 
 
 def test_blind_battles_hide_names_until_the_vote_and_count_models_not_sides(

@@ -170,7 +170,7 @@ def test_inside_orpo_offers_pairs_of_every_family(page):
     _inside(page)
     page.locator("#view-pair input").click()
     options = page.locator("#view-pair").get_by_role("option").all_inner_texts()
-    for family in ("arithmetic", "bullets", "concise"):
+    for family in ("arithmetic", "bullets", "concise", "ranked"):
         assert any(family in o for o in options[:12]), options[:12]  # among the first few
     assert len(options) > 40  # more than the first 40 held-out pairs (the list shows 100 at most)
 

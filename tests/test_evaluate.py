@@ -8,7 +8,7 @@ import pytest
 
 from orpo_lab.checkpoint import CheckpointError
 from orpo_lab.config import TrainConfig
-from orpo_lab.default_dataset import judge
+from orpo_lab.default_dataset import judge, rejected_like
 from orpo_lab.evaluate import BASE_ANSWERS_DIR, evaluate_run, pass_rates, stratified
 from orpo_lab.preferences import load_preferences
 from orpo_lab.runs import RunManager
@@ -55,7 +55,7 @@ def test_evaluate_run_judges_base_and_checkpoint(tmp_path, tiny_model_dir):
     assert len(gens) == 12
     # Stratified: every family, in-domain and out-of-domain, is in a 12-prompt sample.
     assert {(g["family"], g["ood"]) for g in gens} == {
-        (f, o) for f in ("arithmetic", "bullets", "concise") for o in (False, True)
+        (f, o) for f in ("arithmetic", "bullets", "concise", "ranked") for o in (False, True)
     }
     for side in ("base", "trained"):
         assert report["summary"][side]["all"]["n"] == 12
@@ -79,3 +79,66 @@ def test_evaluate_run_judges_base_and_checkpoint(tmp_path, tiny_model_dir):
     assert longer["base_answers_reused"] is False
     assert len(list((tmp_path / BASE_ANSWERS_DIR).iterdir())) == 2
     assert RunManager(tmp_path).names() == ["r"]  # the runs list does not show the folder
+
+
+def test_sampled_evaluation_is_seeded_judged_and_pooled(tmp_path, tiny_model_dir):
+    """samples=k: k answers per prompt for base and trained, each judged and checked for the
+    rejected replies' property; the rates pool them per family and domain with Wilson intervals;
+    the same seed gives the same samples (the base's from the cache), another seed others."""
+    from orpo_lab.sampling import wilson_interval
+
+    cfg = TrainConfig(model=str(tiny_model_dir), dataset="default", output_dir=str(tmp_path),
+                      run_name="s", max_steps=1, batch_size=2, max_length=128,
+                      max_prompt_length=64, eval_every=0, max_eval_pairs=8, device="cpu")  # fmt: skip
+    train(cfg)
+    with pytest.raises(ValueError, match="temperature > 0"):
+        evaluate_run(cfg.run_dir, max_prompts=8, samples=2, temperature=0.0)
+    report = evaluate_run(cfg.run_dir, max_prompts=8, max_new_tokens=4, samples=3, sample_seed=5)
+    assert report["sampled"]["settings"] == {"k": 3, "temperature": 1.0, "top_p": 1.0, "seed": 5,
+                                             "max_new_tokens": 4}  # fmt: skip
+    gens = report["generations"]
+    for side in ("base", "trained"):
+        assert all(len(g[f"{side}_samples"]) == 3 for g in gens)
+        flat = [(g, s) for g in gens for s in g[f"{side}_samples"]]
+        for g, s in flat:
+            record = {"prompt": g["prompt"], "family": g["family"]}
+            assert s["pass"] is judge(g["family"], record, s["text"])
+            assert s["rejected_like"] is rejected_like(g["family"], record, s["text"])
+        cell = report["sampled"][side]["all"]["all"]["pass"]
+        passed = sum(s["pass"] for _, s in flat)
+        assert cell["n"] == 24 and cell["rate"] == pytest.approx(passed / 24)
+        assert (cell["low"], cell["high"]) == pytest.approx(wilson_interval(passed, 24))
+        ood = report["sampled"][side]["ranked"]["ood"]["rejected_like"]
+        assert ood["n"] == 3  # one ood ranked prompt in 8 stratified ones, 3 samples
+    again = evaluate_run(cfg.run_dir, max_prompts=8, max_new_tokens=4, samples=3, sample_seed=5)
+    other = evaluate_run(cfg.run_dir, max_prompts=8, max_new_tokens=4, samples=3, sample_seed=6)
+    for side in ("base", "trained"):
+        texts = [[s["text"] for s in g[f"{side}_samples"]] for g in gens]
+        assert texts == [[s["text"] for s in g[f"{side}_samples"]] for g in again["generations"]]
+        assert texts != [[s["text"] for s in g[f"{side}_samples"]] for g in other["generations"]]
+
+
+def test_cli_evaluate_samples_flags(tmp_path, tiny_model_dir, capsys):
+    """--samples/--temperature/--top-p/--sample-seed reach evaluate_run: the sampled table is
+    printed (a row per family and domain); impossible settings are refused before any model loads."""
+    from orpo_lab.cli import main
+
+    assert main(["--evaluate", str(tmp_path / "none"), "--samples", "2", "--temperature", "0"]) == 2
+    assert "temperature > 0" in capsys.readouterr().err
+    assert main(["--evaluate", str(tmp_path / "none"), "--samples", "2", "--top-p", "0"]) == 2
+    assert "top_p in (0, 1]" in capsys.readouterr().err
+    cfg = TrainConfig(model=str(tiny_model_dir), dataset="default", output_dir=str(tmp_path),
+                      run_name="c", max_steps=1, batch_size=2, max_length=128,
+                      max_prompt_length=64, eval_every=0, max_eval_pairs=8, device="cpu")  # fmt: skip
+    train(cfg)
+    args = ["--evaluate", str(cfg.run_dir), "--eval-prompts", "8", "--samples", "2",
+            "--temperature", "0.7", "--top-p", "0.9", "--sample-seed", "3"]  # fmt: skip
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "sampled: 2 per prompt, temperature 0.7, top-p 0.9, seed 3" in out
+    rows = [line.split() for line in out.splitlines() if line.split()[:1] in (["ranked"], ["all"])]
+    assert [row[:3] for row in rows if row[0] == "ranked"] == [["ranked", "in_domain", "2"],
+                                                              ["ranked", "ood", "2"],
+                                                              ["ranked", "all", "4"]]  # fmt: skip
+    saved = json.loads((cfg.run_dir / "generations.json").read_text())
+    assert saved["sampled"]["settings"]["seed"] == 3

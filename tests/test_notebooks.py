@@ -27,7 +27,7 @@ from notebook_client import SlicedPollClient
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 KERNEL = "orpo-lab-tests"
 MARKER = "ORPO_LAB_NOTEBOOK_VALUES="
-FAMILIES = ("arithmetic", "bullets", "concise")
+FAMILIES = ("arithmetic", "bullets", "concise", "ranked")
 
 
 @pytest.fixture(scope="session")
@@ -413,9 +413,17 @@ def test_05_compare_outputs(notebook_env, monkeypatch):
             "mean_log_or": "mean_log_or",
             "own_log_or": "own_log_or",
             "free_answers": "free_answers",
+            "sampled": "sampled_table",
+            "n_sampled": "[len(sampled_records), K_SAMPLES]",
+            "resampled": "resampled == [[s['text'] for s in row] for row in samples['ORPO']]",
         },
         notebook_env,
         monkeypatch,
+        drive=(  # the ORPO model sampled again with the notebook's seed and settings
+            "with as_model('ORPO') as model:\n"
+            "    resampled = sample_answers(model, tokenizer, [r['prompt'] for r in sampled_records],"
+            " K_SAMPLES, temperature=1.0, top_p=1.0, seed=0, max_new_tokens=MAX_NEW_TOKENS)"
+        ),
     )
     assert set(v["table"]) == {"base", "SFT", "ORPO"}
     for rates in v["table"].values():
@@ -435,6 +443,22 @@ def test_05_compare_outputs(notebook_env, monkeypatch):
     assert own["ORPO"] > own["SFT"] > own["base"]
     assert set(v["free_answers"]) == {"base", "SFT", "ORPO"}
     assert all(a.strip() for a in v["free_answers"].values())
+    # Sampled: every (family, domain) group holds n_prompts / 8 prompts x K samples, each rate inside
+    # its interval; the printed findings are the table's numbers.
+    (n_prompts, k), sampled = v["n_sampled"], v["sampled"]
+    assert set(sampled) == {"base", "SFT", "ORPO"}
+    for rates in sampled.values():
+        for family in FAMILIES:
+            for domain in ("in_domain", "ood"):
+                cell = rates[family][domain]["pass"]
+                assert cell["n"] == n_prompts // 8 * k
+                assert cell["low"] <= cell["rate"] <= cell["high"]
+    ranked = {m: sampled[m]["ranked"]["all"] for m in sampled}
+    hedged = ", ".join(f"{m} {ranked[m]['rejected_like']['rate']:.0%}" for m in ranked)
+    assert f"property) for {hedged}; they pass the judge for " in v["printed"]
+    gap = ranked["ORPO"]["pass"]["rate"] - ranked["SFT"]["pass"]["rate"]
+    assert f"ranked is {abs(gap):.0%} {'above' if gap >= 0 else 'below'} SFT's" in v["printed"]
+    assert v["resampled"]  # the same seed draws the same samples (the pool's model: ORPO's adapter)
 
 
 def test_the_client_polls_in_slices_until_a_reply_or_the_deadline():

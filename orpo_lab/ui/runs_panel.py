@@ -19,9 +19,11 @@ from orpo_lab.ui.views import (
     EVAL_COLUMNS,
     RUN_COLUMNS,
     RUN_WIDTHS,
+    SAMPLED_COLUMNS,
     pass_rate_table,
     progress_text,
     runs_table,
+    sampled_rate_table,
     started_text,
 )
 
@@ -118,14 +120,25 @@ def runs_panel(ctx: AppContext) -> SimpleNamespace:
         p.load_config = gr.Button("Load into the form", size="sm", elem_id="load-config")
     with gr.Accordion("evaluate: base model vs this checkpoint, judged", open=False):
         gr.Markdown("Greedy answers to held-out prompts of the default dataset, each checked by its "
-                    "family's judge; out-of-domain (ood) prompts are of kinds never trained on.")  # fmt: skip
+                    "family's judge; out-of-domain (ood) prompts are of kinds never trained on. "
+                    "With samples above 0, each prompt is also answered that many times at the "
+                    "temperature (seeded): the share of samples that pass, with a 95% interval, "
+                    "and the share that do what the rejected replies do.")  # fmt: skip
         with gr.Row():
-            p.eval_prompts = gr.Slider(6, 210, 30, step=3, label="held-out prompts",
+            p.eval_prompts = gr.Slider(8, 280, 32, step=8, label="held-out prompts",
                                        elem_id="eval-prompts")  # fmt: skip
+            p.eval_samples = gr.Slider(0, 10, 0, step=1, label="samples per prompt (0: greedy only)",
+                                       elem_id="eval-samples")  # fmt: skip
+            p.eval_temperature = gr.Slider(0.1, 1.5, 1.0, step=0.1, label="temperature",
+                                           elem_id="eval-temperature")  # fmt: skip
+            p.eval_top_p = gr.Slider(0.05, 1.0, 1.0, step=0.05, label="top-p",
+                                     elem_id="eval-top-p")  # fmt: skip
             p.evaluate = gr.Button("Evaluate", elem_id="evaluate")
         p.eval_table = gr.Dataframe(headers=EVAL_COLUMNS, value=[], interactive=False,
                                     elem_id="eval-table")  # fmt: skip
         p.eval_plot = gr.Plot(label="judged pass rates", elem_id="eval-plot")
+        p.eval_sampled = gr.Dataframe(headers=SAMPLED_COLUMNS, value=[], interactive=False,
+                                      label="sampled answers", elem_id="eval-sampled")  # fmt: skip
     return p
 
 
@@ -261,16 +274,20 @@ def load_config(ctx: AppContext, name):
                                   *method_values(config)]  # fmt: skip
 
 
-def evaluate(ctx: AppContext, name, checkpoint, prompts, progress=gr.Progress(track_tqdm=True)):  # noqa: B008
+def evaluate(ctx: AppContext, name, checkpoint, prompts, samples=0, temperature=1.0, top_p=1.0,
+             progress=gr.Progress(track_tqdm=True)):  # noqa: B008  # fmt: skip
     from orpo_lab.evaluate import evaluate_run
 
     try:
         path = ctx.manager.checkpoint_path(name or "", checkpoint or "")
         run_evaluation = ctx.evaluate or evaluate_run  # a GPU call on ZeroGPU
-        report = run_evaluation(str(ctx.manager.run_dir(name)), str(path), int(prompts))
+        report = run_evaluation(str(ctx.manager.run_dir(name)), str(path), int(prompts),
+                                samples=int(samples), temperature=float(temperature),
+                                top_p=float(top_p))  # fmt: skip
     except (ValueError, OSError) as err:
         raise gr.Error(str(err)) from err
-    return pass_rate_table(report["summary"]), pass_rate_figure(report["summary"])
+    return (pass_rate_table(report["summary"]), pass_rate_figure(report["summary"]),
+            sampled_rate_table(report.get("sampled")))  # fmt: skip
 
 
 def wire_runs(ctx: AppContext, live, runs, train) -> None:
@@ -306,5 +323,7 @@ def wire_runs(ctx: AppContext, live, runs, train) -> None:
                            [*train.form.values(), data.model, data.dataset, *[getattr(data, n) for n in DATA_OPTIONS],
          launch.run_name, launch.method, launch.init_checkpoint, launch.ref_checkpoint],
                            api_name="load_config")  # fmt: skip
-    runs.evaluate.click(partial(evaluate, ctx), [live.run, runs.checkpoint, runs.eval_prompts],
-                        [runs.eval_table, runs.eval_plot], api_name="evaluate")  # fmt: skip
+    runs.evaluate.click(partial(evaluate, ctx), [live.run, runs.checkpoint, runs.eval_prompts,
+                                                 runs.eval_samples, runs.eval_temperature,
+                                                 runs.eval_top_p],
+                        [runs.eval_table, runs.eval_plot, runs.eval_sampled], api_name="evaluate")  # fmt: skip

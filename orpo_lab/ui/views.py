@@ -164,6 +164,31 @@ def pass_rate_table(summary: dict) -> list[list]:
     ]  # fmt: skip
 
 
+SAMPLED_COLUMNS = ["family", "domain", "samples", "base pass [95% CI]", "trained pass [95% CI]",
+                   "base rejected-like", "trained rejected-like"]  # fmt: skip
+
+
+def sampled_rate_table(sampled: dict | None) -> list[list]:
+    """evaluate_run's "sampled" part -> a row per family (and "all") and domain: pass rates with
+    their 95% Wilson intervals, and the share of samples with the rejected replies' property."""
+    if not sampled:
+        return []
+
+    def pct(cell: dict) -> str:
+        return f"{100 * cell['rate']:.0f}% [{100 * cell['low']:.0f}-{100 * cell['high']:.0f}]"
+
+    families = sorted(k for k in sampled["base"] if k != "all") + ["all"]
+    return [
+        [family, domain.replace("_", "-"), base["pass"]["n"], pct(base["pass"]),
+         pct(trained["pass"]), f"{100 * base['rejected_like']['rate']:.0f}%",
+         f"{100 * trained['rejected_like']['rate']:.0f}%"]
+        for family in families
+        for domain in ("in_domain", "ood")
+        if (base := sampled["base"][family][domain])["pass"]["n"]
+        and (trained := sampled["trained"][family][domain])
+    ]  # fmt: skip
+
+
 def token_delta_html(
     tokens: list[str], before: list[float], after: list[float], scale: float = 2.0
 ) -> str:

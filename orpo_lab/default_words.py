@@ -1,0 +1,207 @@
+"""The word lists the default dataset (`orpo_lab.default_dataset`) is generated from.
+
+All written for ORPO Lab. Moving or reordering an entry changes the generated dataset: regenerate
+it (`scripts/make_default_dataset.py`) and expect the pinned counts and numbers to move.
+"""
+
+from __future__ import annotations
+
+CATEGORIES = {  # category -> members; the last five categories are held out for the ood test
+    "fruits": "apple banana cherry grape mango pear peach plum lemon orange kiwi melon",
+    "colours": "red blue green yellow purple orange pink brown black white grey",
+    "animals": "dog cat horse cow sheep goat lion tiger bear wolf fox rabbit",
+    "vegetables": "carrot potato onion pea bean leek cabbage spinach pepper corn celery",
+    "birds": "robin eagle owl sparrow crow swan duck parrot pigeon hawk penguin",
+    "musical instruments": "piano guitar violin drum flute trumpet cello harp banjo clarinet",
+    "metals": "iron copper gold silver tin zinc lead nickel aluminium platinum",
+    "planets": "Mercury Venus Earth Mars Jupiter Saturn Uranus Neptune",
+    "sports": "football tennis golf rugby cricket hockey boxing rowing cycling swimming",
+    "drinks": "water tea coffee milk juice lemonade cocoa soda",
+    "tools": "hammer saw drill wrench chisel pliers screwdriver spanner ladder",
+    "shapes": "circle square triangle oval rectangle hexagon star diamond",
+    "body parts": "arm leg hand foot head knee elbow shoulder finger ear",
+    "trees": "oak pine maple birch willow elm ash cedar beech palm",
+    "weather types": "rain snow fog hail wind sunshine thunder frost sleet",
+    "kitchen items": "spoon fork knife plate bowl cup pan kettle oven",
+    "clothes": "shirt coat hat scarf sock shoe glove dress jacket",
+    "flowers": "rose tulip daisy lily orchid poppy sunflower iris violet",
+    "vehicles": "car bus train bicycle truck boat plane tram scooter",
+    "insects": "ant bee fly moth beetle wasp ladybird cricket butterfly",
+    "countries": "France Spain Italy Japan Brazil Canada Kenya India Egypt Peru",
+    "fish": "salmon trout cod tuna carp pike herring sardine shark",
+    "rooms in a house": "kitchen bedroom bathroom hallway attic cellar lounge study",
+    "school subjects": "maths history science art music geography biology chemistry",
+    "board games": "chess checkers backgammon scrabble monopoly go ludo",
+}
+TRAIN_TEMPLATES = ("Name three {c}.", "List three {c}.", "Give me three {c}.")
+OOD_TEMPLATES = ("What are three {c}?", "Can you name three {c}?")
+N_OOD_CATEGORIES = 5
+
+THINGS = {  # thing -> one short definition (the chosen reply is "A <thing> is <definition>.")
+    "clock": "a device that shows the time",
+    "bridge": "a structure that lets people cross a river or road",
+    "library": "a place where books are kept for people to borrow",
+    "volcano": "a mountain that can erupt with hot lava",
+    "magnet": "an object that pulls iron towards it",
+    "desert": "a dry region that gets very little rain",
+    "compass": "a tool that shows which way is north",
+    "calendar": "a chart of the days, weeks and months of a year",
+    "thermometer": "a tool that measures temperature",
+    "island": "a piece of land with water all around it",
+    "glacier": "a slow river of ice",
+    "map": "a drawing of an area seen from above",
+    "battery": "a device that stores electrical energy",
+    "telescope": "a tool that makes faraway objects look closer",
+    "microscope": "a tool that makes tiny things look bigger",
+    "forest": "a large area covered with trees",
+    "river": "a large natural stream of water",
+    "lighthouse": "a tower with a bright light that guides ships",
+    "museum": "a building where old and important objects are shown",
+    "recipe": "a set of steps for cooking a dish",
+    "poem": "a short piece of writing with rhythm",
+    "dictionary": "a book that explains the meaning of words",
+    "umbrella": "a folding cover that keeps the rain off",
+    "ladder": "a set of steps for climbing up and down",
+    "passport": "a document that lets you travel abroad",
+    "vaccine": "a medicine that trains the body to fight a disease",
+    "planet": "a large body that orbits a star",
+    "comet": "a ball of ice and dust that orbits the sun",
+    "rainbow": "an arc of colours made by sunlight and rain",
+    "harbour": "a sheltered place where ships can stay",
+    "canal": "a man-made waterway for boats",
+    "password": "a secret word that protects an account",
+    "spreadsheet": "a table of numbers that a computer can calculate",
+    "keyboard": "a set of keys for typing",
+    "printer": "a machine that puts text and images on paper",
+    "satellite": "an object that circles a planet",
+    "tornado": "a fast spinning column of wind",
+    "orchestra": "a large group of musicians playing together",
+    "fossil": "the remains of an ancient plant or animal in rock",
+    "budget": "a plan for how to spend money",
+    "receipt": "a paper that shows what you paid for",
+    "tunnel": "a passage that goes under the ground",
+    "nest": "a home that birds build for their eggs",
+    "hive": "a home where bees live",
+    "meteor": "a space rock that burns up in the sky",
+    "swamp": "wet land covered with shallow water",
+    "cliff": "a high, steep face of rock",
+    "valley": "low land between hills or mountains",
+    "dam": "a wall that holds back water",
+    "puzzle": "a game that tests your thinking",
+    "lens": "a curved piece of glass that bends light",
+    "seed": "the part of a plant that grows into a new plant",
+    "skeleton": "the frame of bones inside a body",
+    "muscle": "body tissue that makes parts move",
+    "noun": "a word that names a person, place or thing",
+    "verb": "a word that describes an action",
+    "triangle": "a shape with three sides",
+    "square": "a shape with four equal sides",
+    "pyramid": "a solid with a square base and four triangular sides",
+    "circle": "a round shape with every point the same distance from the centre",
+    "vowel": "a letter such as a, e, i, o or u",
+    "magnifier": "a lens that makes things look larger",
+    "helmet": "a hard hat that protects the head",
+    "wallet": "a small case for carrying money and cards",
+    "blanket": "a warm cover for a bed",
+    "pillow": "a soft cushion for your head",
+    "backpack": "a bag that you carry on your back",
+    "kettle": "a pot for boiling water",
+    "oven": "a box that heats food to cook it",
+    "fridge": "a cold cupboard that keeps food fresh",
+    "cactus": "a desert plant that stores water in its stem",
+    "coral reef": "an underwater structure built by tiny sea animals",
+    "hurricane": "a huge storm with very strong winds",
+    "earthquake": "a sudden shaking of the ground",
+    "continent": "one of the very large land areas of the earth",
+    "ocean": "a very large area of salt water",
+    "mammal": "a warm-blooded animal that feeds its young with milk",
+    "reptile": "a cold-blooded animal with scaly skin",
+    "insect": "a small animal with six legs",
+    "robot": "a machine that can carry out tasks by itself",
+}
+N_TEST_THINGS = 15  # held back from training for the in-domain test (two phrasings each)
+
+JOBS = {  # job -> what they do (ood for concise: a question kind never seen in training)
+    "baker": "makes bread and cakes",
+    "pilot": "flies aircraft",
+    "farmer": "grows crops and raises animals",
+    "dentist": "looks after people's teeth",
+    "librarian": "looks after books and helps readers",
+    "plumber": "fits and repairs water pipes",
+    "carpenter": "builds things out of wood",
+    "nurse": "cares for sick people",
+    "chef": "cooks meals in a kitchen",
+    "teacher": "helps students learn",
+    "firefighter": "puts out fires and rescues people",
+    "vet": "treats sick animals",
+    "electrician": "installs and repairs wiring",
+    "gardener": "looks after plants and gardens",
+    "tailor": "makes and mends clothes",
+    "journalist": "writes news stories",
+    "architect": "designs buildings",
+    "postman": "delivers letters and parcels",
+    "mechanic": "repairs cars and engines",
+    "lifeguard": "keeps swimmers safe",
+    "painter": "paints walls and buildings",
+    "judge": "decides cases in a court",
+    "cashier": "takes payments in a shop",
+    "fisherman": "catches fish",
+    "astronaut": "travels into space",
+    "pharmacist": "prepares and sells medicines",
+    "butcher": "cuts and sells meat",
+    "photographer": "takes pictures",
+    "translator": "turns text from one language into another",
+    "waiter": "serves food to customers",
+    "scientist": "studies the world through experiments",
+    "sailor": "works on a ship",
+    "miner": "digs minerals out of the ground",
+    "barber": "cuts hair",
+    "author": "writes books",
+    "zookeeper": "looks after animals in a zoo",
+    "cleaner": "keeps places clean",
+    "programmer": "writes computer software",
+    "police officer": "keeps the peace and enforces the law",
+    "surgeon": "performs operations",
+}
+
+RAMBLE_OPENERS = (
+    "Great question! Let me explain it to you.",
+    "Well, that is a really interesting thing to ask.",
+    "Sure! Many people wonder about this.",
+    "Okay, so here is the thing.",
+)
+RAMBLE_CLOSERS = (
+    "I hope this helps you!",
+    "That is the main idea, really.",
+    "Let me know if you want to hear more!",
+)
+
+# The ranked family: the user says what colour something of theirs is, then asks; out of domain,
+# the same about another property (hot or cold, full or empty, ...). The answer is in the question:
+# no knowledge is needed, only whether the reply says it plainly, hedges, or gets it wrong.
+OBJECTS = ("car", "bike", "door", "hat", "mug", "coat", "kite", "sofa", "tent", "boat", "scarf",
+           "lamp", "bag", "pen", "chair", "fence", "umbrella", "jumper", "towel", "ball", "bucket",
+           "rug", "shed", "van", "notebook", "bowl", "vase", "balloon", "blanket", "pillow",
+           "skateboard", "toothbrush", "lunchbox", "backpack", "wallet", "kettle", "teapot",
+           "raincoat", "bench", "gate")  # fmt: skip
+COLOURS = ("red", "blue", "green", "yellow", "black", "white", "orange", "pink", "purple", "grey",
+           "brown")  # fmt: skip
+# {t} the object, {c} its colour as the user states it, {a} or {b} the two offered answers.
+RANKED_TEMPLATES = ("My {t} is {c}. Is my {t} {a} or {b}?",
+                    "I have a {c} {t}. What colour is my {t}, {a} or {b}?",
+                    "I painted my {t} {c}. Is it {a} or {b} now?")  # fmt: skip
+# Out of domain: (property, its opposite) -> things of the user's that can have it; asked as
+# RANKED_TEMPLATES[0].
+PROPERTIES = {
+    ("hot", "cold"): ("soup", "tea", "bath", "coffee", "oven"),
+    ("full", "empty"): ("cup", "bottle", "box", "fridge", "glass"),
+    ("open", "closed"): ("window", "shop", "garage", "drawer"),
+    ("clean", "dirty"): ("shirt", "kitchen", "floor", "plate"),
+    ("wet", "dry"): ("hair", "jacket", "garden", "dog"),
+    ("old", "new"): ("phone", "house", "laptop", "watch"),
+}
+# The middle reply: the right answer, hedged. Each form holds a phrase `HEDGE_WORDS` finds.
+HEDGES = ("I think {s} is {c}, but I am not sure.", "Maybe {s} is {c}? I am not sure.",
+          "{S} is probably {c}, I guess.")  # fmt: skip
+HEDGE_WORDS = (r"\b(I think|not sure|maybe|probably|perhaps|I guess|I believe|possibly|might be|"
+               r"not certain)\b")  # fmt: skip
