@@ -11,8 +11,11 @@ max_steps in all (SFT then DPO: --sft-steps, default half, then DPO for the rest
 checkpoint, which is also DPO's reference). Writes bench/results/objectives.json and prints a
 table: held-out preference accuracy and mean chosen / rejected log-probs at the last step (every
 held-out pair; and at step 0), training wall time (model loading, evaluations and DPO's
-reference included), the median optimiser step time, peak resident memory, and forward passes per training pair visited (each a forward + backward;
-DPO adds one no-grad reference forward per distinct pair, precomputed before its first step).
+reference included), the median optimiser step time, peak resident memory while training, and
+forward passes per training pair visited (each a forward + backward; DPO adds one no-grad reference
+forward per distinct pair, precomputed before its first step). Then the final checkpoint's sampled
+answers (--samples per held-out prompt, temperature 1, sample seed 0; `evaluate_run`): pass and
+rejected-like rates per family with 95% Wilson intervals, the base model's beside them.
 """
 
 from __future__ import annotations
@@ -65,7 +68,7 @@ def stage_numbers(run_dir: Path) -> dict:
     }  # fmt: skip
 
 
-def run_one(name: str, values: dict, sft_steps: int) -> dict:
+def run_one(name: str, values: dict, sft_steps: int, samples: int) -> dict:
     """Train pipeline `name` in this process; its numbers (peak memory: this process's)."""
     from orpo_lab.pipeline import sft_then_dpo, stage_configs
     from orpo_lab.train import train
@@ -84,20 +87,32 @@ def run_one(name: str, values: dict, sft_steps: int) -> dict:
         train(cfg)
         dirs = [cfg.run_dir]
     wall = time.perf_counter() - began
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # training's, not sampling's
+    sampled = sampled_numbers(dirs[-1], samples) if samples else {}
     stages = [stage_numbers(d) for d in dirs]
     visits = sum(s["pair_visits"] for s in stages)
     forwards = visits + sum(s["reference_forwards"] for s in stages)
     last = stages[-1]
     return {
-        "steps": sum(s["steps"] for s in stages), "wall_s": wall,
-        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "steps": sum(s["steps"] for s in stages), "wall_s": wall, "peak_rss_gb": peak,
         "forwards_per_pair_visit": forwards / visits,
         "reference_s": sum(s["reference_s"] for s in stages),
         "median_step_s": statistics.median(s["median_step_s"] for s in stages),
         "accuracy": last["accuracy"], "chosen": last["chosen"], "rejected": last["rejected"],
         "accuracy_first": stages[0]["accuracy_first"], "chosen_first": stages[0]["chosen_first"],
-        "rejected_first": stages[0]["rejected_first"], "stages": stages,
+        "rejected_first": stages[0]["rejected_first"], "stages": stages, "sampled": sampled,
     }  # fmt: skip
+
+
+def sampled_numbers(run_dir: Path, samples: int) -> dict:
+    """The final checkpoint's sampled pass and rejected-like rates (every held-out prompt, `samples`
+    each at temperature 1, sample seed 0: `evaluate_run`), and the base model's, per family."""
+    from orpo_lab.evaluate import evaluate_run
+
+    report = evaluate_run(run_dir, samples=samples, max_new_tokens=48)
+    return {model: {family: {key: cell["all"][key] for key in ("pass", "rejected_like")}
+                    for family, cell in report["sampled"][model].items()}
+            for model in ("base", "trained")}  # fmt: skip
 
 
 def preset_values(preset: str, overrides: list[str]) -> dict:
@@ -110,16 +125,39 @@ def preset_values(preset: str, overrides: list[str]) -> dict:
 
 def print_table(result: dict) -> None:
     print(f"{'pipeline':14s}{'steps':>6s}{'acc':>7s}{'chosen':>9s}{'rejected':>10s}"
-          f"{'wall s':>8s}{'step s':>8s}{'peak GB':>9s}{'fwd/pair':>9s}  (held-out at step 0: "
+          f"{'wall s':>8s}{'ref s':>7s}{'step s':>8s}{'peak GB':>9s}{'fwd/pair':>9s}  (held-out at step 0: "
           "acc, chosen, rejected)")  # fmt: skip
     for name in PIPELINES:
         r = result["rows"].get(name)
         if r:
             print(f"{name:14s}{r['steps']:>6d}{r['accuracy']:>7.3f}{r['chosen']:>9.3f}"
-                  f"{r['rejected']:>10.3f}{r['wall_s']:>8.0f}{r.get('median_step_s', 0):>8.2f}"
+                  f"{r['rejected']:>10.3f}{r['wall_s']:>8.0f}{r.get('reference_s', 0):>7.1f}"
+                  f"{r.get('median_step_s', 0):>8.2f}"
                   f"{r['peak_rss_gb']:>9.2f}"
                   f"{r['forwards_per_pair_visit']:>9.2f}  ({r['accuracy_first']:.3f}, "
                   f"{r['chosen_first']:.3f}, {r['rejected_first']:.3f})")  # fmt: skip
+    rows = {
+        name: result["rows"][name]
+        for name in PIPELINES
+        if result["rows"].get(name, {}).get("sampled")
+    }
+    if not rows:
+        return
+    families = list(next(iter(rows.values()))["sampled"]["base"])
+    print(
+        "\nsampled pass rate % [95% interval], rejected-like % (every held-out prompt, all domains)"
+    )
+    print(f"{'model':14s}" + "".join(f"{f:>26s}" for f in families))
+    firsts = {"base": next(iter(rows.values()))["sampled"]["base"]}
+    for name, cells in firsts | {n: r["sampled"]["trained"] for n, r in rows.items()}.items():
+        print(f"{name:14s}" + "".join(f"{_cell(cells[f]):>26s}" for f in families))
+
+
+def _cell(cell: dict) -> str:
+    p, r = cell["pass"], cell["rejected_like"]
+    return (
+        f"{100 * p['rate']:.1f} [{100 * p['low']:.1f}-{100 * p['high']:.1f}] {100 * r['rate']:.0f}%"
+    )
 
 
 def main() -> None:
@@ -131,17 +169,20 @@ def main() -> None:
     parser.add_argument("--sft-steps", type=int, default=0, help="SFT's share (0: half)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="TrainConfig overrides")  # fmt: skip
+    parser.add_argument("--samples", type=int, default=5,
+                        help="sampled answers per held-out prompt at the end (0: none)")  # fmt: skip
     parser.add_argument("--one", help=argparse.SUPPRESS)  # the child process: one pipeline
     args = parser.parse_args()
     values = preset_values(args.preset, args.set)
     sft_steps = args.sft_steps or values["max_steps"] // 2
     if args.one:
-        print("RESULT " + json.dumps(run_one(args.one, values, sft_steps)))
+        print("RESULT " + json.dumps(run_one(args.one, values, sft_steps, args.samples)))
         return
     result = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"rows": {}}
     for name in args.only:
         command = [sys.executable, __file__, "--one", name, "--preset", args.preset,
-                   "--sft-steps", str(sft_steps), "--set", *args.set]  # fmt: skip
+                   "--sft-steps", str(sft_steps), "--samples", str(args.samples), "--set",
+                   *args.set]  # fmt: skip
         out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
         result["rows"][name] = json.loads(out.split("RESULT ", 1)[1])
         print(f"{name}: {result['rows'][name]['wall_s']:.0f} s", flush=True)

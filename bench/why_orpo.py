@@ -5,7 +5,8 @@
     python bench/why_orpo.py --table            # only the table, from what is on disk
     python bench/why_orpo.py --seeds 0 --samples 3 --set learning_rate=1e-3   # a variant
 
-Each seed trains ORPO (the preset) and SFT (the same with beta 0) under bench/runs/why-<method>-<seed>,
+Each seed trains ORPO (the preset) and SFT (the same with method sft: the chosen replies' NLL
+only) under bench/runs/why-<method>-<seed>,
 then `evaluate_run` draws `--samples` answers per held-out prompt (every one of the test split;
 temperature 1, top-p 1, sample seed 0 by default) from the base model and the run's final
 checkpoint and judges them. The samples of the three seeds are pooled per model, family and domain
@@ -47,7 +48,7 @@ def configs(args) -> dict[tuple[str, int], TrainConfig]:
     values = preset_values(args.preset, args.set)
     return {
         (method, seed): TrainConfig(**(values | {"seed": seed, "run_name": f"why-{method}-{seed}"}
-                                       | ({"beta": 0.0} if method == "sft" else {})))
+                                       | {"method": method}))
         for seed in args.seeds for method in METHODS
     }  # fmt: skip
 
