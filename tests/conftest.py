@@ -30,6 +30,19 @@ from orpo_lab.model import load_tokenizer
 
 
 @pytest.fixture(autouse=True)
+def environment_kept():
+    """`datasets.Dataset.map(num_proc=...)` (datasets 5.2, the parallel preparation of large data)
+    puts a deep copy of `os.environ` in its place. A `monkeypatch.setenv` made before then is undone
+    on the original object only: the copy would keep it for every later test (ORPO_LAB_CACHE left
+    pointing at a test's empty folder made the next default-model test convert the GGUF again,
+    ~20 s). Put the original object back after each test, which monkeypatch has restored by then."""
+    original = os.environ
+    yield
+    if os.environ is not original:
+        os.environ = original
+
+
+@pytest.fixture(autouse=True)
 def no_unhandled_app_errors(request, monkeypatch):
     """A browser test fails when a handler of the app raised anything but a `gr.Error` (the page
     shows a bare red "Error" for those): Gradio prints each with `traceback.print_exc`."""
@@ -97,3 +110,4 @@ def learnable_model_dir(tmp_path_factory, default_tokenizer):
     model.save_pretrained(folder)
     default_tokenizer.save_pretrained(folder)
     return folder
+
