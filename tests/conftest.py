@@ -110,3 +110,34 @@ def learnable_model_dir(tmp_path_factory, default_tokenizer):
     model.save_pretrained(folder)
     default_tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def notebook_env(tmp_path_factory) -> dict[str, str]:
+    """Environment of the notebook kernels (tests/test_notebooks.py): quick mode, a shared temporary
+    runs folder, this interpreter."""
+    import json
+
+    from test_notebooks import KERNEL
+
+    root = tmp_path_factory.mktemp("jupyter")
+    spec = root / "kernels" / KERNEL
+    spec.mkdir(parents=True)
+    argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    spec.joinpath("kernel.json").write_text(
+        json.dumps({"argv": argv, "display_name": "ORPO Lab tests", "language": "python"})
+    )
+    runs = tmp_path_factory.mktemp("runs")
+    return {"JUPYTER_PATH": str(root), "ORPO_LAB_QUICK": "1", "ORPO_LAB_RUNS": str(runs)}
+
+
+@pytest.fixture(scope="session")
+def notebook_04(notebook_env) -> dict:
+    """Notebook 4 executed once per session, in quick mode: the values test_04_training checks, and
+    its two runs of the default model with the preset notebook-quick, `orpo-quick` (lambda 1) and
+    `sft-quick` (lambda 0), in notebook_env's runs folder. Notebook 5 and test_browser's
+    default-model test use those runs instead of training the same two again (~70 s each time)."""
+    from test_notebooks import NOTEBOOK_04_VALUES, run_notebook
+
+    with pytest.MonkeyPatch.context() as patch:
+        return run_notebook("04_training.ipynb", NOTEBOOK_04_VALUES, notebook_env, patch)

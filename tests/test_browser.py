@@ -1,11 +1,13 @@
 """The app as a user sees it: headless chromium (Playwright) against the real app.
 
-With the tiny model: train, stop (the message names the checkpoint on disk), resume to the end,
-an SFT run beside it overlaid (one colour per run in every panel, SFT accuracy not 0), chat with
-the checkpoint, four vote clicks that leave one vote, undo. With the real default model (slow):
-an ORPO checkpoint answers an out-of-domain question better than the base model. (That a stopped
-and resumed run equals an uninterrupted one, in float32 and bf16: test_train.py.) Screenshots go to $ORPO_LAB_SCREENSHOTS when it
-is set (`ORPO_LAB_SCREENSHOTS=docs` refreshes the README's), else to the test's temporary folder.
+With the tiny model: train, stop (the message names the checkpoint on disk), resume to the end
+(the app's one resume check: its message, no step twice or missing; test_app.py stops through the
+API without resuming), an SFT run beside it overlaid (one colour per run in every panel, SFT
+accuracy not 0), chat with the checkpoint, four vote clicks that leave one vote, undo. With the
+real default model (slow): an ORPO checkpoint answers an out-of-domain question better than the
+base model. (That a stopped and resumed run equals an uninterrupted one, in float32 and bf16:
+test_train.py.) Screenshots go to $ORPO_LAB_SCREENSHOTS when it is set
+(`ORPO_LAB_SCREENSHOTS=docs` refreshes the README's), else to the test's temporary folder.
 """
 
 from __future__ import annotations
@@ -227,6 +229,7 @@ def test_train_stop_resume_overlay_chat_votes(browser, tiny_model_dir, tmp_path)
         page.get_by_role("option", name=column).click()
         page.get_by_text("generation settings").click()
         fill(page, "temperature", 1)  # the random tiny model writes only newlines when greedy
+        fill(page, "max-new-tokens", 16)  # what is voted on need not be long
         fill(page, "chat-message", "Tell me something.")
         page.locator("#send").click()
         wait_answers(page)
@@ -257,27 +260,30 @@ def test_train_stop_resume_overlay_chat_votes(browser, tiny_model_dir, tmp_path)
         demo.close()
 
 
+ORPO, SFT = "orpo-quick", "sft-quick"  # notebook 4's run names in quick mode
+
+
 @pytest.mark.slow
-def test_default_model_inside_orpo_and_blind_vote(browser, tmp_path):
-    """The default model, a 30-step ORPO run and its SFT twin (the notebooks' quick recipe): the gradient
-    weighting shrinks as pairs separate; the token view shows ORPO lifting a held-out pair's
-    log-odds ratio more than SFT; a blind battle hides the names until the vote, and the ORPO
-    checkpoint answers an out-of-domain "three things" question as a bullet list, the base not."""
-    from orpo_lab.config import PRESETS, TrainConfig
+def test_default_model_inside_orpo_and_blind_vote(browser, tmp_path, notebook_env, notebook_04):
+    """The default model, a 30-step ORPO run and its SFT twin (the notebooks' quick recipe: notebook
+    4's own two runs, conftest's `notebook_04`, copied here): the gradient weighting shrinks as
+    pairs separate; the token view shows ORPO lifting a held-out pair's log-odds ratio more than SFT;
+    a blind battle hides the names until the vote, and the ORPO checkpoint answers an out-of-domain
+    "three things" question as a bullet list, the base not."""
+    import shutil
+
     from orpo_lab.default_dataset import judge
-    from orpo_lab.train import train
 
     runs, shots = tmp_path / "runs", shots_dir(tmp_path)
-    recipe = PRESETS["notebook-quick"] | dict(output_dir=str(runs), device="cpu")
-    train(TrainConfig(**recipe, run_name="orpo"))
-    train(TrainConfig(**(recipe | dict(beta=0.0, eval_every=0)), run_name="sft"))
+    for name in (ORPO, SFT):  # a copy: this test's votes stay out of the notebooks' runs folder
+        shutil.copytree(Path(notebook_env["ORPO_LAB_RUNS"]) / name, runs / name)
     demo = build_app("default", runs, device="cpu", seed=0)
     page = open_app(browser, demo)
     try:
         # ---- Train tab: how hard the pairs pull, evaluation by evaluation
         page.locator("#run-select input").click()
-        page.get_by_role("option", name="orpo", exact=True).click()
-        wait_text(page, "progress", "orpo: finished")
+        page.get_by_role("option", name=ORPO, exact=True).click()
+        wait_text(page, "progress", f"{ORPO}: finished")
         page.wait_for_function(
             "() => (document.querySelector('#weighting-plot .js-plotly-plot')?.data || []).length >= 9"
         )
@@ -289,8 +295,8 @@ def test_default_model_inside_orpo_and_blind_vote(browser, tmp_path):
         page.get_by_role("tab", name="Inside ORPO").click()
         page.locator("#view-refresh").click()
         for elem_id, option in (
-            ("view-first", "orpo/step-000030"),
-            ("view-second", "sft/step-000030"),
+            ("view-first", f"{ORPO}/step-000030"),
+            ("view-second", f"{SFT}/step-000030"),
         ):
             page.locator(f"#{elem_id} input").click()
             page.locator(f"#{elem_id}").get_by_role("option", name=option, exact=True).click()
@@ -304,13 +310,13 @@ def test_default_model_inside_orpo_and_blind_vote(browser, tmp_path):
         page.screenshot(path=str(shots / "tokens.png"), full_page=True)
         page.get_by_text("the numbers behind the colours").click()
         text = page.locator("#token-numbers").inner_text()
-        assert "orpo/step-000030" in text and "sft/step-000030" in text
+        assert f"{ORPO}/step-000030" in text and f"{SFT}/step-000030" in text
 
         # ---- Chat: a blind battle, base model vs the ORPO checkpoint
         page.get_by_role("tab", name="Chat").click()
         page.locator("#refresh-columns").click()
         page.locator("#column-2 input").click()
-        page.get_by_role("option", name="orpo/step-000030").click()
+        page.get_by_role("option", name=f"{ORPO}/step-000030").click()
         page.locator("#blind input").click()
         page.get_by_text("generation settings").click()
         fill(page, "temperature", 0)  # greedy: the same answers every run
@@ -329,7 +335,7 @@ def test_default_model_inside_orpo_and_blind_vote(browser, tmp_path):
         assert f"A was {vote['left_model']}, B was {vote['right_model']}" in reveal
         by_model = {vote["left_model"]: vote["left"], vote["right_model"]: vote["right"]}
         record = {"prompt": question}
-        assert judge("bullets", record, by_model["orpo/step-000030"]), by_model
+        assert judge("bullets", record, by_model[f"{ORPO}/step-000030"]), by_model
         assert not judge("bullets", record, by_model["base model"]), by_model
     finally:
         page.screenshot(path=str(tmp_path / "last.png"), full_page=True)
@@ -337,8 +343,8 @@ def test_default_model_inside_orpo_and_blind_vote(browser, tmp_path):
         demo.close()
     # The token view's numbers: ORPO lifted the pair's log-odds ratio more than SFT did.
     scores = demo.orpo_context.pool.score(
-        _first_held_out_pair(runs), [None, runs / "orpo/checkpoints/step-000030",
-                                     runs / "sft/checkpoints/step-000030"])  # fmt: skip
+        _first_held_out_pair(runs), [None, runs / ORPO / "checkpoints/step-000030",
+                                     runs / SFT / "checkpoints/step-000030"])  # fmt: skip
     base, orpo, sft = (s.log_odds_ratio for s in scores)
     assert orpo - base > sft - base and orpo > base
 
@@ -348,7 +354,7 @@ def _first_held_out_pair(runs) -> dict:
     from orpo_lab.rundir import RunDir
     from orpo_lab.splits import load_config_splits
 
-    cfg = TrainConfig.from_yaml(RunDir(runs / "orpo").config_path)
+    cfg = TrainConfig.from_yaml(RunDir(runs / ORPO).config_path)
     return load_config_splits(cfg)[1][0]
 
 

@@ -7,7 +7,7 @@ Every exercise cell (tagged "exercise") runs with its hidden solution (the pytho
 `<details>` markdown cell) appended, so the self-check after it must pass: solutions cannot rot.
 Every cell that runs for a while must show progress as it goes (outputs, a progress bar, a live
 figure), not only when it ends (`assert_progress_shown`). The notebooks share one temporary runs
-folder, so notebook 5 reuses notebook 4's runs.
+folder (conftest's `notebook_env`), so notebook 5 reuses notebook 4's runs.
 """
 
 from __future__ import annotations
@@ -28,20 +28,6 @@ NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 KERNEL = "orpo-lab-tests"
 MARKER = "ORPO_LAB_NOTEBOOK_VALUES="
 FAMILIES = ("arithmetic", "bullets", "concise", "ranked")
-
-
-@pytest.fixture(scope="session")
-def notebook_env(tmp_path_factory) -> dict[str, str]:
-    """Environment of the kernels: quick mode, a shared temporary runs folder, this interpreter."""
-    root = tmp_path_factory.mktemp("jupyter")
-    spec = root / "kernels" / KERNEL
-    spec.mkdir(parents=True)
-    argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
-    spec.joinpath("kernel.json").write_text(
-        json.dumps({"argv": argv, "display_name": "ORPO Lab tests", "language": "python"})
-    )
-    runs = tmp_path_factory.mktemp("runs")
-    return {"JUPYTER_PATH": str(root), "ORPO_LAB_QUICK": "1", "ORPO_LAB_RUNS": str(runs)}
 
 
 def solution_code(nb, exercise_index: int) -> str:
@@ -362,25 +348,25 @@ def test_03_text_to_logps(notebook_env, monkeypatch):
     assert preference > 0.5
 
 
+# What notebook 4 is asked for: it runs once per session (conftest's `notebook_04`, which
+# test_browser's default-model test shares for the two runs it trains).
+NOTEBOOK_04_VALUES = {
+    "one_step_losses": "one_step_losses",
+    "sft_rejected": "sft_rejected",
+    "orpo_rejected": "orpo_rejected",
+    "sft_chosen": "sft_chosen",
+    "orpo_chosen": "orpo_chosen",
+    "sft_train_rejected": "sft_train_rejected",
+    "orpo_train_rejected": "orpo_train_rejected",
+    "margins": "{str(k): m for k, m in sweep_margins.items()}",
+    "run_seconds": "run_seconds",
+    "max_steps": "SETTINGS['max_steps']",
+}
+
+
 @pytest.mark.slow
-def test_04_training(notebook_env, monkeypatch):
-    v = run_notebook(
-        "04_training.ipynb",
-        {
-            "one_step_losses": "one_step_losses",
-            "sft_rejected": "sft_rejected",
-            "orpo_rejected": "orpo_rejected",
-            "sft_chosen": "sft_chosen",
-            "orpo_chosen": "orpo_chosen",
-            "sft_train_rejected": "sft_train_rejected",
-            "orpo_train_rejected": "orpo_train_rejected",
-            "margins": "{str(k): m for k, m in sweep_margins.items()}",
-            "run_seconds": "run_seconds",
-            "max_steps": "SETTINGS['max_steps']",
-        },
-        notebook_env,
-        monkeypatch,
-    )
+def test_04_training(notebook_04):
+    v = notebook_04
     # The step written out by hand lowers the loss of its batch, step after step.
     losses = v["one_step_losses"]
     assert len(losses) == 5 and losses[-1] < losses[0] - 0.1

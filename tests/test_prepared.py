@@ -1,6 +1,7 @@
 """A run's data prepared once (`orpo_lab.prepared`): the same pairs and token ids as the per-pair
 reference, cached by everything that decides them, never a half-written cache, bad rows found at
-scale, progress and stops during preparation, truncation reported per split."""
+scale, progress and stops during preparation, truncation reported per split. (What a CLI run
+prints, from the data check to the last evaluation: test_train.py's CLI round trip.)"""
 
 from __future__ import annotations
 
@@ -232,37 +233,3 @@ def test_eval_every_0_evaluates_only_at_the_end_and_a_stop_while_preparing_ends_
     assert not (stopped.run_dir / "checkpoints").exists() or not any(
         (stopped.run_dir / "checkpoints").iterdir()
     )
-
-
-def test_the_cli_shows_progress_from_start_to_end(tmp_path, tiny_model_dir):
-    data = (
-        write(tmp_path / "train.jsonl", uf_rows(16)),
-        write(tmp_path / "test.jsonl", uf_rows(4, start=100)),
-    )
-    args = ["--model", str(tiny_model_dir), "--dataset", str(data[0]), "--eval-dataset", str(data[1]),
-            "--output-dir", str(tmp_path / "runs"), "--run-name", "cli", "--max-steps", "3",
-            "--batch-size", "4", "--eval-every", "2", "--eval-at-start", "--max-length", "64",
-            "--max-prompt-length", "32",
-            "--device", "cpu", "--precision", "fp32"]  # fmt: skip
-    env = {**os.environ, "ORPO_LAB_CACHE": str(tmp_path / "cache")}
-    done = subprocess.run([sys.executable, "-m", "orpo_lab.cli", *args], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert done.returncode == 0, done.stderr[-2000:]
-    err = done.stderr
-    expected = (
-        "orpo-lab: reading and checking",
-        "Reading and checking",
-        "Tokenising train pairs",
-        "started: 16 training pairs",
-        "step 1/3  loss",
-        "step 3/3  loss",
-        "held-out at step 0: accuracy",
-        "held-out at step 2: accuracy",
-        "held-out at step 3: accuracy",
-    )
-    for text in expected:
-        assert text in err, text
-    assert (
-        err.index("orpo-lab: reading") < err.index("Tokenising train pairs") < err.index("started:")
-    )
-    assert err.index("started:") < err.index("step 1/3")

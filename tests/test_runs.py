@@ -1,8 +1,9 @@
-"""runs.py: process handling with a stand-in trainer script, and one real run with the tiny model.
+"""runs.py: process handling with a stand-in trainer script.
 
 The stand-in (FAKE_TRAINER) follows the trainer's file contract (status.json, metrics.jsonl, STOP)
-and is only a test double for process management; `test_real_training_run_end_to_end` runs the
-real `python -m orpo_lab.train`.
+and is only a test double for process management. The real trainer started, followed, stopped
+(a loadable checkpoint) and zipped by a RunManager: test_app.py's
+test_train_stop_download_export_delete, through the app.
 """
 
 from __future__ import annotations
@@ -182,30 +183,6 @@ def test_unknown_run_and_checkpoint_are_refused(manager):
     manager.start({}, "quick-ck")
     with pytest.raises(RunError, match="no checkpoint"):
         manager.checkpoint_path("quick-ck", "../../etc")
-
-
-def test_real_training_run_end_to_end(tmp_path, tiny_model_dir):
-    """The real trainer in its own process: metrics stream in, STOP saves a loadable adapter."""
-    data = tmp_path / "pairs.jsonl"
-    with data.open("w") as f:
-        for i in range(16):
-            row = {"prompt": f"Question {i}?", "chosen": f"Good answer {i}.", "rejected": "Bad."}
-            f.write(json.dumps(row) + "\n")
-    manager = RunManager(tmp_path / "runs", grace_s=60)
-    config = dict(
-        model=str(tiny_model_dir), dataset=str(data), max_steps=400, batch_size=2,
-        max_length=64, max_prompt_length=32, save_every=0, eval_every=0, device="cpu",
-    )  # fmt: skip
-    name = manager.start(config, "real-e2e")
-    assert wait_for(lambda: len(manager.metrics(name)) >= 3, timeout=90), manager.status(name)
-    assert manager.stop(name) == "stopped"
-    status = manager.status(name)
-    assert status["status"] == "stopped", status
-    train = [r for r in manager.metrics(name) if r.get("kind") == "train"]
-    assert train and {"loss", "nll_loss", "or_loss", "logps/chosen"} <= set(train[-1])
-    (checkpoint,) = manager.checkpoints(name)
-    archive = manager.zip_checkpoint(name, checkpoint)
-    assert archive.suffix == ".zip" and archive.stat().st_size > 0
 
 
 def test_resume_continues_a_stopped_run_from_its_checkpoint(manager):

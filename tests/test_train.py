@@ -497,16 +497,29 @@ def run_cli(*args, env=None) -> subprocess.CompletedProcess:
 
 
 def test_cli_round_trip_and_merged_export(tmp_path, data, tiny_model_dir, capsys):
-    """The CLI in a process of its own once (a real `python -m orpo_lab.cli` run); its refusals
-    and the export through `cli.main` in this process (the same code, without a second start of
-    torch). The merged model's logits equal base + adapter: test_architectures.py checks that
-    for every architecture (the tiny Llama included), the QLoRA test for a 4-bit base."""
+    """The CLI in a process of its own once (a real `python -m orpo_lab.cli` run, which shows its
+    progress from the data check to the last evaluation); its refusals and the export through
+    `cli.main` in this process (the same code, without a second start of torch). The merged
+    model's logits equal base + adapter: test_architectures.py checks that for every architecture
+    (the tiny Llama included), the QLoRA test for a 4-bit base."""
     from orpo_lab.cli import main
 
     cfg = make_config(tmp_path, data, tiny_model_dir, max_steps=2)
     cfg.to_yaml(tmp_path / "run.yaml")
-    proc = run_cli("--config", str(tmp_path / "run.yaml"), "--max-steps", "3", "--beta", "0.25")
+    env = {**os.environ, "ORPO_LAB_CACHE": str(tmp_path / "cache")}  # the data prepared afresh
+    proc = run_cli("--config", str(tmp_path / "run.yaml"), "--max-steps", "3", "--beta", "0.25",
+                   env=env)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
+    err = proc.stderr
+    for text in ("orpo-lab: reading and checking", "Reading and checking", "Tokenising train pairs",
+                 "started: 16 training pairs", "step 1/3  loss", "step 3/3  loss",
+                 "held-out at step 0: accuracy", "held-out at step 2: accuracy",
+                 "held-out at step 3: accuracy"):  # fmt: skip
+        assert text in err, text
+    assert (
+        err.index("orpo-lab: reading") < err.index("Tokenising train pairs") < err.index("started:")
+    )
+    assert err.index("started:") < err.index("step 1/3")
     saved = TrainConfig.from_yaml(cfg.run_dir / "config.yaml")
     assert (saved.max_steps, saved.beta, saved.layout) == (3, 0.25, "padded")
     assert checkpoints(cfg.run_dir)[-1].name == "step-000003"
@@ -570,8 +583,13 @@ def test_two_process_torchrun_equals_one_process(tmp_path, data, tiny_model_dir)
         for k, v in os.environ.items()
         if not k.startswith(("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER"))
     }
-    one = run_cli(*common, "--run-name", "one", "--batch-size", "4", env=env)
-    assert one.returncode == 0, one.stderr
+    # The one-process run in this process, from the same arguments (a CLI run in a process of
+    # its own: test_cli_round_trip_and_merged_export), saves a start of torch (~8 s).
+    from orpo_lab.cli import parser_with_hub
+    from orpo_lab.config import config_from_args
+
+    train(config_from_args(parser_with_hub().parse_args([*common, "--run-name", "one",
+                                                         "--batch-size", "4"])))  # fmt: skip
     two = subprocess.run(
         [
             sys.executable,

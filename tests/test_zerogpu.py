@@ -93,17 +93,17 @@ def test_the_stand_in_forks_pickles_and_kills(standin):
 
 
 def test_slices_give_the_numbers_of_an_uninterrupted_run(standin, tmp_path, data, tiny_model_dir):
-    """Five slices of two steps each (a cosine schedule with warmup, evaluations every 2 steps): the
-    same losses to 1e-6, the same evaluations and the same adapter as one run of 10 steps."""
-    settings = dict(max_steps=10, save_every=0, lr_scheduler="cosine", warmup_steps=2)
+    """Three slices of two steps each (a cosine schedule with warmup, evaluations every 2 steps):
+    the same losses to 1e-6, the same evaluations and the same adapter as one run of 6 steps."""
+    settings = dict(max_steps=6, save_every=0, lr_scheduler="cosine", warmup_steps=2)
     whole = make_config(tmp_path, data, tiny_model_dir, run_name="whole", **settings)
     train(whole)
     sliced = make_config(tmp_path, data, tiny_model_dir, run_name="sliced", **settings)
     manager = run_sliced(sliced, slices.SliceRunner(seconds=60, step_cap=2))
     run = manager.folder("sliced")
     done = run.slices()
-    assert [s["outcome"] for s in done] == ["running"] * 4 + ["finished"]
-    assert [s["steps"] for s in done] == [[0, 2], [2, 4], [4, 6], [6, 8], [8, 10]]
+    assert [s["outcome"] for s in done] == ["running"] * 2 + ["finished"]
+    assert [s["steps"] for s in done] == [[0, 2], [2, 4], [4, 6]]
     assert run.read_status()["status"] == "finished"
     for kind, keys in (
         ("train", ("loss", "nll_loss", "logps/chosen", "lr")),
@@ -118,7 +118,7 @@ def test_slices_give_the_numbers_of_an_uninterrupted_run(standin, tmp_path, data
     for key in ours:
         torch.testing.assert_close(ours[key], theirs[key], rtol=0, atol=1e-6)
     resumed = [r for r in lines(run.path, "event") if r["event"] == "resumed"]
-    assert [r["step"] for r in resumed] == [2, 4, 6, 8]
+    assert [r["step"] for r in resumed] == [2, 4]
 
 
 def test_a_slice_killed_at_its_deadline_loses_only_the_steps_after_its_save(
