@@ -237,14 +237,14 @@ def settle_precision(
     times, models, failed = {}, {"fp32": model}, False
     bar = tqdm(total=3, desc="Measuring float32 vs bf16 here (once per setup)", leave=False)
 
-    def stage(text: str) -> None:
+    def stage(text: str, done: int = 1) -> None:  # the bar counts finished stages only
+        bar.update(done)
         bar.set_postfix_str(text)
         if progress is not None:
             progress(f"measuring float32 vs bf16 here (once per setup): {text}", bar.n, 3)
-        bar.update()
 
     try:
-        stage("float32")
+        stage("float32", done=0)
         timed = {"fp32": _verified(model, cfg, batch if sample is None else sample)}
         times["fp32"] = time_steps(timed["fp32"], batch, cfg.beta, n=1)
         stage("loading a bf16 copy")
@@ -256,8 +256,10 @@ def settle_precision(
         times["bf16"] = time_steps(timed["bf16"], batch, cfg.beta, n=1)
         ratio = times["fp32"][0] / times["bf16"][0]
         for _ in range(PROBE_STEPS - 1 if 1 / CLEAR < ratio < CLEAR else 0):  # a close call
+            stage(f"x{ratio:.2f} is close: timing both again", done=0)
             for key, pair_logps in timed.items():
                 times[key] += time_steps(pair_logps, batch, cfg.beta, n=1, warmup=0)
+        bar.update()
         times = {k: _rounded(v) for k, v in times.items()}  # what the started event shows
         name, why = choose_precision(times)
     except StopRequested:

@@ -87,12 +87,13 @@ def test_compilation_follows_the_measured_times_and_compile_cost():
     assert choose(1.0, 0.8, None, 10**6, paid=False)[0] is False  # cost never measured
 
 
-def scripted_times(log: list, bf16_s: float = 0.5, fp32_s: float = 1.0):
-    """A stand-in for autotune.time_steps: the step time of the model's frozen dtype."""
+def scripted_times(log: list, bf16_s: float = 0.5, fp32_s: float = 1.0, bars: list | None = None):
+    """A stand-in for autotune.time_steps: the step time of the model's frozen dtype (logged; with
+    `bars`, together with how many stages the probe's bar says are done)."""
 
     def fake(pair_logps, batch, beta, n=autotune.PROBE_STEPS, warmup=1):
         dtype = pair_logps.model.get_base_model().get_input_embeddings().weight.dtype
-        log.append(dtype)
+        log.append(dtype if bars is None else (dtype, bars[0].n))
         return [bf16_s if dtype == torch.bfloat16 else fp32_s] * n
 
     return fake
@@ -189,14 +190,24 @@ def test_a_close_call_gets_a_second_timed_pass_each(
     tmp_path, data, tiny_model_dir, own_cache, monkeypatch
 ):
     monkeypatch.setattr(autotune, "bf16_flag", lambda flags=None: "avx512_bf16")
-    timed: list = []
-    monkeypatch.setattr(autotune, "time_steps", scripted_times(timed, bf16_s=0.8))
+    timed, bars = [], []  # the bar as each timing starts: it never says done while work is left
+
+    class Bar(autotune.tqdm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            bars.append(self)
+
+    monkeypatch.setattr(autotune, "tqdm", Bar)
+    monkeypatch.setattr(autotune, "time_steps", scripted_times(timed, bf16_s=0.8, bars=bars))
     cfg = make_config(tmp_path, data, tiny_model_dir, precision="auto")
     model, tok = build_model(cfg, None, precision_plan(cfg))
     batch = collate(load_pairs(cfg, tok)[0][:4], cfg.layout, tok.pad_token_id)
     _, plan = autotune.settle_precision(cfg, precision_plan(cfg), model, batch,
                                         lambda p: build_model(cfg, None, p)[0])  # fmt: skip
-    assert timed == [torch.float32, torch.bfloat16] * 2  # x1.25: within x1.5, timed again
+    # x1.25: within x1.5, timed again; the bar at 0, 2 (the copy loaded), 2, 2 stages done
+    fp32, bf16 = torch.float32, torch.bfloat16
+    assert timed == [(fp32, 0), (bf16, 2), (fp32, 2), (bf16, 2)]
+    assert bars[0].n == bars[0].total == 3  # done once every timing is
     assert plan["autotune"]["candidates"] == {"fp32": [1.0, 1.0], "bf16": [0.8, 0.8]}
     assert plan["precision"] == "bf16"
 
