@@ -372,10 +372,13 @@ def test_04_training(notebook_04):
     assert len(losses) == 5 and losses[-1] < losses[0] - 0.1
     sft, orpo = v["sft_rejected"], v["orpo_rejected"]
     assert sft[0] == pytest.approx(orpo[0])  # the same held-out pairs and start
-    # The paper's observation in the learner's own quick run, each by a clear margin: SFT on the chosen
-    # replies raises the held-out rejected ones, ORPO lowers them.
+    # The paper's observation in the learner's own quick run: SFT on the chosen replies raises the
+    # held-out rejected ones, ORPO lowers them, the two runs far apart. ORPO's fall is smaller than
+    # before the ranked family (-0.10 against +0.55 for SFT here): that family's held-out rejected
+    # reply, the hedge, is the chosen reply of half its training pairs (the notebook says so).
     assert sft[-1] - sft[0] > 0.15
-    assert orpo[0] - orpo[-1] > 0.3
+    assert orpo[0] - orpo[-1] > 0.05
+    assert (sft[-1] - sft[0]) - (orpo[-1] - orpo[0]) > 0.4
     # Both learn the chosen replies.
     for chosen in (v["sft_chosen"], v["orpo_chosen"]):
         assert chosen[-1] - chosen[0] > 0.5
