@@ -411,7 +411,8 @@ def test_05_compare_outputs(notebook_env, monkeypatch):
         drive=(  # the ORPO model sampled again with the notebook's seed and settings
             "with as_model('ORPO') as model:\n"
             "    resampled = sample_answers(model, tokenizer, [r['prompt'] for r in sampled_records],"
-            " K_SAMPLES, temperature=1.0, top_p=1.0, seed=0, max_new_tokens=MAX_NEW_TOKENS)"
+            " K_SAMPLES, temperature=1.0, top_p=1.0, seed=0, max_new_tokens=MAX_NEW_TOKENS,"
+            " batch_rows=SAMPLE_ROWS)"
         ),
     )
     assert set(v["table"]) == {"base", "SFT", "ORPO"}
