@@ -437,3 +437,23 @@ def test_elapsed_counts_every_process_of_a_resumed_run_and_errors_wrap():
     assert "elapsed 1m 05s" in running
     failed = progress_text("r", {"status": "failed", "message": "a\n<b>" + "x" * 300}, records)
     assert "```" not in failed and "> &lt;b&gt;" in failed  # quoted lines wrap; not a code block
+
+
+def test_a_data_read_in_one_handler_leaves_the_bars_of_another_working(tmp_path, tiny_model_dir):
+    """datasets' parallel map (and tqdm's thread_map) wrap their work in tqdm's `ensure_lock`,
+    which deletes tqdm's class lock afterwards when there was none; a bar that another handler
+    closed after that raised AttributeError (seen in the app: two handlers loading the held-out
+    pairs at once). The app makes the lock, so it is never deleted."""
+    from tqdm import tqdm
+    from tqdm.contrib.concurrent import ensure_lock
+
+    if hasattr(tqdm, "_lock"):
+        del tqdm._lock  # a fresh process: no bar made yet
+    build_app(str(tiny_model_dir), tmp_path / "runs", device="cpu")
+    with (
+        open(tmp_path / "bar.txt", "w") as out,
+        ensure_lock(tqdm),  # what a parallel map does around its workers, in one handler
+    ):
+        bar = tqdm(total=1, file=out)  # another handler's bar, made meanwhile
+    bar.close()  # without the app's lock: AttributeError (the lock went with ensure_lock)
+    assert hasattr(tqdm, "_lock")

@@ -16,6 +16,7 @@ import random
 from pathlib import Path
 
 import gradio as gr
+from tqdm import tqdm
 
 from orpo_lab import zerogpu
 from orpo_lab.chat import ModelPool
@@ -50,6 +51,11 @@ def build_app(
 ) -> gr.Blocks:  # fmt: skip
     """The app over a runs folder; `model` is the default base model of training and chat.
     `seed` fixes the blind A/B order (tests); None draws it fresh."""
+    # Two handlers reading data at once: datasets' parallel map and tqdm's thread_map make tqdm's
+    # class lock for their duration and delete it after when there was none, so a bar that another
+    # handler closes meanwhile fails ("type object 'tqdm' has no attribute '_lock'"). Made here,
+    # it is never deleted.
+    tqdm.get_lock()
     hardware = zerogpu.mode()
     pool, slices, evaluate = ModelPool(model, device=device), None, None
     if hardware == "zerogpu":  # training in GPU slices; generation and scoring in GPU calls
