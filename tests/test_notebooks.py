@@ -475,6 +475,7 @@ def test_06_objectives(notebook_env, monkeypatch):
             "figure": "[[list(t.x), list(t.y)] for t in curves_fig.data]",
             "costs": "{m: {k: x for k, x in c.items() if k != 'stages'} for m, c in costs.items()}",
             "stages": "{m: [s['method'] for s in c['stages']] for m, c in costs.items()}",
+            "dpo_stage": "costs['SFT->DPO']['stages'][-1]",
             "push": "[push_start, push_end]",
             "sampled": "sampled_table",
             "n_sampled": "[len(sampled_records), K_SAMPLES]",
@@ -531,6 +532,10 @@ def test_06_objectives(notebook_env, monkeypatch):
     )
     assert verdict in v["printed"]
     push_start, push_end = v["push"]
+    # Quick mode starts and stays where odds and probabilities are close (the held-out replies
+    # unlikely): the probability ratio pushes the rejected side less hard than the odds ratio there,
+    # and the two runs end near each other.
+    assert push_start < 1 and abs(gap) < 0.1
     assert (
         f"{push_start:.2f}x as hard as the odds ratio; at the PR run's last step {push_end:.2f}x"
         in (v["printed"])
@@ -573,13 +578,22 @@ def test_06_objectives(notebook_env, monkeypatch):
     )
     assert f"answers was {hedged} over {n_prompts // 4 * k} samples each" in v["printed"]
     # The conclusions are printed, each one line, in the words their numbers allow.
-    assert len(v["conclusions"]) == 6
+    assert len(v["conclusions"]) == 7
     for line in v["conclusions"]:
         assert f"- {line}\n" in v["printed"]
     sft_rise = curves["SFT"][-1]["rejected"] - start["rejected"]
     assert f"by {sft_rise:+.3f}" in v["conclusions"][1]
     assert ("it raised the rejected replies" in v["conclusions"][1]) == (sft_rise > 0)
-    assert ("reached the region" in v["conclusions"][3]) == (push_end > 1)
+    assert ("reached the region" in v["conclusions"][4]) == (push_end > 1)
+    # SFT->DPO's DPO stage, read from its own folder: it starts where the SFT stage ended.
+    stage, sft_end = v["dpo_stage"], next(p for p in curves["SFT->DPO"] if p["step"] == sft_steps)
+    assert stage["chosen_first"] == pytest.approx(sft_end["chosen"], abs=1e-3)
+    assert stage["chosen"] == curves["SFT->DPO"][-1]["chosen"]
+    moved = {side: stage[side] - stage[f"{side}_first"] for side in ("chosen", "rejected")}
+    assert (
+        f"chosen log-prob by {moved['chosen']:+.3f} and the rejected one by {moved['rejected']:+.3f}"
+        in v["conclusions"][3]
+    )
 
 
 def test_the_client_polls_in_slices_until_a_reply_or_the_deadline():
