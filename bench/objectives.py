@@ -23,9 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import shutil
-import statistics
 import subprocess
 import sys
 import time
@@ -35,37 +33,11 @@ import torch
 import yaml
 
 from orpo_lab.config import PRESETS, TrainConfig
+from orpo_lab.costs import peak_memory, pipeline_costs
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results" / "objectives.json"
 PIPELINES = ("orpo", "sft", "prob_ratio", "dpo", "sft_then_dpo")
-
-
-def rows_of(run_dir: Path) -> list[dict]:
-    return [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-def stage_numbers(run_dir: Path) -> dict:
-    """What one run logged: its method, steps, held-out numbers first and last, its cost."""
-    rows = rows_of(run_dir)
-    started = next(r for r in rows if r.get("event") == "started")
-    evals = [r for r in rows if r["kind"] == "eval"]
-    train = [r for r in rows if r["kind"] == "train"]
-    first, last = evals[0], evals[-1]
-    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
-    return {
-        "method": started["method"], "steps": train[-1]["step"], "precision": started["precision"],
-        "torch_compile": started["torch_compile"],
-        "pair_visits": train[-1]["step"] * cfg["batch_size"] * cfg["grad_accum"],
-        "reference_forwards": started.get("reference_pairs", 0),
-        "reference_s": started.get("reference_s", 0.0),
-        "eval_pairs": last["eval/pairs"], "first_eval_step": first["step"],
-        "accuracy_first": first["eval/accuracy"], "accuracy": last["eval/accuracy"],
-        "chosen_first": first["eval/logps_chosen"], "chosen": last["eval/logps_chosen"],
-        "rejected_first": first["eval/logps_rejected"], "rejected": last["eval/logps_rejected"],
-        "train_loss_last": train[-1]["loss"],
-        "median_step_s": statistics.median(r["step_s"] for r in train),
-    }  # fmt: skip
 
 
 def run_one(name: str, values: dict, sft_steps: int, samples: int) -> dict:
@@ -73,35 +45,23 @@ def run_one(name: str, values: dict, sft_steps: int, samples: int) -> dict:
     from orpo_lab.pipeline import sft_then_dpo, stage_configs
     from orpo_lab.train import train
 
-    began = time.perf_counter()
-    if name == "sft_then_dpo":
-        cfg = TrainConfig(**(values | {"run_name": "two-stage"}))
-        stages = stage_configs(cfg, sft_steps)
-        for stage in stages:
-            shutil.rmtree(stage.run_dir, ignore_errors=True)
-        sft_then_dpo(cfg, sft_steps)
-        dirs = [s.run_dir for s in stages]
-    else:
-        cfg = TrainConfig(**(values | {"method": name, "run_name": name}))
-        shutil.rmtree(cfg.run_dir, ignore_errors=True)
-        train(cfg)
-        dirs = [cfg.run_dir]
-    wall = time.perf_counter() - began
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # training's, not sampling's
-    sampled = sampled_numbers(dirs[-1], samples) if samples else {}
-    stages = [stage_numbers(d) for d in dirs]
-    visits = sum(s["pair_visits"] for s in stages)
-    forwards = visits + sum(s["reference_forwards"] for s in stages)
-    last = stages[-1]
-    return {
-        "steps": sum(s["steps"] for s in stages), "wall_s": wall, "peak_rss_gb": peak,
-        "forwards_per_pair_visit": forwards / visits,
-        "reference_s": sum(s["reference_s"] for s in stages),
-        "median_step_s": statistics.median(s["median_step_s"] for s in stages),
-        "accuracy": last["accuracy"], "chosen": last["chosen"], "rejected": last["rejected"],
-        "accuracy_first": stages[0]["accuracy_first"], "chosen_first": stages[0]["chosen_first"],
-        "rejected_first": stages[0]["rejected_first"], "stages": stages, "sampled": sampled,
-    }  # fmt: skip
+    with peak_memory() as memory:  # this process's, which trains this pipeline alone
+        began = time.perf_counter()
+        if name == "sft_then_dpo":
+            cfg = TrainConfig(**(values | {"run_name": "two-stage"}))
+            stages = stage_configs(cfg, sft_steps)
+            for stage in stages:
+                shutil.rmtree(stage.run_dir, ignore_errors=True)
+            sft_then_dpo(cfg, sft_steps)
+            dirs = [s.run_dir for s in stages]
+        else:
+            cfg = TrainConfig(**(values | {"method": name, "run_name": name}))
+            shutil.rmtree(cfg.run_dir, ignore_errors=True)
+            train(cfg)
+            dirs = [cfg.run_dir]
+        wall = time.perf_counter() - began
+    costs = pipeline_costs(dirs, wall, memory["peak_rss_gb"])  # training's peak, not sampling's
+    return costs | {"sampled": sampled_numbers(dirs[-1], samples) if samples else {}}
 
 
 def sampled_numbers(run_dir: Path, samples: int) -> dict:

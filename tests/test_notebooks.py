@@ -118,6 +118,7 @@ def test_notebooks_are_stored_without_outputs():
         "03_text_to_logps.ipynb",
         "04_training.ipynb",
         "05_compare_outputs.ipynb",
+        "06_objectives.ipynb",
     ]
     for name in names:
         nb = nbformat.read(NOTEBOOKS / name, as_version=4)
@@ -449,6 +450,140 @@ def test_05_compare_outputs(notebook_env, monkeypatch):
     gap = ranked["ORPO"]["pass"]["rate"] - ranked["SFT"]["pass"]["rate"]
     assert f"ranked is {abs(gap):.0%} {'above' if gap >= 0 else 'below'} SFT's" in v["printed"]
     assert v["resampled"]  # the same seed draws the same samples (the pool's model: ORPO's adapter)
+
+
+@pytest.mark.slow
+def test_06_objectives(notebook_env, monkeypatch):
+    v = run_notebook(
+        "06_objectives.ipynb",
+        {
+            "pr_grad_error": "pr_grad_error",
+            "grid": "[pr_harder_share, or_chosen_always]",
+            "slice": "[SLICE_L, crossover, near_certain, unlikely]",
+            "steps": "[STEPS, SFT_STEPS, SETTINGS['batch_size']]",
+            "curves": "curves",
+            "figure": "[[list(t.x), list(t.y)] for t in curves_fig.data]",
+            "costs": "{m: {k: x for k, x in c.items() if k != 'stages'} for m, c in costs.items()}",
+            "stages": "{m: [s['method'] for s in c['stages']] for m, c in costs.items()}",
+            "dpo_stage": "costs['SFT->DPO']['stages'][-1]",
+            "push": "[push_start, push_end]",
+            "sampled": "sampled_table",
+            "n_sampled": "[len(sampled_records), K_SAMPLES]",
+            "conclusions": "conclusions",
+        },
+        notebook_env,
+        monkeypatch,
+    )
+    pipelines = ["ORPO", "SFT", "SFT->DPO", "PR"]
+    # Section 7.1: autograd through prob_ratio_loss is the sigmoid of the formula; the probability
+    # ratio pushes the rejected reply harder only on part of the map, never the chosen one harder.
+    assert v["pr_grad_error"] < 1e-12
+    share, or_chosen_always = v["grid"]
+    assert 0.1 < share < 0.9 and or_chosen_always
+    log_l, crossover, near_certain, unlikely = v["slice"]
+
+    def pushes(log_w: float) -> tuple[float, float]:  # rejected side: (PR's, OR's), by the formulas
+        p_w, p_l = math.exp(log_w), math.exp(log_l)
+        odds_w, odds_l = p_w / (1 - p_w), p_l / (1 - p_l)
+        return p_l / (p_w + p_l), odds_l / (odds_w + odds_l) / (1 - p_l)
+
+    pr, orpo = pushes(crossover)
+    assert pr > orpo
+    pr, orpo = pushes(crossover * 1.05)  # a little further from certainty: ORPO pushes harder
+    assert pr < orpo
+    assert near_certain > 10 and unlikely < 1
+    assert f"once log P(y_w) is above {crossover:.2f}" in v["printed"]
+    # Four pipelines from one start, at equal steps; the figure shows the curves the folders hold.
+    steps, sft_steps, batch = v["steps"]
+    curves = v["curves"]
+    assert list(curves) == pipelines
+    start = curves["ORPO"][0]
+    for label, curve in curves.items():
+        assert curve[0]["step"] == 0 and curve[-1]["step"] == steps, label
+        assert curve[0]["chosen"] == pytest.approx(start["chosen"], abs=1e-3), label
+        assert curve[0]["rejected"] == pytest.approx(start["rejected"], abs=1e-3), label
+        chosen, rejected = v["figure"][2 * pipelines.index(label) : 2 * pipelines.index(label) + 2]
+        assert chosen == [[p["step"] for p in curve], [p["chosen"] for p in curve]]
+        assert rejected == [[p["step"] for p in curve], [p["rejected"] for p in curve]]
+    assert sft_steps in [p["step"] for p in curves["SFT->DPO"]]  # the DPO stage follows on
+    # Every objective that raises the chosen replies raises them; SFT, without a term that lowers
+    # the rejected ones, ends with them higher than ORPO and the probability ratio do.
+    for label in ("ORPO", "SFT", "PR"):
+        assert curves[label][-1]["chosen"] > start["chosen"] + 0.2, label
+    assert curves["SFT"][-1]["rejected"] > curves["ORPO"][-1]["rejected"]
+    assert curves["SFT"][-1]["rejected"] > curves["PR"][-1]["rejected"]
+    # The verdict on section 7.1 is the one the numbers give, either way.
+    gap = curves["PR"][-1]["rejected"] - curves["ORPO"][-1]["rejected"]
+    verdict = (
+        f"held-out rejected log-prob {-gap:.3f} below ORPO's"
+        if gap < 0
+        else f"NOT push the rejected replies down harder than ORPO: its held-out rejected log-prob "
+        f"ended {gap:.3f} above ORPO's"
+    )
+    assert verdict in v["printed"]
+    push_start, push_end = v["push"]
+    # Quick mode starts and stays where odds and probabilities are close (the held-out replies
+    # unlikely): the probability ratio pushes the rejected side less hard than the odds ratio there,
+    # and the two runs end near each other.
+    assert push_start < 1 and abs(gap) < 0.1
+    assert (
+        f"{push_start:.2f}x as hard as the odds ratio; at the PR run's last step {push_end:.2f}x"
+        in (v["printed"])
+    )
+    # Costs: one forward per pair visited, but for DPO's reference pass over the pairs it visits.
+    costs = v["costs"]
+    assert v["stages"] == {"ORPO": ["orpo"], "SFT": ["sft"], "SFT->DPO": ["sft", "dpo"],
+                           "PR": ["prob_ratio"]}  # fmt: skip
+    for label, c in costs.items():
+        assert c["steps"] == steps and c["pair_visits"] == steps * batch, label
+        assert c["wall_s"] > 0 and 0.3 < c["peak_rss_gb"] < 24, label
+    for label in ("ORPO", "SFT", "PR"):
+        assert (
+            costs[label]["forwards_per_pair_visit"] == 1.0
+            and costs[label]["reference_forwards"] == 0
+        )
+    dpo = costs["SFT->DPO"]
+    assert 0 < dpo["reference_forwards"] <= (steps - sft_steps) * batch
+    assert dpo["forwards_per_pair_visit"] == pytest.approx(
+        1 + dpo["reference_forwards"] / (steps * batch)
+    )
+    assert dpo["forwards_per_pair_visit"] > costs["ORPO"]["forwards_per_pair_visit"]
+    assert dpo["reference_s"] > 0
+    assert (
+        f"SFT->DPO made {dpo['forwards_per_pair_visit']:.2f} forwards per pair visited"
+        in v["printed"]
+    )
+    # Sampled: every family holds its prompts x k samples, each rate inside its 95% interval.
+    (n_prompts, k), sampled = v["n_sampled"], v["sampled"]
+    assert list(sampled) == pipelines
+    for label, rates in sampled.items():
+        assert rates["all"]["all"]["pass"]["n"] == n_prompts * k
+        for family in FAMILIES:
+            for key in ("pass", "rejected_like"):
+                group = rates[family]["all"][key]
+                assert group["n"] == n_prompts // 4 * k, (label, family)
+                assert group["low"] <= group["rate"] <= group["high"], (label, family, key)
+    hedged = ", ".join(
+        f"{m} {sampled[m]['ranked']['all']['rejected_like']['rate']:.0%}" for m in pipelines
+    )
+    assert f"answers was {hedged} over {n_prompts // 4 * k} samples each" in v["printed"]
+    # The conclusions are printed, each one line, in the words their numbers allow.
+    assert len(v["conclusions"]) == 7
+    for line in v["conclusions"]:
+        assert f"- {line}\n" in v["printed"]
+    sft_rise = curves["SFT"][-1]["rejected"] - start["rejected"]
+    assert f"by {sft_rise:+.3f}" in v["conclusions"][1]
+    assert ("it raised the rejected replies" in v["conclusions"][1]) == (sft_rise > 0)
+    assert ("reached the region" in v["conclusions"][4]) == (push_end > 1)
+    # SFT->DPO's DPO stage, read from its own folder: it starts where the SFT stage ended.
+    stage, sft_end = v["dpo_stage"], next(p for p in curves["SFT->DPO"] if p["step"] == sft_steps)
+    assert stage["chosen_first"] == pytest.approx(sft_end["chosen"], abs=1e-3)
+    assert stage["chosen"] == curves["SFT->DPO"][-1]["chosen"]
+    moved = {side: stage[side] - stage[f"{side}_first"] for side in ("chosen", "rejected")}
+    assert (
+        f"chosen log-prob by {moved['chosen']:+.3f} and the rejected one by {moved['rejected']:+.3f}"
+        in v["conclusions"][3]
+    )
 
 
 def test_the_client_polls_in_slices_until_a_reply_or_the_deadline():

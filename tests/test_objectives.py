@@ -1,7 +1,7 @@
 """The objectives in the one training loop (orpo_lab.objectives, orpo_lab.reference,
 orpo_lab.pipeline): each method trains a tiny model and logs the shared metric names; DPO's
-reference is the starting model (step-1 loss ln 2, margin 0); SFT then DPO; bad input refused
-before any training."""
+reference is the starting model (step-1 loss ln 2, margin 0); SFT then DPO and what it cost
+(orpo_lab.costs); bad input refused before any training."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from test_train import lines, make_config, write_pairs
 
 from orpo_lab.cli import main
 from orpo_lab.config import TrainConfig
+from orpo_lab.costs import held_out_curve, peak_memory, pipeline_costs
 from orpo_lab.data import collate
 from orpo_lab.logps import PairLogps
 from orpo_lab.loss import dpo_loss, preference_metrics
@@ -240,6 +241,40 @@ def test_sft_then_dpo_at_one_runs_step_budget(tmp_path, data, tiny_model_dir):
     shutil.rmtree(sft_cfg.run_dir)  # the DPO run still names it; a new run from it is refused
     with pytest.raises(ValueError, match="init_checkpoint '.*two-sft' does not exist"):
         check_start(dpo_cfg)
+
+
+def test_costs_and_curve_of_sft_then_dpo_read_from_its_folders(tmp_path, data, tiny_model_dir):
+    """One held-out curve over both stages (DPO's step 0, SFT's last weights, drawn once); DPO's
+    reference forwards counted once per distinct pair, on top of one forward per pair visited."""
+    cfg = quick(tmp_path, data, tiny_model_dir, max_steps=4, run_name="two", eval_every=1,
+                eval_at_start=True)  # fmt: skip
+    sft_cfg, dpo_cfg = stage_configs(cfg, 2)
+    sft_then_dpo(cfg, 2)
+    dirs = [sft_cfg.run_dir, dpo_cfg.run_dir]
+    costs = pipeline_costs(dirs, wall_s=1.5, peak_rss_gb=0.5)
+    visits = 4 * cfg.batch_size * cfg.grad_accum
+    assert costs["steps"] == 4 and costs["pair_visits"] == visits
+    assert [s["method"] for s in costs["stages"]] == ["sft", "dpo"]
+    assert costs["reference_forwards"] == started(dpo_cfg.run_dir)["reference_pairs"] == 8
+    assert costs["forwards_per_pair_visit"] == pytest.approx(1 + 8 / visits)
+    sft_evals, dpo_evals = lines(sft_cfg.run_dir, "eval"), lines(dpo_cfg.run_dir, "eval")
+    curve = held_out_curve(dirs)
+    assert [p["step"] for p in curve] == [0, 1, 2, 3, 4]
+    assert [p["rejected"] for p in curve] == [
+        r["eval/logps_rejected"] for r in sft_evals + dpo_evals[1:]
+    ]
+    assert costs["chosen_first"] == sft_evals[0]["eval/logps_chosen"]
+    assert costs["chosen"] == dpo_evals[-1]["eval/logps_chosen"] == curve[-1]["chosen"]
+
+
+def test_peak_memory_is_the_peak_of_the_stretch_alone():
+    with peak_memory() as big:
+        block = bytearray(b"x") * (256 * 2**20)  # written, so resident
+        del block
+    with peak_memory() as small:  # the high-water mark starts again from what is resident now
+        pass
+    assert not small["since_start"]  # Linux: the peak was reset
+    assert big["peak_rss_gb"] - small["peak_rss_gb"] > 0.2
 
 
 def test_runs_table_and_model_card_name_the_method():

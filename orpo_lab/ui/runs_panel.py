@@ -50,7 +50,8 @@ PANEL_CAPTIONS = [
     ("loss", "total = NLL (the SFT term on chosen) + beta x L_OR; L_OR (unweighted) is "
      "-log sigmoid(log-odds ratio), drawn before beta scales it. Expect NLL to fall; L_OR falls "
      "from ln 2 = 0.69 as the ratio grows (`02_loss_gradient.ipynb`). Other methods: prob_ratio "
-     "adds L_PR (a probability ratio) instead, DPO's total is its own loss (from ln 2 at step 1)."),
+     "adds L_PR (a probability ratio) instead, DPO's total is its own loss (from ln 2 at step 1); "
+     "`06_objectives.ipynb` compares the methods."),
     ("preference accuracy", "the fraction of pairs whose chosen response has the higher mean "
      "log-prob. Expect it to rise from about 0.5 towards 1; the held-out dots are the honest "
      "number (`04_training.ipynb`)."),
