@@ -129,7 +129,9 @@ def test_a_slice_killed_at_its_deadline_loses_only_the_steps_after_its_save(
     the run stops resumable, and Resume finishes it with the numbers of an uninterrupted run."""
     settings = dict(max_steps=200, save_every=7, eval_every=0, lr_scheduler="constant")
     real_fits = slices.SliceBudget.fits
-    monkeypatch.setattr(slices.SliceBudget, "fits", lambda self, step: True)
+    # Every step 60 ms longer: 200 steps outlast the 8 s slice on any machine (the tiny model alone
+    # trained all 200 within it on a quiet one, and the kill found the run finished).
+    monkeypatch.setattr(slices.SliceBudget, "fits", lambda self, step: time.sleep(0.06) or True)
     monkeypatch.setenv("ORPO_LAB_ZEROGPU_QUOTA_S", "10")  # an 8 s slice, then not one more
     cfg = make_config(tmp_path, data, tiny_model_dir, run_name="cut", **settings)
     manager = run_sliced(cfg, slices.SliceRunner(seconds=8))
