@@ -98,10 +98,14 @@ def main() -> None:
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "alignment.json").write_text(json.dumps(result, indent=1))
 
-    how = {n: f"{t['precision']}{', compiled' if t['torch_compile'] else ''}"
-           for n, t in result["trend"].items()}  # fmt: skip
-    print(f"training time: ORPO {orpo_s:.0f} s ({how['orpo']}), SFT {sft_s:.0f} s ({how['sft']}) "
-          f"({orpo_cfg.max_steps} steps)")  # fmt: skip
+    how = {
+        n: f"{t['precision']}{', compiled' if t['torch_compile'] else ''}"
+        for n, t in result["trend"].items()
+    }
+    print(
+        f"training time: ORPO {orpo_s:.0f} s ({how['orpo']}), SFT {sft_s:.0f} s ({how['sft']}) "
+        f"({orpo_cfg.max_steps} steps)"
+    )
     for name in ("orpo", "sft"):
         t = result["trend"][name]
         print(

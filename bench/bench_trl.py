@@ -137,16 +137,27 @@ def worker(name: str, spec: dict, out: Path, tag: str) -> dict:
     spec_file, result = out / "logs" / f"{tag}.spec.json", out / "logs" / f"{tag}.json"
     spec_file.write_text(json.dumps(spec))
     result.unlink(missing_ok=True)
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", name, "--spec", str(spec_file),
-           "--result", str(result)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--worker",
+        name,
+        "--spec",
+        str(spec_file),
+        "--result",
+        str(result),
+    ]
     # Caches of this bench's own, empty at its start: auto's first rep measures (and compiles
     # cold), the later reps read what it measured, as a user's later runs would.
-    env = os.environ | {"ORPO_LAB_AUTOTUNE_CACHE": str(out / "autotune.json"),
-                        "TORCHINDUCTOR_CACHE_DIR": str(out / "inductor")}  # fmt: skip
+    env = os.environ | {
+        "ORPO_LAB_AUTOTUNE_CACHE": str(out / "autotune.json"),
+        "TORCHINDUCTOR_CACHE_DIR": str(out / "inductor"),
+    }
     began = time.perf_counter()
     with open(out / "logs" / f"{tag}.log", "w") as log:
-        code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=HERE.parent,
-                              env=env).returncode  # fmt: skip
+        code = subprocess.run(
+            cmd, stdout=log, stderr=subprocess.STDOUT, cwd=HERE.parent, env=env
+        ).returncode
     if code != 0:
         tail = (out / "logs" / f"{tag}.log").read_text()[-3000:]
         raise RuntimeError(f"worker {tag} failed (exit {code}); log tail:\n{tail}")
@@ -160,11 +171,23 @@ def environment(device: str) -> dict:
     import transformers
     import trl
 
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.processor())  # fmt: skip
-    env = {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "python": platform.python_version(),
-           "torch": torch.__version__, "transformers": transformers.__version__,
-           "peft": peft.__version__, "trl": trl.__version__}  # fmt: skip
+    cpu = next(
+        (
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if ln.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    env = {
+        "cpu": cpu,
+        "cores": len(os.sched_getaffinity(0)),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "trl": trl.__version__,
+    }
     if device == "cuda":
         env["gpu"] = torch.cuda.get_device_name(0)
     return env
@@ -175,16 +198,28 @@ def prepare(args, out: Path) -> dict:
     cuda = args.device == "cuda"
     max_length = args.max_length or (2048 if cuda else 256)
     spec = {
-        "device": args.device, "precision": "bf16" if cuda else "fp32", "model": "default",
-        "precisions": args.precisions.split(",") if args.precisions else (
-            ["bf16"] if cuda else [AUTO, "fp32", "bf16", COMPILED]),
-        "batch": args.batch, "max_length": max_length,
-        "max_prompt_length": args.max_prompt_length or max_length // 2, "steps": args.steps,
-        "warmup": args.warmup, "lr": args.lr, "beta": args.beta, "lora_r": args.lora_r,
-        "lora_alpha": args.lora_alpha, "layout": args.layout, "chunk": args.chunk, "seed": args.seed,
-        "rounds": args.ablation_rounds, "data_dir": str(out / "data"),
+        "device": args.device,
+        "precision": "bf16" if cuda else "fp32",
+        "model": "default",
+        "precisions": args.precisions.split(",")
+        if args.precisions
+        else (["bf16"] if cuda else [AUTO, "fp32", "bf16", COMPILED]),
+        "batch": args.batch,
+        "max_length": max_length,
+        "max_prompt_length": args.max_prompt_length or max_length // 2,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "lr": args.lr,
+        "beta": args.beta,
+        "lora_r": args.lora_r,
+        "lora_alpha": args.lora_alpha,
+        "layout": args.layout,
+        "chunk": args.chunk,
+        "seed": args.seed,
+        "rounds": args.ablation_rounds,
+        "data_dir": str(out / "data"),
         "auto_steps": args.auto_steps,
-    }  # fmt: skip
+    }
     rows, source = tc.default_rows()
     if args.gpu_model:
         from orpo_lab.model import load_tokenizer
@@ -224,8 +259,12 @@ def settings(precision: str) -> dict:
 def contenders(spec: dict) -> list[str]:
     """ "ours-fp32", "trl-fp32", "ours-bf16", ...: orpo_lab and TRL in each of spec["precisions"]
     (TRL not in bf16c: the compiled contender is orpo_lab's alone)."""
-    return [f"{name}-{p}" for p in spec["precisions"] for name in ("ours", "trl")
-            if not (name == "trl" and p in (COMPILED, AUTO))]  # fmt: skip
+    return [
+        f"{name}-{p}"
+        for p in spec["precisions"]
+        for name in ("ours", "trl")
+        if not (name == "trl" and p in (COMPILED, AUTO))
+    ]
 
 
 def summarise(spec: dict, runs: dict[str, list[dict]]) -> dict:
@@ -272,8 +311,11 @@ def summarise(spec: dict, runs: dict[str, list[dict]]) -> dict:
             "setup_s": [r["setup_s"] for r in runs[auto]],
             "best_contender": best,
         }
-    summary["ratios"] = {f"{a} / {b}": ratios(runs[a], runs[b], summary[a], summary[b])
-                         for a, b in pairs if a in runs and b in runs}  # fmt: skip
+    summary["ratios"] = {
+        f"{a} / {b}": ratios(runs[a], runs[b], summary[a], summary[b])
+        for a, b in pairs
+        if a in runs and b in runs
+    }
     if spec["device"] == "cuda":
         # LoRA: forward 2N + backward into activations 2N FLOPs per token; the frozen base has no
         # weight gradients (full fine-tuning would be 6N). N = weights of all linear layers incl. lm_head.
@@ -306,29 +348,39 @@ def markdown(results: dict) -> str:
         if spec["device"] == "cuda"
         else "ru_maxrss of the whole process (interpreter, libraries, model, data, training)"
     )
-    lines.append(f"Device: {env.get('gpu', env['cpu'])}, {env['cores']} cores; torch {env['torch']}, "
-                 f"transformers {env['transformers']}, peft {env['peft']}, trl {env['trl']}.")  # fmt: skip
+    lines.append(
+        f"Device: {env.get('gpu', env['cpu'])}, {env['cores']} cores; torch {env['torch']}, "
+        f"transformers {env['transformers']}, peft {env['peft']}, trl {env['trl']}."
+    )
     lines.append(
         f"Data: {spec['data_source']}; batch {spec['batch']}, max_length {spec['max_length']}, "
         f"{spec['warmup']} warmup + {spec['steps']} measured steps x {spec['reps']} reps."
     )
     if "check" in results:
         c = results["check"]
-        lines.append(f"\nStep-0 loss: TRL {c['trl']['loss']:.6f}; orpo_lab max |diff| over 6 "
-                     f"layout/chunk configs {c['max_abs_diff']:.2e} -> "
-                     f"{'PASS' if c['within_1e-4'] else 'FAIL'} (tolerance 1e-4).")  # fmt: skip
+        lines.append(
+            f"\nStep-0 loss: TRL {c['trl']['loss']:.6f}; orpo_lab max |diff| over 6 "
+            f"layout/chunk configs {c['max_abs_diff']:.2e} -> "
+            f"{'PASS' if c['within_1e-4'] else 'FAIL'} (tolerance 1e-4)."
+        )
         for kind, count in c["tokenisation"]["counts"].items():
             lines.append(f"- tokenisation ({count} responses): {kind}")
     if "compare" in results:
         s = results["compare"]
         mfu = spec["device"] == "cuda"
-        lines += ["", "| contender | median step (s) | CPU s/step | pairs/s | tokens/s | "
-                  "peak memory (GiB) | before step 1 (GiB) |" + (" MFU |" if mfu else ""),
-                  "|---|---|---|---|---|---|---|" + ("---|" if mfu else "")]  # fmt: skip
+        lines += [
+            "",
+            "| contender | median step (s) | CPU s/step | pairs/s | tokens/s | "
+            "peak memory (GiB) | before step 1 (GiB) |" + (" MFU |" if mfu else ""),
+            "|---|---|---|---|---|---|---|" + ("---|" if mfu else ""),
+        ]
         for key in contenders(spec):
             name, precision = key.split("-")
-            label = (f"orpo_lab ({spec['layout']}, chunk {spec['chunk']})" if name == "ours"
-                     else "TRL ORPOTrainer") + f", {precision}"  # fmt: skip
+            label = (
+                f"orpo_lab ({spec['layout']}, chunk {spec['chunk']})"
+                if name == "ours"
+                else "TRL ORPOTrainer"
+            ) + f", {precision}"
             r = s[key]
             if precision == COMPILED:
                 first = ", ".join(f"{t:.1f}" for t in r["first_step_s"] if t is not None)
@@ -337,26 +389,33 @@ def markdown(results: dict) -> str:
                 chose = ", ".join(f"{p}{' compiled' if c else ''}" for p, c in s["auto"]["chosen"])
                 setup = ", ".join(f"{t:.1f}" for t in s["auto"]["setup_s"])
                 label += f" (chose per rep: {chose}; start to step 1: {setup} s)"
-            lines.append(f"| {label} | {r['median_step_s']:.3f} | {r['median_cpu_step_s']:.2f} | "
-                         f"{r['pairs_per_s']:.2f} | "
-                         f"{r['tokens_per_s']:.0f} | {r['peak_bytes'] / GIB:.2f} | "
-                         f"{r['before_train_bytes'] / GIB:.2f} |"
-                         + (f" {100 * r['mfu']:.1f}% |" if mfu else ""))  # fmt: skip
+            lines.append(
+                f"| {label} | {r['median_step_s']:.3f} | {r['median_cpu_step_s']:.2f} | "
+                f"{r['pairs_per_s']:.2f} | "
+                f"{r['tokens_per_s']:.0f} | {r['peak_bytes'] / GIB:.2f} | "
+                f"{r['before_train_bytes'] / GIB:.2f} |"
+                + (f" {100 * r['mfu']:.1f}% |" if mfu else "")
+            )
         lines.append("")
         for pair, x in s["ratios"].items():
             per_rep = ", ".join(f"x{v:.2f}" for v in x["per_rep"])
-            lines.append(f"- {pair}: pairs/s x{x['pairs_per_s']:.2f} (wall; per rep: {per_rep}), "
-                         f"x{x['cpu']:.2f} by CPU time per step, x{x['min_step']:.2f} by fastest "
-                         f"step; peak memory x{x['peak']:.2f}")  # fmt: skip
+            lines.append(
+                f"- {pair}: pairs/s x{x['pairs_per_s']:.2f} (wall; per rep: {per_rep}), "
+                f"x{x['cpu']:.2f} by CPU time per step, x{x['min_step']:.2f} by fastest "
+                f"step; peak memory x{x['peak']:.2f}"
+            )
         if "auto" in s:
             lines.append("\nauto's decisions, per rep (its started event):")
             for (pw, cw), probe in zip(s["auto"]["reasons"], s["auto"]["probe"], strict=True):
                 lines.append(f"- precision: {pw}; torch_compile: {cw}; measured: {probe}")
         lines.append(f"\nMemory: {mem_note}.")
     if "ablation" in results:
-        lines += ["", "| orpo_lab layout / chunk | median step (s) | CPU s/step | pairs/s |"
-                  + (" peak (GiB) |" if spec["device"] == "cuda" else ""),
-                  "|---|---|---|---|" + ("---|" if spec["device"] == "cuda" else "")]  # fmt: skip
+        lines += [
+            "",
+            "| orpo_lab layout / chunk | median step (s) | CPU s/step | pairs/s |"
+            + (" peak (GiB) |" if spec["device"] == "cuda" else ""),
+            "|---|---|---|---|" + ("---|" if spec["device"] == "cuda" else ""),
+        ]
         for key, r in results["ablation"].items():
             lines.append(
                 f"| {key} | {r['median_step_s']:.3f} | {r['median_cpu_step_s']:.2f} | "
@@ -377,7 +436,7 @@ def report_only(out: Path) -> int:
             if f.stem.split("-")[-1].isdigit()
         ]
         for key in contenders(results["spec"])
-    }  # fmt: skip (ours-fp32-0.json, not ours-fp32-0.spec.json)
+    }  # ours-fp32-0.json, not ours-fp32-0.spec.json
     if all(runs.values()):
         results["compare"] = summarise(results["spec"], runs)
     for name in ("check", "ablation"):
@@ -409,8 +468,11 @@ def main(argv: list[str] | None = None) -> int:
         (out / "autotune.json").unlink(missing_ok=True)
     began = time.perf_counter()
     spec = prepare(args, out) | {"reps": args.reps, "peak_tflops": args.peak_tflops}
-    results = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "spec": spec,
-               "env": environment(args.device)}  # fmt: skip
+    results = {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "spec": spec,
+        "env": environment(args.device),
+    }
     if "check" not in args.skip:
         print("step-0 loss check", flush=True)
         results["check"] = worker("check", spec | {"precision": "fp32"}, out, "check")
@@ -425,8 +487,11 @@ def main(argv: list[str] | None = None) -> int:
         print("profile: one step each", flush=True)
         for tag in contenders(spec):
             name, precision = tag.split("-")
-            prof = spec | settings(precision) | {"steps": 1, "warmup": 1,
-                                                 "profile": str(out / f"profile_{tag}.txt")}  # fmt: skip
+            prof = (
+                spec
+                | settings(precision)
+                | {"steps": 1, "warmup": 1, "profile": str(out / f"profile_{tag}.txt")}
+            )
             worker(name, prof, out, f"profile-{tag}")
     results["wall_s"] = time.perf_counter() - began
     (out / "results.json").write_text(json.dumps(results, indent=1))

@@ -33,9 +33,15 @@ def worker(name: str, values: dict) -> dict:
     cfg, seconds, rows = run(name, values)
     steps = [r["step_s"] for r in rows if r["kind"] == "train"]
     began = next(r for r in rows if r.get("event") == "started")
-    return {"train_seconds": seconds, "first_step_s": steps[0], "median_step_s": statistics.median(steps),
-            "steps": len(steps), "accuracy": [r for r in rows if r["kind"] == "eval"][-1]["eval/accuracy"],
-            "precision": began["precision"], "torch_compile": began["torch_compile"]}  # fmt: skip
+    return {
+        "train_seconds": seconds,
+        "first_step_s": steps[0],
+        "median_step_s": statistics.median(steps),
+        "steps": len(steps),
+        "accuracy": [r for r in rows if r["kind"] == "eval"][-1]["eval/accuracy"],
+        "precision": began["precision"],
+        "torch_compile": began["torch_compile"],
+    }
 
 
 def main() -> None:
@@ -58,28 +64,51 @@ def main() -> None:
     for mode in MODES:
         began = time.perf_counter()
         proc = subprocess.run(
-            [sys.executable, __file__, "--preset", args.preset, "--worker", mode, "--set", *args.set],
-            env=os.environ | {"TORCHINDUCTOR_CACHE_DIR": kernels}, capture_output=True, text=True,
-        )  # fmt: skip
+            [
+                sys.executable,
+                __file__,
+                "--preset",
+                args.preset,
+                "--worker",
+                mode,
+                "--set",
+                *args.set,
+            ],
+            env=os.environ | {"TORCHINDUCTOR_CACHE_DIR": kernels},
+            capture_output=True,
+            text=True,
+        )
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
         if proc.returncode or not lines:
             sys.exit(f"{mode} failed:\n{proc.stderr[-3000:]}")
         results[mode] = json.loads(lines[-1][len("RESULT ") :])
         results[mode]["process_seconds"] = time.perf_counter() - began
         r = results[mode]
-        print(f"{mode:7s} {r['precision']} compiled={r['torch_compile']}: training {r['train_seconds']:.1f} s, "
-              f"first step {r['first_step_s']:.1f} s, median step {r['median_step_s']:.3f} s, "
-              f"accuracy {r['accuracy']:.4f}", flush=True)  # fmt: skip
+        print(
+            f"{mode:7s} {r['precision']} compiled={r['torch_compile']}: training {r['train_seconds']:.1f} s, "
+            f"first step {r['first_step_s']:.1f} s, median step {r['median_step_s']:.3f} s, "
+            f"accuracy {r['accuracy']:.4f}",
+            flush=True,
+        )
     eager = results["eager"]["train_seconds"]
     for mode in ("cold", "cached"):
-        print(f"{mode} / eager training time: x{results[mode]['train_seconds'] / eager:.2f}; median "
-              f"step x{results[mode]['median_step_s'] / results['eager']['median_step_s']:.2f}")  # fmt: skip
-    env = {"device": platform.processor() or platform.machine(), "torch": torch.__version__,
-           "threads": torch.get_num_threads(), "cores": len(os.sched_getaffinity(0))}  # fmt: skip
+        print(
+            f"{mode} / eager training time: x{results[mode]['train_seconds'] / eager:.2f}; median "
+            f"step x{results[mode]['median_step_s'] / results['eager']['median_step_s']:.2f}"
+        )
+    env = {
+        "device": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cores": len(os.sched_getaffinity(0)),
+    }
     name = f"compile_cost{'-' + args.label if args.label else ''}.json"
     (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / name).write_text(json.dumps(
-        {"env": env, "preset": args.preset, "overrides": args.set, "runs": results}, indent=1))  # fmt: skip
+    (HERE / "results" / name).write_text(
+        json.dumps(
+            {"env": env, "preset": args.preset, "overrides": args.set, "runs": results}, indent=1
+        )
+    )
 
 
 if __name__ == "__main__":

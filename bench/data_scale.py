@@ -70,8 +70,9 @@ def watch(
     """Run `command`; its wall time, peak tree RSS, and the time `until(started)` first returned a
     number (seconds since start), polled every 0.1 s."""
     began = time.perf_counter()
-    proc = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     out: list[str] = []
     reader = threading.Thread(target=lambda: out.extend(proc.stdout), daemon=True)
     reader.start()
@@ -91,9 +92,13 @@ def watch(
         mark = until(began)
     if proc.returncode:
         raise SystemExit(f"{command} failed:\n{''.join(out)[-3000:]}")
-    return {"wall_s": round(wall, 1), "peak_rss_gb": round(peak / 2**30, 2),
-            "peak_rss_to_step1_gb": round(before / 2**30, 2),
-            "first_step_s": None if mark is None else round(mark, 1), "output": "".join(out)}  # fmt: skip
+    return {
+        "wall_s": round(wall, 1),
+        "peak_rss_gb": round(peak / 2**30, 2),
+        "peak_rss_to_step1_gb": round(before / 2**30, 2),
+        "first_step_s": None if mark is None else round(mark, 1),
+        "output": "".join(out),
+    }
 
 
 def first_step(metrics: Path):
@@ -129,13 +134,34 @@ def cache_with_model(cache: Path) -> Path:
 
 def ours(path: Path, cache: Path, runs: Path, name: str) -> dict:
     env = {**os.environ, "ORPO_LAB_CACHE": str(cache), "PYTHONUNBUFFERED": "1"}
-    command = [sys.executable, "-m", "orpo_lab.cli", "--dataset", str(path), "--max-steps", "2",
-               "--batch-size", "2", *LENGTHS, "--eval-every", "0", "--save-every", "0",
-               "--max-eval-pairs", "8",  # the evaluation after step 2: not what is measured
-               "--output-dir", str(runs), "--run-name", name]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "orpo_lab.cli",
+        "--dataset",
+        str(path),
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "2",
+        *LENGTHS,
+        "--eval-every",
+        "0",
+        "--save-every",
+        "0",
+        "--max-eval-pairs",
+        "8",  # the evaluation after step 2: not what is measured
+        "--output-dir",
+        str(runs),
+        "--run-name",
+        name,
+    ]
     result = watch(command, env, first_step(runs / name / "metrics.jsonl"))
-    started = next(json.loads(ln) for ln in (runs / name / "metrics.jsonl").read_text().splitlines()
-                   if json.loads(ln).get("event") == "started")  # fmt: skip
+    started = next(
+        json.loads(ln)
+        for ln in (runs / name / "metrics.jsonl").read_text().splitlines()
+        if json.loads(ln).get("event") == "started"
+    )
     result["truncation"] = started["truncation"]
     result["data_cache"] = started["data_cache"]
     result["precision"] = started["precision"]
@@ -189,11 +215,17 @@ def prepare_alone(path: Path, work: Path) -> dict:
     of the process and its workers, against a process that has loaded the model (model_rss)."""
     cache = cache_with_model(work / "cache-prepare")
     subprocess.run(["rm", "-rf", str(cache / "data")], check=True)
-    result = watch([sys.executable, "-c", PREPARE_ALONE, str(path)],
-                   {**os.environ, "ORPO_LAB_CACHE": str(cache)}, proportional=True)  # fmt: skip
+    result = watch(
+        [sys.executable, "-c", PREPARE_ALONE, str(path)],
+        {**os.environ, "ORPO_LAB_CACHE": str(cache)},
+        proportional=True,
+    )
     line = next(ln for ln in result.pop("output").splitlines() if ln.startswith("PREPARED_S"))
-    return {"prepare_s": round(float(line.split()[1]), 1), "wall_s": result["wall_s"],
-            "peak_rss_gb": result["peak_rss_gb"]}  # fmt: skip
+    return {
+        "prepare_s": round(float(line.split()[1]), 1),
+        "wall_s": result["wall_s"],
+        "peak_rss_gb": result["peak_rss_gb"],
+    }
 
 
 BAD_ROW = """
@@ -272,8 +304,10 @@ def main() -> None:
             continue
         cache = cache_with_model(work / f"cache-{name}")
         # A machine that never ran this setup: no data cache and no precision measurement.
-        subprocess.run(["rm", "-rf", str(cache / "data"), str(cache / "autotune.json"),
-                        str(work / "runs")], check=True)  # fmt: skip
+        subprocess.run(
+            ["rm", "-rf", str(cache / "data"), str(cache / "autotune.json"), str(work / "runs")],
+            check=True,
+        )
         new = ours(path, cache, work / "runs", f"{name}-new")
         print(name, "new", {k: v for k, v in new.items() if k != "output"}, flush=True)
         # Cold: the data cache emptied again; the precision measured by the run above is kept.
@@ -282,8 +316,12 @@ def main() -> None:
         print(name, "cold", {k: v for k, v in cold.items() if k != "output"}, flush=True)
         warm = ours(path, cache, work / "runs", f"{name}-warm")
         print(name, "warm", {k: v for k, v in warm.items() if k != "output"}, flush=True)
-        entry = {"file_mb": round(path.stat().st_size / 2**20), "new": new, "cold": cold,
-                 "warm": warm}  # fmt: skip
+        entry = {
+            "file_mb": round(path.stat().st_size / 2**20),
+            "new": new,
+            "cold": cold,
+            "warm": warm,
+        }
         # The preparation itself: what the cold run does that the warm one (cache hit) does not.
         entry["prepare_s"] = round(cold["first_step_s"] - warm["first_step_s"], 1)
         entry["prepare_alone"] = prepare_alone(path, work)

@@ -51,8 +51,9 @@ def idle_cpu(command: list[str], port: int, seconds: float, with_page: bool) -> 
     from playwright.sync_api import sync_playwright
 
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         url = f"http://127.0.0.1:{port}/"
         for _ in range(600):
@@ -62,9 +63,11 @@ def idle_cpu(command: list[str], port: int, seconds: float, with_page: bool) -> 
             except OSError:
                 time.sleep(0.2)
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
-                                        args=["--no-sandbox", "--disable-gpu",
-                                              "--disable-background-networking"])  # fmt: skip
+            browser = p.chromium.launch(
+                executable_path="/usr/bin/chromium",
+                headless=True,
+                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+            )
             if with_page:
                 browser.new_page().goto(url)
             time.sleep(10)  # the first ticks draw the runs; then nothing changes on disk
@@ -90,18 +93,29 @@ def main() -> None:
     (run / "status.json").write_text(
         json.dumps({"status": "finished", "step": 3, "total_steps": 3})
     )
-    (run / "metrics.jsonl").write_text("".join(
-        json.dumps({"kind": "train", "step": s, "loss": 1.0 / s}) + "\n" for s in (1, 2, 3)))  # fmt: skip
+    (run / "metrics.jsonl").write_text(
+        "".join(json.dumps({"kind": "train", "step": s, "loss": 1.0 / s}) + "\n" for s in (1, 2, 3))
+    )
     cases = {}
     port = free_port()
     cases["minimal Gradio app, no tab"] = idle_cpu(
-        [sys.executable, "-c", MINIMAL_APP, str(port)], port, args.seconds, False)  # fmt: skip
+        [sys.executable, "-c", MINIMAL_APP, str(port)], port, args.seconds, False
+    )
     for with_page in (False, True):
         port = free_port()
-        app = [sys.executable, "app.py", "--port", str(port), "--runs-dir", str(runs), "--model",
-               args.model]  # fmt: skip
+        app = [
+            sys.executable,
+            "app.py",
+            "--port",
+            str(port),
+            "--runs-dir",
+            str(runs),
+            "--model",
+            args.model,
+        ]
         cases[f"ORPO Lab, {'one tab open' if with_page else 'no tab'}"] = idle_cpu(
-            app, port, args.seconds, with_page)  # fmt: skip
+            app, port, args.seconds, with_page
+        )
     for case, used in cases.items():
         print(
             f"{case}: {used:.2f} CPU s in {args.seconds:g} s = {100 * used / args.seconds:.1f}% of a core"

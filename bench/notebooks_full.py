@@ -51,8 +51,10 @@ def main() -> None:
     os.environ.pop("ORPO_LAB_QUICK", None)
     os.environ["JUPYTER_PATH"] = str(kernel_path(work / "jupyter"))
     os.environ["ORPO_LAB_RUNS"] = str(work / "runs")
-    print(f"# {device_name('cpu')}, python {platform.python_version()}, "
-          f"torch {torch.__version__}, transformers {transformers.__version__}")  # fmt: skip
+    print(
+        f"# {device_name('cpu')}, python {platform.python_version()}, "
+        f"torch {torch.__version__}, transformers {transformers.__version__}"
+    )
     print("| notebook | full mode, wall time |\n|---|---|")
     for path in sorted(NOTEBOOKS.glob("*.ipynb")):
         if args.only and not any(path.name.startswith(p) for p in args.only):

@@ -70,9 +70,13 @@ def sampled_numbers(run_dir: Path, samples: int) -> dict:
     from orpo_lab.evaluate import evaluate_run
 
     report = evaluate_run(run_dir, samples=samples, max_new_tokens=48)
-    return {model: {family: {key: cell["all"][key] for key in ("pass", "rejected_like")}
-                    for family, cell in report["sampled"][model].items()}
-            for model in ("base", "trained")}  # fmt: skip
+    return {
+        model: {
+            family: {key: cell["all"][key] for key in ("pass", "rejected_like")}
+            for family, cell in report["sampled"][model].items()
+        }
+        for model in ("base", "trained")
+    }
 
 
 def preset_values(preset: str, overrides: list[str]) -> dict:
@@ -84,18 +88,22 @@ def preset_values(preset: str, overrides: list[str]) -> dict:
 
 
 def print_table(result: dict) -> None:
-    print(f"{'pipeline':14s}{'steps':>6s}{'acc':>7s}{'chosen':>9s}{'rejected':>10s}"
-          f"{'wall s':>8s}{'ref s':>7s}{'step s':>8s}{'peak GB':>9s}{'fwd/pair':>9s}  (held-out at step 0: "
-          "acc, chosen, rejected)")  # fmt: skip
+    print(
+        f"{'pipeline':14s}{'steps':>6s}{'acc':>7s}{'chosen':>9s}{'rejected':>10s}"
+        f"{'wall s':>8s}{'ref s':>7s}{'step s':>8s}{'peak GB':>9s}{'fwd/pair':>9s}  (held-out at step 0: "
+        "acc, chosen, rejected)"
+    )
     for name in PIPELINES:
         r = result["rows"].get(name)
         if r:
-            print(f"{name:14s}{r['steps']:>6d}{r['accuracy']:>7.3f}{r['chosen']:>9.3f}"
-                  f"{r['rejected']:>10.3f}{r['wall_s']:>8.0f}{r.get('reference_s', 0):>7.1f}"
-                  f"{r.get('median_step_s', 0):>8.2f}"
-                  f"{r['peak_rss_gb']:>9.2f}"
-                  f"{r['forwards_per_pair_visit']:>9.2f}  ({r['accuracy_first']:.3f}, "
-                  f"{r['chosen_first']:.3f}, {r['rejected_first']:.3f})")  # fmt: skip
+            print(
+                f"{name:14s}{r['steps']:>6d}{r['accuracy']:>7.3f}{r['chosen']:>9.3f}"
+                f"{r['rejected']:>10.3f}{r['wall_s']:>8.0f}{r.get('reference_s', 0):>7.1f}"
+                f"{r.get('median_step_s', 0):>8.2f}"
+                f"{r['peak_rss_gb']:>9.2f}"
+                f"{r['forwards_per_pair_visit']:>9.2f}  ({r['accuracy_first']:.3f}, "
+                f"{r['chosen_first']:.3f}, {r['rejected_first']:.3f})"
+            )
     rows = {
         name: result["rows"][name]
         for name in PIPELINES
@@ -127,10 +135,15 @@ def main() -> None:
     parser.add_argument("--preset", default="cpu-quick", choices=sorted(PRESETS))
     parser.add_argument("--only", nargs="*", choices=PIPELINES, default=list(PIPELINES))
     parser.add_argument("--sft-steps", type=int, default=0, help="SFT's share (0: half)")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="TrainConfig overrides")  # fmt: skip
-    parser.add_argument("--samples", type=int, default=5,
-                        help="sampled answers per held-out prompt at the end (0: none)")  # fmt: skip
+    parser.add_argument(
+        "--set", nargs="*", default=[], metavar="KEY=VALUE", help="TrainConfig overrides"
+    )
+    parser.add_argument(
+        "--samples",
+        type=int,
+        default=5,
+        help="sampled answers per held-out prompt at the end (0: none)",
+    )
     parser.add_argument("--one", help=argparse.SUPPRESS)  # the child process: one pipeline
     args = parser.parse_args()
     values = preset_values(args.preset, args.set)
@@ -140,17 +153,35 @@ def main() -> None:
         return
     result = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"rows": {}}
     for name in args.only:
-        command = [sys.executable, __file__, "--one", name, "--preset", args.preset,
-                   "--sft-steps", str(sft_steps), "--samples", str(args.samples), "--set",
-                   *args.set]  # fmt: skip
+        command = [
+            sys.executable,
+            __file__,
+            "--one",
+            name,
+            "--preset",
+            args.preset,
+            "--sft-steps",
+            str(sft_steps),
+            "--samples",
+            str(args.samples),
+            "--set",
+            *args.set,
+        ]
         out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
         result["rows"][name] = json.loads(out.split("RESULT ", 1)[1])
         print(f"{name}: {result['rows'][name]['wall_s']:.0f} s", flush=True)
     import orpo_lab
 
-    result.update(device=platform.processor() or platform.machine(), torch=torch.__version__,
-                  threads=torch.get_num_threads(), orpo_lab=orpo_lab.__version__,
-                  preset=args.preset, overrides=args.set, sft_steps=sft_steps, config=values)  # fmt: skip
+    result.update(
+        device=platform.processor() or platform.machine(),
+        torch=torch.__version__,
+        threads=torch.get_num_threads(),
+        orpo_lab=orpo_lab.__version__,
+        preset=args.preset,
+        overrides=args.set,
+        sft_steps=sft_steps,
+        config=values,
+    )
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=1))
     print_table(result)

@@ -73,21 +73,40 @@ def main() -> None:
         last_eval = [r for r in records if r["kind"] == "eval"][-1]
         began = next(r for r in records if r.get("event") == "started")
         margin = margins(cfg)
-        rows.append({"seed": seed, "train_seconds": seconds, "median_step_s": statistics.median(steps),
-                     "accuracy_logged": last_eval["eval/accuracy"],
-                     "accuracy": sum(m > 0 for m in margin) / len(margin), "pairs": len(margin),
-                     "missed": by_group(cfg, margin), "precision": began["precision"],
-                     "torch_compile": began["torch_compile"]})  # fmt: skip
+        rows.append(
+            {
+                "seed": seed,
+                "train_seconds": seconds,
+                "median_step_s": statistics.median(steps),
+                "accuracy_logged": last_eval["eval/accuracy"],
+                "accuracy": sum(m > 0 for m in margin) / len(margin),
+                "pairs": len(margin),
+                "missed": by_group(cfg, margin),
+                "precision": began["precision"],
+                "torch_compile": began["torch_compile"],
+            }
+        )
         r = rows[-1]
-        print(f"seed {seed}: {seconds:.0f} s (median step {r['median_step_s']:.2f} s), held-out "
-              f"accuracy {r['accuracy']:.3f} of {r['pairs']} pairs (logged {r['accuracy_logged']:.3f});"
-              f" missed {r['missed']}", flush=True)  # fmt: skip
+        print(
+            f"seed {seed}: {seconds:.0f} s (median step {r['median_step_s']:.2f} s), held-out "
+            f"accuracy {r['accuracy']:.3f} of {r['pairs']} pairs (logged {r['accuracy_logged']:.3f});"
+            f" missed {r['missed']}",
+            flush=True,
+        )
     accuracies = [r["accuracy"] for r in rows]
-    print(f"accuracy mean {statistics.mean(accuracies):.3f}, min {min(accuracies):.3f}, "
-          f"max {max(accuracies):.3f}")  # fmt: skip
-    result = {"device": platform.processor() or platform.machine(), "torch": torch.__version__,
-              "threads": torch.get_num_threads(), "preset": args.preset, "overrides": args.set,
-              "config": cfg.to_dict(), "seeds": rows}  # fmt: skip
+    print(
+        f"accuracy mean {statistics.mean(accuracies):.3f}, min {min(accuracies):.3f}, "
+        f"max {max(accuracies):.3f}"
+    )
+    result = {
+        "device": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "preset": args.preset,
+        "overrides": args.set,
+        "config": cfg.to_dict(),
+        "seeds": rows,
+    }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))

@@ -30,14 +30,29 @@ from orpo_lab.train import train
 
 # Qwen2-style shapes (random init, no hub): the 0.5B and 1.5B classes with the 151936 vocabulary.
 GPU_MODELS = {
-    "0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-                 num_attention_heads=14, num_key_value_heads=2),
-    "1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
-                 num_attention_heads=12, num_key_value_heads=2),
+    "0.5b": dict(
+        hidden_size=896,
+        intermediate_size=4864,
+        num_hidden_layers=24,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+    ),
+    "1.5b": dict(
+        hidden_size=1536,
+        intermediate_size=8960,
+        num_hidden_layers=28,
+        num_attention_heads=12,
+        num_key_value_heads=2,
+    ),
     # Not a benchmark: the same vocabulary on 2 small layers, to dry-run the GPU path on a CPU.
-    "smoke": dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2),
-}  # fmt: skip
+    "smoke": dict(
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    ),
+}
 GPU_VOCAB = 151936
 
 
@@ -70,11 +85,13 @@ def long_rows(rows: list[dict], tokenizer, max_length: int, n: int) -> list[dict
         return tokenizer.decode(pool[start : start + length])
 
     return [
-        {"prompt": [{"role": "user", "content": piece(i * 7919, prompt_len)}],
-         "chosen": piece(i * 7919 + 3 * reply_len, reply_len),
-         "rejected": piece(i * 7919 + 5 * reply_len, reply_len)}
+        {
+            "prompt": [{"role": "user", "content": piece(i * 7919, prompt_len)}],
+            "chosen": piece(i * 7919 + 3 * reply_len, reply_len),
+            "rejected": piece(i * 7919 + 5 * reply_len, reply_len),
+        }
         for i in range(n)
-    ]  # fmt: skip
+    ]
 
 
 def write_rows(rows: list[dict], folder: Path) -> Path:
@@ -96,8 +113,10 @@ def conversational(row: dict) -> dict:
 
 def read_rows(folder: Path) -> list[dict]:
     rows = [json.loads(line) for line in (Path(folder) / "train.jsonl").read_text().splitlines()]
-    return [{**r, "chosen": r["chosen"][-1]["content"], "rejected": r["rejected"][-1]["content"]}
-            for r in rows]  # fmt: skip
+    return [
+        {**r, "chosen": r["chosen"][-1]["content"], "rejected": r["rejected"][-1]["content"]}
+        for r in rows
+    ]
 
 
 def prepare_gpu_model(size: str, folder: Path, tokenizer_source: str = "default") -> Path:
@@ -107,10 +126,16 @@ def prepare_gpu_model(size: str, folder: Path, tokenizer_source: str = "default"
     from orpo_lab.model import load_tokenizer
 
     tokenizer = load_tokenizer(tokenizer_source)  # ids < 49152, all valid in the 151936 vocabulary
-    config = Qwen2Config(vocab_size=GPU_VOCAB, max_position_embeddings=32768, rope_theta=1e6,
-                         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                         **GPU_MODELS[size])  # fmt: skip
+    config = Qwen2Config(
+        vocab_size=GPU_VOCAB,
+        max_position_embeddings=32768,
+        rope_theta=1e6,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **GPU_MODELS[size],
+    )
     torch.manual_seed(0)
     with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
@@ -125,8 +150,11 @@ def prepare_gpu_model(size: str, folder: Path, tokenizer_source: str = "default"
 def matmul_params(model) -> int:
     """Weights of every nn.Linear of the base model, lm_head included (tied or not), LoRA excluded."""
     base = base_model(model)
-    return sum(m.weight.numel() for name, m in base.named_modules()
-               if isinstance(m, torch.nn.Linear) and "lora_" not in name)  # fmt: skip
+    return sum(
+        m.weight.numel()
+        for name, m in base.named_modules()
+        if isinstance(m, torch.nn.Linear) and "lora_" not in name
+    )
 
 
 # ---------------------------------------------------------------- measurements
@@ -141,8 +169,10 @@ def _memory(device: str, before: int) -> dict:
     """CPU: peak RSS of the whole process (ru_maxrss) and the RSS just before step 1; CUDA: allocator peaks."""
     if device == "cuda":
         return {"peak_bytes": torch.cuda.max_memory_allocated(), "before_train_bytes": before}
-    return {"peak_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-            "before_train_bytes": before}  # fmt: skip
+    return {
+        "peak_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "before_train_bytes": before,
+    }
 
 
 def _now(device: str) -> tuple[float, float]:
@@ -200,15 +230,33 @@ def run_ours(a: dict) -> dict:
     # pays only over a run's length); the measured steps end it with a stop request.
     stop = threading.Event()
     cfg = TrainConfig(
-        model=a["model"], dataset=a["data_dir"], output_dir=str(tmp), run_name="ours",
-        beta=a["beta"], nll_scope="prompt_response", learning_rate=a["lr"], lr_scheduler="linear",
-        warmup_steps=0, max_steps=max(measured, a.get("auto_steps", 0)), batch_size=a["batch"],
-        max_length=a["max_length"], max_prompt_length=a["max_prompt_length"], lora_r=a["lora_r"],
-        lora_alpha=a["lora_alpha"], lora_dropout=0.0, lora_target_modules="all-linear",
-        gradient_checkpointing=False, layout=a["layout"], logps_chunk_size=a["chunk"],
-        precision=a["precision"], device=device, eval_every=0, save_every=0, seed=a["seed"],
+        model=a["model"],
+        dataset=a["data_dir"],
+        output_dir=str(tmp),
+        run_name="ours",
+        beta=a["beta"],
+        nll_scope="prompt_response",
+        learning_rate=a["lr"],
+        lr_scheduler="linear",
+        warmup_steps=0,
+        max_steps=max(measured, a.get("auto_steps", 0)),
+        batch_size=a["batch"],
+        max_length=a["max_length"],
+        max_prompt_length=a["max_prompt_length"],
+        lora_r=a["lora_r"],
+        lora_alpha=a["lora_alpha"],
+        lora_dropout=0.0,
+        lora_target_modules="all-linear",
+        gradient_checkpointing=False,
+        layout=a["layout"],
+        logps_chunk_size=a["chunk"],
+        precision=a["precision"],
+        device=device,
+        eval_every=0,
+        save_every=0,
+        seed=a["seed"],
         torch_compile=a.get("torch_compile", "off"),
-    )  # fmt: skip
+    )
     ends, tokens, state = [], [], {"before": 0}
     prof = _Profile(Path(a["profile"]) if a.get("profile") else None, device)
     began = time.perf_counter()
@@ -216,8 +264,16 @@ def run_ours(a: dict) -> dict:
     def callback(record: dict) -> None:
         if record.get("event") == "started":  # what auto chose, and what it measured for it
             state["setup_s"] = time.perf_counter() - began
-            state["started"] = {k: record.get(k) for k in ("precision", "precision_reason",
-                                "torch_compile", "torch_compile_reason", "autotune")}  # fmt: skip
+            state["started"] = {
+                k: record.get(k)
+                for k in (
+                    "precision",
+                    "precision_reason",
+                    "torch_compile",
+                    "torch_compile_reason",
+                    "autotune",
+                )
+            }
         if record["kind"] == "event":  # logged after model and data loading, before step 1
             if device == "cuda":
                 torch.cuda.reset_peak_memory_stats()
@@ -247,19 +303,45 @@ def _trl_trainer(a: dict, rows: list[dict], max_steps: int, callbacks=()):
     cuda = a["device"] == "cuda"
     model, tokenizer = load_model(a["model"], device=a["device"], precision=a["precision"])
     args = ORPOConfig(
-        output_dir=tempfile.mkdtemp(prefix="bench-trl-"), per_device_train_batch_size=a["batch"],
-        max_steps=max_steps, learning_rate=a["lr"], lr_scheduler_type="linear", warmup_steps=0,
-        optim="adamw_torch", weight_decay=0.0, max_grad_norm=1.0, beta=a["beta"],
-        max_length=a["max_length"], bf16=a["precision"] == "bf16", use_cpu=not cuda,
-        gradient_checkpointing=False, logging_steps=1, report_to="none", save_strategy="no",
-        train_sampling_strategy="sequential", dataloader_num_workers=0, disable_tqdm=True,
-        remove_unused_columns=False, seed=a["seed"],
-    )  # fmt: skip
-    lora = LoraConfig(r=a["lora_r"], lora_alpha=a["lora_alpha"], lora_dropout=0.0,
-                      target_modules="all-linear", task_type="CAUSAL_LM")  # fmt: skip
+        output_dir=tempfile.mkdtemp(prefix="bench-trl-"),
+        per_device_train_batch_size=a["batch"],
+        max_steps=max_steps,
+        learning_rate=a["lr"],
+        lr_scheduler_type="linear",
+        warmup_steps=0,
+        optim="adamw_torch",
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        beta=a["beta"],
+        max_length=a["max_length"],
+        bf16=a["precision"] == "bf16",
+        use_cpu=not cuda,
+        gradient_checkpointing=False,
+        logging_steps=1,
+        report_to="none",
+        save_strategy="no",
+        train_sampling_strategy="sequential",
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        remove_unused_columns=False,
+        seed=a["seed"],
+    )
+    lora = LoraConfig(
+        r=a["lora_r"],
+        lora_alpha=a["lora_alpha"],
+        lora_dropout=0.0,
+        target_modules="all-linear",
+        task_type="CAUSAL_LM",
+    )
     data = datasets.Dataset.from_list([conversational(r) for r in rows])
-    return ORPOTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer,
-                       peft_config=lora, callbacks=list(callbacks))  # fmt: skip
+    return ORPOTrainer(
+        model=model,
+        args=args,
+        train_dataset=data,
+        processing_class=tokenizer,
+        peft_config=lora,
+        callbacks=list(callbacks),
+    )
 
 
 def _ours_order(n: int, a: dict, steps: int) -> list[int]:
@@ -330,11 +412,16 @@ def loss_check(a: dict) -> dict:
         trl_loss, trl_metrics = trainer.compute_loss(model, batch, return_outputs=True)
     pairs, prompt_mismatch = [], 0
     for i in range(batch["chosen_input_ids"].shape[0]):
-        p_c, chosen = _split_trl_row(batch["chosen_input_ids"][i], batch["chosen_attention_mask"][i],
-                                     batch["chosen_labels"][i])  # fmt: skip
-        p_r, rejected = _split_trl_row(batch["rejected_input_ids"][i],
-                                       batch["rejected_attention_mask"][i],
-                                       batch["rejected_labels"][i])  # fmt: skip
+        p_c, chosen = _split_trl_row(
+            batch["chosen_input_ids"][i],
+            batch["chosen_attention_mask"][i],
+            batch["chosen_labels"][i],
+        )
+        p_r, rejected = _split_trl_row(
+            batch["rejected_input_ids"][i],
+            batch["rejected_attention_mask"][i],
+            batch["rejected_labels"][i],
+        )
         prompt_mismatch += p_c != p_r
         pairs.append({"prompt_ids": p_c, "chosen_ids": chosen, "rejected_ids": rejected})
     ours = {}
@@ -348,10 +435,16 @@ def loss_check(a: dict) -> dict:
                 c, r, nll_sum, nll_count = wrapped(**coll)
                 # TRL's NLL: token mean over every chosen prompt+response token of the batch.
                 loss, m = orpo_loss(c.float(), r.float(), nll_sum.float() / nll_count, a["beta"])
-            ours[f"{layout}/chunk{chunk}"] = {"loss": float(loss), "nll_loss": m["nll_loss"],
-                                              "log_odds_ratio": m["log_odds_ratio"]}  # fmt: skip
-    trl = {"loss": float(trl_loss), "nll_loss": trl_metrics["nll_loss"],
-           "log_odds_ratio": trl_metrics["log_odds_ratio"]}  # fmt: skip
+            ours[f"{layout}/chunk{chunk}"] = {
+                "loss": float(loss),
+                "nll_loss": m["nll_loss"],
+                "log_odds_ratio": m["log_odds_ratio"],
+            }
+    trl = {
+        "loss": float(trl_loss),
+        "nll_loss": trl_metrics["nll_loss"],
+        "log_odds_ratio": trl_metrics["log_odds_ratio"],
+    }
     worst = max(abs(v["loss"] - trl["loss"]) for v in ours.values())
     return {
         "trl": trl,
@@ -361,7 +454,7 @@ def loss_check(a: dict) -> dict:
         "prompt_mismatch_rows": prompt_mismatch,
         "tokenisation": compare_tokenisation(
             trainer.train_dataset, [rows[i] for i in order], tokenizer, a
-        ),  # fmt: skip
+        ),
     }
 
 
@@ -378,9 +471,12 @@ def compare_tokenisation(trl_ds, rows: list[dict], tokenizer, a: dict) -> dict:
             same_start = t_resp[: len(o_resp)] == o_resp
             kind = (
                 f"prompt {'same' if t_prompt == ours['prompt_ids'] else 'differs'}; response "
-                + (f"= ours + {tokenizer.convert_ids_to_tokens(t_resp[len(o_resp):])}"
-                   if same_start else "differs inside")
-            )  # fmt: skip
+                + (
+                    f"= ours + {tokenizer.convert_ids_to_tokens(t_resp[len(o_resp) :])}"
+                    if same_start
+                    else "differs inside"
+                )
+            )
             found[kind] = found.get(kind, 0) + 1
             examples.setdefault(
                 kind,
@@ -406,11 +502,21 @@ def ablation(a: dict) -> dict:
     from orpo_lab.build import build_model, load_pairs
 
     device = a["device"]
-    cfg = TrainConfig(model=a["model"], dataset=a["data_dir"], output_dir=tempfile.mkdtemp(),
-                      beta=a["beta"], nll_scope="prompt_response", batch_size=a["batch"],
-                      max_length=a["max_length"], max_prompt_length=a["max_prompt_length"],
-                      lora_r=a["lora_r"], lora_alpha=a["lora_alpha"], precision=a["precision"],
-                      device=device, seed=a["seed"])  # fmt: skip
+    cfg = TrainConfig(
+        model=a["model"],
+        dataset=a["data_dir"],
+        output_dir=tempfile.mkdtemp(),
+        beta=a["beta"],
+        nll_scope="prompt_response",
+        batch_size=a["batch"],
+        max_length=a["max_length"],
+        max_prompt_length=a["max_prompt_length"],
+        lora_r=a["lora_r"],
+        lora_alpha=a["lora_alpha"],
+        precision=a["precision"],
+        device=device,
+        seed=a["seed"],
+    )
     mixed = "bf16" if a["precision"] == "bf16" else "no"
     accelerator = Accelerator(mixed_precision=mixed, cpu=device == "cpu")
     model, tokenizer = build_model(cfg, None)

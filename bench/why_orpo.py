@@ -47,10 +47,12 @@ MODELS = ("base", "sft", "orpo")
 def configs(args) -> dict[tuple[str, int], TrainConfig]:
     values = preset_values(args.preset, args.set)
     return {
-        (method, seed): TrainConfig(**(values | {"seed": seed, "run_name": f"why-{method}-{seed}"}
-                                       | {"method": method}))
-        for seed in args.seeds for method in METHODS
-    }  # fmt: skip
+        (method, seed): TrainConfig(
+            **(values | {"seed": seed, "run_name": f"why-{method}-{seed}"} | {"method": method})
+        )
+        for seed in args.seeds
+        for method in METHODS
+    }
 
 
 def trained(cfg: TrainConfig) -> bool:
@@ -61,8 +63,13 @@ def trained(cfg: TrainConfig) -> bool:
 
 
 def settings(args) -> dict:
-    return {"k": args.samples, "temperature": args.temperature, "top_p": args.top_p,
-            "seed": args.sample_seed, "max_new_tokens": args.max_new_tokens}  # fmt: skip
+    return {
+        "k": args.samples,
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+        "seed": args.sample_seed,
+        "max_new_tokens": args.max_new_tokens,
+    }
 
 
 def evaluated(cfg: TrainConfig, wanted: dict) -> dict | None:
@@ -85,9 +92,14 @@ def step(args, cfg: TrainConfig) -> str | None:
         return f"trained {cfg.run_name} in {seconds:.0f} s"
     if evaluated(cfg, settings(args)) is None:
         began = time.perf_counter()
-        evaluate_run(cfg.run_dir, samples=args.samples, temperature=args.temperature,
-                     top_p=args.top_p, sample_seed=args.sample_seed,
-                     max_new_tokens=args.max_new_tokens)  # fmt: skip
+        evaluate_run(
+            cfg.run_dir,
+            samples=args.samples,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            sample_seed=args.sample_seed,
+            max_new_tokens=args.max_new_tokens,
+        )
         return f"evaluated {cfg.run_name} in {time.perf_counter() - began:.0f} s"
     missed = cfg.run_dir / "held_out_missed.json"
     if not missed.is_file():
@@ -111,18 +123,24 @@ def pooled(reports: dict[tuple[str, int], dict]) -> dict:
                 domain = "ood" if generation["ood"] else "in_domain"
                 for family in (generation["family"], "all"):
                     for dom in (domain, "all"):
-                        cell = counts.setdefault(model, {}).setdefault(family, {}).setdefault(
-                            dom, {"pass": [0, 0], "rejected_like": [0, 0]})  # fmt: skip
+                        cell = (
+                            counts.setdefault(model, {})
+                            .setdefault(family, {})
+                            .setdefault(dom, {"pass": [0, 0], "rejected_like": [0, 0]})
+                        )
                         for sample in generation[f"{side}_samples"]:
                             for key in ("pass", "rejected_like"):
                                 cell[key][0] += sample[key]
                                 cell[key][1] += 1
     return {
-        model: {family: {dom: {key: rate(*c) for key, c in cells.items()}
-                         for dom, cells in domains.items()}
-                for family, domains in families.items()}
+        model: {
+            family: {
+                dom: {key: rate(*c) for key, c in cells.items()} for dom, cells in domains.items()
+            }
+            for family, domains in families.items()
+        }
         for model, families in counts.items()
-    }  # fmt: skip
+    }
 
 
 def rate(successes: int, n: int) -> dict:
@@ -132,21 +150,29 @@ def rate(successes: int, n: int) -> dict:
 
 def per_seed(reports: dict, family: str) -> dict:
     """Each run's sampled pass rate on `family` (all prompts), to show the spread over seeds."""
-    return {f"{method}-{seed}": report["sampled"]["trained"][family]["all"]["pass"]["rate"]
-            for (method, seed), report in sorted(reports.items())}  # fmt: skip
+    return {
+        f"{method}-{seed}": report["sampled"]["trained"][family]["all"]["pass"]["rate"]
+        for (method, seed), report in sorted(reports.items())
+    }
 
 
 def table(result: dict) -> str:
     def cell(c: dict) -> str:
         return f"{100 * c['rate']:5.1f} [{100 * c['low']:4.1f}-{100 * c['high']:4.1f}]"
 
-    lines = [f"{'family':<11}{'domain':<10}" + "".join(f"{m + ' pass':<20}" for m in MODELS)
-             + "".join(f"{m + ' rej.':>10}" for m in MODELS)]  # fmt: skip
+    lines = [
+        f"{'family':<11}{'domain':<10}"
+        + "".join(f"{m + ' pass':<20}" for m in MODELS)
+        + "".join(f"{m + ' rej.':>10}" for m in MODELS)
+    ]
     for family in result["pooled"]["base"]:
         for dom in ("in_domain", "ood", "all"):
             cells = [result["pooled"][m][family][dom] for m in MODELS]
-            lines.append(f"{family:<11}{dom:<10}" + "".join(f"{cell(c['pass']):<20}" for c in cells)
-                         + "".join(f"{100 * c['rejected_like']['rate']:9.1f}%" for c in cells))  # fmt: skip
+            lines.append(
+                f"{family:<11}{dom:<10}"
+                + "".join(f"{cell(c['pass']):<20}" for c in cells)
+                + "".join(f"{100 * c['rejected_like']['rate']:9.1f}%" for c in cells)
+            )
     return "\n".join(lines)
 
 
@@ -175,16 +201,23 @@ def main() -> int:
                 if args.next:
                     return 0
     reports = {key: evaluated(cfg, settings(args)) for key, cfg in runs.items()}
-    missing = [runs[key].run_name for key, report in reports.items()
-               if report is None or not (runs[key].run_dir / "held_out_missed.json").is_file()]  # fmt: skip
+    missing = [
+        runs[key].run_name
+        for key, report in reports.items()
+        if report is None or not (runs[key].run_dir / "held_out_missed.json").is_file()
+    ]
     if missing:
         print(f"not yet trained and evaluated: {', '.join(missing)}", file=sys.stderr)
         return 1
-    seconds = {cfg.run_name: json.loads((cfg.run_dir / "train_seconds.json").read_text())["seconds"]
-               for cfg in runs.values()}  # fmt: skip
+    seconds = {
+        cfg.run_name: json.loads((cfg.run_dir / "train_seconds.json").read_text())["seconds"]
+        for cfg in runs.values()
+    }
     # Held-out preference accuracy of each final checkpoint: pairs missed / pairs, per group.
-    missed = {cfg.run_name: json.loads((cfg.run_dir / "held_out_missed.json").read_text())
-              for cfg in runs.values()}  # fmt: skip
+    missed = {
+        cfg.run_name: json.loads((cfg.run_dir / "held_out_missed.json").read_text())
+        for cfg in runs.values()
+    }
     result = {
         "command": "python " + " ".join(sys.argv),
         "device": platform.processor() or platform.machine(),
@@ -200,7 +233,7 @@ def main() -> int:
         "pooled": pooled(reports),
         "per_seed_ranked": per_seed(reports, "ranked")
         if "ranked" in reports[next(iter(reports))]["sampled"]["trained"]
-        else {},  # fmt: skip
+        else {},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))

@@ -67,9 +67,17 @@ def main() -> None:
         share = (restore + (save or 0.0)) / args.seconds
         if s["outcome"] == "running":  # a full slice (the last one ends with the run)
             shares.append(share)
-        rows.append({"slice": s["slice"], "outcome": s["outcome"], "steps": s["steps"],
-                     "restore_s": round(restore, 2), "save_s": save and round(save, 2),
-                     "wall_s": round(s["wall_s"], 2), "overhead": round(share, 4)})  # fmt: skip
+        rows.append(
+            {
+                "slice": s["slice"],
+                "outcome": s["outcome"],
+                "steps": s["steps"],
+                "restore_s": round(restore, 2),
+                "save_s": save and round(save, 2),
+                "wall_s": round(s["wall_s"], 2),
+                "overhead": round(share, 4),
+            }
+        )
     whole_train, sliced_train = records("whole", "train"), records("sliced", "train")
     loss_diff = max(
         abs(a["loss"] - b["loss"]) for a, b in zip(whole_train, sliced_train, strict=True)

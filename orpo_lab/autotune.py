@@ -81,8 +81,12 @@ def machine() -> dict:
                 break
     except OSError:
         pass
-    return {"cpu": name, "cores": os.cpu_count(), "threads": torch.get_num_threads(),
-            "torch": torch.__version__}  # fmt: skip
+    return {
+        "cpu": name,
+        "cores": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
 
 
 def setup_key(cfg) -> str:
@@ -92,10 +96,16 @@ def setup_key(cfg) -> str:
 
     from orpo_lab.model import resolve_model
 
-    config = AutoConfig.from_pretrained(resolve_model(cfg.model),
-                                        trust_remote_code=cfg.trust_remote_code).to_dict()  # fmt: skip
-    for volatile in ("_name_or_path", "name_or_path", "transformers_version", "dtype",
-                     "torch_dtype"):  # fmt: skip
+    config = AutoConfig.from_pretrained(
+        resolve_model(cfg.model), trust_remote_code=cfg.trust_remote_code
+    ).to_dict()
+    for volatile in (
+        "_name_or_path",
+        "name_or_path",
+        "transformers_version",
+        "dtype",
+        "torch_dtype",
+    ):
         config.pop(volatile, None)
     adapter = [cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules]
     key = [machine(), config, adapter, cfg.layout]
@@ -151,8 +161,9 @@ def choose_precision(times: dict[str, list[float]]) -> tuple[str, str]:
     return name, f"measured here: {summary}"
 
 
-def choose_compile(eager: float, compiled: float | None, compile_s: float | None, steps: int,
-                   paid: bool) -> tuple[bool, str]:  # fmt: skip
+def choose_compile(
+    eager: float, compiled: float | None, compile_s: float | None, steps: int, paid: bool
+) -> tuple[bool, str]:
     """(compile?, why) from measured step times (eager, compiled) and the measured compile time
     from the cache (`compile_s`); `paid`: this process compiled already (its probe did)."""
     if compiled is None:
@@ -270,14 +281,26 @@ def settle_precision(
         bar.close()
     models = {name: models[name]}  # the other copy is dropped before training allocates
     key = setup_key(cfg)
-    probe = {"candidates": {k: _rounded(v) for k, v in times.items()},
-             "probe_s": round(time.perf_counter() - began, 1),
-             "batch": [int(batch["num_pairs"]), int(batch["input_ids"].numel())]}  # fmt: skip
+    probe = {
+        "candidates": {k: _rounded(v) for k, v in times.items()},
+        "probe_s": round(time.perf_counter() - began, 1),
+        "batch": [int(batch["num_pairs"]), int(batch["input_ids"].numel())],
+    }
     if not failed:
-        _write_entry(key, {**entry(key), **probe, "precision": name, "precision_reason": why,
-                           "machine": machine(), "when": time.strftime("%Y-%m-%d %H:%M")})  # fmt: skip
-    chosen = plan if name == "fp32" else {**plan, "precision": name, "base": name,
-                                          "attention": "eager"}  # fmt: skip
+        _write_entry(
+            key,
+            {
+                **entry(key),
+                **probe,
+                "precision": name,
+                "precision_reason": why,
+                "machine": machine(),
+                "when": time.strftime("%Y-%m-%d %H:%M"),
+            },
+        )
+    chosen = (
+        plan if name == "fp32" else {**plan, "precision": name, "base": name, "attention": "eager"}
+    )
     chosen = {**chosen, "precision_reason": why, "precision_probe": False, "autotune": probe}
     return models[name], chosen
 
@@ -316,8 +339,9 @@ def settle_compile(
         times.update({name: eager, f"{name}+compile": compiled})
         costs = dict(known.get("compile_s", {}).get(name) or {})
         # The compiler worked here when these were measured: no check of it (a compile) again.
-        on, why = choose_compile(min(eager) * scale, min(compiled) * scale, costs.get("cached"),
-                                 steps, paid=False)  # fmt: skip
+        on, why = choose_compile(
+            min(eager) * scale, min(compiled) * scale, costs.get("cached"), steps, paid=False
+        )
         if on:  # the compile step 1 would pay, timed: what a fresh process pays, for later runs
             costs["cached"] = round(_compile_s(pair_logps, batch, cfg.beta, min(compiled)), 1)
             _store(key, name, compile_s=costs)
@@ -355,8 +379,13 @@ def settle_compile(
     times[f"{name}+compile"] = _rounded(compiled)
     record |= {"compile_s": costs, "compile_probe_s": round(time.perf_counter() - began, 1)}
     # Decided on the times the started event shows (rounded), so its numbers explain the choice.
-    on, why = choose_compile(min(times[name]) * scale, min(times[f"{name}+compile"]) * scale,
-                             costs["cached"], steps, paid=True)  # fmt: skip
+    on, why = choose_compile(
+        min(times[name]) * scale,
+        min(times[f"{name}+compile"]) * scale,
+        costs["cached"],
+        steps,
+        paid=True,
+    )
     if not on:
         compiling.uncompile_layers(pair_logps.model)
     return on, why
@@ -367,8 +396,14 @@ def _store(key: str, name: str, **measured) -> None:
     known = entry(key)
     for field, value in measured.items():
         known.setdefault(field, {})[name] = value
-    _write_entry(key, {**known, "machine": machine(),
-                       "when": known.get("when") or time.strftime("%Y-%m-%d %H:%M")})  # fmt: skip
+    _write_entry(
+        key,
+        {
+            **known,
+            "machine": machine(),
+            "when": known.get("when") or time.strftime("%Y-%m-%d %H:%M"),
+        },
+    )
 
 
 def _compile_s(pair_logps: PairLogps, batch: dict, beta: float, compiled_step: float) -> float:

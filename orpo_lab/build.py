@@ -54,8 +54,15 @@ def precision_plan(cfg: TrainConfig) -> dict:
     base = "fp32" if cfg.full_finetune else name
     autocast = name if (cfg.full_finetune or device.type != "cpu") and name != "fp32" else "no"
     attention = "eager" if device.type == "cpu" and base != "fp32" else None
-    return {"precision": name, "precision_reason": reason, "base": base, "autocast": autocast,
-            "attention": attention, "precision_probe": probe, "autotune": measured}  # fmt: skip
+    return {
+        "precision": name,
+        "precision_reason": reason,
+        "base": base,
+        "autocast": autocast,
+        "attention": attention,
+        "precision_probe": probe,
+        "autotune": measured,
+    }
 
 
 def model_source(cfg: TrainConfig, resume_from: Path | None) -> str:
@@ -82,9 +89,14 @@ def build_model(
     else:
         # LoRA keeps the frozen base in the compute dtype; full fine-tuning keeps fp32 master weights.
         plan = plan or precision_plan(cfg)
-        model, tokenizer = load_model(model_source(cfg, resume_from), cfg.device, plan["base"],
-                                      cfg.trust_remote_code, attn_implementation=plan["attention"],
-                                      tokenizer=tokenizer)  # fmt: skip
+        model, tokenizer = load_model(
+            model_source(cfg, resume_from),
+            cfg.device,
+            plan["base"],
+            cfg.trust_remote_code,
+            attn_implementation=plan["attention"],
+            tokenizer=tokenizer,
+        )
     if cfg.gradient_checkpointing:
         enable_activation_checkpointing(model)
     start = resume_from or start_checkpoint(cfg)  # this run's checkpoint, else init_checkpoint

@@ -375,8 +375,16 @@ class ModelPool:
                     self.model.set_adapter(name)
                 plain = checkpoint is None and isinstance(self.model, PeftModel)
                 with self.model.disable_adapter() if plain else contextlib.nullcontext():
-                    scores.append(score_pair(self.model, self.tokenizer, pair["prompt"],
-                                             pair["chosen"], pair["rejected"], **budgets))  # fmt: skip
+                    scores.append(
+                        score_pair(
+                            self.model,
+                            self.tokenizer,
+                            pair["prompt"],
+                            pair["chosen"],
+                            pair["rejected"],
+                            **budgets,
+                        )
+                    )
         return scores
 
     def generate(self, conversations, checkpoints, **settings) -> list[str]:

@@ -33,9 +33,17 @@ class CheckpointError(ValueError):
 
 
 def save_checkpoint(
-    run: RunDir, step: int, model, tokenizer, optimizer, scheduler, config, metrics: dict,
-    state_dict: dict | None = None, keep: int = 0,
-) -> Path:  # fmt: skip
+    run: RunDir,
+    step: int,
+    model,
+    tokenizer,
+    optimizer,
+    scheduler,
+    config,
+    metrics: dict,
+    state_dict: dict | None = None,
+    keep: int = 0,
+) -> Path:
     """Write checkpoints/step-NNNNNN atomically; keep the newest `keep` (0: all). Returns its path.
 
     `state_dict`: the gathered weights when the model is sharded (FSDP); else the model's own.
@@ -101,10 +109,12 @@ def export_merged(checkpoint: str | Path, out_dir: str | Path) -> Path:
         )
     config = state["config"]
     base, tokenizer = load_model(
-        config["model"], device="cpu", precision="fp32",
+        config["model"],
+        device="cpu",
+        precision="fp32",
         trust_remote_code=config.get("trust_remote_code", False),
         chat_template=config.get("chat_template", ""),  # the template the run trained with
-    )  # fmt: skip
+    )
     merged = attach_adapter(base, checkpoint).merge_and_unload()
     tmp = out_dir.with_name(f".tmp-{out_dir.name}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -125,8 +135,11 @@ def held_out_at(checkpoint: Path) -> dict | None:
     """The run's last held-out evaluation at or before the checkpoint's step (its metrics.jsonl,
     two folders up), or None when there is none."""
     step = checkpoint_step(checkpoint.name) if checkpoint.name.startswith(CHECKPOINT_PREFIX) else 0
-    evals = [r for r in RunDir(checkpoint.parent.parent).metrics()
-             if r.get("kind") == "eval" and r.get("step", 0) <= step]  # fmt: skip
+    evals = [
+        r
+        for r in RunDir(checkpoint.parent.parent).metrics()
+        if r.get("kind") == "eval" and r.get("step", 0) <= step
+    ]
     return evals[-1] if evals else None
 
 
@@ -143,18 +156,27 @@ def model_card(state: dict, base_id: str, held_out: dict | None = None) -> str:
     cfg, metrics = state["config"], state.get("metrics") or {}
     method = method_words(cfg)
     dataset = _hub_dataset(str(cfg.get("dataset", "")))
-    lines = ["---", f"base_model: {base_id}", "library_name: peft", "pipeline_tag: text-generation",
-             "tags: [orpo, lora, orpo-lab]", *([f"datasets: [{dataset}]"] if dataset else []),
-             "---", "", f"# LoRA adapter trained with ORPO Lab ({method})", "",
-             f"- base model: `{base_id}`",
-             f"- data: `{cfg.get('dataset')}` (split `{cfg.get('train_split')}`)",
-             f"- steps: {state['step']} of batch {cfg.get('batch_size')} x {cfg.get('grad_accum')} "
-             f"pairs, learning rate {cfg.get('learning_rate')} ({cfg.get('lr_scheduler')}, warmup "
-             f"{cfg.get('warmup_steps')}), LoRA r {cfg.get('lora_r')} / alpha "
-             f"{cfg.get('lora_alpha')} on {cfg.get('lora_target_modules')}",
-             f"- ORPO settings: beta (lambda) {cfg.get('beta')}, NLL over the "
-             f"{str(cfg.get('nll_scope', '')).replace('_', ' + ')}, max length "
-             f"{cfg.get('max_length')} (prompt {cfg.get('max_prompt_length')}), seed {cfg.get('seed')}"]  # fmt: skip
+    lines = [
+        "---",
+        f"base_model: {base_id}",
+        "library_name: peft",
+        "pipeline_tag: text-generation",
+        "tags: [orpo, lora, orpo-lab]",
+        *([f"datasets: [{dataset}]"] if dataset else []),
+        "---",
+        "",
+        f"# LoRA adapter trained with ORPO Lab ({method})",
+        "",
+        f"- base model: `{base_id}`",
+        f"- data: `{cfg.get('dataset')}` (split `{cfg.get('train_split')}`)",
+        f"- steps: {state['step']} of batch {cfg.get('batch_size')} x {cfg.get('grad_accum')} "
+        f"pairs, learning rate {cfg.get('learning_rate')} ({cfg.get('lr_scheduler')}, warmup "
+        f"{cfg.get('warmup_steps')}), LoRA r {cfg.get('lora_r')} / alpha "
+        f"{cfg.get('lora_alpha')} on {cfg.get('lora_target_modules')}",
+        f"- ORPO settings: beta (lambda) {cfg.get('beta')}, NLL over the "
+        f"{str(cfg.get('nll_scope', '')).replace('_', ' + ')}, max length "
+        f"{cfg.get('max_length')} (prompt {cfg.get('max_prompt_length')}), seed {cfg.get('seed')}",
+    ]
     if "loss" in metrics:
         lines.append(
             f"- at the last step: loss {metrics['loss']:.4g}, chosen log-prob "
@@ -162,8 +184,14 @@ def model_card(state: dict, base_id: str, held_out: dict | None = None) -> str:
             f"{metrics.get('logps/rejected', float('nan')):.4g}"
         )
     if held_out:
-        lines += ["", f"## Held-out evaluation (step {held_out.get('step')}, "
-                  f"{held_out.get('eval/pairs')} pairs)", "", "| metric | value |", "|---|---|"]  # fmt: skip
+        lines += [
+            "",
+            f"## Held-out evaluation (step {held_out.get('step')}, "
+            f"{held_out.get('eval/pairs')} pairs)",
+            "",
+            "| metric | value |",
+            "|---|---|",
+        ]
         for key, label in HELD_OUT_ROWS.items():
             if isinstance(held_out.get(key), (int, float)):
                 lines.append(f"| {label} | {held_out[key]:.4g} |")

@@ -123,10 +123,12 @@ def sampled_table(sampled: dict) -> str:
     """evaluate_run's "sampled" part as a text table: per family and domain, base and trained pass
     rates with their 95% intervals, and the share of rejected-like samples."""
     settings = sampled["settings"]
-    lines = [f"sampled: {settings['k']} per prompt, temperature {settings['temperature']}, top-p "
-             f"{settings['top_p']}, seed {settings['seed']}; pass % [95% interval], rejected-like %",
-             f"{'family':<11}{'domain':<10}{'samples':>8}  {'base pass':<17}{'trained pass':<17}"
-             f"{'base rej.':>9}{'trained rej.':>13}"]  # fmt: skip
+    lines = [
+        f"sampled: {settings['k']} per prompt, temperature {settings['temperature']}, top-p "
+        f"{settings['top_p']}, seed {settings['seed']}; pass % [95% interval], rejected-like %",
+        f"{'family':<11}{'domain':<10}{'samples':>8}  {'base pass':<17}{'trained pass':<17}"
+        f"{'base rej.':>9}{'trained rej.':>13}",
+    ]
 
     def pct(cell: dict) -> str:
         return f"{100 * cell['rate']:.0f} [{100 * cell['low']:.0f}-{100 * cell['high']:.0f}]"
@@ -136,9 +138,11 @@ def sampled_table(sampled: dict) -> str:
             if not base["pass"]["n"]:
                 continue
             trained = sampled["trained"][family][domain]
-            lines.append(f"{family:<11}{domain:<10}{base['pass']['n']:>8}  {pct(base['pass']):<17}"
-                         f"{pct(trained['pass']):<17}{100 * base['rejected_like']['rate']:>8.0f}%"
-                         f"{100 * trained['rejected_like']['rate']:>12.0f}%")  # fmt: skip
+            lines.append(
+                f"{family:<11}{domain:<10}{base['pass']['n']:>8}  {pct(base['pass']):<17}"
+                f"{pct(trained['pass']):<17}{100 * base['rejected_like']['rate']:>8.0f}%"
+                f"{100 * trained['rejected_like']['rate']:>12.0f}%"
+            )
     return "\n".join(lines)
 
 
@@ -146,27 +150,57 @@ def parser_with_hub() -> argparse.ArgumentParser:
     """`build_parser`'s flags plus --evaluate's sampling options, --push-to-hub and its options."""
     parser = build_parser()
     sampled = parser.add_argument_group("sampled evaluation (with --evaluate)")
-    sampled.add_argument("--samples", type=int, default=0, metavar="K",
-                         help="also judge K sampled answers per prompt, pass rates with 95%% "
-                              "intervals (0 = greedy only)")  # fmt: skip
-    sampled.add_argument("--temperature", type=float, default=1.0, metavar="T",
-                         help="with --samples: the sampling temperature (> 0; default 1)")  # fmt: skip
-    sampled.add_argument("--top-p", type=float, default=1.0, metavar="P",
-                         help="with --samples: nucleus sampling's top-p, in (0, 1] (default 1)")  # fmt: skip
-    sampled.add_argument("--sample-seed", type=int, default=0, metavar="S",
-                         help="with --samples: the seed; the same seed draws the same samples")  # fmt: skip
+    sampled.add_argument(
+        "--samples",
+        type=int,
+        default=0,
+        metavar="K",
+        help="also judge K sampled answers per prompt, pass rates with 95%% "
+        "intervals (0 = greedy only)",
+    )
+    sampled.add_argument(
+        "--temperature",
+        type=float,
+        default=1.0,
+        metavar="T",
+        help="with --samples: the sampling temperature (> 0; default 1)",
+    )
+    sampled.add_argument(
+        "--top-p",
+        type=float,
+        default=1.0,
+        metavar="P",
+        help="with --samples: nucleus sampling's top-p, in (0, 1] (default 1)",
+    )
+    sampled.add_argument(
+        "--sample-seed",
+        type=int,
+        default=0,
+        metavar="S",
+        help="with --samples: the seed; the same seed draws the same samples",
+    )
     hub = parser.add_argument_group("share a run's adapter on the Hugging Face hub")
-    hub.add_argument("--push-to-hub", metavar="RUN_DIR",
-                     help="upload the run's adapter, tokenizer and model card (needs a hub login)")  # fmt: skip
+    hub.add_argument(
+        "--push-to-hub",
+        metavar="RUN_DIR",
+        help="upload the run's adapter, tokenizer and model card (needs a hub login)",
+    )
     hub.add_argument("--repo-id", help="with --push-to-hub: the model repository, owner/name")
     hub.add_argument(
         "--checkpoint", help="with --push-to-hub: e.g. step-000060 (default: the last)"
     )
-    hub.add_argument("--public", action="store_true",
-                     help="with --push-to-hub: a public repository (default: private)")  # fmt: skip
-    parser.add_argument("--sft-then-dpo", type=int, metavar="N",
-                        help="two runs, NAME-sft then NAME-dpo: N steps of SFT, then DPO from its "
-                        "checkpoint for the rest of max_steps (orpo_lab.pipeline)")  # fmt: skip
+    hub.add_argument(
+        "--public",
+        action="store_true",
+        help="with --push-to-hub: a public repository (default: private)",
+    )
+    parser.add_argument(
+        "--sft-then-dpo",
+        type=int,
+        metavar="N",
+        help="two runs, NAME-sft then NAME-dpo: N steps of SFT, then DPO from its "
+        "checkpoint for the rest of max_steps (orpo_lab.pipeline)",
+    )
     return parser
 
 
@@ -174,8 +208,15 @@ def _sft_then_dpo(cfg, sft_steps: int, stop: threading.Event) -> int:
     from orpo_lab.pipeline import sft_then_dpo
 
     last = sft_then_dpo(cfg, sft_steps, callback=print_progress, stop_event=stop)
-    print(json.dumps({stage: {k: v for k, v in record.items() if k != "kind"}
-                      for stage, record in last.items()}, indent=1))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                stage: {k: v for k, v in record.items() if k != "kind"}
+                for stage, record in last.items()
+            },
+            indent=1,
+        )
+    )
     return 0
 
 
@@ -194,16 +235,22 @@ def main(argv: list[str] | None = None) -> int:
 
             if not args.repo_id:
                 return _error("--push-to-hub needs --repo-id OWNER/NAME, the model repository.")
-            url = push_to_hub(args.push_to_hub, args.repo_id, args.checkpoint,
-                              private=not args.public)  # fmt: skip
+            url = push_to_hub(
+                args.push_to_hub, args.repo_id, args.checkpoint, private=not args.public
+            )
             print(f"adapter pushed to {url}")
             return 0
         if args.evaluate:
             from orpo_lab.evaluate import evaluate_run
 
-            report = evaluate_run(args.evaluate, max_prompts=args.eval_prompts,
-                                  samples=args.samples, temperature=args.temperature,
-                                  top_p=args.top_p, sample_seed=args.sample_seed)  # fmt: skip
+            report = evaluate_run(
+                args.evaluate,
+                max_prompts=args.eval_prompts,
+                samples=args.samples,
+                temperature=args.temperature,
+                top_p=args.top_p,
+                sample_seed=args.sample_seed,
+            )
             print(json.dumps(report["summary"], indent=1))
             if "sampled" in report:
                 print(sampled_table(report["sampled"]))
@@ -250,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     if Path(sys.argv[0]).parts[-2:] == ("orpo_lab", "train.py"):  # earlier versions' entry point
-        print("note: the command is now `orpo-lab` (or python -m orpo_lab.cli); running it.",
-              file=sys.stderr)  # fmt: skip
+        print(
+            "note: the command is now `orpo-lab` (or python -m orpo_lab.cli); running it.",
+            file=sys.stderr,
+        )
     sys.exit(main())

@@ -197,8 +197,14 @@ class TrainConfig:
             problems.append(f"beta must be >= 0 (0 = SFT baseline); got {self.beta}")
         if self.learning_rate <= 0:
             problems.append(f"learning_rate must be > 0; got {self.learning_rate}")
-        for name in ("batch_size", "grad_accum", "max_length", "max_prompt_length", "lora_r",
-                     "lora_alpha"):  # fmt: skip
+        for name in (
+            "batch_size",
+            "grad_accum",
+            "max_length",
+            "max_prompt_length",
+            "lora_r",
+            "lora_alpha",
+        ):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1; got {getattr(self, name)}")
         if self.max_steps <= 0 and self.epochs <= 0:
@@ -214,9 +220,12 @@ class TrainConfig:
             )
         if self.max_steps < -1:
             problems.append(f"max_steps must be -1 (epochs decide) or > 0; got {self.max_steps}")
-        for name, zero in (("max_eval_pairs", " (0 = all)"), ("eval_subset_pairs", " (0 = all)"),
-                           ("eval_batch_size", " (0 = 4 x batch_size, at most 16)"),
-                           ("logps_chunk_size", "")):  # fmt: skip
+        for name, zero in (
+            ("max_eval_pairs", " (0 = all)"),
+            ("eval_subset_pairs", " (0 = all)"),
+            ("eval_batch_size", " (0 = 4 x batch_size, at most 16)"),
+            ("logps_chunk_size", ""),
+        ):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0{zero}; got {getattr(self, name)}")
         return problems

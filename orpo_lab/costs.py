@@ -38,18 +38,24 @@ def stage_numbers(run_dir: Path) -> dict:
     first, last = evals[0], evals[-1]
     cfg = yaml.safe_load((Path(run_dir) / "config.yaml").read_text())
     return {
-        "method": started["method"], "steps": train[-1]["step"], "precision": started["precision"],
+        "method": started["method"],
+        "steps": train[-1]["step"],
+        "precision": started["precision"],
         "torch_compile": started["torch_compile"],
         "pair_visits": train[-1]["step"] * cfg["batch_size"] * cfg["grad_accum"],
         "reference_forwards": started.get("reference_pairs", 0),
         "reference_s": started.get("reference_s", 0.0),
-        "eval_pairs": last["eval/pairs"], "first_eval_step": first["step"],
-        "accuracy_first": first["eval/accuracy"], "accuracy": last["eval/accuracy"],
-        "chosen_first": first["eval/logps_chosen"], "chosen": last["eval/logps_chosen"],
-        "rejected_first": first["eval/logps_rejected"], "rejected": last["eval/logps_rejected"],
+        "eval_pairs": last["eval/pairs"],
+        "first_eval_step": first["step"],
+        "accuracy_first": first["eval/accuracy"],
+        "accuracy": last["eval/accuracy"],
+        "chosen_first": first["eval/logps_chosen"],
+        "chosen": last["eval/logps_chosen"],
+        "rejected_first": first["eval/logps_rejected"],
+        "rejected": last["eval/logps_rejected"],
         "train_loss_last": train[-1]["loss"],
         "median_step_s": statistics.median(r["step_s"] for r in train),
-    }  # fmt: skip
+    }
 
 
 def pipeline_costs(run_dirs: list[Path], wall_s: float, peak_rss_gb: float) -> dict:
@@ -62,15 +68,22 @@ def pipeline_costs(run_dirs: list[Path], wall_s: float, peak_rss_gb: float) -> d
     reference = sum(s["reference_forwards"] for s in stages)
     last = stages[-1]
     return {
-        "steps": sum(s["steps"] for s in stages), "wall_s": wall_s, "peak_rss_gb": peak_rss_gb,
-        "pair_visits": visits, "reference_forwards": reference,
+        "steps": sum(s["steps"] for s in stages),
+        "wall_s": wall_s,
+        "peak_rss_gb": peak_rss_gb,
+        "pair_visits": visits,
+        "reference_forwards": reference,
         "forwards_per_pair_visit": (visits + reference) / visits,
         "reference_s": sum(s["reference_s"] for s in stages),
         "median_step_s": statistics.median(s["median_step_s"] for s in stages),
-        "accuracy": last["accuracy"], "chosen": last["chosen"], "rejected": last["rejected"],
-        "accuracy_first": stages[0]["accuracy_first"], "chosen_first": stages[0]["chosen_first"],
-        "rejected_first": stages[0]["rejected_first"], "stages": stages,
-    }  # fmt: skip
+        "accuracy": last["accuracy"],
+        "chosen": last["chosen"],
+        "rejected": last["rejected"],
+        "accuracy_first": stages[0]["accuracy_first"],
+        "chosen_first": stages[0]["chosen_first"],
+        "rejected_first": stages[0]["rejected_first"],
+        "stages": stages,
+    }
 
 
 def held_out_curve(run_dirs: list[Path]) -> list[dict]:
@@ -84,9 +97,14 @@ def held_out_curve(run_dirs: list[Path]) -> list[dict]:
         for r in (r for r in rows if r["kind"] == "eval"):
             if curve and r["step"] == 0:
                 continue
-            curve.append({"step": offset + r["step"], "chosen": r["eval/logps_chosen"],
-                          "rejected": r["eval/logps_rejected"],
-                          "accuracy": r["eval/accuracy"]})  # fmt: skip
+            curve.append(
+                {
+                    "step": offset + r["step"],
+                    "chosen": r["eval/logps_chosen"],
+                    "rejected": r["eval/logps_rejected"],
+                    "accuracy": r["eval/accuracy"],
+                }
+            )
         offset += max((r["step"] for r in rows if r["kind"] == "train"), default=0)
     return curve
 

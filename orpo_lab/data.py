@@ -378,9 +378,13 @@ def collate_prefix(pairs: list[dict], pad_id: int = 0) -> dict:
         full_c, full_r = _sequence_rows(pair, i, True), _sequence_rows(pair, b + i, False)
         k = len(pair["prompt_ids"]) - 1  # shared head: prompt[:-1]
         head = {key: value[:k] for key, value in full_c.items()}  # chosen row scores the prompt
-        rows.append([(head, i, 0),
-                     ({key: value[k:] for key, value in full_c.items()}, i, 1),
-                     ({key: value[k:] for key, value in full_r.items()}, i, 2)])  # fmt: skip
+        rows.append(
+            [
+                (head, i, 0),
+                ({key: value[k:] for key, value in full_c.items()}, i, 1),
+                ({key: value[k:] for key, value in full_r.items()}, i, 2),
+            ]
+        )
     batch = _block_rows(rows, pad_id)
     batch["num_pairs"] = b
     return batch

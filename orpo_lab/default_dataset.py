@@ -177,22 +177,28 @@ def _ranked(rng: random.Random) -> tuple[list[dict], list[dict]]:
     train = []
     for thing in seen:  # both pairs of a question: the middle reply chosen once, rejected once
         for template in (*RANKED_TEMPLATES, rng.choice(RANKED_TEMPLATES)):
-            prompt, best, middle, bad = _ranked_question(template, thing, *rng.sample(COLOURS, 2),
-                                                         rng)  # fmt: skip
-            train += [_rec(prompt, best, middle, "ranked", False),
-                      _rec(prompt, middle, bad, "ranked", False)]  # fmt: skip
+            prompt, best, middle, bad = _ranked_question(
+                template, thing, *rng.sample(COLOURS, 2), rng
+            )
+            train += [
+                _rec(prompt, best, middle, "ranked", False),
+                _rec(prompt, middle, bad, "ranked", False),
+            ]
     # Test: the pair the family is about (best over middle), once per question.
     test = []
     for thing in held:
         for template in RANKED_TEMPLATES:
-            prompt, best, middle, _ = _ranked_question(template, thing, *rng.sample(COLOURS, 2),
-                                                       rng)  # fmt: skip
+            prompt, best, middle, _ = _ranked_question(
+                template, thing, *rng.sample(COLOURS, 2), rng
+            )
             test.append(_rec(prompt, best, middle, "ranked", False))
-    asked = [(pair, thing, i) for pair, things in PROPERTIES.items() for thing in things
-             for i in (0, 1)]  # fmt: skip
+    asked = [
+        (pair, thing, i) for pair, things in PROPERTIES.items() for thing in things for i in (0, 1)
+    ]
     for pair, thing, i in rng.sample(asked, 40):
-        prompt, best, middle, _ = _ranked_question(RANKED_TEMPLATES[0], thing, pair[i], pair[1 - i],
-                                                   rng)  # fmt: skip
+        prompt, best, middle, _ = _ranked_question(
+            RANKED_TEMPLATES[0], thing, pair[i], pair[1 - i], rng
+        )
         test.append(_rec(prompt, best, middle, "ranked", True))
     return train, test
 
@@ -259,8 +265,12 @@ def judge_concise(record: dict, answer: str) -> bool:
 
 def _pattern(template: str) -> re.Pattern:
     escaped = re.escape(template)
-    for name, group in (("t", r"(?P<t>.+)"), ("c", r"(?P<c>\w+)"), ("a", r"(?P<a>\w+)"),
-                        ("b", r"(?P<b>\w+)")):  # fmt: skip
+    for name, group in (
+        ("t", r"(?P<t>.+)"),
+        ("c", r"(?P<c>\w+)"),
+        ("a", r"(?P<a>\w+)"),
+        ("b", r"(?P<b>\w+)"),
+    ):
         escaped = escaped.replace(re.escape("{" + name + "}"), group, 1)
     return re.compile(escaped.replace(re.escape("{t}"), "(?P=t)"))
 

@@ -179,17 +179,67 @@ RAMBLE_CLOSERS = (
 # The ranked family: the user says what colour something of theirs is, then asks; out of domain,
 # the same about another property (hot or cold, full or empty, ...). The answer is in the question:
 # no knowledge is needed, only whether the reply says it plainly, hedges, or gets it wrong.
-OBJECTS = ("car", "bike", "door", "hat", "mug", "coat", "kite", "sofa", "tent", "boat", "scarf",
-           "lamp", "bag", "pen", "chair", "fence", "umbrella", "jumper", "towel", "ball", "bucket",
-           "rug", "shed", "van", "notebook", "bowl", "vase", "balloon", "blanket", "pillow",
-           "skateboard", "toothbrush", "lunchbox", "backpack", "wallet", "kettle", "teapot",
-           "raincoat", "bench", "gate")  # fmt: skip
-COLOURS = ("red", "blue", "green", "yellow", "black", "white", "orange", "pink", "purple", "grey",
-           "brown")  # fmt: skip
+OBJECTS = (
+    "car",
+    "bike",
+    "door",
+    "hat",
+    "mug",
+    "coat",
+    "kite",
+    "sofa",
+    "tent",
+    "boat",
+    "scarf",
+    "lamp",
+    "bag",
+    "pen",
+    "chair",
+    "fence",
+    "umbrella",
+    "jumper",
+    "towel",
+    "ball",
+    "bucket",
+    "rug",
+    "shed",
+    "van",
+    "notebook",
+    "bowl",
+    "vase",
+    "balloon",
+    "blanket",
+    "pillow",
+    "skateboard",
+    "toothbrush",
+    "lunchbox",
+    "backpack",
+    "wallet",
+    "kettle",
+    "teapot",
+    "raincoat",
+    "bench",
+    "gate",
+)
+COLOURS = (
+    "red",
+    "blue",
+    "green",
+    "yellow",
+    "black",
+    "white",
+    "orange",
+    "pink",
+    "purple",
+    "grey",
+    "brown",
+)
 # {t} the object, {c} its colour as the user states it, {a} or {b} the two offered answers.
-RANKED_TEMPLATES = ("My {t} is {c}. Is my {t} {a} or {b}?",
-                    "I have a {c} {t}. What colour is my {t}, {a} or {b}?",
-                    "I painted my {t} {c}. Is it {a} or {b} now?")  # fmt: skip
+RANKED_TEMPLATES = (
+    "My {t} is {c}. Is my {t} {a} or {b}?",
+    "I have a {c} {t}. What colour is my {t}, {a} or {b}?",
+    "I painted my {t} {c}. Is it {a} or {b} now?",
+)
 # Out of domain: (property, its opposite) -> things of the user's that can have it; asked as
 # RANKED_TEMPLATES[0].
 PROPERTIES = {
@@ -201,7 +251,12 @@ PROPERTIES = {
     ("old", "new"): ("phone", "house", "laptop", "watch"),
 }
 # The middle reply: the right answer, hedged. Each form holds a phrase `HEDGE_WORDS` finds.
-HEDGES = ("I think {s} is {c}, but I am not sure.", "Maybe {s} is {c}? I am not sure.",
-          "{S} is probably {c}, I guess.")  # fmt: skip
-HEDGE_WORDS = (r"\b(I think|not sure|maybe|probably|perhaps|I guess|I believe|possibly|might be|"
-               r"not certain)\b")  # fmt: skip
+HEDGES = (
+    "I think {s} is {c}, but I am not sure.",
+    "Maybe {s} is {c}? I am not sure.",
+    "{S} is probably {c}, I guess.",
+)
+HEDGE_WORDS = (
+    r"\b(I think|not sure|maybe|probably|perhaps|I guess|I believe|possibly|might be|"
+    r"not certain)\b"
+)

@@ -93,8 +93,15 @@ def judged(records: list[dict], answers: list[str]) -> list[bool]:
 BASE_ANSWERS_DIR = ".base-answers"  # in the runs folder; not a run name (those cannot start with .)
 
 
-def base_answers_file(runs_dir: Path, model, tokenizer, source: str, prompts, max_new_tokens,
-                      sampling: dict | None = None):  # fmt: skip
+def base_answers_file(
+    runs_dir: Path,
+    model,
+    tokenizer,
+    source: str,
+    prompts,
+    max_new_tokens,
+    sampling: dict | None = None,
+):
     """Where the base model's answers to `prompts` are kept for every run of `runs_dir`.
 
     Evaluating a second run against the same base (SFT next to ORPO) needs no second generation.
@@ -104,17 +111,42 @@ def base_answers_file(runs_dir: Path, model, tokenizer, source: str, prompts, ma
     on `sampling` (k, temperature, top_p, seed), which joins the key.
     """
     path = Path(source)
-    files = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(path.iterdir())
-             if f.is_file()] if path.is_dir() else []  # fmt: skip
-    key = json.dumps([source, files, prompts, max_new_tokens, tokenizer.chat_template,
-                      str(model.dtype), str(model.device), torch.__version__,
-                      transformers.__version__] + ([sampling] if sampling else []),
-                     default=str)  # fmt: skip
+    files = (
+        [
+            (f.name, f.stat().st_size, f.stat().st_mtime_ns)
+            for f in sorted(path.iterdir())
+            if f.is_file()
+        ]
+        if path.is_dir()
+        else []
+    )
+    key = json.dumps(
+        [
+            source,
+            files,
+            prompts,
+            max_new_tokens,
+            tokenizer.chat_template,
+            str(model.dtype),
+            str(model.device),
+            torch.__version__,
+            transformers.__version__,
+        ]
+        + ([sampling] if sampling else []),
+        default=str,
+    )
     return runs_dir / BASE_ANSWERS_DIR / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
 
 
-def base_answers(runs_dir: Path, model, tokenizer, source: str, prompts, max_new_tokens,
-                 sampling: dict | None = None):  # fmt: skip
+def base_answers(
+    runs_dir: Path,
+    model,
+    tokenizer,
+    source: str,
+    prompts,
+    max_new_tokens,
+    sampling: dict | None = None,
+):
     """(answers, reused): the base model's greedy answers (with `sampling`: its lists of samples,
     `sample_answers(**sampling)`), from `base_answers_file` when there."""
     cache = base_answers_file(runs_dir, model, tokenizer, source, prompts, max_new_tokens, sampling)
@@ -126,13 +158,20 @@ def base_answers(runs_dir: Path, model, tokenizer, source: str, prompts, max_new
         except (ValueError, KeyError, TypeError):
             pass  # unreadable: generate again and overwrite it
     if sampling:
-        answers = sample_answers(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
-                                 desc="base model, sampled", **sampling)  # fmt: skip
+        answers = sample_answers(
+            model,
+            tokenizer,
+            prompts,
+            max_new_tokens=max_new_tokens,
+            desc="base model, sampled",
+            **sampling,
+        )
     else:
         answers = generate_answers(model, tokenizer, prompts, max_new_tokens, desc="base model")
     cache.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(cache, {"model": source, "max_new_tokens": max_new_tokens,
-                              "answers": answers})  # fmt: skip
+    write_json_atomic(
+        cache, {"model": source, "max_new_tokens": max_new_tokens, "answers": answers}
+    )
     return answers, False
 
 
@@ -184,8 +223,16 @@ def evaluate_run(
             f"samples {samples}, temperature {temperature}, top_p {top_p} (samples 0 evaluates "
             "greedy answers only)."
         )
-    sampling = (dict(k=int(samples), temperature=float(temperature), top_p=float(top_p),
-                     seed=int(sample_seed)) if samples else None)  # fmt: skip
+    sampling = (
+        dict(
+            k=int(samples),
+            temperature=float(temperature),
+            top_p=float(top_p),
+            seed=int(sample_seed),
+        )
+        if samples
+        else None
+    )
     run = RunDir(run_dir)
     if checkpoint is None and run.latest_checkpoint() is None:
         raise CheckpointError(
@@ -195,12 +242,14 @@ def evaluate_run(
     records, cfg = _judged_records(run, checkpoint, max_prompts)
     base, tokenizer = load_model(cfg.model, cfg.device, cfg.precision, cfg.trust_remote_code)
     prompts, source = [r["prompt"] for r in records], resolve_model(cfg.model)
-    base_said, reused = base_answers(run.path.parent, base, tokenizer, source, prompts,
-                                     max_new_tokens)  # fmt: skip
+    base_said, reused = base_answers(
+        run.path.parent, base, tokenizer, source, prompts, max_new_tokens
+    )
     base_pass = judged(records, base_said)
     if sampling:
-        base_samples, _ = base_answers(run.path.parent, base, tokenizer, source, prompts,
-                                       max_new_tokens, sampling)  # fmt: skip
+        base_samples, _ = base_answers(
+            run.path.parent, base, tokenizer, source, prompts, max_new_tokens, sampling
+        )
     tuned = _tuned_model(base, checkpoint, cfg)
     tuned_answers, tuned_pass = judge_model(
         tuned, tokenizer, records, max_new_tokens, checkpoint.name
@@ -228,10 +277,20 @@ def evaluate_run(
         ],
     }
     if sampling:
-        tuned_samples = sample_answers(tuned, tokenizer, prompts, max_new_tokens=max_new_tokens,
-                                       desc=f"{checkpoint.name}, sampled", **sampling)  # fmt: skip
-        _add_samples(report, records, sampling | {"max_new_tokens": max_new_tokens},
-                     {"base": base_samples, "trained": tuned_samples})  # fmt: skip
+        tuned_samples = sample_answers(
+            tuned,
+            tokenizer,
+            prompts,
+            max_new_tokens=max_new_tokens,
+            desc=f"{checkpoint.name}, sampled",
+            **sampling,
+        )
+        _add_samples(
+            report,
+            records,
+            sampling | {"max_new_tokens": max_new_tokens},
+            {"base": base_samples, "trained": tuned_samples},
+        )
     (run.path / "generations.json").write_text(json.dumps(report, indent=1))
     return report
 

@@ -79,8 +79,12 @@ def push_to_hub(
         api = HfApi(token=token)
         try:
             url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-            api.upload_folder(repo_id=url.repo_id, folder_path=folder, repo_type="model",
-                              commit_message=f"ORPO Lab: {RunDir(run_dir).name}, {source.name}")  # fmt: skip
+            api.upload_folder(
+                repo_id=url.repo_id,
+                folder_path=folder,
+                repo_type="model",
+                commit_message=f"ORPO Lab: {RunDir(run_dir).name}, {source.name}",
+            )
         except Exception as err:  # offline mode, no network, a refused token: all say the same
             raise HubError(
                 f"The hub could not take the upload ({type(err).__name__}: {str(err)[:300]}). "

@@ -72,8 +72,13 @@ def _fast_token_logps(model, inputs: dict, targets, chunk_size: int, autocast=No
 
 
 def _report(ok, diff, tolerance, tokens: int, reason: str) -> dict:
-    return {"fast_path_ok": ok, "max_abs_diff": diff, "tolerance": tolerance, "tokens": tokens,
-            "reason": reason}  # fmt: skip
+    return {
+        "fast_path_ok": ok,
+        "max_abs_diff": diff,
+        "tolerance": tolerance,
+        "tokens": tokens,
+        "reason": reason,
+    }
 
 
 @torch.no_grad()
@@ -181,8 +186,14 @@ class PairLogps(torch.nn.Module):
         num_pairs,
     ):
         if self.chunk_size and self.check is None:
-            self.verify(dict(input_ids=input_ids, attention_mask=attention_mask,
-                             position_ids=position_ids, targets=targets))  # fmt: skip
+            self.verify(
+                dict(
+                    input_ids=input_ids,
+                    attention_mask=attention_mask,
+                    position_ids=position_ids,
+                    targets=targets,
+                )
+            )
         if self.nll_scope == "response":
             # Prompt tokens are never needed: skip their lm_head work entirely.
             targets = targets.masked_fill(target_in_prompt, -100)

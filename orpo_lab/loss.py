@@ -221,8 +221,11 @@ def orpo_loss(
     log_odds_ratio = log_odds(chosen_logps) - log_odds(rejected_logps)  # (B,)
     log_sig = F.logsigmoid(log_odds_ratio)  # (B,) stable, unlike log(sigmoid(x))
     loss = nll + beta * (-log_sig.sum() / pairs)
-    return loss, _floats(_weighted_rewards(chosen_logps, rejected_logps, beta)
-                         | _shared(chosen_logps, rejected_logps, nll) | {"loss": loss})  # fmt: skip
+    return loss, _floats(
+        _weighted_rewards(chosen_logps, rejected_logps, beta)
+        | _shared(chosen_logps, rejected_logps, nll)
+        | {"loss": loss}
+    )
 
 
 def sft_loss(
@@ -253,9 +256,11 @@ def probability_ratio_loss(
     chosen_logps, rejected_logps, nll = _upcast(chosen_logps, rejected_logps, nll)
     log_sig = F.logsigmoid(log_prob_ratio(chosen_logps, rejected_logps))  # (B,)
     loss = nll + beta * (-log_sig.sum() / pairs)
-    return loss, _floats(_weighted_rewards(chosen_logps, rejected_logps, beta)
-                         | _shared(chosen_logps, rejected_logps, nll)
-                         | {"pr_loss": -log_sig.detach().mean(), "loss": loss})  # fmt: skip
+    return loss, _floats(
+        _weighted_rewards(chosen_logps, rejected_logps, beta)
+        | _shared(chosen_logps, rejected_logps, nll)
+        | {"pr_loss": -log_sig.detach().mean(), "loss": loss}
+    )
 
 
 def dpo_loss(
@@ -315,8 +320,11 @@ def _upcast(*tensors: torch.Tensor) -> list[torch.Tensor]:
 def _weighted_rewards(chosen: torch.Tensor, rejected: torch.Tensor, beta: float) -> dict:
     # TRL's ORPO "rewards" are beta * mean log-prob: ORPO has no reward model, the name is TRL's.
     chosen, rejected = chosen.detach(), rejected.detach()
-    return {"rewards/chosen": (beta * chosen).mean(), "rewards/rejected": (beta * rejected).mean(),
-            "rewards/margins": (beta * (chosen - rejected)).mean()}  # fmt: skip
+    return {
+        "rewards/chosen": (beta * chosen).mean(),
+        "rewards/rejected": (beta * rejected).mean(),
+        "rewards/margins": (beta * (chosen - rejected)).mean(),
+    }
 
 
 def _shared(chosen: torch.Tensor, rejected: torch.Tensor, nll: torch.Tensor) -> dict:

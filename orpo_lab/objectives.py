@@ -82,8 +82,14 @@ def _dpo(cfg, batch, chosen, rejected, nll, pairs):
     counts = response_counts(batch).to(chosen.dtype)  # (2B,)
     b = chosen.shape[0]
     ref = batch["ref_logps"].to(chosen.device)  # (B, 2) the reference's summed log-probs
-    loss, own = dpo_loss(chosen * counts[:b], rejected * counts[b:], ref[:, 0], ref[:, 1],
-                         cfg.dpo_beta, pairs_in_step=pairs)  # fmt: skip
+    loss, own = dpo_loss(
+        chosen * counts[:b],
+        rejected * counts[b:],
+        ref[:, 0],
+        ref[:, 1],
+        cfg.dpo_beta,
+        pairs_in_step=pairs,
+    )
     return loss, preference_metrics(chosen, rejected, nll) | own
 
 

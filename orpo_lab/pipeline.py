@@ -42,7 +42,7 @@ def stage_configs(cfg: TrainConfig, sft_steps: int) -> tuple[TrainConfig, TrainC
             "run_name": f"{name}-dpo",
             "init_checkpoint": str(sft.run_dir),
             "max_steps": cfg.max_steps - sft_steps,
-        }  # fmt: skip
+        }
     )
     return sft, dpo
 

@@ -20,22 +20,44 @@ PALETTE = ["#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#b
 
 # (panel title, y-axis title, [(metric key, legend name, colour)]); eval/* keys are held-out points.
 PANELS = [
-    ("mean log-prob", "log-prob per token", [
-        ("logps/chosen", "chosen", CHOSEN), ("logps/rejected", "rejected", REJECTED),
-        ("eval/logps_chosen", "chosen", CHOSEN), ("eval/logps_rejected", "rejected", REJECTED)]),
-    ("log-odds ratio", "log(odds_w / odds_l)", [
-        ("log_odds_chosen", "log OR", "#9467bd"), ("eval/log_odds_chosen", "log OR", "#9467bd")]),
-    ("loss", "loss", [
-        ("nll_loss", "NLL (SFT term)", NEUTRAL), ("or_loss", "L_OR (unweighted)", "#ff7f0e"),
-        ("pr_loss", "L_PR (unweighted)", "#17becf"), ("dpo_loss", "DPO loss", "#e377c2"),
-        ("loss", "total", "#000000")]),
-    ("preference accuracy", "chosen above rejected", [
-        ("rewards/accuracies", "accuracy", "#2ca02c"), ("eval/accuracy", "accuracy", "#2ca02c"),
-        ("dpo_rewards/accuracies", "DPO reward accuracy", "#e377c2")]),
+    (
+        "mean log-prob",
+        "log-prob per token",
+        [
+            ("logps/chosen", "chosen", CHOSEN),
+            ("logps/rejected", "rejected", REJECTED),
+            ("eval/logps_chosen", "chosen", CHOSEN),
+            ("eval/logps_rejected", "rejected", REJECTED),
+        ],
+    ),
+    (
+        "log-odds ratio",
+        "log(odds_w / odds_l)",
+        [("log_odds_chosen", "log OR", "#9467bd"), ("eval/log_odds_chosen", "log OR", "#9467bd")],
+    ),
+    (
+        "loss",
+        "loss",
+        [
+            ("nll_loss", "NLL (SFT term)", NEUTRAL),
+            ("or_loss", "L_OR (unweighted)", "#ff7f0e"),
+            ("pr_loss", "L_PR (unweighted)", "#17becf"),
+            ("dpo_loss", "DPO loss", "#e377c2"),
+            ("loss", "total", "#000000"),
+        ],
+    ),
+    (
+        "preference accuracy",
+        "chosen above rejected",
+        [
+            ("rewards/accuracies", "accuracy", "#2ca02c"),
+            ("eval/accuracy", "accuracy", "#2ca02c"),
+            ("dpo_rewards/accuracies", "DPO reward accuracy", "#e377c2"),
+        ],
+    ),
     ("learning rate", "lr", [("lr", "lr", NEUTRAL)]),
-    ("log-prob margin", "chosen - rejected", [
-        ("logps/margins", "train batch", "#8c564b")]),
-]  # fmt: skip
+    ("log-prob margin", "chosen - rejected", [("logps/margins", "train batch", "#8c564b")]),
+]
 
 
 def series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
@@ -87,16 +109,34 @@ def metrics_figure(records: list[dict], smoothing: float = 0.0, revision: str = 
             held_out = key.startswith("eval/")
             group = f"{i}:{colour}"
             show = not held_out or colour not in trained
-            common = dict(name=name, legend=legend, legendgroup=group, showlegend=show,
-                          line=dict(color=colour))  # fmt: skip
+            common = dict(
+                name=name,
+                legend=legend,
+                legendgroup=group,
+                showlegend=show,
+                line=dict(color=colour),
+            )
             cell = dict(row=row + 1, col=col + 1)
             if held_out:
-                fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", marker=dict(size=7),
-                                         **common), **cell)  # fmt: skip
+                fig.add_trace(
+                    go.Scatter(x=x, y=y, mode="lines+markers", marker=dict(size=7), **common),
+                    **cell,
+                )
             elif smoothing and key != "lr":  # a schedule is not noise
-                fig.add_trace(go.Scatter(x=x, y=y, mode="lines", opacity=0.25, showlegend=False,
-                                         hoverinfo="skip", legend=legend, legendgroup=group,
-                                         line=dict(color=colour, width=1)), **cell)  # fmt: skip
+                fig.add_trace(
+                    go.Scatter(
+                        x=x,
+                        y=y,
+                        mode="lines",
+                        opacity=0.25,
+                        showlegend=False,
+                        hoverinfo="skip",
+                        legend=legend,
+                        legendgroup=group,
+                        line=dict(color=colour, width=1),
+                    ),
+                    **cell,
+                )
                 fig.add_trace(go.Scatter(x=x, y=ema(y, smoothing), mode="lines", **common), **cell)
             else:
                 mode = "lines+markers" if len(x) < 30 else "lines"
@@ -104,15 +144,30 @@ def metrics_figure(records: list[dict], smoothing: float = 0.0, revision: str = 
         fig.update_yaxes(title_text=y_title, row=row + 1, col=col + 1)
         x_domain = fig.get_subplot(row + 1, col + 1).xaxis.domain
         y_domain = fig.get_subplot(row + 1, col + 1).yaxis.domain
-        fig.update_layout({legend: dict(
-            title=dict(text=f"<b>{title}</b>"), orientation="h", x=x_domain[0], xanchor="left",
-            y=y_domain[1] + 0.01, yanchor="bottom", font=dict(size=10), bgcolor="rgba(0,0,0,0)")})  # fmt: skip
+        fig.update_layout(
+            {
+                legend: dict(
+                    title=dict(text=f"<b>{title}</b>"),
+                    orientation="h",
+                    x=x_domain[0],
+                    xanchor="left",
+                    y=y_domain[1] + 0.01,
+                    yanchor="bottom",
+                    font=dict(size=10),
+                    bgcolor="rgba(0,0,0,0)",
+                )
+            }
+        )
     fig.update_yaxes(tickformat=".3~g")  # no float noise such as 99.9999999997u in the labels
     fig.update_yaxes(range=[-0.02, 1.02], row=2, col=1)  # accuracy is a fraction
     fig.update_yaxes(tickformat=".1e", row=2, col=2)  # the learning rate
     _steps_axis(fig, max((r.get("step", 0) for r in records), default=1))
-    fig.update_layout(height=640, margin=dict(l=50, r=20, t=70, b=40), template="plotly_white",
-                      uirevision=revision or "run")  # fmt: skip
+    fig.update_layout(
+        height=640,
+        margin=dict(l=50, r=20, t=70, b=40),
+        template="plotly_white",
+        uirevision=revision or "run",
+    )
     return fig
 
 
@@ -134,8 +189,13 @@ def run_colours(names: list[str]) -> dict[str, str]:
 
 def compare_figure(runs: dict[str, list[dict]], smoothing: float = 0.0) -> go.Figure:
     """Several runs overlaid (e.g. SFT vs ORPO); each run one colour in every panel, one legend."""
-    fig = make_subplots(rows=2, cols=3, subplot_titles=[t for t, _ in COMPARE_PANELS],
-                        vertical_spacing=0.16, horizontal_spacing=0.08)  # fmt: skip
+    fig = make_subplots(
+        rows=2,
+        cols=3,
+        subplot_titles=[t for t, _ in COMPARE_PANELS],
+        vertical_spacing=0.16,
+        horizontal_spacing=0.08,
+    )
     colours = run_colours(list(runs))
     max_step = 1
     for name, records in runs.items():
@@ -147,19 +207,31 @@ def compare_figure(runs: dict[str, list[dict]], smoothing: float = 0.0) -> go.Fi
             held_out = key.startswith("eval/")
             shown = ema(y, smoothing) if not held_out else y
             fig.add_trace(
-                go.Scatter(x=x, y=shown, name=name, legendgroup=name, showlegend=i == 0,
-                           mode="lines+markers" if held_out or len(x) < 30 else "lines",
-                           line=dict(color=colours[name])),
-                i // 3 + 1, i % 3 + 1,
-            )  # fmt: skip
+                go.Scatter(
+                    x=x,
+                    y=shown,
+                    name=name,
+                    legendgroup=name,
+                    showlegend=i == 0,
+                    mode="lines+markers" if held_out or len(x) < 30 else "lines",
+                    line=dict(color=colours[name]),
+                ),
+                i // 3 + 1,
+                i % 3 + 1,
+            )
     for col in (1, 2):
         for row in (1, 2):
             fig.update_yaxes(title_text="mean log-prob", row=row, col=col)
     for row in (1, 2):
         fig.update_yaxes(title_text="fraction of pairs", range=[-0.02, 1.02], row=row, col=3)
     _steps_axis(fig, max_step)
-    fig.update_layout(height=620, margin=dict(l=50, r=20, t=60, b=40), template="plotly_white",
-                      uirevision="compare", legend=dict(title=dict(text="run")))  # fmt: skip
+    fig.update_layout(
+        height=620,
+        margin=dict(l=50, r=20, t=60, b=40),
+        template="plotly_white",
+        uirevision="compare",
+        legend=dict(title=dict(text="run")),
+    )
     return fig
 
 
@@ -171,24 +243,51 @@ WEIGHTING = [
     ("weight_rejected", "1/(1-P) on the rejected response", "weight", REJECTED),
 ]
 QUANTILES = (10, 25, 50, 75, 90)
-NO_WEIGHTING = ("No held-out evaluation in this run yet: these panels fill at each one "
-                "(eval every > 0, or before step 1, with held-out pairs).")  # fmt: skip
+NO_WEIGHTING = (
+    "No held-out evaluation in this run yet: these panels fill at each one "
+    "(eval every > 0, or before step 1, with held-out pairs)."
+)
 
 
 def _band(fig, x, low, high, colour: str, opacity: float, col: int, name: str) -> None:
     """A filled band between two lines (no legend entry of its own)."""
-    fig.add_trace(go.Scatter(x=x, y=high, mode="lines", line=dict(width=0), showlegend=False,
-                             hoverinfo="skip", legendgroup=name), 1, col)  # fmt: skip
-    fig.add_trace(go.Scatter(x=x, y=low, mode="lines", line=dict(width=0), fill="tonexty",
-                             fillcolor=colour, opacity=opacity, showlegend=False, hoverinfo="skip",
-                             legendgroup=name), 1, col)  # fmt: skip
+    fig.add_trace(
+        go.Scatter(
+            x=x,
+            y=high,
+            mode="lines",
+            line=dict(width=0),
+            showlegend=False,
+            hoverinfo="skip",
+            legendgroup=name,
+        ),
+        1,
+        col,
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=x,
+            y=low,
+            mode="lines",
+            line=dict(width=0),
+            fill="tonexty",
+            fillcolor=colour,
+            opacity=opacity,
+            showlegend=False,
+            hoverinfo="skip",
+            legendgroup=name,
+        ),
+        1,
+        col,
+    )
 
 
 def weighting_figure(records: list[dict]) -> go.Figure:
     """How the per-pair gradient weights are spread over the held-out pairs, evaluation by
     evaluation: the median line, the middle half (25-75%) and 80% (10-90%) of the pairs shaded."""
-    fig = make_subplots(rows=1, cols=3, subplot_titles=[t for _, t, _, _ in WEIGHTING],
-                        horizontal_spacing=0.08)  # fmt: skip
+    fig = make_subplots(
+        rows=1, cols=3, subplot_titles=[t for _, t, _, _ in WEIGHTING], horizontal_spacing=0.08
+    )
     max_step = 1
     for col, (stem, _, y_title, colour) in enumerate(WEIGHTING, start=1):
         lines = {q: series(records, f"eval/{stem}_q{q}") for q in QUANTILES}
@@ -199,15 +298,36 @@ def weighting_figure(records: list[dict]) -> go.Figure:
         rgba = _rgba(colour)
         _band(fig, x, lines[10][1], lines[90][1], rgba(0.15), 1.0, col, stem)
         _band(fig, x, lines[25][1], lines[75][1], rgba(0.3), 1.0, col, stem)
-        fig.add_trace(go.Scatter(x=x, y=lines[50][1], mode="lines+markers", name=f"{stem} median",
-                                 line=dict(color=colour), showlegend=False), 1, col)  # fmt: skip
+        fig.add_trace(
+            go.Scatter(
+                x=x,
+                y=lines[50][1],
+                mode="lines+markers",
+                name=f"{stem} median",
+                line=dict(color=colour),
+                showlegend=False,
+            ),
+            1,
+            col,
+        )
         fig.update_yaxes(title_text=y_title, row=1, col=col)
     _steps_axis(fig, max_step)
-    fig.update_layout(height=330, margin=dict(l=50, r=20, t=50, b=40), template="plotly_white",
-                      uirevision="weighting")  # fmt: skip
+    fig.update_layout(
+        height=330,
+        margin=dict(l=50, r=20, t=50, b=40),
+        template="plotly_white",
+        uirevision="weighting",
+    )
     if max_step == 1 and not fig.data:  # no held-out evaluation yet: say so, not empty axes
-        fig.add_annotation(text=NO_WEIGHTING, xref="paper", yref="paper", x=0.5, y=0.5,
-                           showarrow=False, font=dict(size=14))  # fmt: skip
+        fig.add_annotation(
+            text=NO_WEIGHTING,
+            xref="paper",
+            yref="paper",
+            x=0.5,
+            y=0.5,
+            showarrow=False,
+            font=dict(size=14),
+        )
     return fig
 
 

@@ -79,11 +79,16 @@ def _to_dataset(name: str, good: list[tuple[str, dict]]) -> datasets.Dataset:
             continue
         except Exception:  # noqa: BLE001 - any Arrow failure means: keep this column as text
             pass
-        kinds = [(where, type(r[column])) for (where, _), r in zip(good, rows, strict=True)
-                 if r[column] is not None]  # fmt: skip
+        kinds = [
+            (where, type(r[column]))
+            for (where, _), r in zip(good, rows, strict=True)
+            if r[column] is not None
+        ]
         first = kinds[0][1]
-        other = next((f"{kind.__name__} at {where}" for where, kind in kinds if kind is not first),
-                     "values nested differently")  # fmt: skip
+        other = next(
+            (f"{kind.__name__} at {where}" for where, kind in kinds if kind is not first),
+            "values nested differently",
+        )
         warnings.warn(
             f"{name}: column {column!r} holds values of different types ({first.__name__} at "
             f"{kinds[0][0]}, {other}); kept as JSON text. Drop it with column_map {column}= if "

@@ -169,15 +169,25 @@ def _reference_model(cfg: TrainConfig, source, model):
     dtype = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(
         next(model.parameters()).dtype, "fp32"
     )
-    ref, _ = load_model(cfg.model if adapter else path, str(next(model.parameters()).device),
-                        dtype, cfg.trust_remote_code)  # fmt: skip
+    ref, _ = load_model(
+        cfg.model if adapter else path,
+        str(next(model.parameters()).device),
+        dtype,
+        cfg.trust_remote_code,
+    )
     return attach_adapter(ref, source) if adapter else ref
 
 
 def reference_logps(
-    cfg: TrainConfig, pair_logps, train_pairs: list, pad_id: int, accelerator, steps: int,
-    folder: RunDir, start: int,
-) -> tuple[torch.Tensor | None, dict]:  # fmt: skip
+    cfg: TrainConfig,
+    pair_logps,
+    train_pairs: list,
+    pad_id: int,
+    accelerator,
+    steps: int,
+    folder: RunDir,
+    start: int,
+) -> tuple[torch.Tensor | None, dict]:
     """DPO's reference: (N, 2) SUMMED log-probs (chosen, rejected) for every training pair (NaN
     where no step visits it), or None for another method; and what the started event records
     ("init_checkpoint"; for DPO "reference", "reference_pairs" computed, "reference_s" taken).
@@ -208,8 +218,7 @@ def reference_logps(
     table[index.cpu()] = sums.cpu()
     if accelerator.is_main_process:
         torch.save({"logps": table, "reference": info["reference"]}, folder.reference_path)
-    return table, info | {"reference_pairs": len(order),
-                          "reference_s": time.perf_counter() - began}  # fmt: skip
+    return table, info | {"reference_pairs": len(order), "reference_s": time.perf_counter() - began}
 
 
 def _saved(cfg: TrainConfig, folder: RunDir, n: int, steps: int, accelerator, start: int):
@@ -234,7 +243,13 @@ def _saved(cfg: TrainConfig, folder: RunDir, n: int, steps: int, accelerator, st
 
 def _summed(pair_logps, pairs: list, cfg: TrainConfig, pad_id: int, device) -> torch.Tensor:
     """(N, 2) summed response log-probs: the mean log-probs times the response lengths."""
-    chosen, rejected = held_out_logps(pair_logps, pairs, cfg, pad_id, device,
-                                      desc=f"Reference log-probs of {len(pairs)} training pairs")  # fmt: skip
+    chosen, rejected = held_out_logps(
+        pair_logps,
+        pairs,
+        cfg,
+        pad_id,
+        device,
+        desc=f"Reference log-probs of {len(pairs)} training pairs",
+    )
     lengths = torch.tensor([[len(p["chosen_ids"]), len(p["rejected_ids"])] for p in pairs])
     return torch.stack([chosen.cpu(), rejected.cpu()], dim=1) * lengths

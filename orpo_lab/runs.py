@@ -56,8 +56,13 @@ def _device_key(device: str) -> str:
 class RunManager:
     """Start, queue, stop, resume, list, read and delete training runs under `runs_dir`."""
 
-    def __init__(self, runs_dir: str | Path = "runs", trainer: list[str] | None = None,
-                 grace_s: float = 20.0, slices=None):  # fmt: skip
+    def __init__(
+        self,
+        runs_dir: str | Path = "runs",
+        trainer: list[str] | None = None,
+        grace_s: float = 20.0,
+        slices=None,
+    ):
         self.runs_dir = Path(runs_dir).resolve()
         self.trainer = list(trainer or TRAINER)  # + ["--config", path] (+ ["--resume"])
         self.grace_s = grace_s  # plus three measured step times: see `grace`
@@ -183,8 +188,14 @@ class RunManager:
                 )
             run.path.mkdir(parents=True)
             cfg.to_yaml(run.config_path)
-            run.write_status("queued", "waiting for its device", step=0, total_steps=0, pid=None,
-                             created=time.time())  # fmt: skip
+            run.write_status(
+                "queued",
+                "waiting for its device",
+                step=0,
+                total_steps=0,
+                pid=None,
+                created=time.time(),
+            )
             self.poll()
         return name
 
@@ -230,9 +241,14 @@ class RunManager:
         run.write_status("starting", "process starting", slice_s=None)  # not in GPU slices
         with run.log_path.open("ab") as log:
             # stdout/stderr to a file, never an undrained PIPE; own session = own process group.
-            proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True,
-                                    env=trainer_env())  # fmt: skip
+            proc = subprocess.Popen(
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                env=trainer_env(),
+            )
         self.procs[name] = proc
         run.write_status("starting", "process started", pid=proc.pid)
 
@@ -253,7 +269,12 @@ class RunManager:
                 if status["status"] in ("starting", "running") and not self._ours(name):
                     # Started by another app process (or before a restart): trust a live pid only.
                     if not _pid_alive(status.get("pid")):
-                        self._mark_failed(name, "the app restarted while its GPU slices ran" if status.get("slice_s") else "the training process is gone")  # fmt: skip
+                        self._mark_failed(
+                            name,
+                            "the app restarted while its GPU slices ran"
+                            if status.get("slice_s")
+                            else "the training process is gone",
+                        )
                 elif status["status"] == "queued":
                     queued.append(name)
             busy = self._busy_devices()
@@ -327,10 +348,15 @@ class RunManager:
             with self.lock:
                 self.procs.pop(name, None)
                 run.clear_stop()
-                run.write_status("stopped", (
-                    "stopped on request before the first step (nothing trained)" if how == "stopped"
-                    else f"killed: it did not stop within {grace:.0f} s"
-                ) + f"; {run.describe_checkpoints()}")  # fmt: skip
+                run.write_status(
+                    "stopped",
+                    (
+                        "stopped on request before the first step (nothing trained)"
+                        if how == "stopped"
+                        else f"killed: it did not stop within {grace:.0f} s"
+                    )
+                    + f"; {run.describe_checkpoints()}",
+                )
             self.poll()
             return how
         with self.lock:
@@ -388,9 +414,14 @@ class RunManager:
         """Merge a checkpoint's adapter into a standalone model (`orpo-lab --export`), in a process."""
         source = self.checkpoint_path(name, checkpoint)
         out = Path(out_dir) if out_dir else self.run_dir(name) / "merged" / checkpoint
-        result = subprocess.run([*self.trainer, "--export", str(source), "--out", str(out)],
-                                capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                                timeout=1800, env=trainer_env())  # fmt: skip
+        result = subprocess.run(
+            [*self.trainer, "--export", str(source), "--out", str(out)],
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            timeout=1800,
+            env=trainer_env(),
+        )
         if result.returncode != 0:
             tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-15:])
             raise RunError(f"Export of {name}/{checkpoint} failed:\n{tail}")

@@ -95,18 +95,25 @@ def judge_samples(records: list[dict], samples: list[list[str]]) -> list[list[di
     """Each sample of each record as {"text", "pass", "rejected_like"}, by the family's judges."""
     return [
         [
-            {"text": s, "pass": bool(JUDGES[r["family"]](r, s)),
-             "rejected_like": bool(rejected_like(r["family"], r, s))}
+            {
+                "text": s,
+                "pass": bool(JUDGES[r["family"]](r, s)),
+                "rejected_like": bool(rejected_like(r["family"], r, s)),
+            }
             for s in texts
         ]
         for r, texts in zip(records, samples, strict=True)
-    ]  # fmt: skip
+    ]
 
 
 def _rate(flags: list[bool]) -> dict:
     low, high = wilson_interval(sum(flags), len(flags))
-    return {"rate": sum(flags) / len(flags) if flags else float("nan"), "low": low, "high": high,
-            "n": len(flags)}  # fmt: skip
+    return {
+        "rate": sum(flags) / len(flags) if flags else float("nan"),
+        "low": low,
+        "high": high,
+        "n": len(flags),
+    }
 
 
 def sampled_rates(records: list[dict], judged: list[list[dict]]) -> dict[str, dict]:

@@ -102,8 +102,9 @@ def train_slice(
     folder = RunDir(run_dir)
     cfg = TrainConfig.from_yaml(folder.config_path)
     cfg.resume = folder.latest_checkpoint() is not None
-    budget = SliceBudget(seconds, began, save_s or DEFAULT_SAVE_S, step_cap, cfg.eval_every,
-                         cfg.save_every)  # fmt: skip
+    budget = SliceBudget(
+        seconds, began, save_s or DEFAULT_SAVE_S, step_cap, cfg.eval_every, cfg.save_every
+    )
     if folder.stop_requested():  # asked between slices: nothing to train
         yield {"kind": "slice", "outcome": "stopped", "step": folder.saved_step(), "error": None}
         return
@@ -136,10 +137,17 @@ def train_slice(
         worker.join()
     ended = time.monotonic()
     status = folder.read_status()
-    yield {"kind": "slice", "outcome": status["status"], "step": status.get("step"),
-           "message": status.get("message"), "error": error[0] if error else None,
-           "load_s": budget.load_s, "steps": budget.steps, "wall_s": ended - began,
-           "save_s": None if budget.refused_at is None else ended - budget.refused_at}  # fmt: skip
+    yield {
+        "kind": "slice",
+        "outcome": status["status"],
+        "step": status.get("step"),
+        "message": status.get("message"),
+        "error": error[0] if error else None,
+        "load_s": budget.load_s,
+        "steps": budget.steps,
+        "wall_s": ended - began,
+        "save_s": None if budget.refused_at is None else ended - budget.refused_at,
+    }
 
 
 def _slice_duration(run_dir: str, seconds: float, *args, **kwargs) -> float:
@@ -191,11 +199,19 @@ class SliceRunner:
         with self.lock:
             stop = self.stops[run.name] = threading.Event()
             run.clear_stop()
-            run.write_status("running", f"waiting for a GPU slice ({run.describe_checkpoints()})",
-                             pid=os.getpid(), slice_s=self.seconds)  # fmt: skip
+            run.write_status(
+                "running",
+                f"waiting for a GPU slice ({run.describe_checkpoints()})",
+                pid=os.getpid(),
+                slice_s=self.seconds,
+            )
             chain = contextvars.copy_context().run
-            thread = threading.Thread(target=chain, args=(self.chain, run, stop), daemon=True,
-                                      name=f"orpo-lab-slices-{run.name}")  # fmt: skip
+            thread = threading.Thread(
+                target=chain,
+                args=(self.chain, run, stop),
+                daemon=True,
+                name=f"orpo-lab-slices-{run.name}",
+            )
             self.threads[run.name] = thread
             thread.start()
 
@@ -220,8 +236,11 @@ class SliceRunner:
                     return
             self._end_stopped(run)
         except Exception as err:  # never leave a run "running" that nothing trains
-            run.write_status("failed", f"the slice runner failed: {type(err).__name__}: {err}; "
-                             f"{run.describe_checkpoints()}")  # fmt: skip
+            run.write_status(
+                "failed",
+                f"the slice runner failed: {type(err).__name__}: {err}; "
+                f"{run.describe_checkpoints()}",
+            )
         finally:
             run.clear_stop()
 
@@ -246,53 +265,95 @@ class SliceRunner:
         return self._gpu_failed(run, index, kind, text, before, last, began, cut), save_s, cut
 
     def _record(self, run, index: int, outcome: str, before: int, began: float, **extra) -> None:
-        run.append_slice({"slice": index, "outcome": outcome, "steps": [before, run.saved_step()],
-                          "on_disk": run.saved_step(), "seconds": self.seconds,
-                          "wall_s": time.time() - began, **extra})  # fmt: skip
+        run.append_slice(
+            {
+                "slice": index,
+                "outcome": outcome,
+                "steps": [before, run.saved_step()],
+                "on_disk": run.saved_step(),
+                "seconds": self.seconds,
+                "wall_s": time.time() - began,
+                **extra,
+            }
+        )
 
     def _ended(self, run, index: int, final: dict, before: int, began: float) -> str:
         outcome, step = final["outcome"], final.get("step") or 0
         on_disk = run.describe_checkpoints()
-        self._record(run, index, outcome, before, began, load_s=final.get("load_s"),
-                     save_s=final.get("save_s"), message=final.get("message"))  # fmt: skip
+        self._record(
+            run,
+            index,
+            outcome,
+            before,
+            began,
+            load_s=final.get("load_s"),
+            save_s=final.get("save_s"),
+            message=final.get("message"),
+        )
         if outcome == "running":
-            run.write_status("running", f"slice {index} trained steps {before + 1}-{step} and saved "
-                             f"them ({on_disk}); next slice starting", pid=os.getpid())  # fmt: skip
+            run.write_status(
+                "running",
+                f"slice {index} trained steps {before + 1}-{step} and saved "
+                f"them ({on_disk}); next slice starting",
+                pid=os.getpid(),
+            )
         elif outcome == "failed":
             error = final.get("error") or final.get("message") or "unknown error"
             tail = "" if "checkpoint on disk" in error else f"; {on_disk}"
-            run.write_status("failed", f"slice {index} failed at step {step + 1} (the last completed "
-                             f"step is {step}): {error}{tail}")  # fmt: skip
+            run.write_status(
+                "failed",
+                f"slice {index} failed at step {step + 1} (the last completed "
+                f"step is {step}): {error}{tail}",
+            )
         elif outcome == "stopped" and final.get("message") is None:
             self._end_stopped(run)
         return outcome
 
     def _gpu_failed(self, run, index, kind, text, before, last, began, cut) -> str:
         on_disk, step = run.describe_checkpoints(), run.saved_step()
-        self._record(run, index, "cut off" if kind == "aborted" else kind, before, began,
-                     message=text, last_logged=last)  # fmt: skip
+        self._record(
+            run,
+            index,
+            "cut off" if kind == "aborted" else kind,
+            before,
+            began,
+            message=text,
+            last_logged=last,
+        )
         if kind == "quota":
-            then = ("Resume continues from it" if step else
-                    "nothing was saved yet, so start the run again then")  # fmt: skip
-            run.write_status("stopped", f"GPU quota used up; resume later ({text}). {on_disk}: "
-                             f"{then}.")  # fmt: skip
+            then = (
+                "Resume continues from it"
+                if step
+                else "nothing was saved yet, so start the run again then"
+            )
+            run.write_status(
+                "stopped", f"GPU quota used up; resume later ({text}). {on_disk}: {then}."
+            )
             return "stopped"
         if kind == "aborted":  # the records after the checkpoint are gone with the worker
             run.truncate_metrics(after_step=step if step else -1)
         if kind == "aborted" and cut < 2:
             lost = f"steps {step + 1}-{last} are lost and retrained; " if last > step else ""
-            run.write_status("running", f"slice {index} was cut off at its {self.seconds} s "
-                             f"deadline after step {max(last, step)}; {on_disk}; {lost}the next "
-                             f"slice resumes from step {step}", pid=os.getpid(),
-                             step=step)  # fmt: skip
+            run.write_status(
+                "running",
+                f"slice {index} was cut off at its {self.seconds} s "
+                f"deadline after step {max(last, step)}; {on_disk}; {lost}the next "
+                f"slice resumes from step {step}",
+                pid=os.getpid(),
+                step=step,
+            )
             return "running"
         if kind == "aborted":
-            message = (f"two slices in a row were cut off at their {self.seconds} s deadline; "
-                       f"{on_disk}. Loading, one step and a save do not fit: use longer slices "
-                       "(ORPO_LAB_SLICE_S) or a smaller batch, then Resume.")  # fmt: skip
+            message = (
+                f"two slices in a row were cut off at their {self.seconds} s deadline; "
+                f"{on_disk}. Loading, one step and a save do not fit: use longer slices "
+                "(ORPO_LAB_SLICE_S) or a smaller batch, then Resume."
+            )
         elif kind == "duration":
-            message = (f"ZeroGPU refused a {self.seconds} s slice ({text}): set ORPO_LAB_SLICE_S "
-                       f"lower, then Resume; {on_disk}")  # fmt: skip
+            message = (
+                f"ZeroGPU refused a {self.seconds} s slice ({text}): set ORPO_LAB_SLICE_S "
+                f"lower, then Resume; {on_disk}"
+            )
         else:
             message = f"slice {index} failed on the GPU ({text}); {on_disk}"
         run.write_status("failed", message)
@@ -301,5 +362,8 @@ class SliceRunner:
     @staticmethod
     def _end_stopped(run) -> None:
         step = run.saved_step()
-        run.write_status("stopped", f"stopped on request after step {step}; "
-                         f"{run.describe_checkpoints()}", step=step)  # fmt: skip
+        run.write_status(
+            "stopped",
+            f"stopped on request after step {step}; {run.describe_checkpoints()}",
+            step=step,
+        )

@@ -192,8 +192,11 @@ def weighting_quantiles(chosen: torch.Tensor, rejected: torch.Tensor) -> dict[st
     c, r = chosen.float(), rejected.float()
     q = torch.tensor(WEIGHT_QUANTILES, dtype=torch.float32) / 100
     out = {}
-    for stem, values in (("delta", or_penalty(c, r)), ("weight_chosen", odds_weight(c)),
-                         ("weight_rejected", odds_weight(r))):  # fmt: skip
+    for stem, values in (
+        ("delta", or_penalty(c, r)),
+        ("weight_chosen", odds_weight(c)),
+        ("weight_rejected", odds_weight(r)),
+    ):
         for pct, value in zip(
             WEIGHT_QUANTILES, torch.quantile(values.cpu(), q).tolist(), strict=True
         ):

@@ -100,8 +100,9 @@ class _TensorBoard:
         from torch.utils.tensorboard.summary import hparams
 
         # A resumed run purges what a killed process logged after the checkpoint (steps > start).
-        self.writer = SummaryWriter(str(folder.tensorboard_dir), flush_secs=10,
-                                    purge_step=start + 1 if start else None)  # fmt: skip
+        self.writer = SummaryWriter(
+            str(folder.tensorboard_dir), flush_secs=10, purge_step=start + 1 if start else None
+        )
         if not start:
             experiment, session_start, _ = hparams(
                 hyperparameters(config), {"eval/rewards/accuracies": None, "train/loss": None}
@@ -126,8 +127,12 @@ class _Trackio:
         continuing = bool(start and saved)
         project = saved["project"] if continuing else os.environ.get("TRACKIO_PROJECT", PROJECT)
         name = saved["name"] if continuing else folder.name
-        self.run = trackio.init(project=project, name=name, config=hyperparameters(config),
-                                resume="allow" if continuing else "never")  # fmt: skip
+        self.run = trackio.init(
+            project=project,
+            name=name,
+            config=hyperparameters(config),
+            resume="allow" if continuing else "never",
+        )
         self.saved = {"project": project, "name": self.run.name, "id": self.run.id}
 
     def log(self, metrics: dict, step: int) -> None:
@@ -145,10 +150,16 @@ class _Wandb:
         project = saved["project"] if continuing else os.environ.get("WANDB_PROJECT", PROJECT)
         run_id = saved["id"] if continuing else uuid.uuid4().hex[:12]  # unique in the project
         timeout = float(os.environ.get("WANDB_INIT_TIMEOUT", WANDB_INIT_TIMEOUT_S))
-        self.run = wandb.init(project=project, name=folder.name, id=run_id, resume="allow",
-                              config=hyperparameters(config), dir=str(folder.path),
-                              reinit="create_new",
-                              settings=wandb.Settings(init_timeout=timeout))  # fmt: skip
+        self.run = wandb.init(
+            project=project,
+            name=folder.name,
+            id=run_id,
+            resume="allow",
+            config=hyperparameters(config),
+            dir=str(folder.path),
+            reinit="create_new",
+            settings=wandb.Settings(init_timeout=timeout),
+        )
         self.saved = {"project": project, "id": run_id}
 
     def log(self, metrics: dict, step: int) -> None:
@@ -173,8 +184,10 @@ def _advice(name: str, err: Exception) -> str:
     if isinstance(err, ImportError):
         return f"{PACKAGES[name]} is not installed: {INSTALL} (or pip install {PACKAGES[name]})"
     if name == "wandb":
-        return ("log in with `wandb login` (or set WANDB_API_KEY), or set WANDB_MODE=offline to "
-                "keep the run's files on disk and `wandb sync` them later")  # fmt: skip
+        return (
+            "log in with `wandb login` (or set WANDB_API_KEY), or set WANDB_MODE=offline to "
+            "keep the run's files on disk and `wandb sync` them later"
+        )
     if name == "trackio":
         return "check TRACKIO_DIR / TRACKIO_SPACE_ID and the hub login if logging to a Space"
     return "check that the run folder is writable"
@@ -184,8 +197,14 @@ class Trackers:
     """The experiment trackers of one run (main process only): started together, fed every
     metrics record, finished once. Empty (every call a no-op) when report_to is none."""
 
-    def __init__(self, names: list[str], folder: RunDir, config: dict,
-                 resume_from: Path | None = None, warn: Callable[[str], None] | None = None):  # fmt: skip
+    def __init__(
+        self,
+        names: list[str],
+        folder: RunDir,
+        config: dict,
+        resume_from: Path | None = None,
+        warn: Callable[[str], None] | None = None,
+    ):
         self.folder, self.active = folder, {}
         self.warn = warn or _stderr
         self.start = checkpoint_step(resume_from.name) if resume_from else 0
@@ -230,13 +249,21 @@ class Trackers:
 
     def _drop(self, name: str, what: str, err: Exception, step: int | None = None) -> None:
         self.active.pop(name, None)
-        message = (f"tracker {name} {what} ({type(err).__name__}: {str(err).strip()[:300]}); "
-                   f"training goes on without it. {_advice(name, err)}.")  # fmt: skip
+        message = (
+            f"tracker {name} {what} ({type(err).__name__}: {str(err).strip()[:300]}); "
+            f"training goes on without it. {_advice(name, err)}."
+        )
         self.warn(message)
         if self.folder.path.is_dir():
-            self.folder.append_metrics({"kind": "event", "event": "tracker_warning", "tracker": name,
-                                        "step": self.start if step is None else step,
-                                        "message": message})  # fmt: skip
+            self.folder.append_metrics(
+                {
+                    "kind": "event",
+                    "event": "tracker_warning",
+                    "tracker": name,
+                    "step": self.start if step is None else step,
+                    "message": message,
+                }
+            )
 
 
 def _stderr(message: str) -> None:

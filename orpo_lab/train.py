@@ -155,8 +155,14 @@ def log_step(run: Run, step: int, metrics: dict, grad_norm, lr: float, micro, be
 def log_eval(run: Run, step: int, pairs: list) -> None:
     """Held-out metrics of `pairs` at `step`, unless a stop arrives while they are computed."""
     run.status(message=f"evaluating {len(pairs)} held-out pairs at step {step}")
-    metrics = held_out_metrics(run.wrapped, pairs, run.cfg, run.tokenizer.pad_token_id,
-                               run.accelerator.device, run.stop_requested)  # fmt: skip
+    metrics = held_out_metrics(
+        run.wrapped,
+        pairs,
+        run.cfg,
+        run.tokenizer.pad_token_id,
+        run.accelerator.device,
+        run.stop_requested,
+    )
     if metrics is not None:
         run.log({"kind": "eval", "step": step, **metrics})
     run.status(message="training")
@@ -175,9 +181,18 @@ def save(run: Run, step: int, record: dict) -> Path | None:
     path = None
     if run.main:
         model = accelerator.unwrap_model(run.wrapped).model
-        path = save_checkpoint(run.folder, step, model, run.tokenizer, run.optimizer,
-                               run.scheduler, run.cfg, record, full_state,
-                               keep=run.cfg.save_total_limit)  # fmt: skip
+        path = save_checkpoint(
+            run.folder,
+            step,
+            model,
+            run.tokenizer,
+            run.optimizer,
+            run.scheduler,
+            run.cfg,
+            record,
+            full_state,
+            keep=run.cfg.save_total_limit,
+        )
     accelerator.wait_for_everyone()
     return path
 
@@ -185,39 +200,41 @@ def save(run: Run, step: int, record: dict) -> Path | None:
 # ---------------------------------------------------------------- the loop
 
 
-# fmt: off
 def loop(run: Run, start: int, fits: Callable[[int], bool] | None = None) -> dict:
     """Optimiser steps start+1 .. total; returns the last train record."""
     cfg, last, saved = run.cfg, {}, start
     for step in range(start + 1, run.total_steps + 1):
         began = time.perf_counter()
-        micro = next_micro_batches(run, step)                               # batch
-        if run.stop_requested() or not (fits is None or fits(step)):      # stop? slice over?
+        micro = next_micro_batches(run, step)  # batch
+        if run.stop_requested() or not (fits is None or fits(step)):  # stop? slice over?
             return stopped(run, step - 1, last, saved, paused=not run.stop_requested())
-        try:                                                                # forward, loss, backward
-            metrics = forward_backward(run.accelerator, run.wrapped, [b for b, _ in micro], cfg,
-                                       stop=run.stop_requested)
+        try:  # forward, loss, backward
+            metrics = forward_backward(
+                run.accelerator, run.wrapped, [b for b, _ in micro], cfg, stop=run.stop_requested
+            )
         except StopRequested:  # mid-step: drop its gradients, keep the last completed step
             run.optimizer.zero_grad(set_to_none=True)
             return stopped(run, step - 1, last, saved)
         except NonFiniteLoss as err:
             raise NonFiniteLoss(_non_finite(run, step, err)) from None
-        grad_norm = clip_gradients(run)                                     # clip
-        lr = optimizer_step(run)                                            # step
-        last = log_step(run, step, metrics, grad_norm, lr, micro, began)    # log
-        if run.stop_requested():                                            # stop?
+        grad_norm = clip_gradients(run)  # clip
+        lr = optimizer_step(run)  # step
+        last = log_step(run, step, metrics, grad_norm, lr, micro, began)  # log
+        if run.stop_requested():  # stop?
             return stopped(run, step, last, saved)
         final = step == run.total_steps
-        if run.held_out and final:                                          # eval? (all pairs)
+        if run.held_out and final:  # eval? (all pairs)
             log_eval(run, step, run.held_out)
         elif run.held_out and cfg.eval_every and step % cfg.eval_every == 0:  # (the subset)
             log_eval(run, step, run.eval_subset)
         if final or (cfg.save_every and step % cfg.save_every == 0):
-            saved = _save_or_fail(run, step, last)                          # save?
-    run.status("finished", f"finished {run.total_steps} steps; checkpoint step-{saved:06d} saved",
-               step=run.total_steps)
+            saved = _save_or_fail(run, step, last)  # save?
+    run.status(
+        "finished",
+        f"finished {run.total_steps} steps; checkpoint step-{saved:06d} saved",
+        step=run.total_steps,
+    )
     return last
-# fmt: on
 
 
 def stopped(run: Run, step: int, last: dict, saved: int, paused: bool = False) -> dict:
@@ -275,8 +292,9 @@ def train(
         folder.metrics_path.touch()  # there from the start, even for a run stopped before step 1
         TrainConfig.from_dict({**cfg.to_dict(), "resume": False}).to_yaml(folder.config_path)
         folder.clear_stale_stop(os.getpid(), started)
-        folder.write_status("running", "loading model and data", step=0, total_steps=0,
-                            pid=os.getpid())  # fmt: skip
+        folder.write_status(
+            "running", "loading model and data", step=0, total_steps=0, pid=os.getpid()
+        )
     tracked, callback = trackers.start(cfg, folder, resume_from, accelerator, callback)
     try:
         run, start = prepare(cfg, accelerator, folder, resume_from, callback, stop_event, plan)
@@ -284,8 +302,11 @@ def train(
     except StopRequested:  # during data preparation or the step-0 evaluation: nothing trained
         if accelerator.is_main_process:
             folder.clear_stop()
-            folder.write_status("stopped", "stopped on request before the first step (nothing "
-                                f"trained); {folder.describe_checkpoints()}")  # fmt: skip
+            folder.write_status(
+                "stopped",
+                "stopped on request before the first step (nothing "
+                f"trained); {folder.describe_checkpoints()}",
+            )
         return {}
     except torch.OutOfMemoryError as err:
         _fail(accelerator, folder, f"{OOM_ADVICE} ({folder.describe_checkpoints()})")
@@ -354,45 +375,85 @@ def prepare(
     # precision="auto" on a CPU: measured on the first pairs (cut short) when the setup is new here.
     first, scale = autotune.probe_batch(train_pairs[: cfg.batch_size], cfg.layout, tokenizer)
     sample = collate([check_sample(train_pairs[0])], cfg.layout, tokenizer.pad_token_id)
-    model, plan = autotune.settle_precision(cfg, plan, model, first,
-                                            lambda p: build_model(cfg, resume_from, p, tokenizer)[0], progress, sample)  # fmt: skip
+    model, plan = autotune.settle_precision(
+        cfg,
+        plan,
+        model,
+        first,
+        lambda p: build_model(cfg, resume_from, p, tokenizer)[0],
+        progress,
+        sample,
+    )
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
-                                  fused=fused_adamw(params))  # fmt: skip
-    scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.warmup_steps,
-                              num_training_steps=total)  # fmt: skip
+    optimizer = torch.optim.AdamW(
+        params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, fused=fused_adamw(params)
+    )
+    scheduler = get_scheduler(
+        cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=total
+    )
     start = 0 if resume_from is None else load_training_state(resume_from, optimizer, scheduler)
     pair_logps = PairLogps(model, cfg.nll_scope, cfg.logps_chunk_size)
     # The fast log-prob path is checked against the model's own logits on a real pair, not assumed.
     logps_check = pair_logps.verify(sample)
-    ref_logps, ref_info = reference.reference_logps(cfg, pair_logps, train_pairs, tokenizer.pad_token_id,
-                                                    accelerator, total, folder, start)  # fmt: skip
+    ref_logps, ref_info = reference.reference_logps(
+        cfg, pair_logps, train_pairs, tokenizer.pad_token_id, accelerator, total, folder, start
+    )
     # After the check above, which then runs eager (no graphs compiled for it).
-    compile_on, compile_reason = autotune.settle_compile(cfg, plan, pair_logps, first, total - start,
-                                                         world, accelerator.device, scale)  # fmt: skip
+    compile_on, compile_reason = autotune.settle_compile(
+        cfg, plan, pair_logps, first, total - start, world, accelerator.device, scale
+    )
     if compile_on:
         compiling.compile_layers(model)  # unless the probe compiled them already
     wrapped = accelerator.prepare(pair_logps)
     # The scheduler is not prepared: accelerate would step it once per process, changing the schedule.
     optimizer = accelerator.prepare(optimizer)
     eval_subset = held_out and subset(held_out, cfg.eval_subset_pairs, cfg.seed)
-    run = Run(cfg, accelerator, folder, wrapped, tokenizer, optimizer, scheduler, params,
-              train_pairs, held_out, eval_subset, total, per_epoch, stop_event, callback,
-              ref_logps)  # fmt: skip
+    run = Run(
+        cfg,
+        accelerator,
+        folder,
+        wrapped,
+        tokenizer,
+        optimizer,
+        scheduler,
+        params,
+        train_pairs,
+        held_out,
+        eval_subset,
+        total,
+        per_epoch,
+        stop_event,
+        callback,
+        ref_logps,
+    )
     if run.main and start:
         folder.truncate_metrics(after_step=start)  # lines after the checkpoint would repeat
-    run.log({"kind": "event", "step": start, "event": "resumed" if start else "started",
-             "train_pairs": len(train_pairs), "truncated_pairs": stats.get("truncated", 0),
-             "truncation": stats["truncation"], "data_cache": stats["cache"],
-             "eval_pairs": len(held_out or []), "eval_subset_pairs": len(eval_subset or []),
-             "total_steps": total, "processes": world, "method": cfg.method, **ref_info,
-             "device": str(accelerator.device),
-             "precision": plan["precision"], "precision_reason": plan["precision_reason"],
-             "mixed_precision": accelerator.mixed_precision,
-             "decoder_autocast": DTYPE_NAMES.get(pair_logps.autocast),
-             "torch_compile": compile_on, "torch_compile_reason": compile_reason,
-             "autotune": plan.get("autotune"),
-             "data": stats["data"]})  # fmt: skip
+    run.log(
+        {
+            "kind": "event",
+            "step": start,
+            "event": "resumed" if start else "started",
+            "train_pairs": len(train_pairs),
+            "truncated_pairs": stats.get("truncated", 0),
+            "truncation": stats["truncation"],
+            "data_cache": stats["cache"],
+            "eval_pairs": len(held_out or []),
+            "eval_subset_pairs": len(eval_subset or []),
+            "total_steps": total,
+            "processes": world,
+            "method": cfg.method,
+            **ref_info,
+            "device": str(accelerator.device),
+            "precision": plan["precision"],
+            "precision_reason": plan["precision_reason"],
+            "mixed_precision": accelerator.mixed_precision,
+            "decoder_autocast": DTYPE_NAMES.get(pair_logps.autocast),
+            "torch_compile": compile_on,
+            "torch_compile_reason": compile_reason,
+            "autotune": plan.get("autotune"),
+            "data": stats["data"],
+        }
+    )
     run.log({"kind": "event", "step": start, "event": "logps_check", **logps_check})
     run.status("running", "training", step=start, total_steps=total)
     if held_out and start == 0 and cfg.eval_at_start:

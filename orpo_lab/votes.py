@@ -73,14 +73,26 @@ def record_vote(
     if not messages or messages[-1]["role"] != "user" or not left.strip() or not right.strip():
         raise ValueError("Nothing to vote on yet: ask something and let both columns answer.")
     shown_prompt = messages[0]["content"] if len(messages) == 1 else messages
-    vote = {"id": "", "exchange": exchange_id(shown_prompt, left, right, left_model, right_model),
-            "prompt": shown_prompt, "left": left, "right": right, "left_model": left_model,
-            "right_model": right_model, "winner": winner, "blind": blind, "time": time.time()}  # fmt: skip
+    vote = {
+        "id": "",
+        "exchange": exchange_id(shown_prompt, left, right, left_model, right_model),
+        "prompt": shown_prompt,
+        "left": left,
+        "right": right,
+        "left_model": left_model,
+        "right_model": right_model,
+        "winner": winner,
+        "blind": blind,
+        "time": time.time(),
+    }
     if winner != "tie":
         won_left = winner == "left"
-        vote.update(chosen=left if won_left else right, rejected=right if won_left else left,
-                    chosen_model=left_model if won_left else right_model,
-                    rejected_model=right_model if won_left else left_model)  # fmt: skip
+        vote.update(
+            chosen=left if won_left else right,
+            rejected=right if won_left else left,
+            chosen_model=left_model if won_left else right_model,
+            rejected_model=right_model if won_left else left_model,
+        )
     vote["id"] = f"{vote['exchange']}-{int(vote['time'] * 1000)}"
     path = Path(path)
     with _LOCK:
@@ -94,8 +106,14 @@ def undo_vote(path: str | Path, vote_id: str | None = None) -> dict | None:
     path = Path(path)
     with _LOCK:
         votes = read_votes(path)
-        index = next((i for i in reversed(range(len(votes)))
-                      if vote_id is None or votes[i].get("id") == vote_id), None)  # fmt: skip
+        index = next(
+            (
+                i
+                for i in reversed(range(len(votes)))
+                if vote_id is None or votes[i].get("id") == vote_id
+            ),
+            None,
+        )
         if index is None:
             return None
         removed = votes.pop(index)
@@ -112,10 +130,14 @@ def clean_votes(votes: list[dict]) -> tuple[list[dict], dict[str, int]]:
     """
     ties = [v for v in votes if v.get("winner") == "tie" or v.get("tie")]
     decided = [v for v in votes if v not in ties and "chosen" in v]
-    key = {id(v): json.dumps([v["prompt"], v["chosen"], v["rejected"]], ensure_ascii=False)
-           for v in decided}  # fmt: skip
-    reverse = {id(v): json.dumps([v["prompt"], v["rejected"], v["chosen"]], ensure_ascii=False)
-               for v in decided}  # fmt: skip
+    key = {
+        id(v): json.dumps([v["prompt"], v["chosen"], v["rejected"]], ensure_ascii=False)
+        for v in decided
+    }
+    reverse = {
+        id(v): json.dumps([v["prompt"], v["rejected"], v["chosen"]], ensure_ascii=False)
+        for v in decided
+    }
     seen_keys = set(key.values())
     contradicted = [v for v in decided if reverse[id(v)] in seen_keys]
     pairs, kept = [], set()
@@ -124,9 +146,13 @@ def clean_votes(votes: list[dict]) -> tuple[list[dict], dict[str, int]]:
             continue
         kept.add(key[id(v)])
         pairs.append(v)
-    report = {"votes": len(votes), "pairs": len(pairs), "ties": len(ties),
-              "duplicates": len(decided) - len(contradicted) - len(pairs),
-              "contradictions": len(contradicted)}  # fmt: skip
+    report = {
+        "votes": len(votes),
+        "pairs": len(pairs),
+        "ties": len(ties),
+        "duplicates": len(decided) - len(contradicted) - len(pairs),
+        "contradictions": len(contradicted),
+    }
     return pairs, report
 
 
@@ -138,8 +164,10 @@ def describe(report: dict[str, int]) -> str:
     if report["duplicates"]:
         parts.append(f"{report['duplicates']} duplicate(s) merged")
     if report["contradictions"]:
-        parts.append(f"{report['contradictions']} contradicting vote(s) dropped (the same answers "
-                     "preferred both ways)")  # fmt: skip
+        parts.append(
+            f"{report['contradictions']} contradicting vote(s) dropped (the same answers "
+            "preferred both ways)"
+        )
     return "; ".join(parts) + "."
 
 

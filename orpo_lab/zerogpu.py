@@ -57,9 +57,11 @@ def hardware_line(kind: str | None = None, seconds: int | None = None) -> str:
     kind = kind or mode()
     if kind == "zerogpu":
         seconds = seconds or slice_seconds()
-        return (f"**Hardware: ZeroGPU** (shared GPU): training runs in slices of {seconds} s; each "
-                "uses your GPU quota. A run continues slice after slice; when the quota is used up "
-                "it stops resumable.")  # fmt: skip
+        return (
+            f"**Hardware: ZeroGPU** (shared GPU): training runs in slices of {seconds} s; each "
+            "uses your GPU quota. A run continues slice after slice; when the quota is used up "
+            "it stops resumable."
+        )
     if kind == "gpu":
         import torch
 

@@ -120,8 +120,9 @@ def _calls(task, duration, generator: bool, args: tuple, kwargs: dict):
     args_in, args_out = FORK.Pipe(duplex=False)
     results_in, results_out = FORK.Pipe(duplex=False)
     stop = FORK.Event()
-    worker = FORK.Process(target=_worker, args=(task, generator, args_in, results_out, stop),
-                          daemon=True)  # fmt: skip
+    worker = FORK.Process(
+        target=_worker, args=(task, generator, args_in, results_out, stop), daemon=True
+    )
     began = time.monotonic()
     worker.start()
     args_in.close()
@@ -142,8 +143,9 @@ def _calls(task, duration, generator: bool, args: tuple, kwargs: dict):
             if message[0] == "error":
                 _, name, text, title, trace = message
                 print(trace, flush=True)
-                raise gr.Error(text if text is not None else name,
-                               title=title or "ZeroGPU worker error")  # fmt: skip
+                raise gr.Error(
+                    text if text is not None else name, title=title or "ZeroGPU worker error"
+                )
             try:
                 yield message
             except GeneratorExit:

@@ -187,8 +187,13 @@ def main(argv: list[str] | None = None) -> int:
         metavar="N",
         help="measure base pass rates on N prompts per family and kind",
     )
-    parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=FAMILIES,
-                        help="with --measure-base: these families only")  # fmt: skip
+    parser.add_argument(
+        "--families",
+        nargs="+",
+        default=list(FAMILIES),
+        choices=FAMILIES,
+        help="with --measure-base: these families only",
+    )
     args = parser.parse_args(argv)
     if args.measure_base:
         measure_base(args.measure_base, families=args.families)

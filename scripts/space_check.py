@@ -127,9 +127,13 @@ def use(client: Client, model: str, preset: str, expect_model: bool) -> None:
     values = {k: v.get("value", []) if isinstance(v, dict) else v for k, v in values.items()}
     values.update(max_steps=3, eval_every=0, save_every=0)
     _, message, _ = client.predict(
-        *data, "space-check", False, "auto", *values.values(),
+        *data,
+        "space-check",
+        False,
+        "auto",
+        *values.values(),
         api_name="/start",
-    )  # fmt: skip
+    )
     print("start:", message)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -173,8 +177,11 @@ def main() -> None:
     parser.add_argument("--python", help="skip the build: run the app with this interpreter")
     parser.add_argument("--model", default="default", help="the app's base model")
     parser.add_argument("--preset", default="CPU, quick", help="the Train tab preset to start from")
-    parser.add_argument("--zerogpu", action="store_true",
-                        help="as on ZeroGPU hardware: slices and GPU calls through the stand-in")  # fmt: skip
+    parser.add_argument(
+        "--zerogpu",
+        action="store_true",
+        help="as on ZeroGPU hardware: slices and GPU calls through the stand-in",
+    )
     args = parser.parse_args()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="space-check-"))
     work.mkdir(parents=True, exist_ok=True)

@@ -22,10 +22,23 @@ from orpo_lab.ui.train_tab import FORM_NAMES
 
 FAKE_RUN = "fake-done"
 FORM_VALUES = dict(
-    beta=0.5, dpo_beta=0.1, learning_rate=5e-4, max_steps=400, epochs=1.0, batch_size=2, grad_accum=1,
-    max_length=96, max_prompt_length=48, lora_r=4, lora_alpha=8, nll_scope="response",
-    eval_every=0, eval_at_start=True, save_every=0, report_to=[],
-)  # fmt: skip
+    beta=0.5,
+    dpo_beta=0.1,
+    learning_rate=5e-4,
+    max_steps=400,
+    epochs=1.0,
+    batch_size=2,
+    grad_accum=1,
+    max_length=96,
+    max_prompt_length=48,
+    lora_r=4,
+    lora_alpha=8,
+    nll_scope="response",
+    eval_every=0,
+    eval_at_start=True,
+    save_every=0,
+    report_to=[],
+)
 SETTINGS = [1.0, 1.0, 16, 7, False]  # temperature, top p, max new tokens, seed, blind mode: the
 # random tiny model writes only newlines when greedy, so the tests sample (seeded)
 
@@ -58,8 +71,16 @@ def served(tiny_model_dir, tmp_path_factory):
     run.config_path.write_text(yaml.safe_dump({"model": str(tiny_model_dir), "beta": 0.0}))
     run.write_status("finished", "finished 10 steps", step=10, total_steps=10)
     for step in range(1, 11):
-        run.append_metrics({"kind": "train", "step": step, "loss": 2 / step, "step_s": 1.0,
-                            "logps/chosen": -3 + step / 10, "rewards/accuracies": 0.75})  # fmt: skip
+        run.append_metrics(
+            {
+                "kind": "train",
+                "step": step,
+                "loss": 2 / step,
+                "step_s": 1.0,
+                "logps/chosen": -3 + step / 10,
+                "rewards/accuracies": 0.75,
+            }
+        )
     pairs = write_pairs(runs.parent / "pairs.jsonl")
     demo = build_app(str(tiny_model_dir), runs, device="cpu")
     demo.orpo_manager.grace_s = 60
@@ -82,8 +103,16 @@ DATA_OPTIONS = ["", "train", "test", 0.1, ""]  # column map, splits, held-out si
 
 
 def data_args(model, dataset, skip_bad_rows=False, **options):
-    values = dict(zip(["column_map", "train_split", "test_split", "held_out_size", "chat_template"],
-                      DATA_OPTIONS, strict=True)) | options  # fmt: skip
+    values = (
+        dict(
+            zip(
+                ["column_map", "train_split", "test_split", "held_out_size", "chat_template"],
+                DATA_OPTIONS,
+                strict=True,
+            )
+        )
+        | options
+    )
     return [model, dataset, False, skip_bad_rows, *values.values()]
 
 
@@ -119,8 +148,12 @@ def test_preview_shows_text_exactly_and_reports_bad_files(served, tiny_model_dir
         "&lt;|im_start|&gt;" in text and "<b>chosen</b>" in text and "held out: 2 of the 16" in text
     )
     tricky = tmp_path / "tricky.jsonl"
-    tricky.write_text(json.dumps({"prompt": "List two.", "chosen": "- a\n- b",
-                                  "rejected": "<iframe src=x></iframe>"}) + "\n")  # fmt: skip
+    tricky.write_text(
+        json.dumps(
+            {"prompt": "List two.", "chosen": "- a\n- b", "rejected": "<iframe src=x></iframe>"}
+        )
+        + "\n"
+    )
     shown = client.predict(*data_args(str(tiny_model_dir), str(tricky)), api_name="/preview")
     plain = html.unescape(re.sub(r"<[^>]+>", "", shown))  # the text without the token spans
     assert "<iframe src=x></iframe>" in plain and "<iframe" not in shown  # shown, never run
@@ -145,29 +178,38 @@ def test_start_refuses_impossible_settings_bad_names_and_too_little_data(
     served, tiny_model_dir, tmp_path
 ):
     client, manager, _, pairs = served
-    _, message, _ = client.predict(*start_args(str(tiny_model_dir), pairs, max_length=32,
-                                            max_prompt_length=32), api_name="/start")  # fmt: skip
+    _, message, _ = client.predict(
+        *start_args(str(tiny_model_dir), pairs, max_length=32, max_prompt_length=32),
+        api_name="/start",
+    )
     assert message.startswith("**Not started:**") and "max_prompt_length" in message
     _, message, _ = client.predict(
         *start_args(str(tiny_model_dir), pairs, "../escape"), api_name="/start"
     )
     assert "not allowed" in message
-    _, message, _ = client.predict(*start_args(str(tiny_model_dir), pairs, max_steps=None),
-                                api_name="/start")  # fmt: skip
+    _, message, _ = client.predict(
+        *start_args(str(tiny_model_dir), pairs, max_steps=None), api_name="/start"
+    )
     assert "max_steps: empty; expected a whole number" in message
     two = write_pairs(tmp_path / "two.jsonl", n=2)
-    _, message, _ = client.predict(*start_args(str(tiny_model_dir), str(two), "tiny-data",
-                                            batch_size=4), api_name="/start")  # fmt: skip
+    _, message, _ = client.predict(
+        *start_args(str(tiny_model_dir), str(two), "tiny-data", batch_size=4), api_name="/start"
+    )
     assert "1 usable training pair(s), fewer than one batch of 4" in message  # 1 held out
     other = tmp_path / "other-run" / "checkpoints" / "step-000001"  # a checkpoint of another model
     other.mkdir(parents=True)
-    (other / "trainer_state.json").write_text(json.dumps({"step": 1, "config": {
-        "model": "someone/another-model"}, "metrics": {}}))  # fmt: skip
-    _, message, _ = client.predict(*start_args(str(tiny_model_dir), pairs, method="dpo",
-                                               ref=str(other.parent.parent)), api_name="/start")  # fmt: skip
+    (other / "trainer_state.json").write_text(
+        json.dumps({"step": 1, "config": {"model": "someone/another-model"}, "metrics": {}})
+    )
+    _, message, _ = client.predict(
+        *start_args(str(tiny_model_dir), pairs, method="dpo", ref=str(other.parent.parent)),
+        api_name="/start",
+    )
     assert "trained on the base model 'someone/another-model'" in message
-    _, message, _ = client.predict(*start_args(str(tiny_model_dir), pairs, method="dpo",
-                                               init="gone/step-000010"), api_name="/start")  # fmt: skip
+    _, message, _ = client.predict(
+        *start_args(str(tiny_model_dir), pairs, method="dpo", init="gone/step-000010"),
+        api_name="/start",
+    )
     assert "init_checkpoint 'gone/step-000010' does not exist" in message
     assert manager.names() == [FAKE_RUN]  # nothing was created
 
@@ -192,9 +234,17 @@ def test_train_stop_download_export_delete(served, tiny_model_dir):
     assert value(selected) == "live" and "Created run **live**" in message
     wait_running(client, "live")
     # Chat answers while the run trains (in its own process), base and a checkpoint alike.
-    _, left, right, _ = map(value, client.predict("Still there?", BASE_CHOICE,
-                                                  f"{FAKE_RUN}/step-000010", "(off)", *SETTINGS,
-                                                  api_name="/send"))  # fmt: skip
+    _, left, right, _ = map(
+        value,
+        client.predict(
+            "Still there?",
+            BASE_CHOICE,
+            f"{FAKE_RUN}/step-000010",
+            "(off)",
+            *SETTINGS,
+            api_name="/send",
+        ),
+    )
     assert left[-1]["content"][0]["text"] and right[-1]["content"][0]["text"]
     assert "stop it first" in client.predict("live", api_name="/delete")[1]
     stopped = client.predict("live", api_name="/stop")
@@ -242,9 +292,13 @@ def test_chat_votes_one_per_exchange_with_undo_and_dataset(served, tiny_model_di
     # (base row and adapter row, same seed) straight through a fresh pool gives the same answers.
     asked = [{"role": "user", "content": "Say something."}]
     direct = ModelPool(str(tiny_model_dir), device="cpu").generate(
-        [asked, asked], [None, runs / FAKE_RUN / "checkpoints" / "step-000010"],
-        temperature=1.0, top_p=1.0, max_new_tokens=16, seed=7,
-    )  # fmt: skip
+        [asked, asked],
+        [None, runs / FAKE_RUN / "checkpoints" / "step-000010"],
+        temperature=1.0,
+        top_p=1.0,
+        max_new_tokens=16,
+        seed=7,
+    )
     assert [d.strip() for d in direct] == [a.strip() for a in answers]  # the page trims
     again = [value(h) for h in client.predict(*columns, *SETTINGS, api_name="/regenerate")]
     assert [h[-1]["content"][0]["text"] for h in again[:2]] == answers  # same seed, same answers
@@ -283,8 +337,18 @@ def test_empty_message_changes_nothing(served):
 def test_chat_reports_a_missing_checkpoint(served):
     client, *_ = served
     with pytest.raises(Exception, match="no checkpoint"):
-        client.predict("hi", BASE_CHOICE, f"{FAKE_RUN}/step-999", "(off)", 0.0, 1.0, 8, 0, False,
-                       api_name="/send")  # fmt: skip
+        client.predict(
+            "hi",
+            BASE_CHOICE,
+            f"{FAKE_RUN}/step-999",
+            "(off)",
+            0.0,
+            1.0,
+            8,
+            0,
+            False,
+            api_name="/send",
+        )
 
 
 def test_tick_shows_the_latest_run_and_its_config_loads_into_the_form(served, tiny_model_dir):
@@ -307,9 +371,20 @@ def test_tick_shows_the_latest_run_and_its_config_loads_into_the_form(served, ti
     names = {t.get("name") for t in plot_data(plot)}
     assert {"chosen", "total", "accuracy"} <= names
     loaded = client.predict(FAKE_RUN, api_name="/load_config")
-    names = [*FORM_NAMES, "model", "dataset", "column_map", "train_split", "test_split",
-             "held_out_size", "chat_template", "run_name", "method", "init_checkpoint",
-             "ref_checkpoint"]  # fmt: skip
+    names = [
+        *FORM_NAMES,
+        "model",
+        "dataset",
+        "column_map",
+        "train_split",
+        "test_split",
+        "held_out_size",
+        "chat_template",
+        "run_name",
+        "method",
+        "init_checkpoint",
+        "ref_checkpoint",
+    ]
     values = dict(zip(names, loaded, strict=True))
     assert (
         values["model"] == str(tiny_model_dir)
@@ -326,12 +401,21 @@ def test_evaluate_judges_base_and_checkpoint_or_says_why_not(served, tiny_model_
     from orpo_lab.train import train
 
     client, manager, runs, pairs = served
-    common = dict(model=str(tiny_model_dir), output_dir=str(runs), max_steps=1, batch_size=2,
-                  max_eval_pairs=4, max_length=96, max_prompt_length=64, device="cpu")  # fmt: skip
+    common = dict(
+        model=str(tiny_model_dir),
+        output_dir=str(runs),
+        max_steps=1,
+        batch_size=2,
+        max_eval_pairs=4,
+        max_length=96,
+        max_prompt_length=64,
+        device="cpu",
+    )
     train(TrainConfig(dataset="default", run_name="judged", max_train_pairs=8, **common))
     train(TrainConfig(dataset=pairs, run_name="unjudged", **common))
-    table, chart, sampled = client.predict("judged", "step-000001", 8, 2, 1.0, 1.0,
-                                           api_name="/evaluate")  # fmt: skip
+    table, chart, sampled = client.predict(
+        "judged", "step-000001", 8, 2, 1.0, 1.0, api_name="/evaluate"
+    )
     rows = {row[0]: row for row in table["data"]}
     assert set(rows) == {"arithmetic", "bullets", "concise", "ranked", "all"}
     assert rows["all"][1] == 8 and all(row[1] == 2 for f, row in rows.items() if f != "all")
@@ -340,8 +424,11 @@ def test_evaluate_judges_base_and_checkpoint_or_says_why_not(served, tiny_model_
     sampled_rows = {(row[0], row[1]): row for row in sampled["data"]}
     assert set(sampled_rows) == {(f, d) for f in (*rows,) for d in ("in-domain", "ood")}
     assert all(row[2] == (8 if row[0] == "all" else 2) for row in sampled_rows.values())
-    assert all(re.fullmatch(r"\d+% \[\d+-\d+\]", cell) for row in sampled_rows.values()
-               for cell in row[3:5])  # fmt: skip
+    assert all(
+        re.fullmatch(r"\d+% \[\d+-\d+\]", cell)
+        for row in sampled_rows.values()
+        for cell in row[3:5]
+    )
     bars = json.loads(chart["plot"])["data"]
     assert [b["name"] for b in bars] == [
         "base, in-domain",
@@ -382,8 +469,9 @@ def test_blind_battles_hide_names_until_the_vote_and_count_models_not_sides(
     try:
         seen = []
         for _ in range(4):
-            _, a, b, third = client.predict("Pick one.", BASE_CHOICE, column, "(off)", *blind,
-                                            api_name="/send")  # fmt: skip
+            _, a, b, third = client.predict(
+                "Pick one.", BASE_CHOICE, column, "(off)", *blind, api_name="/send"
+            )
             assert (a["label"], b["label"]) == ("A", "B")  # no name before the vote
             texts = [x["value"][-1]["content"][0]["text"].strip() for x in (a, b)]
             if texts == [t.strip() for t in base_first]:
@@ -392,8 +480,9 @@ def test_blind_battles_hide_names_until_the_vote_and_count_models_not_sides(
                 assert texts == [t.strip() for t in ckpt_first], texts
                 model_a = column
             seen.append(model_a)
-            message, _, tally, a, b, _ = client.predict(BASE_CHOICE, column, "(off)", *blind,
-                                                        api_name="/vote_left")  # fmt: skip
+            message, _, tally, a, b, _ = client.predict(
+                BASE_CHOICE, column, "(off)", *blind, api_name="/vote_left"
+            )
             model_b = column if model_a == BASE_CHOICE else BASE_CHOICE
             assert f"A was **{model_a}**, B was **{model_b}**" in message
             assert (a["label"], b["label"]) == (f"A: {model_a}", f"B: {model_b}")
@@ -428,10 +517,12 @@ def test_elapsed_counts_every_process_of_a_resumed_run_and_errors_wrap():
     the time before it (40 s + 25 s), instead of starting again from 0."""
     from orpo_lab.ui.views import elapsed, progress_text
 
-    records = [{"kind": "train", "step": 1, "elapsed_s": 20.0},
-               {"kind": "train", "step": 2, "elapsed_s": 40.0},
-               {"kind": "event", "step": 2, "event": "resumed"},
-               {"kind": "train", "step": 3, "elapsed_s": 25.0, "eta_s": 5.0}]  # fmt: skip
+    records = [
+        {"kind": "train", "step": 1, "elapsed_s": 20.0},
+        {"kind": "train", "step": 2, "elapsed_s": 40.0},
+        {"kind": "event", "step": 2, "event": "resumed"},
+        {"kind": "train", "step": 3, "elapsed_s": 25.0, "eta_s": 5.0},
+    ]
     assert elapsed(records) == 65.0 and elapsed(records[:2]) == 40.0
     running = progress_text("r", {"status": "running", "step": 3, "total_steps": 4}, records)
     assert "elapsed 1m 05s" in running

@@ -25,9 +25,18 @@ from orpo_lab.loss import sequence_logps, token_logps
 from orpo_lab.rundir import RunDir
 from orpo_lab.train import train
 
-SMALL = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
-             num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True,
-             bos_token_id=1, eos_token_id=2, pad_token_id=2)  # fmt: skip
+SMALL = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=1,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
+    tie_word_embeddings=True,
+    bos_token_id=1,
+    eos_token_id=2,
+    pad_token_id=2,
+)
 ARCHITECTURES = {
     "llama": lambda: tf.LlamaConfig(**SMALL),
     "qwen2": lambda: tf.Qwen2Config(**SMALL),
@@ -45,7 +54,7 @@ ARCHITECTURES = {
         bos_token_id=1,
         eos_token_id=2,
         pad_token_id=2,
-    ),  # fmt: skip
+    ),
 }
 # Heads that transform their logits: the check must catch them and fall back to full logits.
 TRANSFORMING_HEADS = {"gemma2", "granite"}
@@ -72,8 +81,10 @@ def model_dir(tmp_path, arch: str, tokenizer):
     return folder, tok
 
 
-PAIRS = [{"prompt": f"Name animal number {i}.", "chosen": " Cat.", "rejected": " A long answer."}
-         for i in range(6)]  # fmt: skip
+PAIRS = [
+    {"prompt": f"Name animal number {i}.", "chosen": " Cat.", "rejected": " A long answer."}
+    for i in range(6)
+]
 
 
 @pytest.mark.parametrize("arch", list(ARCHITECTURES))
@@ -81,11 +92,26 @@ def test_architecture_trains_checks_chats_and_exports(tmp_path, default_tokenize
     folder, tokenizer = model_dir(tmp_path, arch, default_tokenizer)
     data = tmp_path / "pairs.jsonl"
     data.write_text("".join(json.dumps(p) + "\n" for p in PAIRS))
-    cfg = TrainConfig(model=str(folder), dataset=str(data), output_dir=str(tmp_path / "runs"),
-                      run_name=arch, max_steps=2, batch_size=2, learning_rate=1e-3, warmup_steps=0,
-                      lora_r=4, lora_alpha=8, max_length=32, max_prompt_length=24, held_out_size=2,
-                      eval_every=0, save_every=0, device="cpu", logps_chunk_size=16,
-                      precision="fp32")  # fmt: skip
+    cfg = TrainConfig(
+        model=str(folder),
+        dataset=str(data),
+        output_dir=str(tmp_path / "runs"),
+        run_name=arch,
+        max_steps=2,
+        batch_size=2,
+        learning_rate=1e-3,
+        warmup_steps=0,
+        lora_r=4,
+        lora_alpha=8,
+        max_length=32,
+        max_prompt_length=24,
+        held_out_size=2,
+        eval_every=0,
+        save_every=0,
+        device="cpu",
+        logps_chunk_size=16,
+        precision="fp32",
+    )
     train(cfg)
     records = [json.loads(ln) for ln in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if r["kind"] == "train"]

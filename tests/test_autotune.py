@@ -45,8 +45,9 @@ def started(run_dir) -> dict:
 def test_precision_follows_the_measured_times():
     # Each candidate by its fastest pass (other work only adds time): 0.50 vs 0.99.
     assert autotune.choose_precision({"fp32": [1.0, 1.02, 0.99], "bf16": [0.5, 0.52, 0.51]}) == (
-        "bf16", "measured here: bf16 0.500 s/step vs float32 0.990 (x1.98)",
-    )  # fmt: skip
+        "bf16",
+        "measured here: bf16 0.500 s/step vs float32 0.990 (x1.98)",
+    )
     # Slower, or faster by less than MARGIN (5%): float32.
     name, why = autotune.choose_precision({"fp32": [1.0, 1.0, 1.0], "bf16": [1.3, 1.3, 1.2]})
     assert name == "fp32" and why.endswith("(x0.83); not 5% faster: float32")
@@ -57,26 +58,30 @@ def test_precision_follows_the_measured_times():
     assert "spread by 0.300 s" in why
     # Nothing (or nonsense) measured: float32, and why.
     assert autotune.choose_precision({"fp32": [1.0]}) == (
-        "fp32", "float32 1.000 s/step, the only candidate measured",
-    )  # fmt: skip
+        "fp32",
+        "float32 1.000 s/step, the only candidate measured",
+    )
     for times in ({}, {"fp32": [1.0], "bf16": [0.0]}):
         assert autotune.choose_precision(times) == (
-            "fp32", "the probe gave no usable float32 time: float32",
-        )  # fmt: skip
+            "fp32",
+            "the probe gave no usable float32 time: float32",
+        )
 
 
 def test_compilation_follows_the_measured_times_and_compile_cost():
     choose = autotune.choose_compile
     assert choose(1.0, None, None, 100, paid=False) == (
-        False, "compiled layers were not measured here",
-    )  # fmt: skip
+        False,
+        "compiled layers were not measured here",
+    )
     on, why = choose(1.0, 1.1, 5.0, 1000, paid=True)
     assert not on and why.endswith("(x0.91); not 5% faster: eager")
     # The probe compiled already: any measured gain is this run's.
     assert choose(1.0, 0.8, 40.0, 3, paid=True) == (
-        True, "measured here: compiled 0.800 s/step vs eager 1.000 (x1.25); compiled by the probe "
+        True,
+        "measured here: compiled 0.800 s/step vs eager 1.000 (x1.25); compiled by the probe "
         "already",
-    )  # fmt: skip
+    )
     # A later run: the saving over its steps must exceed the compile from the cache.
     on, why = choose(1.0, 0.8, 7.0, 40, paid=False)
     assert on and why.endswith("40 steps save 8.0 s, a compile from the cache costs 7.0 s")
@@ -111,8 +116,9 @@ def test_a_new_setup_is_measured_once_then_read_from_the_cache(
     assert plan["precision_reason"] == "not measured on this machine yet"
     model, tok = build_model(cfg, None, plan)
     batch = collate(load_pairs(cfg, tok)[0][:4], cfg.layout, tok.pad_token_id)
-    chosen, plan = autotune.settle_precision(cfg, plan, model, batch,
-                                             lambda p: build_model(cfg, None, p)[0])  # fmt: skip
+    chosen, plan = autotune.settle_precision(
+        cfg, plan, model, batch, lambda p: build_model(cfg, None, p)[0]
+    )
     assert timed == [torch.float32, torch.bfloat16]
     assert (plan["precision"], plan["base"], plan["attention"]) == ("bf16", "bf16", "eager")
     assert plan["precision_reason"] == "measured here: bf16 0.500 s/step vs float32 1.000 (x2.00)"
@@ -122,7 +128,7 @@ def test_a_new_setup_is_measured_once_then_read_from_the_cache(
     assert all(p.dtype == torch.float32 for p in chosen.parameters() if p.requires_grad)
 
     # The cache now answers for this setup, without measuring; the key knows the machine.
-    (key, stored), = json.loads(own_cache.read_text())["setups"].items()  # fmt: skip
+    ((key, stored),) = json.loads(own_cache.read_text())["setups"].items()
     assert stored["machine"] == autotune.machine() and stored["precision"] == "bf16"
     again = precision_plan(cfg)
     assert not again["precision_probe"] and again["precision"] == "bf16"
@@ -135,8 +141,9 @@ def test_a_new_setup_is_measured_once_then_read_from_the_cache(
     assert len(timed) == 2
     # Another adapter or layout is another setup; a CPU without bf16 support never measures.
     for changes in (dict(lora_r=4), dict(layout="prefix")):
-        assert precision_plan(make_config(tmp_path, data, tiny_model_dir, precision="auto",
-                                          **changes))["precision_probe"]  # fmt: skip
+        assert precision_plan(
+            make_config(tmp_path, data, tiny_model_dir, precision="auto", **changes)
+        )["precision_probe"]
     monkeypatch.setattr(autotune, "bf16_flag", lambda flags=None: None)
     plan = precision_plan(make_config(tmp_path, data, tiny_model_dir, precision="auto", lora_r=4))
     assert not plan["precision_probe"] and plan["precision"] == "fp32"
@@ -202,8 +209,9 @@ def test_a_close_call_gets_a_second_timed_pass_each(
     cfg = make_config(tmp_path, data, tiny_model_dir, precision="auto")
     model, tok = build_model(cfg, None, precision_plan(cfg))
     batch = collate(load_pairs(cfg, tok)[0][:4], cfg.layout, tok.pad_token_id)
-    _, plan = autotune.settle_precision(cfg, precision_plan(cfg), model, batch,
-                                        lambda p: build_model(cfg, None, p)[0])  # fmt: skip
+    _, plan = autotune.settle_precision(
+        cfg, precision_plan(cfg), model, batch, lambda p: build_model(cfg, None, p)[0]
+    )
     # x1.25: within x1.5, timed again; the bar at 0, 2 (the copy loaded), 2, 2 stages done
     fp32, bf16 = torch.float32, torch.bfloat16
     assert timed == [(fp32, 0), (bf16, 2), (fp32, 2), (bf16, 2)]
@@ -218,8 +226,16 @@ def test_a_real_probe_picks_the_faster_and_leaves_the_run_unchanged(
     """Timed for real on the tiny model (both candidates, whatever the CPU: its flags are said to
     have bf16); the run then trains exactly as one that asked for the chosen precision."""
     monkeypatch.setattr(autotune, "bf16_flag", lambda flags=None: "avx512_bf16")
-    probed = make_config(tmp_path, data, tiny_model_dir, run_name="probed", precision="auto",
-                         torch_compile="auto", max_steps=3, save_every=0)  # fmt: skip
+    probed = make_config(
+        tmp_path,
+        data,
+        tiny_model_dir,
+        run_name="probed",
+        precision="auto",
+        torch_compile="auto",
+        max_steps=3,
+        save_every=0,
+    )
     train(probed)
     event = started(probed.run_dir)
     times = event["autotune"]["candidates"]
@@ -234,8 +250,16 @@ def test_a_real_probe_picks_the_faster_and_leaves_the_run_unchanged(
         "is tried in runs of 10+ minutes eager, and this one is 3 steps x "
     )
 
-    cached = make_config(tmp_path, data, tiny_model_dir, run_name="cached", precision="auto",
-                         torch_compile="auto", max_steps=3, save_every=0)  # fmt: skip
+    cached = make_config(
+        tmp_path,
+        data,
+        tiny_model_dir,
+        run_name="cached",
+        precision="auto",
+        torch_compile="auto",
+        max_steps=3,
+        save_every=0,
+    )
     train(cached)
     event = started(cached.run_dir)
     assert event["precision"] == name and "(cached " in event["precision_reason"]
@@ -243,8 +267,16 @@ def test_a_real_probe_picks_the_faster_and_leaves_the_run_unchanged(
     assert event["autotune"]["candidates"] == {
         k: [round(t, 4) for t in v] for k, v in times.items()
     }
-    asked = make_config(tmp_path, data, tiny_model_dir, run_name="asked", precision=name,
-                        torch_compile="off", max_steps=3, save_every=0)  # fmt: skip
+    asked = make_config(
+        tmp_path,
+        data,
+        tiny_model_dir,
+        run_name="asked",
+        precision=name,
+        torch_compile="off",
+        max_steps=3,
+        save_every=0,
+    )
     train(asked)
     for run in (probed, cached):  # the probe drew no random numbers and left no gradient behind
         same_trajectory(lines(asked.run_dir), lines(run.run_dir))
@@ -300,17 +332,24 @@ def test_compiled_layers_are_tried_once_in_a_long_enough_run(pair_logps, own_cac
 
     # 599 steps x 1.0 s: under the 10 minutes that a first compile is tried in; the eager step
     # time (precision was asked for, never measured) is timed once and kept.
-    assert settle(599) == (False, "compiled layers were never measured here; their first compile "
-                           "(about a minute on 2 cores) is tried in runs of 10+ minutes eager, and "
-                           "this one is 599 steps x 1.000 s = 599 s")  # fmt: skip
+    assert settle(599) == (
+        False,
+        "compiled layers were never measured here; their first compile "
+        "(about a minute on 2 cores) is tried in runs of 10+ minutes eager, and "
+        "this one is 599 steps x 1.000 s = 599 s",
+    )
     assert settle(10**6, sliced=True) == (
-        False, "compiled layers were never measured here, and a time slice never tries them",
-    )  # fmt: skip
+        False,
+        "compiled layers were never measured here, and a time slice never tries them",
+    )
     # The probe times the first pairs cut short (`probe_batch`): its step time x the token ratio.
-    assert settle(149, scale=4.0) == (False, "compiled layers were never measured here; their "
-                                      "first compile (about a minute on 2 cores) is tried in runs "
-                                      "of 10+ minutes eager, and this one is 149 steps x ~4.000 s "
-                                      "(1.000 s probed, x4.0 the tokens) = 596 s")  # fmt: skip
+    assert settle(149, scale=4.0) == (
+        False,
+        "compiled layers were never measured here; their "
+        "first compile (about a minute on 2 cores) is tried in runs "
+        "of 10+ minutes eager, and this one is 149 steps x ~4.000 s "
+        "(1.000 s probed, x4.0 the tokens) = 596 s",
+    )
     assert timed == [autotune.PROBE_STEPS] and probes == []
     trial = dict(plan)
     on, why = autotune.settle_compile(cfg, trial, wrapped, batch, 600, 1, CPU)

@@ -65,8 +65,9 @@ def wait_text(page, elem_id: str, fragment: str, timeout: int = 120_000) -> str:
     try:
         page.wait_for_function(
             "([id, f]) => document.querySelector('#' + id)?.innerText.includes(f)",
-            arg=[elem_id, fragment], timeout=timeout,
-        )  # fmt: skip
+            arg=[elem_id, fragment],
+            timeout=timeout,
+        )
     except Exception as err:
         raise AssertionError(
             f"#{elem_id} never showed {fragment!r}: {text_of(page, elem_id)!r}"
@@ -119,8 +120,9 @@ def wait_step(page, name: str, past: int, timeout: int = 120_000) -> int:
         """([name, past]) => { const t = document.querySelector('#progress').innerText;
              const m = t.match(/running · step (\\d+)\\//);
              return t.startsWith(name) && m && Number(m[1]) > past; }""",
-        arg=[name, past], timeout=timeout,
-    )  # fmt: skip
+        arg=[name, past],
+        timeout=timeout,
+    )
     return int(text_of(page, "progress").split("step ")[1].split("/")[0])
 
 
@@ -146,10 +148,15 @@ def shot_with_caption(page, caption_id: str, plot_id: str, path: Path) -> None:
     """A screenshot of a plot with its caption above it (the README shows both)."""
     page.locator(f"#{caption_id}").scroll_into_view_if_needed()
     top, bottom = (page.locator(f"#{i}").bounding_box() for i in (caption_id, plot_id))
-    page.screenshot(path=str(path), clip={  # viewport coordinates, as bounding_box gives
-        "x": min(top["x"], bottom["x"]), "y": top["y"],
-        "width": max(top["width"], bottom["width"]), "height": bottom["y"] + bottom["height"] - top["y"],
-    })  # fmt: skip
+    page.screenshot(
+        path=str(path),
+        clip={  # viewport coordinates, as bounding_box gives
+            "x": min(top["x"], bottom["x"]),
+            "y": top["y"],
+            "width": max(top["width"], bottom["width"]),
+            "height": bottom["y"] + bottom["height"] - top["y"],
+        },
+    )
 
 
 def plot_traces(page, elem_id: str) -> list[dict]:
@@ -163,8 +170,17 @@ def plot_traces(page, elem_id: str) -> list[dict]:
 # 600 steps: a tiny-model step takes 10-15 ms ("auto" measures float32 the faster for it; bf16
 # 15-25 ms), so 100 steps could finish between two of the page's 2 s polls and the test would never
 # see the run running to stop it.
-TINY_FORM = dict(max_steps=600, batch_size=2, max_length=96, max_prompt_length=48, lora_r=4,
-                 lora_alpha=8, eval_every=0, save_every=0, learning_rate=5e-3)  # fmt: skip
+TINY_FORM = dict(
+    max_steps=600,
+    batch_size=2,
+    max_length=96,
+    max_prompt_length=48,
+    lora_r=4,
+    lora_alpha=8,
+    eval_every=0,
+    save_every=0,
+    learning_rate=5e-3,
+)
 
 
 def test_train_stop_resume_overlay_chat_votes(browser, tiny_model_dir, tmp_path):
@@ -352,8 +368,9 @@ def test_default_model_inside_orpo_and_blind_vote(browser, tmp_path, notebook_en
     # pair this is not always so after 30 steps: the first arithmetic pair, a near miss, fell under
     # both; bullets pairs rose under both, under ORPO more.)
     scores = demo.orpo_context.pool.score(
-        pair, [None, runs / ORPO / "checkpoints/step-000030",
-               runs / SFT / "checkpoints/step-000030"])  # fmt: skip
+        pair,
+        [None, runs / ORPO / "checkpoints/step-000030", runs / SFT / "checkpoints/step-000030"],
+    )
     base, orpo, sft = (s.log_odds_ratio for s in scores)
     assert orpo - base > sft - base and orpo > base
 
@@ -367,8 +384,9 @@ def _first_held_out_pair(runs, family: str) -> dict:
     return next(p for p in load_config_splits(cfg)[1] if p["family"] == family)
 
 
-def test_zerogpu_slices_reload_stop_chat_blind_and_tokens(browser, tiny_model_dir, tmp_path,
-                                                         monkeypatch):  # fmt: skip
+def test_zerogpu_slices_reload_stop_chat_blind_and_tokens(
+    browser, tiny_model_dir, tmp_path, monkeypatch
+):
     """The app on ZeroGPU through the stand-in (orpo_lab.zerogpu_standin): the header says so; a
     run trains in slices of 4 steps (each a forked GPU call) while the page follows it; a reload
     mid-run reattaches; Stop keeps the last completed step; chat, a blind battle and the token view
@@ -421,8 +439,9 @@ def test_zerogpu_slices_reload_stop_chat_blind_and_tokens(browser, tiny_model_di
         wait_text(page, "vote-message", "A was")
         vote = json.loads((runs / "votes.jsonl").read_text().splitlines()[-1])
         assert vote["blind"] and {vote["left_model"], vote["right_model"]} == {
-            "base model", checkpoint,
-        }  # fmt: skip
+            "base model",
+            checkpoint,
+        }
 
         # ---- the token view of a held-out pair under the checkpoint
         page.get_by_role("tab", name="Inside ORPO").click()

@@ -23,12 +23,23 @@ from orpo_lab.ui import build_app
 
 pytestmark = pytest.mark.browser
 DONE = "done"
-STARTED = {"kind": "event", "step": 0, "event": "started", "train_pairs": 1015, "eval_pairs": 210,
-           "eval_subset_pairs": 64, "total_steps": 10, "device": "cpu", "precision": "float32",
-           "data": {"held_out": "split 'test' of default"},
-           "precision_reason": "a CPU without bf16 units", "torch_compile": False,
-           "torch_compile_reason": "off (ORPO_LAB_TORCH_COMPILE)", "data_cache": "miss",
-           "truncation": {"train": {"pairs": 1015, "truncated_pairs": 3}}}  # fmt: skip
+STARTED = {
+    "kind": "event",
+    "step": 0,
+    "event": "started",
+    "train_pairs": 1015,
+    "eval_pairs": 210,
+    "eval_subset_pairs": 64,
+    "total_steps": 10,
+    "device": "cpu",
+    "precision": "float32",
+    "data": {"held_out": "split 'test' of default"},
+    "precision_reason": "a CPU without bf16 units",
+    "torch_compile": False,
+    "torch_compile_reason": "off (ORPO_LAB_TORCH_COMPILE)",
+    "data_cache": "miss",
+    "truncation": {"train": {"pairs": 1015, "truncated_pairs": 3}},
+}
 # A trainer that never gets past loading (a slow model download, a long compile) and ignores STOP.
 LOADS_FOREVER = """
 import os, sys, time
@@ -51,15 +62,34 @@ def app(tiny_model_dir, tmp_path_factory):
     runs = root / "runs"
     run = RunDir(runs / DONE)
     make_adapter(tiny_model_dir, run.checkpoints_dir / "step-000010", seed=3)
-    TrainConfig(model=str(tiny_model_dir), dataset="default", output_dir=str(runs), run_name=DONE,
-                max_steps=10).to_yaml(run.config_path)  # fmt: skip
-    run.write_status("finished", "finished 10 steps; checkpoint step-000010 saved", step=10,
-                     total_steps=10, created=time.time())  # fmt: skip
+    TrainConfig(
+        model=str(tiny_model_dir),
+        dataset="default",
+        output_dir=str(runs),
+        run_name=DONE,
+        max_steps=10,
+    ).to_yaml(run.config_path)
+    run.write_status(
+        "finished",
+        "finished 10 steps; checkpoint step-000010 saved",
+        step=10,
+        total_steps=10,
+        created=time.time(),
+    )
     run.append_metrics(STARTED)
     for step in range(1, 11):
-        run.append_metrics({"kind": "train", "step": step, "loss": 2 / step, "step_s": 1.0,
-                            "logps/chosen": -3 + step / 10, "logps/rejected": -3 - step / 10,
-                            "rewards/accuracies": 0.75, "elapsed_s": 100.0 + step})  # fmt: skip
+        run.append_metrics(
+            {
+                "kind": "train",
+                "step": step,
+                "loss": 2 / step,
+                "step_s": 1.0,
+                "logps/chosen": -3 + step / 10,
+                "logps/rejected": -3 - step / 10,
+                "rewards/accuracies": 0.75,
+                "elapsed_s": 100.0 + step,
+            }
+        )
     run.log_path.write_text("orpo-lab: reading and checking default ...\nstep 10/10 done\n")
     pairs = write_pairs(root / "pairs.jsonl")
     demo = build_app(str(tiny_model_dir), runs, device="cpu", seed=0)
@@ -238,13 +268,24 @@ def test_the_run_shown_says_how_it_started_its_log_panels_and_folder(page, app):
     assert str(runs) in text_of(page, "runs-folder")
     page.get_by_text("how the run started").click()
     started = wait_text(page, "run-started", "precision", timeout=30_000)
-    for fragment in ("float32: a CPU without bf16 units", "torch.compile: off",
-                     "split 'test' of default", "3 of 1015 training pairs cut"):  # fmt: skip
+    for fragment in (
+        "float32: a CPU without bf16 units",
+        "torch.compile: off",
+        "split 'test' of default",
+        "3 of 1015 training pairs cut",
+    ):
         assert fragment in started, started
     wait_text(page, "run-log", "step 10/10 done")
     captions = text_of(page, "curves-help")
-    for panel in ("mean log-prob", "log-odds ratio", "L_OR (unweighted)", "preference accuracy",
-                  "learning rate", "log-prob margin", "01_odds.ipynb"):  # fmt: skip
+    for panel in (
+        "mean log-prob",
+        "log-odds ratio",
+        "L_OR (unweighted)",
+        "preference accuracy",
+        "learning rate",
+        "log-prob margin",
+        "01_odds.ipynb",
+    ):
         assert panel in captions, captions
     page.wait_for_function(  # no evaluations: the weighting panels say so instead of empty axes
         "() => (document.querySelector('#weighting-plot .js-plotly-plot')?.layout?.annotations"

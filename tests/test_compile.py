@@ -40,8 +40,13 @@ def started(run_dir) -> dict:
 
 def test_compiled_layers_train_like_eager(tmp_path, data, tiny_model_dir):
     def run(name, **changes):
-        cfg = make_config(tmp_path, data, tiny_model_dir, run_name=name,
-                          **{"max_steps": 3, "eval_every": 0, "save_every": 0, **changes})  # fmt: skip
+        cfg = make_config(
+            tmp_path,
+            data,
+            tiny_model_dir,
+            run_name=name,
+            **{"max_steps": 3, "eval_every": 0, "save_every": 0, **changes},
+        )
         train(cfg)
         event = started(cfg.run_dir)
         return cfg.run_dir, event["torch_compile"], event["torch_compile_reason"]
@@ -55,8 +60,11 @@ def test_compiled_layers_train_like_eager(tmp_path, data, tiny_model_dir):
     assert dynamo_frames() - frames >= 2
     # float32: inductor's fused kernels round differently only in the last bits.
     same_trajectory(lines(eager), lines(on))
-    same_trajectory(lines(eager, "eval"), lines(on, "eval"),
-                    keys=("eval/logps_chosen", "eval/logps_rejected", "eval/log_odds_ratio"))  # fmt: skip
+    same_trajectory(
+        lines(eager, "eval"),
+        lines(on, "eval"),
+        keys=("eval/logps_chosen", "eval/logps_rejected", "eval/log_odds_ratio"),
+    )
     # The checkpoint keeps peft's parameter names: compiling did not wrap the modules.
     same_weights(adapter(eager), adapter(on))
 
@@ -73,17 +81,20 @@ def test_a_real_compile_probe_times_cold_and_cached_compiles(
     batch = collate(load_pairs(cfg, tok)[0][:4], cfg.layout, tok.pad_token_id)
     plan = precision_plan(cfg)
     # A run of 10**6 tiny steps: long enough (eager) that a first compile is tried.
-    on, why = autotune.settle_compile(cfg, plan, PairLogps(model, cfg.nll_scope, 16), batch, 10**6,
-                                      1, torch.device("cpu"))  # fmt: skip
+    on, why = autotune.settle_compile(
+        cfg, plan, PairLogps(model, cfg.nll_scope, 16), batch, 10**6, 1, torch.device("cpu")
+    )
     record = plan["autotune"]
     eager, compiled = record["candidates"]["fp32"], record["candidates"]["fp32+compile"]
     assert len(eager) == len(compiled) == autotune.PROBE_STEPS and min(eager + compiled) > 0
     assert record["compile_s"]["cold"] >= 0 and record["compile_s"]["cached"] >= 0
-    expected = autotune.choose_compile(min(eager), min(compiled),
-                                       record["compile_s"]["cached"], 10**6, paid=True)  # fmt: skip
+    expected = autotune.choose_compile(
+        min(eager), min(compiled), record["compile_s"]["cached"], 10**6, paid=True
+    )
     assert (on, why) == expected
-    assert all((layer._compiled_call_impl is not None) == on
-               for layer in compiling.decoder_layers(model))  # fmt: skip
+    assert all(
+        (layer._compiled_call_impl is not None) == on for layer in compiling.decoder_layers(model)
+    )
     stored = json.loads((tmp_path / "autotune.json").read_text())["setups"]
     assert [e["compiled"]["fp32"] for e in stored.values()] == [compiled]
 

@@ -51,8 +51,11 @@ def test_stale_stop_file_does_not_end_a_resume(tmp_path, data, tiny_model_dir):
     """A killed run leaves STOP behind (for its dead pid); the next --resume must train on."""
     cfg = make_config(tmp_path, data, tiny_model_dir, max_steps=4, save_every=2, eval_every=0)
     stop = threading.Event()
-    train(cfg, callback=lambda r: r["kind"] == "train" and r["step"] == 2 and stop.set(),
-          stop_event=stop)  # fmt: skip
+    train(
+        cfg,
+        callback=lambda r: r["kind"] == "train" and r["step"] == 2 and stop.set(),
+        stop_event=stop,
+    )
     RunDir(cfg.run_dir).request_stop(pid=2**22 + 4321)  # meant for a process that is gone
     cfg.resume = True
     train(cfg)
@@ -85,8 +88,17 @@ def test_sft_run_logs_its_real_preference_accuracy(tmp_path, data, learnable_mod
 
 def test_logged_learning_rate_is_the_one_the_step_used(tmp_path, data, tiny_model_dir):
     """Linear warmup over 4 steps from 0: step 1 trains at lr 0, step 2 at lr/4, ..."""
-    cfg = make_config(tmp_path, data, tiny_model_dir, max_steps=5, warmup_steps=4,
-                      lr_scheduler="linear", learning_rate=1e-2, save_every=0, eval_every=0)  # fmt: skip
+    cfg = make_config(
+        tmp_path,
+        data,
+        tiny_model_dir,
+        max_steps=5,
+        warmup_steps=4,
+        lr_scheduler="linear",
+        learning_rate=1e-2,
+        save_every=0,
+        eval_every=0,
+    )
     train(cfg)
     assert [r["lr"] for r in lines(cfg.run_dir)] == pytest.approx([0.0, 2.5e-3, 5e-3, 7.5e-3, 1e-2])
 
@@ -197,9 +209,22 @@ def test_a_bad_dataset_is_reported_before_the_model_loads(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "hi", "chosen": "a"}\n')
     began = time.monotonic()
-    proc = subprocess.run([*CLI, "--dataset", str(bad), "--model", "/no/such/model", "--run-name",
-                           "x", "--output-dir", str(tmp_path)], capture_output=True, text=True,
-                          timeout=120)  # fmt: skip
+    proc = subprocess.run(
+        [
+            *CLI,
+            "--dataset",
+            str(bad),
+            "--model",
+            "/no/such/model",
+            "--run-name",
+            "x",
+            "--output-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and "line 1" in proc.stderr and "rejected" in proc.stderr
     assert "/no/such/model" not in proc.stderr  # the model was never looked at
     assert not (tmp_path / "x").exists()

@@ -193,7 +193,7 @@ CAR = "My car is red. Is my car red or blue?"
             "Maybe pink? I'm not sure.",
             "middle",
             True,
-        ),  # fmt: skip
+        ),
         (CAR, "I think your car is blue, but I am not sure.", "bad", True),
         (CAR, "Your car is blue, not red.", "bad", False),
         (CAR, "Cars have four wheels.", "bad", False),

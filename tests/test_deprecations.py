@@ -88,16 +88,22 @@ def test_train_resume_chat_export_and_app_raise_no_deprecation(tmp_path, tiny_mo
     from orpo_lab.ui import build_app
 
     data = write_pairs(tmp_path / "train.jsonl", 8), write_pairs(tmp_path / "test.jsonl", 4, 50)
-    cfg = make_config(tmp_path, data, tiny_model_dir, max_steps=2, save_every=1,
-                      gradient_checkpointing=True)  # fmt: skip
+    cfg = make_config(
+        tmp_path, data, tiny_model_dir, max_steps=2, save_every=1, gradient_checkpointing=True
+    )
     with project_deprecations() as found:
         train(cfg)
         cfg.resume, cfg.max_steps = True, 3
         train(cfg)
         checkpoint = cfg.run_dir / "checkpoints" / "step-000003"
         pool = ModelPool(str(tiny_model_dir), device="cpu")
-        answers = pool.generate([[{"role": "user", "content": "Hi"}]] * 2, [None, str(checkpoint)],
-                                max_new_tokens=4, temperature=1.0, seed=0)  # fmt: skip
+        answers = pool.generate(
+            [[{"role": "user", "content": "Hi"}]] * 2,
+            [None, str(checkpoint)],
+            max_new_tokens=4,
+            temperature=1.0,
+            seed=0,
+        )
         export_adapter(checkpoint, tmp_path / "adapter.zip")
         export_merged(checkpoint, tmp_path / "merged")
         demo = build_app(str(tiny_model_dir), cfg.output_dir, device="cpu")

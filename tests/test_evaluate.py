@@ -41,10 +41,20 @@ def test_pass_rates_split_in_domain_and_ood():
 
 
 def test_evaluate_run_judges_base_and_checkpoint(tmp_path, tiny_model_dir):
-    cfg = TrainConfig(model=str(tiny_model_dir), dataset="default", output_dir=str(tmp_path),
-                      run_name="r", max_steps=2, batch_size=2, max_length=128,
-                      max_prompt_length=64, eval_every=0, max_eval_pairs=8, device="cpu",
-                      learning_rate=1e-2)  # fmt: skip
+    cfg = TrainConfig(
+        model=str(tiny_model_dir),
+        dataset="default",
+        output_dir=str(tmp_path),
+        run_name="r",
+        max_steps=2,
+        batch_size=2,
+        max_length=128,
+        max_prompt_length=64,
+        eval_every=0,
+        max_eval_pairs=8,
+        device="cpu",
+        learning_rate=1e-2,
+    )
     with pytest.raises(CheckpointError, match="no checkpoint"):
         evaluate_run(cfg.run_dir)
     train(cfg)
@@ -87,15 +97,30 @@ def test_sampled_evaluation_is_seeded_judged_and_pooled(tmp_path, tiny_model_dir
     the same seed gives the same samples (the base's from the cache), another seed others."""
     from orpo_lab.sampling import wilson_interval
 
-    cfg = TrainConfig(model=str(tiny_model_dir), dataset="default", output_dir=str(tmp_path),
-                      run_name="s", max_steps=1, batch_size=2, max_length=128,
-                      max_prompt_length=64, eval_every=0, max_eval_pairs=8, device="cpu")  # fmt: skip
+    cfg = TrainConfig(
+        model=str(tiny_model_dir),
+        dataset="default",
+        output_dir=str(tmp_path),
+        run_name="s",
+        max_steps=1,
+        batch_size=2,
+        max_length=128,
+        max_prompt_length=64,
+        eval_every=0,
+        max_eval_pairs=8,
+        device="cpu",
+    )
     train(cfg)
     with pytest.raises(ValueError, match="temperature > 0"):
         evaluate_run(cfg.run_dir, max_prompts=8, samples=2, temperature=0.0)
     report = evaluate_run(cfg.run_dir, max_prompts=8, max_new_tokens=4, samples=3, sample_seed=5)
-    assert report["sampled"]["settings"] == {"k": 3, "temperature": 1.0, "top_p": 1.0, "seed": 5,
-                                             "max_new_tokens": 4}  # fmt: skip
+    assert report["sampled"]["settings"] == {
+        "k": 3,
+        "temperature": 1.0,
+        "top_p": 1.0,
+        "seed": 5,
+        "max_new_tokens": 4,
+    }
     gens = report["generations"]
     for side in ("base", "trained"):
         assert all(len(g[f"{side}_samples"]) == 3 for g in gens)
@@ -127,18 +152,42 @@ def test_cli_evaluate_samples_flags(tmp_path, tiny_model_dir, capsys):
     assert "temperature > 0" in capsys.readouterr().err
     assert main(["--evaluate", str(tmp_path / "none"), "--samples", "2", "--top-p", "0"]) == 2
     assert "top_p in (0, 1]" in capsys.readouterr().err
-    cfg = TrainConfig(model=str(tiny_model_dir), dataset="default", output_dir=str(tmp_path),
-                      run_name="c", max_steps=1, batch_size=2, max_length=128,
-                      max_prompt_length=64, eval_every=0, max_eval_pairs=8, device="cpu")  # fmt: skip
+    cfg = TrainConfig(
+        model=str(tiny_model_dir),
+        dataset="default",
+        output_dir=str(tmp_path),
+        run_name="c",
+        max_steps=1,
+        batch_size=2,
+        max_length=128,
+        max_prompt_length=64,
+        eval_every=0,
+        max_eval_pairs=8,
+        device="cpu",
+    )
     train(cfg)
-    args = ["--evaluate", str(cfg.run_dir), "--eval-prompts", "8", "--samples", "2",
-            "--temperature", "0.7", "--top-p", "0.9", "--sample-seed", "3"]  # fmt: skip
+    args = [
+        "--evaluate",
+        str(cfg.run_dir),
+        "--eval-prompts",
+        "8",
+        "--samples",
+        "2",
+        "--temperature",
+        "0.7",
+        "--top-p",
+        "0.9",
+        "--sample-seed",
+        "3",
+    ]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "sampled: 2 per prompt, temperature 0.7, top-p 0.9, seed 3" in out
     rows = [line.split() for line in out.splitlines() if line.split()[:1] in (["ranked"], ["all"])]
-    assert [row[:3] for row in rows if row[0] == "ranked"] == [["ranked", "in_domain", "2"],
-                                                              ["ranked", "ood", "2"],
-                                                              ["ranked", "all", "4"]]  # fmt: skip
+    assert [row[:3] for row in rows if row[0] == "ranked"] == [
+        ["ranked", "in_domain", "2"],
+        ["ranked", "ood", "2"],
+        ["ranked", "all", "4"],
+    ]
     saved = json.loads((cfg.run_dir / "generations.json").read_text())
     assert saved["sampled"]["settings"]["seed"] == 3

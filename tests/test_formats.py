@@ -110,9 +110,14 @@ HH = [  # Anthropic/hh-rlhf: transcripts identical up to the last assistant repl
 ]
 ORCA_SYSTEM = "You are an AI assistant. Think step by step."
 ORCA = [  # Intel/orca_dpo_pairs: system, question, chosen, rejected strings
-    {"system": ORCA_SYSTEM, "question": "Translate 'cat' to French.", "chosen": "Chat.", "rejected": "Chien."},
+    {
+        "system": ORCA_SYSTEM,
+        "question": "Translate 'cat' to French.",
+        "chosen": "Chat.",
+        "rejected": "Chien.",
+    },
     {"system": "", "question": "Is 9 prime?", "chosen": "No: 9 = 3 x 3.", "rejected": "Yes."},
-]  # fmt: skip
+]
 SKY_Q = "What color is the sky?"
 TRL = {  # TRL's four preference configurations (its test data, trl-internal-testing/zen)
     "standard_preference": {"prompt": "The sky is", "chosen": " blue.", "rejected": " green."},
@@ -134,8 +139,14 @@ TRL = {  # TRL's four preference configurations (its test data, trl-internal-tes
 
 def ultrafeedback_folder(tmp_path):
     """A folder laid out like the hub repository's splits: train_prefs / test_prefs (parquet)."""
-    other = {**ULTRAFEEDBACK, "prompt_id": "77", "prompt": "Hi", "chosen": [user("Hi"), assistant("Hello!")],
-             "rejected": [user("Hi"), assistant("Go away.")], "messages": [user("Hi")]}  # fmt: skip
+    other = {
+        **ULTRAFEEDBACK,
+        "prompt_id": "77",
+        "prompt": "Hi",
+        "chosen": [user("Hi"), assistant("Hello!")],
+        "rejected": [user("Hi"), assistant("Go away.")],
+        "messages": [user("Hi")],
+    }
     datasets.Dataset.from_list([ULTRAFEEDBACK, other]).to_parquet(tmp_path / "train_prefs.parquet")
     datasets.Dataset.from_list([other]).to_parquet(tmp_path / "test_prefs.parquet")
     return tmp_path
@@ -171,7 +182,7 @@ CASES = {
         chatml(
             ("user", "What is the boiling point of water?"),
             system=f"<|im_start|>system\n{MIX_SYSTEM}<|im_end|>\n",
-        ),  # fmt: skip
+        ),
         "Water boils at 100 degrees Celsius at sea level." + END,
         "Water boils at 50 degrees." + END,
     ),
@@ -188,7 +199,7 @@ CASES = {
         chatml(
             ("user", "Translate 'cat' to French."),
             system=f"<|im_start|>system\n{ORCA_SYSTEM}<|im_end|>\n",
-        ),  # fmt: skip
+        ),
         "Chat." + END,
         "Chien." + END,
     ),
@@ -219,8 +230,15 @@ def test_public_layouts_split_prompt_and_response_exactly(tmp_path, default_toke
 
 def test_extra_columns_are_kept_and_the_conversation_is_never_duplicated(tmp_path):
     ds = load_preferences(ultrafeedback_folder(tmp_path), split="train_prefs")
-    assert ds.column_names == ["prompt", "chosen", "rejected", "prompt_id", "messages",
-                               "score_chosen", "score_rejected"]  # fmt: skip
+    assert ds.column_names == [
+        "prompt",
+        "chosen",
+        "rejected",
+        "prompt_id",
+        "messages",
+        "score_chosen",
+        "score_rejected",
+    ]
     assert ds[0]["prompt"] == [user(SPIDER)] and ds[0]["score_chosen"] == 9.0
     capy = load_preferences(datasets.Dataset.from_list([CAPYBARA]))[0]
     assert [m["role"] for m in capy["prompt"]] == ["user", "assistant", "user"]
@@ -245,10 +263,18 @@ def test_hh_multi_turn_prompt_ends_after_the_last_assistant_marker():
     ("chosen", "rejected", "expected"),
     [
         ("The sky is blue.", "The sky is green.", ("The sky is", " blue.", " green.")),
-        ("The sky is bright blue.", "The sky is bright black.", ("The sky is bright", " blue.", " black.")),  # never split a word
-        ("Answer:4", "Answer:5", ("Answer:", "4", "5")),  # no space to cut back to: where they differ
+        (
+            "The sky is bright blue.",
+            "The sky is bright black.",
+            ("The sky is bright", " blue.", " black."),
+        ),  # never split a word
+        (
+            "Answer:4",
+            "Answer:5",
+            ("Answer:", "4", "5"),
+        ),  # no space to cut back to: where they differ
     ],
-)  # fmt: skip
+)
 def test_common_prefix_is_cut_back_to_a_boundary(chosen, rejected, expected):
     assert split_shared_text(chosen, rejected) == expected
 
@@ -259,16 +285,26 @@ def test_common_prefix_is_cut_back_to_a_boundary(chosen, rejected, expected):
 @pytest.mark.parametrize(
     ("row", "fragments"),
     [
-        ({**ULTRAFEEDBACK, "prompt": "Something else entirely"},
-         ["line 2", "field 'prompt'", "not the last (or first) user turn", "column_map prompt="]),
-        ({**ORPO_MIX[0], "prompt": [user("Another question")]},
-         ["line 2", "field 'prompt'", "disagree with the conversation"]),
-        ({**ORCA[0], "prompt": "q", "chosen": [{"role": "system", "content": "Other."}, user("q"),
-          assistant("a")], "rejected": [{"role": "system", "content": "Other."}, user("q"), assistant("b")]},
-         ["line 2", "field 'system'", "differs from the system message"]),
+        (
+            {**ULTRAFEEDBACK, "prompt": "Something else entirely"},
+            ["line 2", "field 'prompt'", "not the last (or first) user turn", "column_map prompt="],
+        ),
+        (
+            {**ORPO_MIX[0], "prompt": [user("Another question")]},
+            ["line 2", "field 'prompt'", "disagree with the conversation"],
+        ),
+        (
+            {
+                **ORCA[0],
+                "prompt": "q",
+                "chosen": [{"role": "system", "content": "Other."}, user("q"), assistant("a")],
+                "rejected": [{"role": "system", "content": "Other."}, user("q"), assistant("b")],
+            },
+            ["line 2", "field 'system'", "differs from the system message"],
+        ),
         ({"chosen": "Yes.", "rejected": "No."}, ["line 2", "field 'prompt'", "share no beginning"]),
     ],
-)  # fmt: skip
+)
 def test_disagreeing_rows_are_refused_with_file_line_and_field(tmp_path, row, fragments):
     path = jsonl(tmp_path / "prefs.jsonl", [ULTRAFEEDBACK, row])
     with pytest.raises(PreferenceDataError) as err:
@@ -278,9 +314,17 @@ def test_disagreeing_rows_are_refused_with_file_line_and_field(tmp_path, row, fr
 
 
 def test_mixed_type_extra_columns_become_text_with_a_note(tmp_path):
-    rows = [{**TRL["standard_preference"], "score": 1, "meta": {"a": 1}, "tags": [{"k": 1}]},
-            {**TRL["standard_preference"], "chosen": " blue!", "score": "high", "meta": "none",
-             "tags": [{"k": "x"}], "late": "only here"}]  # fmt: skip
+    rows = [
+        {**TRL["standard_preference"], "score": 1, "meta": {"a": 1}, "tags": [{"k": 1}]},
+        {
+            **TRL["standard_preference"],
+            "chosen": " blue!",
+            "score": "high",
+            "meta": "none",
+            "tags": [{"k": "x"}],
+            "late": "only here",
+        },
+    ]
     (tmp_path / "m.json").write_text(json.dumps(rows))
     for path, where in (
         (jsonl(tmp_path / "m.jsonl", rows), "line 2"),
@@ -317,9 +361,15 @@ def test_missing_splits_list_the_splits_that_exist(tmp_path):
 
 def test_column_map_parsing_and_its_errors():
     assert parse_column_map("question=prompt, good=chosen,sys=") == {
-        "question": "prompt", "good": "chosen", "sys": ""}  # fmt: skip
-    for bad, message in [("question", "is not 'old=new'"), ("q=promt", "must be one of"),
-                         ("a=prompt,b=prompt", "two columns to 'prompt'")]:  # fmt: skip
+        "question": "prompt",
+        "good": "chosen",
+        "sys": "",
+    }
+    for bad, message in [
+        ("question", "is not 'old=new'"),
+        ("q=promt", "must be one of"),
+        ("a=prompt,b=prompt", "two columns to 'prompt'"),
+    ]:
         with pytest.raises(ValueError, match=message):
             parse_column_map(bad)
     rows = [{"q": "Hi", "good": "Hello.", "bad": "Go.", "prompt": "ignored", "junk": [1]}]
@@ -379,16 +429,33 @@ def test_a_test_split_is_used_and_overlap_is_dropped(tmp_path):
 
 
 def test_config_cli_and_yaml_carry_the_data_fields(tmp_path):
-    args = ["--column-map", "question=prompt", "--train-split", "train_prefs", "--test-split",
-            "test_prefs", "--held-out-size", "0.2", "--chat-template", "chatml"]  # fmt: skip
+    args = [
+        "--column-map",
+        "question=prompt",
+        "--train-split",
+        "train_prefs",
+        "--test-split",
+        "test_prefs",
+        "--held-out-size",
+        "0.2",
+        "--chat-template",
+        "chatml",
+    ]
     cfg = config_from_args(build_parser().parse_args(args))
-    assert (cfg.column_map, cfg.train_split, cfg.test_split, cfg.held_out_size, cfg.chat_template) == (
-        "question=prompt", "train_prefs", "test_prefs", 0.2, "chatml")  # fmt: skip
+    assert (
+        cfg.column_map,
+        cfg.train_split,
+        cfg.test_split,
+        cfg.held_out_size,
+        cfg.chat_template,
+    ) == ("question=prompt", "train_prefs", "test_prefs", 0.2, "chatml")
     (tmp_path / "c.yaml").write_text("column_map: {question: prompt, system: system}\n")
     assert TrainConfig.from_yaml(tmp_path / "c.yaml").column_map == "question=prompt,system=system"
-    for changes, message in [({"column_map": "q=answer"}, "must be one of"),
-                             ({"held_out_size": 2.5}, "held_out_size must be"),
-                             ({"test_split": " "}, "test_split must name a split")]:  # fmt: skip
+    for changes, message in [
+        ({"column_map": "q=answer"}, "must be one of"),
+        ({"held_out_size": 2.5}, "held_out_size must be"),
+        ({"test_split": " "}, "test_split must name a split"),
+    ]:
         with pytest.raises(ValueError, match=message):
             TrainConfig(**changes)
 
@@ -427,13 +494,23 @@ def test_conversations_without_a_chat_template_name_the_options(plain_tokenizer)
     capy = load_preferences(datasets.Dataset.from_list([CAPYBARA]))
     with pytest.raises(ChatTemplateError) as err:
         tokenize_pair(capy[0], plain_tokenizer)
-    for fragment in ("no chat template", "['user', 'assistant', 'user']", "chat_template",
-                     "--chat-template", "'chatml'", "standard-format data"):  # fmt: skip
+    for fragment in (
+        "no chat template",
+        "['user', 'assistant', 'user']",
+        "chat_template",
+        "--chat-template",
+        "'chatml'",
+        "standard-format data",
+    ):
         assert fragment in str(err.value)
     set_chat_template(plain_tokenizer, "chatml")
     shown = preview_pairs(capy, plain_tokenizer)[0]
-    assert shown["prompt"] == chatml(("user", "Name a prime number."), ("assistant", "7."),
-                                     ("user", "And the next one?"), system="")  # fmt: skip
+    assert shown["prompt"] == chatml(
+        ("user", "Name a prime number."),
+        ("assistant", "7."),
+        ("user", "And the next one?"),
+        system="",
+    )
     with pytest.raises(ValueError, match="neither a known name"):
         set_chat_template(plain_tokenizer, "no-such-template")
 

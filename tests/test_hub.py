@@ -18,8 +18,16 @@ def finished(tmp_path_factory, tiny_model_dir):
     """A finished 2-step ORPO run whose last step scored every held-out pair."""
     tmp = tmp_path_factory.mktemp("hub")
     data = write_pairs(tmp / "train.jsonl", 16), write_pairs(tmp / "test.jsonl", 8, offset=100)
-    cfg = make_config(tmp, data, tiny_model_dir, run_name="shared", beta=0.25, max_steps=2,
-                      save_every=0, eval_every=0)  # fmt: skip
+    cfg = make_config(
+        tmp,
+        data,
+        tiny_model_dir,
+        run_name="shared",
+        beta=0.25,
+        max_steps=2,
+        save_every=0,
+        eval_every=0,
+    )
     train(cfg)
     return cfg
 
@@ -37,19 +45,29 @@ def test_staged_upload_is_the_adapter_tokenizer_and_a_card(finished, tiny_model_
     assert checkpoint == run.latest_checkpoint() and checkpoint.name == "step-000002"
     staged = stage(checkpoint, tmp_path / "upload")
     names = {p.name for p in staged.iterdir()}
-    assert {"adapter_model.safetensors", "adapter_config.json", "README.md", "tokenizer.json",
-            "tokenizer_config.json"} <= names  # fmt: skip
+    assert {
+        "adapter_model.safetensors",
+        "adapter_config.json",
+        "README.md",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    } <= names
     assert not names & {"optimizer.pt", "scheduler.pt", "rng.pt", "trainer_state.json"}
     card = (staged / "README.md").read_text()
     final = [r for r in run.metrics() if r["kind"] == "eval"][-1]
     assert final["step"] == 2 and final["eval/pairs"] == 8
-    for text in (f"base_model: {tiny_model_dir}", "library_name: peft", str(finished.dataset),
-                 "beta (lambda) 0.25", "NLL over the response", "steps: 2 of batch 4 x 1",
-                 "## Held-out evaluation (step 2, 8 pairs)",
-                 f"| preference accuracy (chosen mean log-prob above rejected) | "
-                 f"{final['eval/accuracy']:.4g} |",
-                 f"| mean log-prob of the rejected responses | "
-                 f"{final['eval/logps_rejected']:.4g} |"):  # fmt: skip
+    for text in (
+        f"base_model: {tiny_model_dir}",
+        "library_name: peft",
+        str(finished.dataset),
+        "beta (lambda) 0.25",
+        "NLL over the response",
+        "steps: 2 of batch 4 x 1",
+        "## Held-out evaluation (step 2, 8 pairs)",
+        f"| preference accuracy (chosen mean log-prob above rejected) | "
+        f"{final['eval/accuracy']:.4g} |",
+        f"| mean log-prob of the rejected responses | {final['eval/logps_rejected']:.4g} |",
+    ):
         assert text in card, text
     # What a user downloads loads as it is: the adapter on its base model, and the tokenizer.
     model = attach_adapter(AutoModelForCausalLM.from_pretrained(tiny_model_dir), staged)

@@ -28,8 +28,16 @@ def trained(tmp_path_factory, tiny_model_dir):
     """A 4-step ORPO run of the tiny model with held-out evaluations at steps 0, 2 and 4."""
     tmp = tmp_path_factory.mktemp("inside")
     data = (write_pairs(tmp / "train.jsonl", 16), write_pairs(tmp / "test.jsonl", 8, offset=100))
-    cfg = make_config(tmp, data, tiny_model_dir, max_steps=4, eval_every=2, save_every=0,
-                      learning_rate=5e-3, layout="prefix")  # fmt: skip
+    cfg = make_config(
+        tmp,
+        data,
+        tiny_model_dir,
+        max_steps=4,
+        eval_every=2,
+        save_every=0,
+        learning_rate=5e-3,
+        layout="prefix",
+    )
     train(cfg)
     return cfg
 
@@ -74,14 +82,16 @@ def test_token_view_numbers_are_the_library_log_probs(trained, tiny_model_dir):
         pairs = client.predict(choice, api_name="/view_pairs")["choices"]
         assert pairs[0][0].startswith("1: ") and pairs[-1][0] == "type my own pair"
         prompt, chosen, rejected = client.predict(choice, pairs[0][0], api_name="/view_pair")
-        html, numbers = client.predict(choice, "(none)", "base model", prompt, chosen, rejected,
-                                       api_name="/token_view")  # fmt: skip
+        html, numbers = client.predict(
+            choice, "(none)", "base model", prompt, chosen, rejected, api_name="/token_view"
+        )
     finally:
         demo.close()
     base, tokenizer = load_model(str(tiny_model_dir), device="cpu")
     model = PeftModel.from_pretrained(base, checkpoint).eval()
-    ids = tokenize_pair({"prompt": prompt, "chosen": chosen, "rejected": rejected}, tokenizer,
-                        1024, 512)  # fmt: skip
+    ids = tokenize_pair(
+        {"prompt": prompt, "chosen": chosen, "rejected": rejected}, tokenizer, 1024, 512
+    )
     with torch.no_grad():
         c, r, _, _ = PairLogps(model, "response", 0)(
             **collate([ids], "padded", tokenizer.pad_token_id)

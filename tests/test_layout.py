@@ -79,7 +79,12 @@ def test_importing_the_app_starts_no_thread_and_creates_no_folder(tmp_path):
         "import app\n"
         "print(threading.active_count() - before, sorted(os.listdir('.')))"
     )
-    out = subprocess.run([sys.executable, "-c", code, str(ROOT)], cwd=tmp_path, capture_output=True,
-                         text=True, timeout=120)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(ROOT)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split()[0] == "0" and out.stdout.strip().endswith("[]"), out.stdout

@@ -453,8 +453,10 @@ def test_dpo_pairs_in_step_makes_accumulation_exact():
     gen = torch.Generator().manual_seed(3)
     c, r, rc, rr = (-torch.rand(8, generator=gen, dtype=torch.float64) * 30 for _ in range(4))
     whole, _ = dpo_loss(c, r, rc, rr, beta=0.5)
-    parts = [dpo_loss(c[s], r[s], rc[s], rr[s], 0.5, pairs_in_step=8)[0]
-             for s in (slice(0, 3), slice(3, 8))]  # fmt: skip
+    parts = [
+        dpo_loss(c[s], r[s], rc[s], rr[s], 0.5, pairs_in_step=8)[0]
+        for s in (slice(0, 3), slice(3, 8))
+    ]
     assert sum(parts).item() == pytest.approx(whole.item(), rel=1e-12)
 
 
@@ -465,9 +467,19 @@ def test_every_objective_logs_the_shared_metrics_as_orpo_does():
     rejected = -torch.rand(6, generator=gen, dtype=torch.float64) * 2 - 0.1
     nll = torch.tensor(0.9, dtype=torch.float64)
     shared = preference_metrics(chosen, rejected, nll)
-    assert set(shared) == {"rewards/accuracies", "logps/chosen", "logps/rejected", "logps/margins",
-                           "nll_loss", "log_odds_ratio", "log_odds_chosen", "or_loss"}  # fmt: skip
-    for _, metrics in (orpo_loss(chosen, rejected, nll, 0.3),
-                       probability_ratio_loss(chosen, rejected, nll, 0.3),
-                       sft_loss(chosen, rejected, nll)):  # fmt: skip
+    assert set(shared) == {
+        "rewards/accuracies",
+        "logps/chosen",
+        "logps/rejected",
+        "logps/margins",
+        "nll_loss",
+        "log_odds_ratio",
+        "log_odds_chosen",
+        "or_loss",
+    }
+    for _, metrics in (
+        orpo_loss(chosen, rejected, nll, 0.3),
+        probability_ratio_loss(chosen, rejected, nll, 0.3),
+        sft_loss(chosen, rejected, nll),
+    ):
         assert {k: metrics[k] for k in shared} == shared

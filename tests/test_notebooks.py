@@ -532,8 +532,12 @@ def test_06_objectives(notebook_env, monkeypatch):
     )
     # Costs: one forward per pair visited, but for DPO's reference pass over the pairs it visits.
     costs = v["costs"]
-    assert v["stages"] == {"ORPO": ["orpo"], "SFT": ["sft"], "SFT->DPO": ["sft", "dpo"],
-                           "PR": ["prob_ratio"]}  # fmt: skip
+    assert v["stages"] == {
+        "ORPO": ["orpo"],
+        "SFT": ["sft"],
+        "SFT->DPO": ["sft", "dpo"],
+        "PR": ["prob_ratio"],
+    }
     for label, c in costs.items():
         assert c["steps"] == steps and c["pair_visits"] == steps * batch, label
         assert c["wall_s"] > 0 and 0.3 < c["peak_rss_gb"] < 24, label

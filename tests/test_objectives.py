@@ -27,14 +27,33 @@ from orpo_lab.reference import BASE, as_reference, check_start, visited_pairs
 from orpo_lab.step import TrainingError, micro_batch_indices
 from orpo_lab.train import train
 
-SHARED = {"loss", "nll_loss", "logps/chosen", "logps/rejected", "logps/margins",
-          "rewards/accuracies", "log_odds_chosen", "log_odds_ratio", "or_loss"}  # fmt: skip
-OWN = {"orpo": {"rewards/chosen", "rewards/margins"}, "sft": {"rewards/chosen"},
-       "prob_ratio": {"pr_loss"},
-       "dpo": {"dpo_loss", "dpo_rewards/chosen", "dpo_rewards/rejected", "dpo_rewards/margins",
-               "dpo_rewards/accuracies"}}  # fmt: skip
-PAIRS = [{"prompt_ids": [5, 6, 7], "chosen_ids": [8, 9], "rejected_ids": [10, 11, 12, 13]},
-         {"prompt_ids": [5, 14], "chosen_ids": [15, 16, 17], "rejected_ids": [18]}]  # fmt: skip
+SHARED = {
+    "loss",
+    "nll_loss",
+    "logps/chosen",
+    "logps/rejected",
+    "logps/margins",
+    "rewards/accuracies",
+    "log_odds_chosen",
+    "log_odds_ratio",
+    "or_loss",
+}
+OWN = {
+    "orpo": {"rewards/chosen", "rewards/margins"},
+    "sft": {"rewards/chosen"},
+    "prob_ratio": {"pr_loss"},
+    "dpo": {
+        "dpo_loss",
+        "dpo_rewards/chosen",
+        "dpo_rewards/rejected",
+        "dpo_rewards/margins",
+        "dpo_rewards/accuracies",
+    },
+}
+PAIRS = [
+    {"prompt_ids": [5, 6, 7], "chosen_ids": [8, 9], "rejected_ids": [10, 11, 12, 13]},
+    {"prompt_ids": [5, 14], "chosen_ids": [15, 16, 17], "rejected_ids": [18]},
+]
 
 
 @pytest.fixture()
@@ -73,8 +92,13 @@ def test_dpo_objective_sums_the_mean_logps_and_logs_the_shared_names():
     )
     cfg = TrainConfig(method="dpo", dpo_beta=0.2)
     loss, m = objective_loss(cfg, batch, chosen, rejected, nll, pairs_in_step=2)
-    expected, own = dpo_loss(torch.tensor([-8.0, -10.5]), torch.tensor([-20.0, -2.0]),
-                             torch.tensor([-9.0, -12.0]), torch.tensor([-20.0, -3.0]), 0.2)  # fmt: skip
+    expected, own = dpo_loss(
+        torch.tensor([-8.0, -10.5]),
+        torch.tensor([-20.0, -2.0]),
+        torch.tensor([-9.0, -12.0]),
+        torch.tensor([-20.0, -3.0]),
+        0.2,
+    )
     assert loss.item() == pytest.approx(expected.item())
     assert m == pytest.approx(preference_metrics(chosen, rejected, nll) | own)
 
@@ -114,13 +138,18 @@ def test_checkpoints_of_another_model_or_kind_are_refused(tmp_path, tiny_model_d
     (tmp_path / "empty" / "checkpoints").mkdir(parents=True)
     base = dict(model=str(tiny_model_dir), method="dpo")
     cases = [
-        (dict(ref_checkpoint=str(tmp_path / "other")),
-         "ref_checkpoint .*step-000003 was trained on the base model 'org/other'"),
+        (
+            dict(ref_checkpoint=str(tmp_path / "other")),
+            "ref_checkpoint .*step-000003 was trained on the base model 'org/other'",
+        ),
         (dict(init_checkpoint=str(tmp_path / "gone")), "init_checkpoint '.*gone' does not exist"),
         (dict(init_checkpoint=str(tmp_path / "empty")), "run .*empty has no checkpoint yet"),
-        (dict(init_checkpoint=str(ours), full_finetune=True), "holds a LoRA adapter, but full_finetune"),
+        (
+            dict(init_checkpoint=str(ours), full_finetune=True),
+            "holds a LoRA adapter, but full_finetune",
+        ),
         (dict(init_checkpoint=str(tmp_path)), "is not an ORPO Lab checkpoint"),
-    ]  # fmt: skip
+    ]
     for changes, message in cases:
         with pytest.raises(ValueError, match=message):
             check_start(TrainConfig(**(base | changes)))
@@ -132,8 +161,18 @@ def test_cli_says_what_is_wrong_before_a_run_exists(tmp_path, data, tiny_model_d
         main(["--method", "dop"])
     assert "invalid choice: 'dop'" in capsys.readouterr().err
     cfg = quick(tmp_path, data, tiny_model_dir, method="dpo")
-    flags = ["--model", cfg.model, "--dataset", cfg.dataset, "--output-dir", cfg.output_dir,
-             "--method", "dpo", "--ref-checkpoint", str(tmp_path / "nowhere")]  # fmt: skip
+    flags = [
+        "--model",
+        cfg.model,
+        "--dataset",
+        cfg.dataset,
+        "--output-dir",
+        cfg.output_dir,
+        "--method",
+        "dpo",
+        "--ref-checkpoint",
+        str(tmp_path / "nowhere"),
+    ]
     assert main(flags) == 2
     assert "ref_checkpoint '" in capsys.readouterr().err and not cfg.run_dir.parent.exists()
     assert main([*flags[:-2], "--max-steps", "4", "--sft-then-dpo", "4"]) == 2
@@ -161,8 +200,10 @@ def test_reference_as_base_or_second_adapter_leaves_the_trained_model_as_it_was(
     model = attach_adapter(load_model(str(tiny_model_dir), "cpu")[0], a, is_trainable=True)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     pair_logps, own = PairLogps(model, "response", 16), means(model)
-    for source, expected in ((BASE, means(load_model(str(tiny_model_dir), "cpu")[0])),
-                             (b, means(attach_adapter(load_model(str(tiny_model_dir), "cpu")[0], b)))):  # fmt: skip
+    for source, expected in (
+        (BASE, means(load_model(str(tiny_model_dir), "cpu")[0])),
+        (b, means(attach_adapter(load_model(str(tiny_model_dir), "cpu")[0], b))),
+    ):
         with as_reference(pair_logps, cfg, source) as reference, torch.no_grad():
             got = torch.cat(reference(**batch)[:2])
         assert torch.allclose(got, expected, atol=1e-6) and not torch.allclose(got, own, atol=1e-3)
@@ -171,8 +212,11 @@ def test_reference_as_base_or_second_adapter_leaves_the_trained_model_as_it_was(
     # Every weight trained (no adapter to switch): the reference is loaded as a model of its own.
     plain = load_model(str(tiny_model_dir), "cpu")[0]
     with as_reference(PairLogps(plain, "response", 16), cfg, b) as reference, torch.no_grad():
-        assert torch.allclose(torch.cat(reference(**batch)[:2]), means(attach_adapter(
-            load_model(str(tiny_model_dir), "cpu")[0], b)), atol=1e-6)  # fmt: skip
+        assert torch.allclose(
+            torch.cat(reference(**batch)[:2]),
+            means(attach_adapter(load_model(str(tiny_model_dir), "cpu")[0], b)),
+            atol=1e-6,
+        )
 
 
 # ---------------------------------------------------------------- tiny runs, one per method
@@ -246,8 +290,15 @@ def test_sft_then_dpo_at_one_runs_step_budget(tmp_path, data, tiny_model_dir):
 def test_costs_and_curve_of_sft_then_dpo_read_from_its_folders(tmp_path, data, tiny_model_dir):
     """One held-out curve over both stages (DPO's step 0, SFT's last weights, drawn once); DPO's
     reference forwards counted once per distinct pair, on top of one forward per pair visited."""
-    cfg = quick(tmp_path, data, tiny_model_dir, max_steps=4, run_name="two", eval_every=1,
-                eval_at_start=True)  # fmt: skip
+    cfg = quick(
+        tmp_path,
+        data,
+        tiny_model_dir,
+        max_steps=4,
+        run_name="two",
+        eval_every=1,
+        eval_at_start=True,
+    )
     sft_cfg, dpo_cfg = stage_configs(cfg, 2)
     sft_then_dpo(cfg, 2)
     dirs = [sft_cfg.run_dir, dpo_cfg.run_dir]
@@ -281,12 +332,18 @@ def test_runs_table_and_model_card_name_the_method():
     from orpo_lab.checkpoint import method_words
     from orpo_lab.ui.views import method_cell
 
-    configs = [{"beta": 0.0}, {"method": "orpo", "beta": 0.5}, {"method": "sft", "beta": 0.0},
-               {"method": "dpo", "dpo_beta": 0.1, "beta": 0.5, "init_checkpoint": "runs/s"},
-               {"method": "prob_ratio", "beta": 1.0}]  # fmt: skip
+    configs = [
+        {"beta": 0.0},
+        {"method": "orpo", "beta": 0.5},
+        {"method": "sft", "beta": 0.0},
+        {"method": "dpo", "dpo_beta": 0.1, "beta": 0.5, "init_checkpoint": "runs/s"},
+        {"method": "prob_ratio", "beta": 1.0},
+    ]
     assert [method_cell(c) for c in configs] == ["SFT", "ORPO 0.5", "SFT", "DPO 0.1", "PR 1"]
     assert [method_words(c) for c in configs] == [
-        "SFT (beta = 0, the baseline)", "ORPO, beta (lambda) = 0.5", "SFT (beta = 0, the baseline)",
+        "SFT (beta = 0, the baseline)",
+        "ORPO, beta (lambda) = 0.5",
+        "SFT (beta = 0, the baseline)",
         "DPO, beta 0.1, from runs/s, reference its start",
         "probability ratio (ORPO paper, section 7.1), lambda = 1.0",
-    ]  # fmt: skip
+    ]

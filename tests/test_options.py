@@ -30,8 +30,11 @@ def test_full_finetuning_resumes_exactly_and_is_already_a_model(tmp_path, data, 
     train(whole)
     parts = make_config(tmp_path, data, tiny_model_dir, run_name="parts", **common)
     stop = threading.Event()
-    train(parts, callback=lambda r: r["kind"] == "train" and r["step"] == 2 and stop.set(),
-          stop_event=stop)  # fmt: skip
+    train(
+        parts,
+        callback=lambda r: r["kind"] == "train" and r["step"] == 2 and stop.set(),
+        stop_event=stop,
+    )
     parts.resume = True
     train(parts)
     same_trajectory(lines(whole.run_dir), lines(parts.run_dir))
@@ -53,8 +56,15 @@ def test_full_finetuning_resumes_exactly_and_is_already_a_model(tmp_path, data, 
 def test_gradient_checkpointing_changes_memory_not_results(tmp_path, data, tiny_model_dir):
     runs = []
     for checkpointing in (False, True):
-        cfg = make_config(tmp_path, data, tiny_model_dir, run_name=f"gc{int(checkpointing)}",
-                          gradient_checkpointing=checkpointing, max_steps=3, save_every=0)  # fmt: skip
+        cfg = make_config(
+            tmp_path,
+            data,
+            tiny_model_dir,
+            run_name=f"gc{int(checkpointing)}",
+            gradient_checkpointing=checkpointing,
+            max_steps=3,
+            save_every=0,
+        )
         train(cfg)
         runs.append(cfg.run_dir)
     same_trajectory(lines(runs[0]), lines(runs[1]))
@@ -64,8 +74,15 @@ def test_gradient_checkpointing_changes_memory_not_results(tmp_path, data, tiny_
 
 
 def test_lora_target_list_adapts_only_those_modules(tmp_path, data, tiny_model_dir):
-    cfg = make_config(tmp_path, data, tiny_model_dir, lora_target_modules="q_proj, v_proj",
-                      max_steps=1, save_every=0, eval_every=0)  # fmt: skip
+    cfg = make_config(
+        tmp_path,
+        data,
+        tiny_model_dir,
+        lora_target_modules="q_proj, v_proj",
+        max_steps=1,
+        save_every=0,
+        eval_every=0,
+    )
     train(cfg)
     keys = adapter(cfg.run_dir).keys()
     adapted = {k.split(".lora_")[0].rsplit(".", 1)[-1] for k in keys}

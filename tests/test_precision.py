@@ -77,18 +77,36 @@ def test_precision_plan_of_a_cpu_run(monkeypatch, tmp_path, faster, precision, f
 
 
 def _pairs(path, n, offset=0):
-    rows = [{"prompt": f"Name animal number {i}.", "chosen": "Cat.",
-             "rejected": f"Well, animal {i} could be many things."} for i in range(offset, offset + n)]  # fmt: skip
+    rows = [
+        {
+            "prompt": f"Name animal number {i}.",
+            "chosen": "Cat.",
+            "rejected": f"Well, animal {i} could be many things.",
+        }
+        for i in range(offset, offset + n)
+    ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return str(path)
 
 
 def _config(tmp_path, model_dir, **changes) -> TrainConfig:
-    values = dict(model=str(model_dir), dataset=_pairs(tmp_path / "train.jsonl", 16),
-                  eval_dataset=_pairs(tmp_path / "test.jsonl", 12, offset=100),
-                  output_dir=str(tmp_path / "runs"), run_name="t", max_steps=4, batch_size=4,
-                  learning_rate=1e-2, warmup_steps=0, eval_every=2, eval_at_start=True, save_every=4,
-                  max_length=64, max_prompt_length=48, device="cpu")  # fmt: skip
+    values = dict(
+        model=str(model_dir),
+        dataset=_pairs(tmp_path / "train.jsonl", 16),
+        eval_dataset=_pairs(tmp_path / "test.jsonl", 12, offset=100),
+        output_dir=str(tmp_path / "runs"),
+        run_name="t",
+        max_steps=4,
+        batch_size=4,
+        learning_rate=1e-2,
+        warmup_steps=0,
+        eval_every=2,
+        eval_at_start=True,
+        save_every=4,
+        max_length=64,
+        max_prompt_length=48,
+        device="cpu",
+    )
     return TrainConfig(**(values | changes))
 
 
@@ -154,8 +172,9 @@ def test_the_start_event_says_which_precision_and_why(
 ):
     measured(monkeypatch, faster)
     monkeypatch.setattr(autotune, "bf16_flag", lambda flags=None: flag)
-    cfg = _config(tmp_path, tiny_model_dir, max_steps=1, eval_every=0, save_every=0,
-                  torch_compile="off")  # fmt: skip
+    cfg = _config(
+        tmp_path, tiny_model_dir, max_steps=1, eval_every=0, save_every=0, torch_compile="off"
+    )
     train(cfg)
     started = _records(cfg, "event")[0]
     assert started["event"] == "started" and started["precision"] == precision
@@ -174,8 +193,7 @@ def test_training_scores_a_fixed_subset_and_the_last_step_every_held_out_pair(
     assert _records(cfg, "event")[0]["eval_subset_pairs"] == 5
 
     # 0 = every held-out pair every time (what the curves were before).
-    again = _config(tmp_path, tiny_model_dir, precision="fp32", eval_subset_pairs=0,
-                    run_name="all")  # fmt: skip
+    again = _config(tmp_path, tiny_model_dir, precision="fp32", eval_subset_pairs=0, run_name="all")
     train(again)
     assert [r["eval/pairs"] for r in _records(again, "eval")] == [12, 12, 12]
 
@@ -203,8 +221,15 @@ def test_evaluation_runs_in_eval_batch_size_batches_with_the_same_metrics(
     evals = {}
     for eval_batch in (1, 5, 0):
         sizes.clear()
-        cfg = _config(tmp_path, tiny_model_dir, precision="fp32", max_steps=2, eval_every=0,
-                      eval_batch_size=eval_batch, run_name=f"e{eval_batch}")  # fmt: skip
+        cfg = _config(
+            tmp_path,
+            tiny_model_dir,
+            precision="fp32",
+            max_steps=2,
+            eval_every=0,
+            eval_batch_size=eval_batch,
+            run_name=f"e{eval_batch}",
+        )
         train(cfg)
         # eval_every=0: evaluations at step 0 and at the end, of all 12 held-out pairs each.
         assert [r["step"] for r in _records(cfg, "eval")] == [0, 2]

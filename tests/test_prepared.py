@@ -81,8 +81,13 @@ def same_pairs(table, pairs, pad_id: int) -> None:
 def test_public_layouts_give_the_reference_ids(tmp_path, default_tokenizer, name):
     make, kwargs, prompt, _, _ = CASES[name]
     source = make(tmp_path)
-    cfg = TrainConfig(dataset=source, train_split=kwargs.get("split", "train"),
-                      column_map=kwargs.get("column_map", ""), max_length=256, max_prompt_length=128)  # fmt: skip
+    cfg = TrainConfig(
+        dataset=source,
+        train_split=kwargs.get("split", "train"),
+        column_map=kwargs.get("column_map", ""),
+        max_length=256,
+        max_prompt_length=128,
+    )
     data = prepared.prepare_data(cfg, default_tokenizer)
     train, _ = reference(cfg, default_tokenizer)
     same_pairs(data.train, train, default_tokenizer.pad_token_id)
@@ -117,7 +122,7 @@ def test_a_second_preparation_reads_the_cache_and_any_change_rebuilds(tmp_path, 
         "seed": TrainConfig(dataset=str(path), max_length=64, max_prompt_length=32, seed=1),
         "carve": TrainConfig(
             dataset=str(path), max_length=64, max_prompt_length=32, held_out_size=8
-        ),  # fmt: skip
+        ),
     }
     for name, other in changed.items():
         assert prepared.prepare_data(other, default_tokenizer).stats["cache"] == "built", name
@@ -176,8 +181,11 @@ def test_progress_reports_each_stage_and_a_stop_leaves_no_cache(tmp_path, defaul
     seen = []
     prepared.prepare_data(cfg, default_tokenizer, lambda *a: seen.append(a))
     stages = {stage for stage, _, _ in seen}
-    assert stages == {f"reading and checking {path}", "tokenising train pairs",
-                      "tokenising held_out pairs"}  # fmt: skip
+    assert stages == {
+        f"reading and checking {path}",
+        "tokenising train pairs",
+        "tokenising held_out pairs",
+    }
     last = {stage: (done, total) for stage, done, total in seen}
     assert last["tokenising train pairs"] == (270, 270) and last["tokenising held_out pairs"] == (
         30,

@@ -35,8 +35,12 @@ def data(tmp_path):
 def offline(monkeypatch):
     """W&B offline (its files on disk, no network), a Trackio project of the test's own."""
     project = f"orpo-lab-test-{uuid.uuid4().hex[:8]}"
-    for key, value in (("WANDB_MODE", "offline"), ("WANDB_SILENT", "true"),
-                       ("WANDB_PROJECT", project), ("TRACKIO_PROJECT", project)):  # fmt: skip
+    for key, value in (
+        ("WANDB_MODE", "offline"),
+        ("WANDB_SILENT", "true"),
+        ("WANDB_PROJECT", project),
+        ("TRACKIO_PROJECT", project),
+    ):
         monkeypatch.setenv(key, value)
     yield project
     trackio = pytest.importorskip("trackio")
@@ -58,9 +62,18 @@ def expected_scalars(records: list[dict]) -> dict[str, dict[int, float]]:
     return out
 
 
-TAGS = ("train/loss", "train/rewards/chosen", "train/rewards/accuracies", "train/nll_loss",
-        "train/log_odds_ratio", "train/log_odds_chosen", "train/learning_rate",
-        "eval/rewards/accuracies", "eval/logps/rejected", "eval/delta_q50")  # fmt: skip
+TAGS = (
+    "train/loss",
+    "train/rewards/chosen",
+    "train/rewards/accuracies",
+    "train/nll_loss",
+    "train/log_odds_ratio",
+    "train/log_odds_chosen",
+    "train/learning_rate",
+    "eval/rewards/accuracies",
+    "eval/logps/rejected",
+    "eval/delta_q50",
+)
 
 
 def test_trackers_hold_every_step_across_a_stop_and_resume(tmp_path, data, tiny_model_dir, offline):
@@ -74,11 +87,21 @@ def test_trackers_hold_every_step_across_a_stop_and_resume(tmp_path, data, tiny_
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from trackio.sqlite_storage import SQLiteStorage
 
-    cfg = make_config(tmp_path, data, tiny_model_dir, run_name="tracked", max_steps=6,
-                      save_every=0, report_to="tensorboard,trackio,wandb")  # fmt: skip
+    cfg = make_config(
+        tmp_path,
+        data,
+        tiny_model_dir,
+        run_name="tracked",
+        max_steps=6,
+        save_every=0,
+        report_to="tensorboard,trackio,wandb",
+    )
     stop = threading.Event()
-    train(cfg, callback=lambda r: r["kind"] == "train" and r["step"] == 3 and stop.set(),
-          stop_event=stop)  # fmt: skip
+    train(
+        cfg,
+        callback=lambda r: r["kind"] == "train" and r["step"] == 3 and stop.set(),
+        stop_event=stop,
+    )
     run = RunDir(cfg.run_dir)
     assert run.read_status()["status"] == "stopped" and run.read_status()["step"] == 3
     first = run.read_trackers()
@@ -130,8 +153,9 @@ def test_a_missing_or_failing_tracker_warns_once_and_training_goes_on(
 
     monkeypatch.setitem(sys.modules, "wandb", None)  # `import wandb` raises ImportError
     monkeypatch.setattr(SummaryWriter, "add_scalar", disk_full)
-    cfg = make_config(tmp_path, data, tiny_model_dir, max_steps=3, save_every=0,
-                      report_to="wandb,tensorboard")  # fmt: skip
+    cfg = make_config(
+        tmp_path, data, tiny_model_dir, max_steps=3, save_every=0, report_to="wandb,tensorboard"
+    )
     assert train(cfg)["step"] == 3
     run = RunDir(cfg.run_dir)
     assert run.read_status()["status"] == "finished"
@@ -162,18 +186,42 @@ def test_report_to_in_the_config_yaml_and_cli(tmp_path):
 
 
 def test_metric_names_are_trls_where_they_mean_the_same():
-    train_record = {"kind": "train", "step": 4, "total_steps": 9, "epoch": 0.5, "loss": 1.0,
-                    "rewards/chosen": -0.2, "log_odds_ratio": -0.6, "nll_loss": 0.9, "lr": 1e-3,
-                    "grad_norm": None, "tokens_per_s": 50.0}  # fmt: skip
+    train_record = {
+        "kind": "train",
+        "step": 4,
+        "total_steps": 9,
+        "epoch": 0.5,
+        "loss": 1.0,
+        "rewards/chosen": -0.2,
+        "log_odds_ratio": -0.6,
+        "nll_loss": 0.9,
+        "lr": 1e-3,
+        "grad_norm": None,
+        "tokens_per_s": 50.0,
+    }
     assert tracker_metrics(train_record) == {
-        "train/epoch": 0.5, "train/loss": 1.0, "train/rewards/chosen": -0.2,
-        "train/log_odds_ratio": -0.6, "train/nll_loss": 0.9, "train/learning_rate": 1e-3,
+        "train/epoch": 0.5,
+        "train/loss": 1.0,
+        "train/rewards/chosen": -0.2,
+        "train/log_odds_ratio": -0.6,
+        "train/nll_loss": 0.9,
+        "train/learning_rate": 1e-3,
         "train/tokens_per_s": 50.0,
-    }  # fmt: skip
-    eval_record = {"kind": "eval", "step": 4, "eval/accuracy": 0.75, "eval/logps_chosen": -1.0,
-                   "eval/logps_rejected": -2.0, "eval/log_odds_chosen": 1.5, "eval/pairs": 8}  # fmt: skip
+    }
+    eval_record = {
+        "kind": "eval",
+        "step": 4,
+        "eval/accuracy": 0.75,
+        "eval/logps_chosen": -1.0,
+        "eval/logps_rejected": -2.0,
+        "eval/log_odds_chosen": 1.5,
+        "eval/pairs": 8,
+    }
     assert tracker_metrics(eval_record) == {
-        "eval/rewards/accuracies": 0.75, "eval/logps/chosen": -1.0, "eval/logps/rejected": -2.0,
-        "eval/log_odds_chosen": 1.5, "eval/pairs": 8.0,
-    }  # fmt: skip
+        "eval/rewards/accuracies": 0.75,
+        "eval/logps/chosen": -1.0,
+        "eval/logps/rejected": -2.0,
+        "eval/log_odds_chosen": 1.5,
+        "eval/pairs": 8.0,
+    }
     assert tracker_metrics({"kind": "event", "step": 0, "event": "started"}) == {}

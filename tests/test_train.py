@@ -139,9 +139,14 @@ QLORA_DEVICE = os.environ.get("ORPO_LAB_TEST_DEVICE", "cpu")
 
 def qlora_config(tmp_path, data, model_dir, **changes) -> TrainConfig:
     return make_config(
-        tmp_path, data, model_dir, load_in_4bit=True, device=QLORA_DEVICE, precision="fp32",
+        tmp_path,
+        data,
+        model_dir,
+        load_in_4bit=True,
+        device=QLORA_DEVICE,
+        precision="fp32",
         **changes,
-    )  # fmt: skip
+    )
 
 
 def test_qlora_gradients_equal_lora_on_the_dequantized_base(tmp_path, data, learnable_model_dir):
@@ -318,8 +323,15 @@ def test_stop_mid_step_then_resume_continues_the_same_trajectory(
     """grad_accum 2: a stop asked during step 4's first micro-batch drops step 4 and saves step 3;
     the resumed run then equals an uninterrupted one, step for step (schedule with warmup, data
     order, optimizer state, held-out evaluations)."""
-    common = dict(max_steps=6, batch_size=2, grad_accum=2, layout=layout, precision=precision,
-                  lr_scheduler="cosine", warmup_steps=2)  # fmt: skip
+    common = dict(
+        max_steps=6,
+        batch_size=2,
+        grad_accum=2,
+        layout=layout,
+        precision=precision,
+        lr_scheduler="cosine",
+        warmup_steps=2,
+    )
     whole = make_config(tmp_path, data, tiny_model_dir, run_name="whole", **common)
     train(whole)
     parts = make_config(tmp_path, data, tiny_model_dir, run_name="parts", save_every=0, **common)
@@ -359,8 +371,9 @@ def test_stop_mid_step_then_resume_continues_the_same_trajectory(
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-7)
     evals = lines(parts.run_dir, "eval")
     assert [e["step"] for e in evals] == [0, 2, 4, 6]
-    same_trajectory(lines(whole.run_dir, "eval"), evals,
-                    keys=("eval/logps_chosen", "eval/logps_rejected"))  # fmt: skip
+    same_trajectory(
+        lines(whole.run_dir, "eval"), evals, keys=("eval/logps_chosen", "eval/logps_rejected")
+    )
 
 
 def test_stop_file_saves_and_stops(tmp_path, data, tiny_model_dir):
@@ -507,14 +520,22 @@ def test_cli_round_trip_and_merged_export(tmp_path, data, tiny_model_dir, capsys
     cfg = make_config(tmp_path, data, tiny_model_dir, max_steps=2)
     cfg.to_yaml(tmp_path / "run.yaml")
     env = {**os.environ, "ORPO_LAB_CACHE": str(tmp_path / "cache")}  # the data prepared afresh
-    proc = run_cli("--config", str(tmp_path / "run.yaml"), "--max-steps", "3", "--beta", "0.25",
-                   env=env)  # fmt: skip
+    proc = run_cli(
+        "--config", str(tmp_path / "run.yaml"), "--max-steps", "3", "--beta", "0.25", env=env
+    )
     assert proc.returncode == 0, proc.stderr
     err = proc.stderr
-    for text in ("orpo-lab: reading and checking", "Reading and checking", "Tokenising train pairs",
-                 "started: 16 training pairs", "step 1/3  loss", "step 3/3  loss",
-                 "held-out at step 0: accuracy", "held-out at step 2: accuracy",
-                 "held-out at step 3: accuracy"):  # fmt: skip
+    for text in (
+        "orpo-lab: reading and checking",
+        "Reading and checking",
+        "Tokenising train pairs",
+        "started: 16 training pairs",
+        "step 1/3  loss",
+        "step 3/3  loss",
+        "held-out at step 0: accuracy",
+        "held-out at step 2: accuracy",
+        "held-out at step 3: accuracy",
+    ):
         assert text in err, text
     assert (
         err.index("orpo-lab: reading") < err.index("Tokenising train pairs") < err.index("started:")
@@ -588,8 +609,11 @@ def test_two_process_torchrun_equals_one_process(tmp_path, data, tiny_model_dir)
     from orpo_lab.cli import parser_with_hub
     from orpo_lab.config import config_from_args
 
-    train(config_from_args(parser_with_hub().parse_args([*common, "--run-name", "one",
-                                                         "--batch-size", "4"])))  # fmt: skip
+    train(
+        config_from_args(
+            parser_with_hub().parse_args([*common, "--run-name", "one", "--batch-size", "4"])
+        )
+    )
     two = subprocess.run(
         [
             sys.executable,

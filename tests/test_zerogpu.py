@@ -198,8 +198,9 @@ def test_a_slice_that_fails_names_the_step_and_what_is_on_disk(
 def test_stop_between_and_during_slices_keeps_the_last_step(
     standin, tmp_path, data, tiny_model_dir
 ):
-    cfg = make_config(tmp_path, data, tiny_model_dir, run_name="s", max_steps=100000,
-                      save_every=0, eval_every=0)  # fmt: skip
+    cfg = make_config(
+        tmp_path, data, tiny_model_dir, run_name="s", max_steps=100000, save_every=0, eval_every=0
+    )
     runner = slices.SliceRunner(seconds=60, step_cap=5)
     manager = RunManager(cfg.output_dir, slices=runner)
     manager.start(cfg)
@@ -261,8 +262,14 @@ def test_an_app_restart_mid_slice_shows_the_truth(standin, tmp_path):
     (run.checkpoints_dir / "step-000012").mkdir(parents=True)
     (run.checkpoints_dir / "step-000012" / "trainer_state.json").write_text('{"step": 12}')
     run.config_path.write_text("max_steps: 40\n")
-    run.write_status("running", "slice 3: waiting for the GPU (from step 12)", step=14,
-                     total_steps=40, pid=2**22 + 1, slice_s=60)  # fmt: skip
+    run.write_status(
+        "running",
+        "slice 3: waiting for the GPU (from step 12)",
+        step=14,
+        total_steps=40,
+        pid=2**22 + 1,
+        slice_s=60,
+    )
     manager = RunManager(tmp_path / "runs", slices=slices.SliceRunner(seconds=60))
     manager.poll()
     status = run.read_status()
@@ -279,10 +286,20 @@ def test_the_evaluation_generates_in_a_gpu_call(standin, tmp_path, tiny_model_di
     from orpo_lab.config import TrainConfig
     from orpo_lab.evaluate import evaluate_run
 
-    cfg = TrainConfig(model=str(tiny_model_dir), dataset="default", output_dir=str(tmp_path),
-                      run_name="r", max_steps=1, batch_size=2, max_length=128,
-                      max_prompt_length=64, eval_every=0, max_eval_pairs=8, device="cpu",
-                      precision="fp32")  # fmt: skip
+    cfg = TrainConfig(
+        model=str(tiny_model_dir),
+        dataset="default",
+        output_dir=str(tmp_path),
+        run_name="r",
+        max_steps=1,
+        batch_size=2,
+        max_length=128,
+        max_prompt_length=64,
+        eval_every=0,
+        max_eval_pairs=8,
+        device="cpu",
+        precision="fp32",
+    )
     on_gpu = zerogpu.gpu_evaluate()
     with pytest.raises(gr.Error, match="has no checkpoint to evaluate"):
         on_gpu(str(cfg.run_dir), None, 6)

@@ -46,9 +46,11 @@ INTRO = (
 
 
 def build_app(
-    model: str = "default", runs_dir: str | Path = "runs", device: str = "auto",
+    model: str = "default",
+    runs_dir: str | Path = "runs",
+    device: str = "auto",
     seed: int | None = None,
-) -> gr.Blocks:  # fmt: skip
+) -> gr.Blocks:
     """The app over a runs folder; `model` is the default base model of training and chat.
     `seed` fixes the blind A/B order (tests); None draws it fresh."""
     # Two handlers reading data at once: datasets' parallel map and tqdm's thread_map make tqdm's
@@ -62,10 +64,15 @@ def build_app(
         pool, slices = zerogpu.GpuPool(pool), SliceRunner()
         evaluate = zerogpu.gpu_evaluate()
     manager = RunManager(runs_dir, slices=slices)
-    ctx = AppContext(model=model, manager=manager, pool=pool,
-                     votes_path=manager.runs_dir / "votes.jsonl",
-                     uploads=manager.runs_dir / ".uploads", rng=random.Random(seed),
-                     evaluate=evaluate)  # fmt: skip
+    ctx = AppContext(
+        model=model,
+        manager=manager,
+        pool=pool,
+        votes_path=manager.runs_dir / "votes.jsonl",
+        uploads=manager.runs_dir / ".uploads",
+        rng=random.Random(seed),
+        evaluate=evaluate,
+    )
     with gr.Blocks(title="ORPO Lab") as demo:
         gr.Markdown(INTRO)
         gr.Markdown(zerogpu.hardware_line(hardware), elem_id="hardware")
@@ -85,12 +92,24 @@ def build_app(
         wire_inside(ctx, inside)
         # A (re)loaded page lists every checkpoint and the votes so far (the timer draws the runs).
         demo.load(lambda: column_updates(ctx), None, chat.columns, api_visibility="private")
-        demo.load(lambda: checkpoint_updates(ctx), None, [inside.first, inside.second,
-                  inside.reference], api_visibility="private")  # fmt: skip
-        demo.load(named(STEPS_NAMES, steps_note), steps_inputs(train.data, train.form),
-                  train.launch.steps_note, api_visibility="private")  # fmt: skip
-        demo.load(lambda: (votes_table(ctx), blind_tally(read_votes(ctx.votes_path))), None,
-                  [chat.votes, chat.tally], api_visibility="private")  # fmt: skip
+        demo.load(
+            lambda: checkpoint_updates(ctx),
+            None,
+            [inside.first, inside.second, inside.reference],
+            api_visibility="private",
+        )
+        demo.load(
+            named(STEPS_NAMES, steps_note),
+            steps_inputs(train.data, train.form),
+            train.launch.steps_note,
+            api_visibility="private",
+        )
+        demo.load(
+            lambda: (votes_table(ctx), blind_tally(read_votes(ctx.votes_path))),
+            None,
+            [chat.votes, chat.tally],
+            api_visibility="private",
+        )
     manager.watch()  # the queue advances and crashes show even with no page open
     demo.orpo_context, demo.orpo_manager, demo.orpo_pool = (
         ctx,

@@ -26,22 +26,35 @@ def chat_tab(ctx: AppContext) -> SimpleNamespace:
     p = SimpleNamespace()
     with gr.Row():
         p.columns = [
-            gr.Dropdown([BASE_CHOICE] if i == 0 else [OFF_CHOICE, BASE_CHOICE],
-                        value=BASE_CHOICE if i == 0 else OFF_CHOICE, label=f"column {i + 1}",
-                        elem_id=f"column-{i + 1}", allow_custom_value=True)
+            gr.Dropdown(
+                [BASE_CHOICE] if i == 0 else [OFF_CHOICE, BASE_CHOICE],
+                value=BASE_CHOICE if i == 0 else OFF_CHOICE,
+                label=f"column {i + 1}",
+                elem_id=f"column-{i + 1}",
+                allow_custom_value=True,
+            )
             for i in range(COLUMNS)
-        ]  # fmt: skip
+        ]
         p.refresh = gr.Button("Refresh checkpoints", size="sm", elem_id="refresh-columns")
-    p.blind_on = gr.Checkbox(False, label="blind A/B vote", elem_id="blind",
-                             info="columns 1 and 2 answer as A and B in random order; their names "
-                                  "show after your vote (as in arena evaluations)")  # fmt: skip
+    p.blind_on = gr.Checkbox(
+        False,
+        label="blind A/B vote",
+        elem_id="blind",
+        info="columns 1 and 2 answer as A and B in random order; their names "
+        "show after your vote (as in arena evaluations)",
+    )
     p.blind = gr.State({"models": None, "revealed": False})  # the battle: which model is A and B
     with gr.Row():
-        p.bots = [gr.Chatbot(elem_id=f"chat-{i + 1}", label=label, height=380, buttons=["copy"])
-                  for i, label in enumerate(model_labels([c.value for c in p.columns]))]  # fmt: skip
+        p.bots = [
+            gr.Chatbot(elem_id=f"chat-{i + 1}", label=label, height=380, buttons=["copy"])
+            for i, label in enumerate(model_labels([c.value for c in p.columns]))
+        ]
     p.histories = gr.State([[] for _ in range(COLUMNS)])  # what each column's model has seen
-    p.message = gr.Textbox(label="message", placeholder="Ask all columns the same thing; Enter sends",
-                           elem_id="chat-message")  # fmt: skip
+    p.message = gr.Textbox(
+        label="message",
+        placeholder="Ask all columns the same thing; Enter sends",
+        elem_id="chat-message",
+    )
     with gr.Row():
         p.send = gr.Button("Send", variant="primary", elem_id="send")
         p.regenerate = gr.Button("Regenerate", elem_id="regenerate")
@@ -49,12 +62,19 @@ def chat_tab(ctx: AppContext) -> SimpleNamespace:
     with gr.Accordion("generation settings (shared by every column)", open=False):
         with gr.Row():
             p.settings = [
-                gr.Slider(0, 2, 0.0, step=0.05, label="temperature", info="0 = greedy",
-                          elem_id="temperature"),
+                gr.Slider(
+                    0,
+                    2,
+                    0.0,
+                    step=0.05,
+                    label="temperature",
+                    info="0 = greedy",
+                    elem_id="temperature",
+                ),
                 gr.Slider(0.05, 1, 1.0, step=0.05, label="top p"),
                 gr.Slider(8, 1024, 128, step=8, label="max new tokens", elem_id="max-new-tokens"),
                 gr.Number(0, label="seed", precision=0),
-            ]  # fmt: skip
+            ]
     with gr.Row():
         p.left = gr.Button("Left is better", elem_id="vote-left")
         p.tie = gr.Button("Tie", elem_id="vote-tie")
@@ -76,8 +96,15 @@ def votes_table(ctx: AppContext) -> list[list]:
     rows = []
     for v in reversed(read_votes(ctx.votes_path)):  # newest first
         prompt = v["prompt"] if isinstance(v["prompt"], str) else v["prompt"][-1]["content"]
-        rows.append([time.strftime("%H:%M:%S", time.localtime(v.get("time", 0))), prompt[:80],
-                     v.get("winner"), v.get("chosen_model", "-"), v.get("rejected_model", "-")])  # fmt: skip
+        rows.append(
+            [
+                time.strftime("%H:%M:%S", time.localtime(v.get("time", 0))),
+                prompt[:80],
+                v.get("winner"),
+                v.get("chosen_model", "-"),
+                v.get("rejected_model", "-"),
+            ]
+        )
     return rows
 
 
@@ -92,8 +119,12 @@ def _on(columns: list[str]) -> list[int]:
 
 
 def _settings(v: dict) -> dict:
-    return dict(temperature=v["temperature"], top_p=v["top_p"],
-                max_new_tokens=int(v["max_new_tokens"]), seed=int(v["seed"] or 0))  # fmt: skip
+    return dict(
+        temperature=v["temperature"],
+        top_p=v["top_p"],
+        max_new_tokens=int(v["max_new_tokens"]),
+        seed=int(v["seed"] or 0),
+    )
 
 
 def answer(ctx: AppContext, histories: list[list], columns: list[str], settings: dict):
@@ -170,8 +201,10 @@ def send(ctx: AppContext, v: dict):
     fresh = v["blind_on"] and state is not v["blind"]  # a new blind battle starts from nothing
     histories = [[] if fresh else list(h) for h in v["histories"]]
     for i in _on(columns):
-        histories[i] += [{"role": "user", "content": v["message"]},
-                         {"role": "assistant", "content": ""}]  # fmt: skip
+        histories[i] += [
+            {"role": "user", "content": v["message"]},
+            {"role": "assistant", "content": ""},
+        ]
     labels = pane_labels(v, state)
     # The box is emptied once, before the answers stream: what is typed meanwhile stays there.
     yield "", histories, state, *_shown(histories, labels)
@@ -210,20 +243,31 @@ def vote(ctx: AppContext, kind: str, v: dict):
     if not left or not right or left[-1]["role"] != "assistant" or right[-1]["role"] != "assistant":
         raise gr.Error("Nothing to vote on yet: ask something first.")
     try:
-        saved = record_vote(ctx.votes_path, left[:-1], content_text(left[-1]["content"]),
-                            content_text(right[-1]["content"]), kind, columns[on[0]],
-                            columns[on[1]], blind=blind)  # fmt: skip
+        saved = record_vote(
+            ctx.votes_path,
+            left[:-1],
+            content_text(left[-1]["content"]),
+            content_text(right[-1]["content"]),
+            kind,
+            columns[on[0]],
+            columns[on[1]],
+            blind=blind,
+        )
     except ValueError as err:
         raise gr.Error(str(err)) from err
     total = len(read_votes(ctx.votes_path))
-    message = (f"Vote saved ({kind}; replaces any earlier vote on this exchange): {total} vote(s) "
-               f"in `{ctx.votes_path}`. Id {saved['id']}.")  # fmt: skip
+    message = (
+        f"Vote saved ({kind}; replaces any earlier vote on this exchange): {total} vote(s) "
+        f"in `{ctx.votes_path}`. Id {saved['id']}."
+    )
     state = v["blind"]
     if blind:
         state = {**state, "revealed": True}
         winner = {"left": "A", "right": "B", "tie": "neither"}[kind]
-        message = (f"A was **{columns[0]}**, B was **{columns[1]}**; you preferred {winner}. "
-                   "Send again for a new blind battle. " + message)  # fmt: skip
+        message = (
+            f"A was **{columns[0]}**, B was **{columns[1]}**; you preferred {winner}. "
+            "Send again for a new blind battle. " + message
+        )
     labels = [gr.update(label=label) for label in pane_labels(v, state)]
     return message, votes_table(ctx), state, blind_tally(read_votes(ctx.votes_path)), *labels
 
@@ -256,20 +300,32 @@ def wire_chat(ctx: AppContext, p: SimpleNamespace) -> None:
 
     p.refresh.click(lambda: column_updates(ctx), None, p.columns, api_name="checkpoints")
     # Send (or Enter) while answers stream is queued: it runs when they end ("always_last").
-    gr.on([p.send.click, p.message.submit], named(send_names, partial(send, ctx)), send_inputs,
-          send_outputs, api_name="send", trigger_mode="always_last")  # fmt: skip
+    gr.on(
+        [p.send.click, p.message.submit],
+        named(send_names, partial(send, ctx)),
+        send_inputs,
+        send_outputs,
+        api_name="send",
+        trigger_mode="always_last",
+    )
     p.regenerate.click(
         named(names, partial(regenerate, ctx)), inputs, outputs, api_name="regenerate"
     )
     empty = [[] for _ in range(COLUMNS)]
-    p.clear.click(lambda: (empty, {"models": None, "revealed": False}, *empty), None,
-                  [p.histories, p.blind, *p.bots], api_name="clear")  # fmt: skip
+    p.clear.click(
+        lambda: (empty, {"models": None, "revealed": False}, *empty),
+        None,
+        [p.histories, p.blind, *p.bots],
+        api_name="clear",
+    )
     vote_outputs = [p.vote_message, p.votes, p.blind, p.tally, *p.bots]
     for button, kind in ((p.left, "left"), (p.right, "right"), (p.tie, "tie")):
-        button.click(named(names, partial(vote, ctx, kind)), inputs, vote_outputs,
-                     api_name=f"vote_{kind}")  # fmt: skip
+        button.click(
+            named(names, partial(vote, ctx, kind)), inputs, vote_outputs, api_name=f"vote_{kind}"
+        )
     p.undo.click(partial(undo, ctx), None, [p.vote_message, p.votes, p.tally], api_name="undo_vote")
-    p.blind_on.change(blind_switch, [p.blind_on, *p.columns], [p.histories, p.blind, *p.bots],
-                      api_name="blind")  # fmt: skip
+    p.blind_on.change(
+        blind_switch, [p.blind_on, *p.columns], [p.histories, p.blind, *p.bots], api_name="blind"
+    )
     for i, (column, bot) in enumerate(zip(p.columns, p.bots, strict=True)):
         column.change(partial(_pane_label, i), [column, p.blind_on], bot, api_visibility="private")

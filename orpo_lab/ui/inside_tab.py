@@ -31,15 +31,29 @@ def inside_tab(ctx: AppContext) -> SimpleNamespace:
     gr.Markdown(INTRO)
     with gr.Row():
         p.first = gr.Dropdown([], label="checkpoint", elem_id="view-first", allow_custom_value=True)
-        p.second = gr.Dropdown([NONE_CHOICE], value=NONE_CHOICE, label="next to it",
-                               elem_id="view-second", allow_custom_value=True)  # fmt: skip
-        p.reference = gr.Dropdown([BASE_CHOICE], value=BASE_CHOICE, label="changes from",
-                                  elem_id="view-reference", allow_custom_value=True)  # fmt: skip
+        p.second = gr.Dropdown(
+            [NONE_CHOICE],
+            value=NONE_CHOICE,
+            label="next to it",
+            elem_id="view-second",
+            allow_custom_value=True,
+        )
+        p.reference = gr.Dropdown(
+            [BASE_CHOICE],
+            value=BASE_CHOICE,
+            label="changes from",
+            elem_id="view-reference",
+            allow_custom_value=True,
+        )
         p.refresh = gr.Button("Refresh checkpoints", size="sm", elem_id="view-refresh")
-    p.pair = gr.Dropdown([OWN_PAIR], value=OWN_PAIR, label="pair: a held-out pair of the run (type "
-                         "to search), or your own", info="where the data names families (the default "
-                         "data), they take turns in the list",
-                         elem_id="view-pair", allow_custom_value=True)  # fmt: skip
+    p.pair = gr.Dropdown(
+        [OWN_PAIR],
+        value=OWN_PAIR,
+        label="pair: a held-out pair of the run (type to search), or your own",
+        info="where the data names families (the default data), they take turns in the list",
+        elem_id="view-pair",
+        allow_custom_value=True,
+    )
     with gr.Row():
         p.prompt = gr.Textbox(label="prompt", lines=2, elem_id="view-prompt")
         p.chosen = gr.Textbox(label="chosen response", lines=2, elem_id="view-chosen")
@@ -53,9 +67,11 @@ def inside_tab(ctx: AppContext) -> SimpleNamespace:
 
 def checkpoint_updates(ctx: AppContext):
     choices = ctx.checkpoint_choices()
-    return (gr.update(choices=choices, value=choices[0] if choices else None),
-            gr.update(choices=[NONE_CHOICE, *choices]),
-            gr.update(choices=[BASE_CHOICE, *choices]))  # fmt: skip
+    return (
+        gr.update(choices=choices, value=choices[0] if choices else None),
+        gr.update(choices=[NONE_CHOICE, *choices]),
+        gr.update(choices=[BASE_CHOICE, *choices]),
+    )
 
 
 PAIRS_OFFERED = 400  # held-out pairs listed in the pair dropdown (typing there filters them)
@@ -122,22 +138,27 @@ def fill_pair(ctx: AppContext, choice: str | None, label: str | None):
         wanted = label.strip().lower()
         found = [p for p in pairs.values() if wanted in _searched_text(p)]
         if not found:
-            gr.Warning(f"No held-out pair holds {label.strip()!r}: pick one from the list, search "
-                       "for another word, or type your own pair in the three boxes.")  # fmt: skip
+            gr.Warning(
+                f"No held-out pair holds {label.strip()!r}: pick one from the list, search "
+                "for another word, or type your own pair in the three boxes."
+            )
             return gr.skip(), gr.skip(), gr.skip()
         pair = found[0]
     return _prompt_text(pair["prompt"]), pair["chosen"], pair["rejected"]
 
 
 def _summary(before, after) -> str:
-    rows = [("chosen mean log-prob", before.chosen.mean_logp, after.chosen.mean_logp),
-            ("rejected mean log-prob", before.rejected.mean_logp, after.rejected.mean_logp),
-            ("log-odds ratio", before.log_odds_ratio, after.log_odds_ratio),
-            ("L_OR", before.or_loss, after.or_loss)]  # fmt: skip
-    cells = "".join(f"<tr><td>{name}</td><td>{b:.3f}</td><td>{a:.3f}</td><td>{a - b:+.3f}</td></tr>"
-                    for name, b, a in rows)  # fmt: skip
-    return ("<table><tr><th></th><th>before</th><th>after</th><th>change</th></tr>"
-            f"{cells}</table>")  # fmt: skip
+    rows = [
+        ("chosen mean log-prob", before.chosen.mean_logp, after.chosen.mean_logp),
+        ("rejected mean log-prob", before.rejected.mean_logp, after.rejected.mean_logp),
+        ("log-odds ratio", before.log_odds_ratio, after.log_odds_ratio),
+        ("L_OR", before.or_loss, after.or_loss),
+    ]
+    cells = "".join(
+        f"<tr><td>{name}</td><td>{b:.3f}</td><td>{a:.3f}</td><td>{a - b:+.3f}</td></tr>"
+        for name, b, a in rows
+    )
+    return f"<table><tr><th></th><th>before</th><th>after</th><th>change</th></tr>{cells}</table>"
 
 
 def _view(reference: str, target: str, before, after, change: dict) -> str:
@@ -145,8 +166,10 @@ def _view(reference: str, target: str, before, after, change: dict) -> str:
     parts = [title, _summary(before, after)]
     for side in ("chosen", "rejected"):
         score = getattr(after, side)
-        parts.append(f"<p><b>{side}</b></p>" + token_delta_html(
-            score.tokens, getattr(before, side).token_logps, score.token_logps))  # fmt: skip
+        parts.append(
+            f"<p><b>{side}</b></p>"
+            + token_delta_html(score.tokens, getattr(before, side).token_logps, score.token_logps)
+        )
     return "<div style='flex: 1; min-width: 360px'>" + "".join(parts) + "</div>"
 
 
@@ -181,11 +204,22 @@ def show_tokens(ctx: AppContext, first, second, reference, prompt, chosen, rejec
 
 
 def wire_inside(ctx: AppContext, p: SimpleNamespace) -> None:
-    p.refresh.click(partial(checkpoint_updates, ctx), None, [p.first, p.second, p.reference],
-                    api_name="view_checkpoints")  # fmt: skip
+    p.refresh.click(
+        partial(checkpoint_updates, ctx),
+        None,
+        [p.first, p.second, p.reference],
+        api_name="view_checkpoints",
+    )
     p.first.change(partial(pair_choices, ctx), p.first, p.pair, api_name="view_pairs")
-    p.pair.change(partial(fill_pair, ctx), [p.first, p.pair], [p.prompt, p.chosen, p.rejected],
-                  api_name="view_pair")  # fmt: skip
-    p.show.click(partial(show_tokens, ctx),
-                 [p.first, p.second, p.reference, p.prompt, p.chosen, p.rejected],
-                 [p.view, p.numbers], api_name="token_view")  # fmt: skip
+    p.pair.change(
+        partial(fill_pair, ctx),
+        [p.first, p.pair],
+        [p.prompt, p.chosen, p.rejected],
+        api_name="view_pair",
+    )
+    p.show.click(
+        partial(show_tokens, ctx),
+        [p.first, p.second, p.reference, p.prompt, p.chosen, p.rejected],
+        [p.view, p.numbers],
+        api_name="token_view",
+    )

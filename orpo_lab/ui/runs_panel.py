@@ -41,41 +41,77 @@ CURVES_HELP = (
 )
 # One line per panel of `plots.metrics_figure`, in its order: what it shows, what to expect.
 PANEL_CAPTIONS = [
-    ("mean log-prob", "the average log-probability per token of the chosen and the rejected "
-     "response. Expect chosen to rise; ORPO keeps rejected down, SFT lifts both "
-     "(`00_why_orpo.ipynb`, `03_text_to_logps.ipynb`)."),
-    ("log-odds ratio", "log(odds of chosen / odds of rejected), odds = P / (1 - P) of the mean "
-     "per-token probability P. Starts near 0; expect it to climb as the pairs separate "
-     "(`01_odds.ipynb`)."),
-    ("loss", "total = NLL (the SFT term on chosen) + beta x L_OR; L_OR (unweighted) is "
-     "-log sigmoid(log-odds ratio), drawn before beta scales it. Expect NLL to fall; L_OR falls "
-     "from ln 2 = 0.69 as the ratio grows (`02_loss_gradient.ipynb`). Other methods: prob_ratio "
-     "adds L_PR (a probability ratio) instead, DPO's total is its own loss (from ln 2 at step 1); "
-     "`06_objectives.ipynb` compares the methods."),
-    ("preference accuracy", "the fraction of pairs whose chosen response has the higher mean "
-     "log-prob. Expect it to rise from about 0.5 towards 1; the held-out dots are the honest "
-     "number (`04_training.ipynb`)."),
-    ("learning rate", "the schedule: warm-up, then decay. Expect the shape you set; a curve that "
-     "turns where the rate does is following it."),
-    ("log-prob margin", "chosen minus rejected mean log-prob, per training batch. Expect it to "
-     "grow; the log-odds ratio follows it, stretched where P is high (`01_odds.ipynb`)."),
-]  # fmt: skip
+    (
+        "mean log-prob",
+        "the average log-probability per token of the chosen and the rejected "
+        "response. Expect chosen to rise; ORPO keeps rejected down, SFT lifts both "
+        "(`00_why_orpo.ipynb`, `03_text_to_logps.ipynb`).",
+    ),
+    (
+        "log-odds ratio",
+        "log(odds of chosen / odds of rejected), odds = P / (1 - P) of the mean "
+        "per-token probability P. Starts near 0; expect it to climb as the pairs separate "
+        "(`01_odds.ipynb`).",
+    ),
+    (
+        "loss",
+        "total = NLL (the SFT term on chosen) + beta x L_OR; L_OR (unweighted) is "
+        "-log sigmoid(log-odds ratio), drawn before beta scales it. Expect NLL to fall; L_OR falls "
+        "from ln 2 = 0.69 as the ratio grows (`02_loss_gradient.ipynb`). Other methods: prob_ratio "
+        "adds L_PR (a probability ratio) instead, DPO's total is its own loss (from ln 2 at step 1); "
+        "`06_objectives.ipynb` compares the methods.",
+    ),
+    (
+        "preference accuracy",
+        "the fraction of pairs whose chosen response has the higher mean "
+        "log-prob. Expect it to rise from about 0.5 towards 1; the held-out dots are the honest "
+        "number (`04_training.ipynb`).",
+    ),
+    (
+        "learning rate",
+        "the schedule: warm-up, then decay. Expect the shape you set; a curve that "
+        "turns where the rate does is following it.",
+    ),
+    (
+        "log-prob margin",
+        "chosen minus rejected mean log-prob, per training batch. Expect it to "
+        "grow; the log-odds ratio follows it, stretched where P is high (`01_odds.ipynb`).",
+    ),
+]
 
 
 def live_panel(ctx: AppContext) -> SimpleNamespace:
     p = SimpleNamespace()
     with gr.Row():
-        p.run = gr.Dropdown(ctx.manager.names(), label="run shown", elem_id="run-select", scale=3,
-                            allow_custom_value=True)  # fmt: skip
-        p.smoothing = gr.Slider(0, 0.95, 0.6, step=0.05, label="smoothing of the training lines",
-                                info="0 = raw", scale=1, elem_id="smoothing")  # fmt: skip
+        p.run = gr.Dropdown(
+            ctx.manager.names(),
+            label="run shown",
+            elem_id="run-select",
+            scale=3,
+            allow_custom_value=True,
+        )
+        p.smoothing = gr.Slider(
+            0,
+            0.95,
+            0.6,
+            step=0.05,
+            label="smoothing of the training lines",
+            info="0 = raw",
+            scale=1,
+            elem_id="smoothing",
+        )
     p.progress = gr.Markdown(elem_id="progress")
-    with gr.Accordion("how the run started (data, held-out pairs, precision, compile) and its log",
-                      open=False, elem_id="run-start"):  # fmt: skip
+    with gr.Accordion(
+        "how the run started (data, held-out pairs, precision, compile) and its log",
+        open=False,
+        elem_id="run-start",
+    ):
         p.started = gr.Markdown(elem_id="run-started")
         p.log = gr.Code(label="train.log (its last lines)", interactive=False, elem_id="run-log")
-    gr.Markdown(CURVES_HELP + "\n" + "\n".join(f"- **{t}**: {c}" for t, c in PANEL_CAPTIONS),
-                elem_id="curves-help")  # fmt: skip
+    gr.Markdown(
+        CURVES_HELP + "\n" + "\n".join(f"- **{t}**: {c}" for t, c in PANEL_CAPTIONS),
+        elem_id="curves-help",
+    )
     p.plot = gr.Plot(label="training curves", elem_id="train-plot")
     gr.Markdown(WEIGHTING_HELP, elem_id="weighting-help")
     p.weighting = gr.Plot(
@@ -89,57 +125,95 @@ def live_panel(ctx: AppContext) -> SimpleNamespace:
 
 def runs_panel(ctx: AppContext) -> SimpleNamespace:
     p = SimpleNamespace()
-    gr.Markdown(f"## Runs\nin `{ctx.manager.runs_dir}` (one folder per run: config.yaml, "
-                "status.json, metrics.jsonl, train.log, checkpoints/)", elem_id="runs-folder")  # fmt: skip
-    p.table = gr.Dataframe(headers=RUN_COLUMNS, value=[], interactive=False, wrap=True,
-                           column_widths=RUN_WIDTHS, elem_id="runs-table")  # fmt: skip
+    gr.Markdown(
+        f"## Runs\nin `{ctx.manager.runs_dir}` (one folder per run: config.yaml, "
+        "status.json, metrics.jsonl, train.log, checkpoints/)",
+        elem_id="runs-folder",
+    )
+    p.table = gr.Dataframe(
+        headers=RUN_COLUMNS,
+        value=[],
+        interactive=False,
+        wrap=True,
+        column_widths=RUN_WIDTHS,
+        elem_id="runs-table",
+    )
     with gr.Row():
-        p.overlay = gr.Dropdown([], multiselect=True, label="overlay runs (e.g. SFT vs ORPO)",
-                                scale=3, elem_id="overlay-select", allow_custom_value=True)  # fmt: skip
+        p.overlay = gr.Dropdown(
+            [],
+            multiselect=True,
+            label="overlay runs (e.g. SFT vs ORPO)",
+            scale=3,
+            elem_id="overlay-select",
+            allow_custom_value=True,
+        )
         p.overlay_btn = gr.Button("Overlay", scale=1, elem_id="overlay-btn")
     p.compare = gr.Plot(label="runs compared", elem_id="compare-plot")
     gr.Markdown("### The run shown: its checkpoints and files")
     with gr.Row():
         # Choices follow the disk; the handlers check every value they are sent.
-        p.checkpoint = gr.Dropdown([], label="checkpoint", elem_id="checkpoint-select",
-                                   allow_custom_value=True)  # fmt: skip
+        p.checkpoint = gr.Dropdown(
+            [], label="checkpoint", elem_id="checkpoint-select", allow_custom_value=True
+        )
         p.zip = gr.Button("Download adapter (zip)", elem_id="zip")
         p.export = gr.Button("Merge and export", elem_id="export")
         p.delete = gr.Button("Delete run", variant="stop", elem_id="delete")
     with gr.Row():
-        p.repo_id = gr.Textbox("", label="hub repository", placeholder="owner/name", scale=3,
-                               info="needs a hub login (`hf auth login` or HF_TOKEN)",
-                               elem_id="hub-repo")  # fmt: skip
-        p.public = gr.Checkbox(False, label="public", info="private unless ticked",
-                               elem_id="hub-public")  # fmt: skip
+        p.repo_id = gr.Textbox(
+            "",
+            label="hub repository",
+            placeholder="owner/name",
+            scale=3,
+            info="needs a hub login (`hf auth login` or HF_TOKEN)",
+            elem_id="hub-repo",
+        )
+        p.public = gr.Checkbox(
+            False, label="public", info="private unless ticked", elem_id="hub-public"
+        )
         p.push = gr.Button("Push adapter to the hub", elem_id="push-hub")
     p.download = gr.File(label="adapter zip", interactive=False, elem_id="download")
     p.artefact = gr.Markdown(elem_id="artefact-message")
     with gr.Accordion("config of the run shown", open=False):
-        p.config = gr.Code(language="yaml", label="config.yaml", interactive=False,
-                           elem_id="run-config")  # fmt: skip
+        p.config = gr.Code(
+            language="yaml", label="config.yaml", interactive=False, elem_id="run-config"
+        )
         p.load_config = gr.Button("Load into the form", size="sm", elem_id="load-config")
     with gr.Accordion("evaluate: base model vs this checkpoint, judged", open=False):
-        gr.Markdown("Greedy answers to held-out prompts of the default dataset, each checked by its "
-                    "family's judge; out-of-domain (ood) prompts are of kinds never trained on. "
-                    "With samples above 0, each prompt is also answered that many times at the "
-                    "temperature (seeded): the share of samples that pass, with a 95% interval, "
-                    "and the share that do what the rejected replies do.")  # fmt: skip
+        gr.Markdown(
+            "Greedy answers to held-out prompts of the default dataset, each checked by its "
+            "family's judge; out-of-domain (ood) prompts are of kinds never trained on. "
+            "With samples above 0, each prompt is also answered that many times at the "
+            "temperature (seeded): the share of samples that pass, with a 95% interval, "
+            "and the share that do what the rejected replies do."
+        )
         with gr.Row():
-            p.eval_prompts = gr.Slider(8, 280, 32, step=8, label="held-out prompts",
-                                       elem_id="eval-prompts")  # fmt: skip
-            p.eval_samples = gr.Slider(0, 10, 0, step=1, label="samples per prompt (0: greedy only)",
-                                       elem_id="eval-samples")  # fmt: skip
-            p.eval_temperature = gr.Slider(0.1, 1.5, 1.0, step=0.1, label="temperature",
-                                           elem_id="eval-temperature")  # fmt: skip
-            p.eval_top_p = gr.Slider(0.05, 1.0, 1.0, step=0.05, label="top-p",
-                                     elem_id="eval-top-p")  # fmt: skip
+            p.eval_prompts = gr.Slider(
+                8, 280, 32, step=8, label="held-out prompts", elem_id="eval-prompts"
+            )
+            p.eval_samples = gr.Slider(
+                0,
+                10,
+                0,
+                step=1,
+                label="samples per prompt (0: greedy only)",
+                elem_id="eval-samples",
+            )
+            p.eval_temperature = gr.Slider(
+                0.1, 1.5, 1.0, step=0.1, label="temperature", elem_id="eval-temperature"
+            )
+            p.eval_top_p = gr.Slider(0.05, 1.0, 1.0, step=0.05, label="top-p", elem_id="eval-top-p")
             p.evaluate = gr.Button("Evaluate", elem_id="evaluate")
-        p.eval_table = gr.Dataframe(headers=EVAL_COLUMNS, value=[], interactive=False,
-                                    elem_id="eval-table")  # fmt: skip
+        p.eval_table = gr.Dataframe(
+            headers=EVAL_COLUMNS, value=[], interactive=False, elem_id="eval-table"
+        )
         p.eval_plot = gr.Plot(label="judged pass rates", elem_id="eval-plot")
-        p.eval_sampled = gr.Dataframe(headers=SAMPLED_COLUMNS, value=[], interactive=False,
-                                      label="sampled answers", elem_id="eval-sampled")  # fmt: skip
+        p.eval_sampled = gr.Dataframe(
+            headers=SAMPLED_COLUMNS,
+            value=[],
+            interactive=False,
+            label="sampled answers",
+            elem_id="eval-sampled",
+        )
     return p
 
 
@@ -172,11 +246,21 @@ def pass_rate_figure(summary: dict) -> go.Figure:
     fig = go.Figure()
     for model, colour in (("base", "#7f7f7f"), ("trained", "#2ca02c")):
         for domain, pattern in (("in_domain", ""), ("ood", "/")):
-            fig.add_bar(x=families, y=[100 * summary[model][f][domain] for f in families],
-                        name=f"{model}, {domain.replace('_', '-')}", marker_color=colour,
-                        marker_pattern_shape=pattern)  # fmt: skip
-    fig.update_layout(barmode="group", yaxis_title="pass rate (%)", yaxis_range=[0, 100],
-                      height=340, template="plotly_white", margin=dict(l=50, r=20, t=30, b=40))  # fmt: skip
+            fig.add_bar(
+                x=families,
+                y=[100 * summary[model][f][domain] for f in families],
+                name=f"{model}, {domain.replace('_', '-')}",
+                marker_color=colour,
+                marker_pattern_shape=pattern,
+            )
+    fig.update_layout(
+        barmode="group",
+        yaxis_title="pass rate (%)",
+        yaxis_range=[0, 100],
+        height=340,
+        template="plotly_white",
+        margin=dict(l=50, r=20, t=30, b=40),
+    )
     return fig
 
 
@@ -185,9 +269,14 @@ def show(ctx: AppContext, name, smoothing):
     if not name or name not in ctx.manager.names():
         return None, "", gr.update(choices=[], value=None), None, None, "", "", ""
     records, status = ctx.manager.metrics(name), ctx.manager.status(name)
-    return (metrics_figure(records, smoothing, name), progress_text(name, status, records),
-            _checkpoint_update(ctx, name), None, weighting_figure(records),
-            *details(ctx, name, records))  # fmt: skip
+    return (
+        metrics_figure(records, smoothing, name),
+        progress_text(name, status, records),
+        _checkpoint_update(ctx, name),
+        None,
+        weighting_figure(records),
+        *details(ctx, name, records),
+    )
 
 
 def tick(ctx: AppContext, name, seen, smoothing, checkpoint, pinned):
@@ -214,9 +303,18 @@ def tick(ctx: AppContext, name, seen, smoothing, checkpoint, pinned):
         weighting = weighting_figure(records)
     run = gr.update(choices=names) if shown == name else gr.update(choices=names, value=shown)
     interval = BUSY_TICK_S if active else IDLE_TICK_S  # an idle page costs almost nothing
-    return (run, plot, progress, signature, runs_table(summaries), gr.update(choices=names),
-            _checkpoint_update(ctx, shown, checkpoint if pinned else None), weighting,
-            gr.Timer(interval), *details(ctx, shown, records))  # fmt: skip
+    return (
+        run,
+        plot,
+        progress,
+        signature,
+        runs_table(summaries),
+        gr.update(choices=names),
+        _checkpoint_update(ctx, shown, checkpoint if pinned else None),
+        weighting,
+        gr.Timer(interval),
+        *details(ctx, shown, records),
+    )
 
 
 def overlay(ctx: AppContext, names, smoothing):
@@ -271,60 +369,141 @@ def load_config(ctx: AppContext, name):
     }
     new_name = f"{name}-again" if name else ""
     data = [config[n] for n in DATA_OPTIONS]
-    return form_values(config) + [config["model"], config["dataset"], *data, new_name,
-                                  *method_values(config)]  # fmt: skip
+    return form_values(config) + [
+        config["model"],
+        config["dataset"],
+        *data,
+        new_name,
+        *method_values(config),
+    ]
 
 
-def evaluate(ctx: AppContext, name, checkpoint, prompts, samples=0, temperature=1.0, top_p=1.0,
-             progress=gr.Progress(track_tqdm=True)):  # noqa: B008  # fmt: skip
+def evaluate(
+    ctx: AppContext,
+    name,
+    checkpoint,
+    prompts,
+    samples=0,
+    temperature=1.0,
+    top_p=1.0,
+    progress=gr.Progress(track_tqdm=True),  # noqa: B008
+):
     from orpo_lab.evaluate import evaluate_run
 
     try:
         path = ctx.manager.checkpoint_path(name or "", checkpoint or "")
         run_evaluation = ctx.evaluate or evaluate_run  # a GPU call on ZeroGPU
-        report = run_evaluation(str(ctx.manager.run_dir(name)), str(path), int(prompts),
-                                samples=int(samples), temperature=float(temperature),
-                                top_p=float(top_p))  # fmt: skip
+        report = run_evaluation(
+            str(ctx.manager.run_dir(name)),
+            str(path),
+            int(prompts),
+            samples=int(samples),
+            temperature=float(temperature),
+            top_p=float(top_p),
+        )
     except (ValueError, OSError) as err:
         raise gr.Error(str(err)) from err
-    return (pass_rate_table(report["summary"]), pass_rate_figure(report["summary"]),
-            sampled_rate_table(report.get("sampled")))  # fmt: skip
+    return (
+        pass_rate_table(report["summary"]),
+        pass_rate_figure(report["summary"]),
+        sampled_rate_table(report.get("sampled")),
+    )
 
 
 def wire_runs(ctx: AppContext, live, runs, train) -> None:
-    show_outputs = [live.plot, live.progress, runs.checkpoint, runs.download, live.weighting,
-                    runs.config, live.started, live.log]  # fmt: skip
+    show_outputs = [
+        live.plot,
+        live.progress,
+        runs.checkpoint,
+        runs.download,
+        live.weighting,
+        runs.config,
+        live.started,
+        live.log,
+    ]
     live.run.change(
         partial(show, ctx), [live.run, live.smoothing], show_outputs, api_name="show_run"
     )
     live.run.change(lambda: False, None, live.pinned, api_visibility="private")
     runs.checkpoint.input(lambda: True, None, live.pinned, api_visibility="private")
-    live.smoothing.change(lambda n, s: show(ctx, n, s)[0], [live.run, live.smoothing], live.plot,
-                          api_visibility="private", show_progress="hidden")  # fmt: skip
-    live.timer.tick(partial(tick, ctx), [live.run, live.seen, live.smoothing, runs.checkpoint,
-                                         live.pinned],
-                    [live.run, live.plot, live.progress, live.seen, runs.table, runs.overlay,
-                     runs.checkpoint, live.weighting, live.timer, runs.config, live.started,
-                     live.log], api_name="tick",
-                    show_progress="hidden")  # fmt: skip
+    live.smoothing.change(
+        lambda n, s: show(ctx, n, s)[0],
+        [live.run, live.smoothing],
+        live.plot,
+        api_visibility="private",
+        show_progress="hidden",
+    )
+    live.timer.tick(
+        partial(tick, ctx),
+        [live.run, live.seen, live.smoothing, runs.checkpoint, live.pinned],
+        [
+            live.run,
+            live.plot,
+            live.progress,
+            live.seen,
+            runs.table,
+            runs.overlay,
+            runs.checkpoint,
+            live.weighting,
+            live.timer,
+            runs.config,
+            live.started,
+            live.log,
+        ],
+        api_name="tick",
+        show_progress="hidden",
+    )
     runs.overlay_btn.click(
         partial(overlay, ctx), [runs.overlay, live.smoothing], runs.compare, api_name="compare"
     )
-    runs.zip.click(partial(download, ctx), [live.run, runs.checkpoint], [runs.download, runs.artefact],
-                   api_name="download")  # fmt: skip
+    runs.zip.click(
+        partial(download, ctx),
+        [live.run, runs.checkpoint],
+        [runs.download, runs.artefact],
+        api_name="download",
+    )
     runs.export.click(
         partial(export, ctx), [live.run, runs.checkpoint], runs.artefact, api_name="export"
     )
-    runs.push.click(partial(push, ctx), [live.run, runs.checkpoint, runs.repo_id, runs.public],
-                    runs.artefact, api_name="push_to_hub")  # fmt: skip
-    runs.delete.click(partial(delete, ctx), live.run, [live.run, runs.artefact], api_name="delete",
-                      js="(run) => (run && confirm(`Delete run ${run}, its checkpoints and metrics?`)) ? run : null")  # fmt: skip
+    runs.push.click(
+        partial(push, ctx),
+        [live.run, runs.checkpoint, runs.repo_id, runs.public],
+        runs.artefact,
+        api_name="push_to_hub",
+    )
+    runs.delete.click(
+        partial(delete, ctx),
+        live.run,
+        [live.run, runs.artefact],
+        api_name="delete",
+        js="(run) => (run && confirm(`Delete run ${run}, its checkpoints and metrics?`)) ? run : null",
+    )
     launch, data = train.launch, train.data
-    runs.load_config.click(partial(load_config, ctx), live.run,
-                           [*train.form.values(), data.model, data.dataset, *[getattr(data, n) for n in DATA_OPTIONS],
-         launch.run_name, launch.method, launch.init_checkpoint, launch.ref_checkpoint],
-                           api_name="load_config")  # fmt: skip
-    runs.evaluate.click(partial(evaluate, ctx), [live.run, runs.checkpoint, runs.eval_prompts,
-                                                 runs.eval_samples, runs.eval_temperature,
-                                                 runs.eval_top_p],
-                        [runs.eval_table, runs.eval_plot, runs.eval_sampled], api_name="evaluate")  # fmt: skip
+    runs.load_config.click(
+        partial(load_config, ctx),
+        live.run,
+        [
+            *train.form.values(),
+            data.model,
+            data.dataset,
+            *[getattr(data, n) for n in DATA_OPTIONS],
+            launch.run_name,
+            launch.method,
+            launch.init_checkpoint,
+            launch.ref_checkpoint,
+        ],
+        api_name="load_config",
+    )
+    runs.evaluate.click(
+        partial(evaluate, ctx),
+        [
+            live.run,
+            runs.checkpoint,
+            runs.eval_prompts,
+            runs.eval_samples,
+            runs.eval_temperature,
+            runs.eval_top_p,
+        ],
+        [runs.eval_table, runs.eval_plot, runs.eval_sampled],
+        api_name="evaluate",
+    )

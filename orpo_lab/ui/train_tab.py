@@ -31,14 +31,20 @@ PRESET_CHOICES = {"CPU, quick": "cpu-quick", "GPU": "gpu"}
 
 
 def _number(name: str, label: str, whole: bool = False):
-    return gr.Number(getattr(DEFAULTS, name), label=label, info=HELP[name], elem_id=f"hp-{name}",
-                     precision=0 if whole else None)  # fmt: skip
+    return gr.Number(
+        getattr(DEFAULTS, name),
+        label=label,
+        info=HELP[name],
+        elem_id=f"hp-{name}",
+        precision=0 if whole else None,
+    )
 
 
 # The form's hyperparameters, in order: field -> component factory.
 FORM = {
-    "beta": lambda: gr.Number(DEFAULTS.beta, label=BETA_LABEL, minimum=0, info=HELP["beta"],
-                              elem_id="hp-beta"),
+    "beta": lambda: gr.Number(
+        DEFAULTS.beta, label=BETA_LABEL, minimum=0, info=HELP["beta"], elem_id="hp-beta"
+    ),
     "dpo_beta": lambda: _number("dpo_beta", "DPO beta"),
     "learning_rate": lambda: _number("learning_rate", "learning rate"),
     "max_steps": lambda: _number("max_steps", "max steps", whole=True),
@@ -49,15 +55,22 @@ FORM = {
     "max_prompt_length": lambda: _number("max_prompt_length", "max prompt length", whole=True),
     "lora_r": lambda: _number("lora_r", "LoRA r", whole=True),
     "lora_alpha": lambda: _number("lora_alpha", "LoRA alpha", whole=True),
-    "nll_scope": lambda: gr.Radio(["response", "prompt_response"], value=DEFAULTS.nll_scope,
-                                  label="NLL scope", info=HELP["nll_scope"], elem_id="hp-nll_scope"),
+    "nll_scope": lambda: gr.Radio(
+        ["response", "prompt_response"],
+        value=DEFAULTS.nll_scope,
+        label="NLL scope",
+        info=HELP["nll_scope"],
+        elem_id="hp-nll_scope",
+    ),
     "eval_every": lambda: _number("eval_every", "eval every (steps)", whole=True),
-    "eval_at_start": lambda: gr.Checkbox(True, label="evaluate before step 1",
-                                         info=HELP["eval_at_start"], elem_id="hp-eval_at_start"),
+    "eval_at_start": lambda: gr.Checkbox(
+        True, label="evaluate before step 1", info=HELP["eval_at_start"], elem_id="hp-eval_at_start"
+    ),
     "save_every": lambda: _number("save_every", "save every (steps)", whole=True),
-    "report_to": lambda: gr.CheckboxGroup(list(TRACKERS), value=[], label="report to",
-                                          info=HELP["report_to"], elem_id="hp-report_to"),
-}  # fmt: skip
+    "report_to": lambda: gr.CheckboxGroup(
+        list(TRACKERS), value=[], label="report to", info=HELP["report_to"], elem_id="hp-report_to"
+    ),
+}
 FORM_NAMES = list(FORM)
 
 
@@ -85,29 +98,53 @@ def dataset_panel(ctx: AppContext) -> SimpleNamespace:
     p.model = gr.Textbox(ctx.model, label="model", info=HELP["model"], elem_id="model")
     p.dataset = gr.Textbox("default", label="dataset", info=HELP["dataset"], elem_id="dataset")
     with gr.Row():
-        p.upload = gr.UploadButton("Upload a dataset (.jsonl .json .csv .parquet)", size="sm",
-                                   elem_id="upload")  # fmt: skip
+        p.upload = gr.UploadButton(
+            "Upload a dataset (.jsonl .json .csv .parquet)", size="sm", elem_id="upload"
+        )
         p.votes = gr.Button("Use my chat votes", size="sm", elem_id="use-votes")
         p.preview_btn = gr.Button("Preview and check", size="sm", elem_id="preview-btn")
     with gr.Row():
-        p.trust_remote_code = gr.Checkbox(False, label="trust remote code",
-                                          info=HELP["trust_remote_code"])  # fmt: skip
-        p.skip_bad_rows = gr.Checkbox(False, label="skip bad rows", info=HELP["skip_bad_rows"],
-                                      elem_id="skip-bad-rows")  # fmt: skip
-    with gr.Accordion("data options: columns, splits, held-out pairs, chat template", open=False,
-                      elem_id="data-options"):  # fmt: skip
+        p.trust_remote_code = gr.Checkbox(
+            False, label="trust remote code", info=HELP["trust_remote_code"]
+        )
+        p.skip_bad_rows = gr.Checkbox(
+            False, label="skip bad rows", info=HELP["skip_bad_rows"], elem_id="skip-bad-rows"
+        )
+    with gr.Accordion(
+        "data options: columns, splits, held-out pairs, chat template",
+        open=False,
+        elem_id="data-options",
+    ):
         with gr.Row():
-            p.column_map = gr.Textbox("", label="column map", info=HELP["column_map"],
-                                      elem_id="column-map", placeholder="question=prompt")  # fmt: skip
-            p.train_split = gr.Textbox(DEFAULTS.train_split, label="train split",
-                                       info=HELP["train_split"], elem_id="train-split")  # fmt: skip
-            p.test_split = gr.Textbox(DEFAULTS.test_split, label="test split",
-                                      info=HELP["test_split"], elem_id="test-split")  # fmt: skip
+            p.column_map = gr.Textbox(
+                "",
+                label="column map",
+                info=HELP["column_map"],
+                elem_id="column-map",
+                placeholder="question=prompt",
+            )
+            p.train_split = gr.Textbox(
+                DEFAULTS.train_split,
+                label="train split",
+                info=HELP["train_split"],
+                elem_id="train-split",
+            )
+            p.test_split = gr.Textbox(
+                DEFAULTS.test_split,
+                label="test split",
+                info=HELP["test_split"],
+                elem_id="test-split",
+            )
         with gr.Row():
-            p.held_out_size = gr.Number(DEFAULTS.held_out_size, label="held-out size",
-                                        info=HELP["held_out_size"], elem_id="held-out-size")  # fmt: skip
-            p.chat_template = gr.Textbox("", label="chat template", info=HELP["chat_template"],
-                                         elem_id="chat-template")  # fmt: skip
+            p.held_out_size = gr.Number(
+                DEFAULTS.held_out_size,
+                label="held-out size",
+                info=HELP["held_out_size"],
+                elem_id="held-out-size",
+            )
+            p.chat_template = gr.Textbox(
+                "", label="chat template", info=HELP["chat_template"], elem_id="chat-template"
+            )
     return p
 
 
@@ -119,8 +156,9 @@ def data_components(p: SimpleNamespace) -> list:
 def _tokens_html(tokens: list[str], colour: str) -> str:
     """Tokens as alternating shaded spans, so every token boundary is visible."""
     shades = (f"background:{colour}33", f"background:{colour}66")
-    return "".join(f'<span style="{shades[i % 2]}">{html.escape(t)}</span>'
-                   for i, t in enumerate(tokens))  # fmt: skip
+    return "".join(
+        f'<span style="{shades[i % 2]}">{html.escape(t)}</span>' for i, t in enumerate(tokens)
+    )
 
 
 def preview(ctx: AppContext, v: dict) -> str:
@@ -131,28 +169,40 @@ def preview(ctx: AppContext, v: dict) -> str:
     from orpo_lab.prepared import checked_splits, prepare_data
 
     try:
-        cfg = TrainConfig.from_dict({k: v[k] for k in DATA_OPTIONS} | {
-            "dataset": (v["dataset"] or "").strip() or "default",
-            "skip_bad_rows": bool(v["skip_bad_rows"])})  # fmt: skip
+        cfg = TrainConfig.from_dict(
+            {k: v[k] for k in DATA_OPTIONS}
+            | {
+                "dataset": (v["dataset"] or "").strip() or "default",
+                "skip_bad_rows": bool(v["skip_bad_rows"]),
+            }
+        )
         train, _, info = checked_splits(cfg)  # cached: the run reads the same checked rows
-        tokenizer = load_tokenizer((v["model"] or "").strip() or ctx.model,
-                                   bool(v["trust_remote_code"]), cfg.chat_template)  # fmt: skip
+        tokenizer = load_tokenizer(
+            (v["model"] or "").strip() or ctx.model, bool(v["trust_remote_code"]), cfg.chat_template
+        )
         truncation = prepare_data(cfg, tokenizer).stats["truncation"]
-        shown = preview_pairs(train, tokenizer, n=3, max_length=cfg.max_length,
-                              max_prompt_length=cfg.max_prompt_length)  # fmt: skip
+        shown = preview_pairs(
+            train,
+            tokenizer,
+            n=3,
+            max_length=cfg.max_length,
+            max_prompt_length=cfg.max_prompt_length,
+        )
     except Exception as err:  # a broken file, a missing model, a template it needs: say so inline
         return f"<p><b>Cannot use this dataset/model:</b></p>{escaped_block(str(err))}"
-    blocks = [f"<p>{info['train_pairs']} training pairs; held out: {html.escape(info['held_out'])}. "
-              "The first pairs exactly as the model trains on them, one shaded span per token: "
-              "<b>prompt</b> (grey, not scored), <b>chosen</b> (blue) and <b>rejected</b> (red) "
-              "responses.</p>" + truncation_html(truncation, cfg)]  # fmt: skip
+    blocks = [
+        f"<p>{info['train_pairs']} training pairs; held out: {html.escape(info['held_out'])}. "
+        "The first pairs exactly as the model trains on them, one shaded span per token: "
+        "<b>prompt</b> (grey, not scored), <b>chosen</b> (blue) and <b>rejected</b> (red) "
+        "responses.</p>" + truncation_html(truncation, cfg)
+    ]
     for pair in shown:
         cut = " <i>(cut to fit max_length)</i>" if pair["truncated"] else ""
         blocks.append(
             f"<p><b>prompt</b>{cut}</p><pre style='white-space:pre-wrap'>{_tokens_html(pair['prompt_tokens'], '#888888')}</pre>"
             f"<p><b>chosen</b></p><pre style='white-space:pre-wrap'>{_tokens_html(pair['chosen_tokens'], '#1f77b4')}</pre>"
             f"<p><b>rejected</b></p><pre style='white-space:pre-wrap'>{_tokens_html(pair['rejected_tokens'], '#d62728')}</pre>"
-        )  # fmt: skip
+        )
     return "<hr>".join(blocks)
 
 
@@ -161,8 +211,11 @@ def truncation_html(truncation: dict, cfg: TrainConfig) -> str:
     lines = []
     for split, r in truncation.items():
         name = "training" if split == "train" else "held-out"
-        dropped = (f"; {r['empty_response_dropped']} dropped (a response with no token left)"
-                   if r["empty_response_dropped"] else "")  # fmt: skip
+        dropped = (
+            f"; {r['empty_response_dropped']} dropped (a response with no token left)"
+            if r["empty_response_dropped"]
+            else ""
+        )
         lines.append(
             f"{name}: {r['truncated_pairs']} of {r['pairs']} pairs cut to fit (prompt cut in "
             f"{r['prompt_cut_pairs']}, {r['prompt_tokens_cut']} tokens; a response cut in "
@@ -178,8 +231,10 @@ def wire_dataset(ctx: AppContext, p: SimpleNamespace) -> None:
             return gr.skip(), gr.skip()
         if Path(file).suffix.lower() not in DATA_SUFFIXES:
             name = html.escape(Path(file).name)
-            return gr.skip(), (f"<p><b>Not used:</b> {name} is not a dataset file; upload "
-                               f"{' / '.join(DATA_SUFFIXES)}.</p>")  # fmt: skip
+            return gr.skip(), (
+                f"<p><b>Not used:</b> {name} is not a dataset file; upload "
+                f"{' / '.join(DATA_SUFFIXES)}.</p>"
+            )
         ctx.uploads.mkdir(parents=True, exist_ok=True)
         target = ctx.uploads / safe_filename(file)  # never a path the client chose
         shutil.copyfile(file, target)
@@ -207,8 +262,12 @@ def wire_dataset(ctx: AppContext, p: SimpleNamespace) -> None:
 
     p.upload.upload(upload_dataset, p.upload, [p.dataset, p.preview], api_name="upload")
     p.votes.click(votes_dataset, None, [p.dataset, p.preview], api_name="votes_dataset")
-    p.preview_btn.click(named(DATA_NAMES, lambda v: preview(ctx, v)), data_components(p), p.preview,
-                        api_name="preview")  # fmt: skip
+    p.preview_btn.click(
+        named(DATA_NAMES, lambda v: preview(ctx, v)),
+        data_components(p),
+        p.preview,
+        api_name="preview",
+    )
 
 
 # ---------------------------------------------------------------- hyperparameters and launch
@@ -223,10 +282,18 @@ def hyperparameter_panel() -> dict:
 
 def launch_panel() -> SimpleNamespace:
     p = SimpleNamespace()
-    p.run_name = gr.Textbox("", label="run name", elem_id="run-name",
-                            info="letters, digits, '.', '_', '-'; empty: a timestamp")  # fmt: skip
-    p.preset = gr.Radio(list(PRESET_CHOICES), label="preset", elem_id="preset",
-                        info="fill the form with a starting point")  # fmt: skip
+    p.run_name = gr.Textbox(
+        "",
+        label="run name",
+        elem_id="run-name",
+        info="letters, digits, '.', '_', '-'; empty: a timestamp",
+    )
+    p.preset = gr.Radio(
+        list(PRESET_CHOICES),
+        label="preset",
+        elem_id="preset",
+        info="fill the form with a starting point",
+    )
     method_components(p)  # method, init_checkpoint, ref_checkpoint (orpo_lab.ui.method_panel)
     p.device = gr.Dropdown(
         ["auto", "cpu", "cuda"], value="auto", label="device", info=HELP["device"]
@@ -257,16 +324,26 @@ def form_config(v: dict, default_model: str, ctx: AppContext) -> dict:
     config = {name: v[name] for name in FORM_NAMES}
     config["report_to"] = ",".join(v["report_to"] or []) or "none"  # the ticked trackers
     config.update({name: v[name] for name in DATA_OPTIONS})
-    config.update(model=(v["model"] or "").strip() or default_model,
-                  dataset=(v["dataset"] or "").strip() or "default",
-                  trust_remote_code=bool(v["trust_remote_code"]),
-                  skip_bad_rows=bool(v["skip_bad_rows"]), device=v["device"] or "auto")  # fmt: skip
+    config.update(
+        model=(v["model"] or "").strip() or default_model,
+        dataset=(v["dataset"] or "").strip() or "default",
+        trust_remote_code=bool(v["trust_remote_code"]),
+        skip_bad_rows=bool(v["skip_bad_rows"]),
+        device=v["device"] or "auto",
+    )
     config.update(method_config(ctx, v))  # SFT: TrainConfig sets beta 0, as the form shows it
     return config
 
 
-STEPS_NAMES = ["dataset", "skip_bad_rows", *DATA_OPTIONS, "max_steps", "epochs", "batch_size",
-               "grad_accum"]  # fmt: skip
+STEPS_NAMES = [
+    "dataset",
+    "skip_bad_rows",
+    *DATA_OPTIONS,
+    "max_steps",
+    "epochs",
+    "batch_size",
+    "grad_accum",
+]
 
 
 def steps_note(v: dict) -> str:
@@ -276,15 +353,23 @@ def steps_note(v: dict) -> str:
     if max_steps > 0:
         return f"Run length: **{max_steps} steps** (max steps > 0; epochs is ignored)."
     if max_steps < -1:
-        return (f"**max steps {max_steps} is refused:** -1 lets epochs decide; a count above 0 "
-                "sets the steps.")  # fmt: skip
+        return (
+            f"**max steps {max_steps} is refused:** -1 lets epochs decide; a count above 0 "
+            "sets the steps."
+        )
     from orpo_lab.prepared import check_data
 
     try:
-        cfg = TrainConfig.from_dict({k: v[k] for k in DATA_OPTIONS} | {
-            "dataset": (v["dataset"] or "").strip() or "default",
-            "skip_bad_rows": bool(v["skip_bad_rows"]), "batch_size": v["batch_size"],
-            "grad_accum": v["grad_accum"], "epochs": v["epochs"]})  # fmt: skip
+        cfg = TrainConfig.from_dict(
+            {k: v[k] for k in DATA_OPTIONS}
+            | {
+                "dataset": (v["dataset"] or "").strip() or "default",
+                "skip_bad_rows": bool(v["skip_bad_rows"]),
+                "batch_size": v["batch_size"],
+                "grad_accum": v["grad_accum"],
+                "epochs": v["epochs"],
+            }
+        )
         pairs = check_data(cfg)["train_pairs"]  # cached: the run reads the same checked rows
     except Exception as err:  # the data is not usable yet: Preview and check says why
         problem = str(err).splitlines()[0][:200]
@@ -292,9 +377,11 @@ def steps_note(v: dict) -> str:
     per_epoch = pairs // cfg.batch_size  # batches per pass, as the trainer counts them
     epoch = max(1, math.ceil(per_epoch / cfg.grad_accum))
     total = max(1, math.ceil(cfg.epochs * per_epoch / cfg.grad_accum))
-    return (f"Run length: max steps -1 lets epochs decide: **1 epoch = {epoch} steps** ({pairs} "
-            f"training pairs / batch size {cfg.batch_size} / grad accumulation {cfg.grad_accum}); "
-            f"{cfg.epochs:g} epoch(s) = **{total} steps**.")  # fmt: skip
+    return (
+        f"Run length: max steps -1 lets epochs decide: **1 epoch = {epoch} steps** ({pairs} "
+        f"training pairs / batch size {cfg.batch_size} / grad accumulation {cfg.grad_accum}); "
+        f"{cfg.epochs:g} epoch(s) = **{total} steps**."
+    )
 
 
 def steps_inputs(data, form: dict) -> list:
@@ -305,10 +392,21 @@ def steps_inputs(data, form: dict) -> list:
 def wire_steps_note(data, form: dict, launch) -> None:
     """The run length under the form follows the data, the batch and the steps as they change."""
     texts = [data.dataset, data.column_map, data.train_split, data.test_split, data.chat_template]
-    triggers = [*[t.blur for t in texts], *[t.submit for t in texts], data.skip_bad_rows.change,
-                data.held_out_size.change, *[form[n].change for n in STEPS_NAMES[-4:]]]  # fmt: skip
-    gr.on(triggers, named(STEPS_NAMES, steps_note), steps_inputs(data, form), launch.steps_note,
-          api_name="steps_note", show_progress="hidden")  # fmt: skip
+    triggers = [
+        *[t.blur for t in texts],
+        *[t.submit for t in texts],
+        data.skip_bad_rows.change,
+        data.held_out_size.change,
+        *[form[n].change for n in STEPS_NAMES[-4:]],
+    ]
+    gr.on(
+        triggers,
+        named(STEPS_NAMES, steps_note),
+        steps_inputs(data, form),
+        launch.steps_note,
+        api_name="steps_note",
+        show_progress="hidden",
+    )
 
 
 def wire_launch(ctx, data, form: dict, launch, live) -> None:
@@ -319,8 +417,9 @@ def wire_launch(ctx, data, form: dict, launch, live) -> None:
     def apply_preset(label):
         values = form_values({**DEFAULTS.to_dict(), **PRESETS[PRESET_CHOICES[label]]})
         # The trackers are the user's choice, not the preset's: left as they are.
-        return [gr.skip() if n == "report_to" else v
-                for n, v in zip(FORM_NAMES, values, strict=True)]  # fmt: skip
+        return [
+            gr.skip() if n == "report_to" else v for n, v in zip(FORM_NAMES, values, strict=True)
+        ]
 
     def start(v):
         try:
@@ -331,8 +430,11 @@ def wire_launch(ctx, data, form: dict, launch, live) -> None:
             return gr.skip(), f"**Not started:** {err}", gr.skip()
         queued = manager.status(name)["status"] == "queued"
         when = "it starts when its device is free" if queued else "it started at once"
-        return (gr.update(choices=manager.names(), value=name), f"Created run **{name}** ({when}).",
-                gr.Timer(2.0))  # fmt: skip
+        return (
+            gr.update(choices=manager.names(), value=name),
+            f"Created run **{name}** ({when}).",
+            gr.Timer(2.0),
+        )
 
     def stop(name):
         if not name:
@@ -342,8 +444,12 @@ def wire_launch(ctx, data, form: dict, launch, live) -> None:
         except ValueError as err:
             return f"**Error:** {err}"
         status = manager.status(name)
-        verb = {"stopped": "Stopped", "killed": "Killed", "cancelled": "Cancelled",
-                "stopping": "Stopping"}.get(how)  # fmt: skip
+        verb = {
+            "stopped": "Stopped",
+            "killed": "Killed",
+            "cancelled": "Cancelled",
+            "stopping": "Stopping",
+        }.get(how)
         if verb is None:
             return f"**{name}** is not running ({status.get('status')})."
         return f"{verb} **{name}**: {status.get('message')}"  # the status says what is on disk

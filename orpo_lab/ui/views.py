@@ -7,9 +7,20 @@ import math
 import time
 
 RUN_COLUMNS = [
-    "run", "status", "step", "model", "data", "created", "time", "method", "lr", "loss", "acc",
-    "held-out acc", "checkpoints",
-]  # fmt: skip
+    "run",
+    "status",
+    "step",
+    "model",
+    "data",
+    "created",
+    "time",
+    "method",
+    "lr",
+    "loss",
+    "acc",
+    "held-out acc",
+    "checkpoints",
+]
 # Wide enough that no header breaks inside a word ("be/ta"); the checkpoints cell is short.
 RUN_WIDTHS = ["10%", "7%", "7%", "10%", "10%", "9%", "6%", "7%", "6%", "6%", "5%", "7%", "10%"]
 
@@ -88,16 +99,18 @@ def started_text(records: list[dict]) -> str:
     held_out = (e.get("data") or {}).get("held_out") or "their source was not recorded"
     cut = (e.get("truncation") or {}).get("train") or {}
     compiled = "on" if e.get("torch_compile") else "off"
-    return "\n".join([
-        f"- **{e['event']} at step {e.get('step', 0)}:** {e.get('train_pairs')} training pairs, "
-        f"{e.get('total_steps')} steps on {e.get('device')}",
-        f"- **held-out pairs:** {e.get('eval_pairs', 0)} ({e.get('eval_subset_pairs', 0)} at each "
-        f"evaluation, all at the end): {held_out}",
-        f"- **precision:** {e.get('precision')}: {e.get('precision_reason')}",
-        f"- **torch.compile:** {compiled}: {e.get('torch_compile_reason')}",
-        f"- **truncation:** {cut.get('truncated_pairs', e.get('truncated_pairs', 0))} of "
-        f"{cut.get('pairs', e.get('train_pairs'))} training pairs cut to fit max_length",
-    ])  # fmt: skip
+    return "\n".join(
+        [
+            f"- **{e['event']} at step {e.get('step', 0)}:** {e.get('train_pairs')} training pairs, "
+            f"{e.get('total_steps')} steps on {e.get('device')}",
+            f"- **held-out pairs:** {e.get('eval_pairs', 0)} ({e.get('eval_subset_pairs', 0)} at each "
+            f"evaluation, all at the end): {held_out}",
+            f"- **precision:** {e.get('precision')}: {e.get('precision_reason')}",
+            f"- **torch.compile:** {compiled}: {e.get('torch_compile_reason')}",
+            f"- **truncation:** {cut.get('truncated_pairs', e.get('truncated_pairs', 0))} of "
+            f"{cut.get('pairs', e.get('train_pairs'))} training pairs cut to fit max_length",
+        ]
+    )
 
 
 def runs_table(summaries: list[dict]) -> list[list]:
@@ -107,14 +120,23 @@ def runs_table(summaries: list[dict]) -> list[list]:
         status, cfg = s["status"], s["config"]
         step = f"{status.get('step', 0)}/{status.get('total_steps') or '?'}"
         created = status.get("created")
-        rows.append([
-            s["name"], status["status"], step if status["status"] != "queued" else "-",
-            _short(cfg.get("model")), _short(cfg.get("dataset")),
-            time.strftime("%m-%d %H:%M", time.localtime(created)) if created else "",
-            duration(s.get("train_s")), method_cell(cfg), _fmt(cfg.get("learning_rate")),
-            _fmt(s["train"].get("loss")), _fmt(s["train"].get("rewards/accuracies")),
-            _fmt(s["eval"].get("eval/accuracy")), _checkpoints_cell(s["checkpoints"]),
-        ])  # fmt: skip
+        rows.append(
+            [
+                s["name"],
+                status["status"],
+                step if status["status"] != "queued" else "-",
+                _short(cfg.get("model")),
+                _short(cfg.get("dataset")),
+                time.strftime("%m-%d %H:%M", time.localtime(created)) if created else "",
+                duration(s.get("train_s")),
+                method_cell(cfg),
+                _fmt(cfg.get("learning_rate")),
+                _fmt(s["train"].get("loss")),
+                _fmt(s["train"].get("rewards/accuracies")),
+                _fmt(s["eval"].get("eval/accuracy")),
+                _checkpoints_cell(s["checkpoints"]),
+            ]
+        )
     return rows
 
 
@@ -141,8 +163,14 @@ def escaped_block(text: str) -> str:
     return f'<pre style="white-space: pre-wrap; margin: 0">{html.escape(text)}</pre>'
 
 
-EVAL_COLUMNS = ["family", "prompts", "base (in-domain)", "trained (in-domain)", "base (ood)",
-                "trained (ood)"]  # fmt: skip
+EVAL_COLUMNS = [
+    "family",
+    "prompts",
+    "base (in-domain)",
+    "trained (in-domain)",
+    "base (ood)",
+    "trained (ood)",
+]
 
 
 def pass_rate_table(summary: dict) -> list[list]:
@@ -158,14 +186,27 @@ def pass_rate_table(summary: dict) -> list[list]:
     base, trained = summary["base"], summary["trained"]
     families = sorted(k for k in base if k != "all") + ["all"]
     return [
-        [family, base[family]["n"], pct(base[family]["in_domain"]), pct(trained[family]["in_domain"]),
-         pct(base[family]["ood"]), pct(trained[family]["ood"])]
+        [
+            family,
+            base[family]["n"],
+            pct(base[family]["in_domain"]),
+            pct(trained[family]["in_domain"]),
+            pct(base[family]["ood"]),
+            pct(trained[family]["ood"]),
+        ]
         for family in families
-    ]  # fmt: skip
+    ]
 
 
-SAMPLED_COLUMNS = ["family", "domain", "samples", "base pass [95% CI]", "trained pass [95% CI]",
-                   "base rejected-like", "trained rejected-like"]  # fmt: skip
+SAMPLED_COLUMNS = [
+    "family",
+    "domain",
+    "samples",
+    "base pass [95% CI]",
+    "trained pass [95% CI]",
+    "base rejected-like",
+    "trained rejected-like",
+]
 
 
 def sampled_rate_table(sampled: dict | None) -> list[list]:
@@ -179,14 +220,20 @@ def sampled_rate_table(sampled: dict | None) -> list[list]:
 
     families = sorted(k for k in sampled["base"] if k != "all") + ["all"]
     return [
-        [family, domain.replace("_", "-"), base["pass"]["n"], pct(base["pass"]),
-         pct(trained["pass"]), f"{100 * base['rejected_like']['rate']:.0f}%",
-         f"{100 * trained['rejected_like']['rate']:.0f}%"]
+        [
+            family,
+            domain.replace("_", "-"),
+            base["pass"]["n"],
+            pct(base["pass"]),
+            pct(trained["pass"]),
+            f"{100 * base['rejected_like']['rate']:.0f}%",
+            f"{100 * trained['rejected_like']['rate']:.0f}%",
+        ]
         for family in families
         for domain in ("in_domain", "ood")
         if (base := sampled["base"][family][domain])["pass"]["n"]
         and (trained := sampled["trained"][family][domain])
-    ]  # fmt: skip
+    ]
 
 
 def token_delta_html(
@@ -201,8 +248,10 @@ def token_delta_html(
         rgb = "44,160,44" if change > 0 else "214,39,40"
         shown = html.escape(token.replace("\n", "\u21b5\n"))  # a newline token stays visible
         hover = html.escape(f"{token!r}: log p {old:.3f} -> {new:.3f} ({change:+.3f})")
-        spans.append(f'<span title="{hover}" style="background: rgba({rgb},{alpha:.2f}); '
-                     f'border-radius: 3px; padding: 0 1px">{shown}</span>')  # fmt: skip
+        spans.append(
+            f'<span title="{hover}" style="background: rgba({rgb},{alpha:.2f}); '
+            f'border-radius: 3px; padding: 0 1px">{shown}</span>'
+        )
     return (
         '<div style="white-space: pre-wrap; font-family: monospace; line-height: 1.7">'
         + "".join(spans)
