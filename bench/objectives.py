@@ -5,6 +5,11 @@
     python bench/objectives.py --only orpo sft        # some of them (a long bench in parts);
                                                       # the others' rows stay in the results file
     python bench/objectives.py --sft-steps 20 --set learning_rate=3e-4
+    python bench/objectives.py --only sft_then_dpo --dpo-set learning_rate=5e-5
+                                                      # DPO's stage at its own settings: a row
+                                                      # of its own, "sft_then_dpo learning_rate=5e-05"
+    python bench/objectives.py --lock /tmp/cpu.lock   # train holding that flock (timings not shared
+                                                      # with jobs that take it), sample without it
 
 Each pipeline trains in a process of its own (so its peak memory is its own) for the preset's
 max_steps in all (SFT then DPO: --sft-steps, default half, then DPO for the rest, from the SFT
@@ -21,6 +26,8 @@ rejected-like rates per family with 95% Wilson intervals, the base model's besid
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
 import platform
 import shutil
@@ -40,20 +47,48 @@ RESULTS = HERE / "results" / "objectives.json"
 PIPELINES = ("orpo", "sft", "prob_ratio", "dpo", "sft_then_dpo")
 
 
-def run_one(name: str, values: dict, sft_steps: int, samples: int) -> dict:
+def row_name(name: str, dpo_values: dict) -> str:
+    """The results row: the pipeline's name, with the DPO stage's own settings when it has any."""
+    own = " ".join(f"{key}={value}" for key, value in dpo_values.items())
+    return f"{name} {own}" if name == "sft_then_dpo" and own else name
+
+
+@contextlib.contextmanager
+def held(lock: str):
+    """An exclusive flock on `lock` for the block (nothing when empty)."""
+    if not lock:
+        yield
+        return
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def run_one(
+    name: str, values: dict, dpo_values: dict, sft_steps: int, samples: int, lock: str
+) -> dict:
     """Train pipeline `name` in this process; its numbers (peak memory: this process's)."""
-    from orpo_lab.pipeline import sft_then_dpo, stage_configs
+    from orpo_lab.pipeline import stage_configs
+    from orpo_lab.rundir import RunDir
     from orpo_lab.train import train
 
-    with peak_memory() as memory:  # this process's, which trains this pipeline alone
+    with held(lock), peak_memory() as memory:  # this process's: it trains this pipeline alone
         began = time.perf_counter()
         if name == "sft_then_dpo":
-            cfg = TrainConfig(**(values | {"run_name": "two-stage"}))
-            stages = stage_configs(cfg, sft_steps)
-            for stage in stages:
+            suffix = "".join(f"-{key}{value}" for key, value in dpo_values.items())
+            cfg = TrainConfig(**(values | {"run_name": f"two-stage{suffix}"}))
+            sft, dpo = stage_configs(cfg, sft_steps)
+            dpo = TrainConfig.from_dict(dpo.to_dict() | dpo_values)
+            for stage in (sft, dpo):
                 shutil.rmtree(stage.run_dir, ignore_errors=True)
-            sft_then_dpo(cfg, sft_steps)
-            dirs = [s.run_dir for s in stages]
+            train(sft)  # as orpo_lab.pipeline.sft_then_dpo, with the DPO stage's own settings
+            if RunDir(sft.run_dir).read_status().get("status") != "finished":
+                raise SystemExit(f"the SFT stage did not finish: see {sft.run_dir}")
+            train(dpo)
+            dirs = [sft.run_dir, dpo.run_dir]
         else:
             cfg = TrainConfig(**(values | {"method": name, "run_name": name}))
             shutil.rmtree(cfg.run_dir, ignore_errors=True)
@@ -79,46 +114,44 @@ def sampled_numbers(run_dir: Path, samples: int) -> dict:
     }
 
 
-def preset_values(preset: str, overrides: list[str]) -> dict:
+def preset_values(preset: str, items: list[str]) -> dict:
     values = dict(PRESETS[preset], output_dir=str(HERE / "runs" / "objectives"), max_eval_pairs=0)
-    for item in overrides:
-        key, _, raw = item.partition("=")
-        values[key] = yaml.safe_load(raw)
-    return values
+    return values | overrides(items)
+
+
+def overrides(items: list[str]) -> dict:
+    """{key: value} of KEY=VALUE strings (values read as YAML: numbers, booleans, text)."""
+    return {key: yaml.safe_load(raw) for key, _, raw in (item.partition("=") for item in items)}
 
 
 def print_table(result: dict) -> None:
+    width = max(14, *(len(name) + 1 for name in result["rows"]))
     print(
-        f"{'pipeline':14s}{'steps':>6s}{'acc':>7s}{'chosen':>9s}{'rejected':>10s}"
+        f"{'pipeline':{width}s}{'steps':>6s}{'acc':>7s}{'chosen':>9s}{'rejected':>10s}"
         f"{'wall s':>8s}{'ref s':>7s}{'step s':>8s}{'peak GB':>9s}{'fwd/pair':>9s}  (held-out at step 0: "
         "acc, chosen, rejected)"
     )
-    for name in PIPELINES:
-        r = result["rows"].get(name)
+    for name, r in result["rows"].items():
         if r:
             print(
-                f"{name:14s}{r['steps']:>6d}{r['accuracy']:>7.3f}{r['chosen']:>9.3f}"
+                f"{name:{width}s}{r['steps']:>6d}{r['accuracy']:>7.3f}{r['chosen']:>9.3f}"
                 f"{r['rejected']:>10.3f}{r['wall_s']:>8.0f}{r.get('reference_s', 0):>7.1f}"
                 f"{r.get('median_step_s', 0):>8.2f}"
                 f"{r['peak_rss_gb']:>9.2f}"
                 f"{r['forwards_per_pair_visit']:>9.2f}  ({r['accuracy_first']:.3f}, "
                 f"{r['chosen_first']:.3f}, {r['rejected_first']:.3f})"
             )
-    rows = {
-        name: result["rows"][name]
-        for name in PIPELINES
-        if result["rows"].get(name, {}).get("sampled")
-    }
+    rows = {name: r for name, r in result["rows"].items() if r.get("sampled")}
     if not rows:
         return
     families = list(next(iter(rows.values()))["sampled"]["base"])
     print(
         "\nsampled pass rate % [95% interval], rejected-like % (every held-out prompt, all domains)"
     )
-    print(f"{'model':14s}" + "".join(f"{f:>26s}" for f in families))
+    print(f"{'model':{width}s}" + "".join(f"{f:>26s}" for f in families))
     firsts = {"base": next(iter(rows.values()))["sampled"]["base"]}
     for name, cells in firsts | {n: r["sampled"]["trained"] for n, r in rows.items()}.items():
-        print(f"{name:14s}" + "".join(f"{_cell(cells[f]):>26s}" for f in families))
+        print(f"{name:{width}s}" + "".join(f"{_cell(cells[f]):>26s}" for f in families))
 
 
 def _cell(cell: dict) -> str:
@@ -144,12 +177,24 @@ def main() -> None:
         default=5,
         help="sampled answers per held-out prompt at the end (0: none)",
     )
+    parser.add_argument(
+        "--dpo-set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="sft_then_dpo: overrides for its DPO stage only (e.g. learning_rate=5e-5)",
+    )
+    parser.add_argument(
+        "--lock", default="", help="hold an exclusive flock on this file while training"
+    )
     parser.add_argument("--one", help=argparse.SUPPRESS)  # the child process: one pipeline
     args = parser.parse_args()
     values = preset_values(args.preset, args.set)
+    dpo_values = overrides(args.dpo_set)
     sft_steps = args.sft_steps or values["max_steps"] // 2
     if args.one:
-        print("RESULT " + json.dumps(run_one(args.one, values, sft_steps, args.samples)))
+        numbers = run_one(args.one, values, dpo_values, sft_steps, args.samples, args.lock)
+        print("RESULT " + json.dumps(numbers))
         return
     result = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"rows": {}}
     for name in args.only:
@@ -164,12 +209,17 @@ def main() -> None:
             str(sft_steps),
             "--samples",
             str(args.samples),
+            "--lock",
+            args.lock,
             "--set",
             *args.set,
+            "--dpo-set",
+            *args.dpo_set,
         ]
         out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-        result["rows"][name] = json.loads(out.split("RESULT ", 1)[1])
-        print(f"{name}: {result['rows'][name]['wall_s']:.0f} s", flush=True)
+        row = row_name(name, dpo_values)
+        result["rows"][row] = json.loads(out.split("RESULT ", 1)[1])
+        print(f"{row}: {result['rows'][row]['wall_s']:.0f} s", flush=True)
     import orpo_lab
 
     result.update(
