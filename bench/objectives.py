@@ -8,8 +8,8 @@
     python bench/objectives.py --only sft_then_dpo --dpo-set learning_rate=5e-5
                                                       # DPO's stage at its own settings: a row
                                                       # of its own, "sft_then_dpo learning_rate=5e-05"
-    python bench/objectives.py --lock /tmp/cpu.lock   # train holding that flock (timings not shared
-                                                      # with jobs that take it), sample without it
+    python bench/objectives.py --lock /tmp/cpu.lock   # run holding that flock (timings not shared
+                                                      # with jobs that take it)
 
 Each pipeline trains in a process of its own (so its peak memory is its own) for the preset's
 max_steps in all (SFT then DPO: --sft-steps, default half, then DPO for the rest, from the SFT
@@ -75,28 +75,31 @@ def run_one(
     from orpo_lab.rundir import RunDir
     from orpo_lab.train import train
 
-    with held(lock), peak_memory() as memory:  # this process's: it trains this pipeline alone
-        began = time.perf_counter()
-        if name == "sft_then_dpo":
-            suffix = "".join(f"-{key}{value}" for key, value in dpo_values.items())
-            cfg = TrainConfig(**(values | {"run_name": f"two-stage{suffix}"}))
-            sft, dpo = stage_configs(cfg, sft_steps)
-            dpo = TrainConfig.from_dict(dpo.to_dict() | dpo_values)
-            for stage in (sft, dpo):
-                shutil.rmtree(stage.run_dir, ignore_errors=True)
-            train(sft)  # as orpo_lab.pipeline.sft_then_dpo, with the DPO stage's own settings
-            if RunDir(sft.run_dir).read_status().get("status") != "finished":
-                raise SystemExit(f"the SFT stage did not finish: see {sft.run_dir}")
-            train(dpo)
-            dirs = [sft.run_dir, dpo.run_dir]
-        else:
-            cfg = TrainConfig(**(values | {"method": name, "run_name": name}))
-            shutil.rmtree(cfg.run_dir, ignore_errors=True)
-            train(cfg)
-            dirs = [cfg.run_dir]
-        wall = time.perf_counter() - began
-    costs = pipeline_costs(dirs, wall, memory["peak_rss_gb"])  # training's peak, not sampling's
-    return costs | {"sampled": sampled_numbers(dirs[-1], samples) if samples else {}}
+    with held(lock):
+        with peak_memory() as memory:  # this process's: it trains this pipeline alone
+            began = time.perf_counter()
+            if name == "sft_then_dpo":
+                suffix = "".join(f"-{key}{value}" for key, value in dpo_values.items())
+                cfg = TrainConfig(**(values | {"run_name": f"two-stage{suffix}"}))
+                sft, dpo = stage_configs(cfg, sft_steps)
+                dpo = TrainConfig.from_dict(dpo.to_dict() | dpo_values)
+                for stage in (sft, dpo):
+                    shutil.rmtree(stage.run_dir, ignore_errors=True)
+                train(sft)  # as orpo_lab.pipeline.sft_then_dpo, with the DPO stage's own settings
+                if RunDir(sft.run_dir).read_status().get("status") != "finished":
+                    raise SystemExit(f"the SFT stage did not finish: see {sft.run_dir}")
+                train(dpo)
+                dirs = [sft.run_dir, dpo.run_dir]
+            else:
+                cfg = TrainConfig(**(values | {"method": name, "run_name": name}))
+                shutil.rmtree(cfg.run_dir, ignore_errors=True)
+                train(cfg)
+                dirs = [cfg.run_dir]
+            wall = time.perf_counter() - began
+        costs = pipeline_costs(dirs, wall, memory["peak_rss_gb"])  # training's peak only
+        # Still holding the lock: sampling beside other jobs slows both far more than running in
+        # turn (2 cores, each process's threads waiting on the other's).
+        return costs | {"sampled": sampled_numbers(dirs[-1], samples) if samples else {}}
 
 
 def sampled_numbers(run_dir: Path, samples: int) -> dict:
