@@ -21,7 +21,7 @@ from pathlib import Path
 import datasets
 import pyarrow.compute as pc
 
-from orpo_lab.config import parse_column_map
+from orpo_lab.config_checks import parse_column_map
 from orpo_lab.rows import (  # noqa: F401  (the rules re-exported: callers import them from here)
     FIELDS,
     TRANSCRIPT_REPLY,

@@ -15,7 +15,8 @@ import warnings
 import datasets
 import pytest
 
-from orpo_lab.config import TrainConfig, build_parser, config_from_args, parse_column_map
+from orpo_lab.config import TrainConfig, build_parser, config_from_args
+from orpo_lab.config_checks import parse_column_map
 from orpo_lab.data import (
     ChatTemplateError,
     encode_prompt,
