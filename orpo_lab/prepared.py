@@ -59,7 +59,7 @@ def data_cache_dir() -> Path:
 
 
 class PairTable(Sequence):
-    """Tokenised pairs in a memory-mapped Arrow table, read as the dicts `data.collate` takes."""
+    """Tokenised pairs in a memory-mapped Arrow table, read as the dicts `collate.collate` takes."""
 
     def __init__(self, ds: datasets.Dataset):
         self.ds = ds.select_columns(list(PAIR_COLUMNS))

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
-from orpo_lab.data import collate, tokenize_pair
+from orpo_lab.collate import collate
+from orpo_lab.data import tokenize_pair
 from orpo_lab.loss import IGNORE_INDEX, odds_weight, or_penalty, orpo_loss, token_logps
 
 

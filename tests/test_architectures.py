@@ -18,8 +18,9 @@ import transformers as tf
 
 from orpo_lab.chat import ModelPool
 from orpo_lab.checkpoint import export_merged
+from orpo_lab.collate import collate
 from orpo_lab.config import TrainConfig
-from orpo_lab.data import collate, tokenize_pair
+from orpo_lab.data import tokenize_pair
 from orpo_lab.logps import PairLogps
 from orpo_lab.loss import sequence_logps, token_logps
 from orpo_lab.rundir import RunDir

@@ -8,11 +8,9 @@ import pytest
 import torch
 from conftest import build_tiny_model
 
+from orpo_lab.collate import IGNORE, collate, collate_padded
 from orpo_lab.data import (
-    IGNORE,
     MIN_RESPONSE_TOKENS,
-    collate,
-    collate_padded,
     end_of_turn_id,
     tokenize_dataset,
     tokenize_pair,

@@ -18,8 +18,9 @@ from test_formats import CASES, user
 from test_train import make_config
 
 from orpo_lab import prepared
+from orpo_lab.collate import collate
 from orpo_lab.config import TrainConfig
-from orpo_lab.data import collate, tokenize_pair
+from orpo_lab.data import tokenize_pair
 from orpo_lab.preferences import PreferenceDataError
 from orpo_lab.splits import load_config_splits
 

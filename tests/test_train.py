@@ -267,7 +267,7 @@ def test_accumulation_equals_one_big_batch(tmp_path, data, tiny_model_dir):
     from accelerate import Accelerator
 
     from orpo_lab.build import build_model, load_pairs
-    from orpo_lab.data import collate
+    from orpo_lab.collate import collate
     from orpo_lab.logps import PairLogps
     from orpo_lab.step import forward_backward
 
