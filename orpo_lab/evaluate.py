@@ -1,6 +1,6 @@
 """Judge generations: base model vs a trained checkpoint on held-out prompts, pass rate per family.
 
-The default dataset has an automatic judge per family (`orpo_lab.default_dataset.JUDGES`); a run's
+The default dataset has an automatic judge per family (`orpo_lab.default_judges.JUDGES`); a run's
 report goes to `RUN_DIR/generations.json`, next to its metrics. Greedy answers always; with
 `samples=k`, also k sampled answers per prompt (`orpo_lab.sampling`): pass rates and rejected-like
 rates with 95% intervals.
@@ -14,7 +14,7 @@ from pathlib import Path
 from orpo_lab.answers import base_answers, generate_answers
 from orpo_lab.checkpoint import CheckpointError, read_state
 from orpo_lab.config import TrainConfig
-from orpo_lab.default_dataset import JUDGES
+from orpo_lab.default_judges import JUDGES
 from orpo_lab.model import attach_adapter, load_model, resolve_model
 from orpo_lab.rundir import RunDir
 from orpo_lab.sampling import judge_samples, sample_answers, sampled_rates
