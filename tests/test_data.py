@@ -16,7 +16,9 @@ from orpo_lab.data import (
     tokenize_pair,
     tokenize_pairs,
 )
-from orpo_lab.preferences import PreferenceDataError, load_preferences, votes_to_dataset
+from orpo_lab.preferences import load_preferences
+from orpo_lab.sources import PreferenceDataError
+from orpo_lab.votes import votes_to_dataset
 
 SINGLE = {"prompt": "What is 7 + 5?", "chosen": "7 + 5 = 12.", "rejected": "7 + 5 = 13, I think."}
 MULTI_PROMPT = [

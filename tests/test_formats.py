@@ -25,8 +25,10 @@ from orpo_lab.data import (
     set_chat_template,
     tokenize_pair,
 )
-from orpo_lab.preferences import PreferenceDataError, load_preferences, split_shared_text
-from orpo_lab.splits import load_splits, pair_key
+from orpo_lab.preferences import load_preferences
+from orpo_lab.rows import pair_key, split_shared_text
+from orpo_lab.sources import PreferenceDataError
+from orpo_lab.splits import load_splits
 
 SYSTEM = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
 END = "<|im_end|>"

@@ -21,7 +21,7 @@ from orpo_lab import data_cache, prepared
 from orpo_lab.collate import collate
 from orpo_lab.config import TrainConfig
 from orpo_lab.data import tokenize_pair
-from orpo_lab.preferences import PreferenceDataError
+from orpo_lab.sources import PreferenceDataError
 from orpo_lab.splits import load_config_splits
 
 ROOT = Path(__file__).resolve().parents[1]
