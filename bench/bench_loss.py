@@ -33,7 +33,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from orpo_lab.loss import orpo_loss, sequence_logps, token_logps, token_logps_from_hidden
+from orpo_lab.loss import orpo_loss
+from orpo_lab.token_logps import sequence_logps, token_logps, token_logps_from_hidden
 
 GIB = 1024**3
 MIB = 1024**2

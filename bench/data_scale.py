@@ -231,7 +231,7 @@ def prepare_alone(path: Path, work: Path) -> dict:
 BAD_ROW = """
 import sys, time, warnings
 from orpo_lab.config import TrainConfig
-from orpo_lab.preferences import PreferenceDataError
+from orpo_lab.sources import PreferenceDataError
 from orpo_lab.prepared import check_data
 t = time.perf_counter()
 try:

@@ -19,12 +19,14 @@ from pathlib import Path
 
 import torch
 
+from orpo_lab.collate import collate
 from orpo_lab.config import TrainConfig
-from orpo_lab.data import collate, tokenize_pair
+from orpo_lab.data import tokenize_pair
 from orpo_lab.logps import PairLogps, base_model
 from orpo_lab.loss import orpo_loss
 from orpo_lab.model import load_model
-from orpo_lab.preferences import PreferenceDataError, load_preferences
+from orpo_lab.preferences import load_preferences
+from orpo_lab.sources import PreferenceDataError
 from orpo_lab.step import forward_backward, micro_batch_indices
 from orpo_lab.train import train
 

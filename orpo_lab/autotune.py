@@ -40,7 +40,7 @@ import torch
 from tqdm.auto import tqdm
 
 from orpo_lab import compiling
-from orpo_lab.data import collate
+from orpo_lab.collate import collate
 from orpo_lab.logps import PairLogps, check_sample
 from orpo_lab.model import cache_dir, cpu_flags
 from orpo_lab.step import StopRequested, pair_tokens, time_steps

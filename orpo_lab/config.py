@@ -10,9 +10,9 @@ from typing import Any
 
 import yaml
 
+from orpo_lab.config_checks import config_problems
 from orpo_lab.config_values import coerce, read_yaml
 from orpo_lab.presets import PRESETS
-from orpo_lab.rundir import RUN_NAME
 from orpo_lab.trackers import report_to_checked
 
 METHODS = ("orpo", "sft", "dpo", "prob_ratio")
@@ -174,92 +174,9 @@ class TrainConfig:
         self.report_to, wrong = report_to_checked(self.report_to)
         if self.method == "sft":  # no preference term: beta 0 says so, as beta 0 always meant SFT
             self.beta = 0.0
-        problems = self._training_problems() + self._method_problems() + self._data_problems()
-        problems += wrong
+        problems = config_problems(self) + wrong
         if problems:
             raise ValueError("Invalid training config:\n- " + "\n- ".join(problems))
-
-    def _training_problems(self) -> list[str]:
-        """What is impossible about the objective, the optimisation and the model settings."""
-        problems = []
-        for f in fields(self):
-            choices = f.metadata.get("choices")
-            if choices and getattr(self, f.name) not in choices:
-                problems.append(
-                    f"{f.name} must be one of {', '.join(choices)}; got {getattr(self, f.name)!r}"
-                )
-        if self.run_name and not RUN_NAME.match(self.run_name):
-            problems.append(
-                f"run_name {self.run_name!r} may hold only letters, digits, '.', '_' and '-', "
-                "and must not start with '.' or '-'"
-            )
-        if self.beta < 0:
-            problems.append(f"beta must be >= 0 (0 = SFT baseline); got {self.beta}")
-        if self.learning_rate <= 0:
-            problems.append(f"learning_rate must be > 0; got {self.learning_rate}")
-        for name in (
-            "batch_size",
-            "grad_accum",
-            "max_length",
-            "max_prompt_length",
-            "lora_r",
-            "lora_alpha",
-        ):
-            if getattr(self, name) < 1:
-                problems.append(f"{name} must be >= 1; got {getattr(self, name)}")
-        if self.max_steps <= 0 and self.epochs <= 0:
-            problems.append("set max_steps > 0 or epochs > 0: otherwise there is nothing to train")
-        if self.max_prompt_length >= self.max_length:
-            problems.append(
-                f"max_prompt_length ({self.max_prompt_length}) must be below max_length "
-                f"({self.max_length}) to leave room for the response"
-            )
-        if self.load_in_4bit and self.full_finetune:
-            problems.append(
-                "load_in_4bit (QLoRA) trains a LoRA adapter: drop full_finetune or load_in_4bit"
-            )
-        if self.max_steps < -1:
-            problems.append(f"max_steps must be -1 (epochs decide) or > 0; got {self.max_steps}")
-        for name, zero in (
-            ("max_eval_pairs", " (0 = all)"),
-            ("eval_subset_pairs", " (0 = all)"),
-            ("eval_batch_size", " (0 = 4 x batch_size, at most 16)"),
-            ("logps_chunk_size", ""),
-        ):
-            if getattr(self, name) < 0:
-                problems.append(f"{name} must be >= 0{zero}; got {getattr(self, name)}")
-        return problems
-
-    def _method_problems(self) -> list[str]:
-        """What is impossible about the method and its reference (files: `reference.check_start`)."""
-        problems = []
-        if self.method == "dpo" and self.dpo_beta <= 0:
-            problems.append(f"dpo_beta must be > 0 (TRL's default is 0.1); got {self.dpo_beta}")
-        if self.ref_checkpoint and self.method != "dpo":
-            problems.append(
-                f"ref_checkpoint is DPO's reference model, but method is {self.method!r}: set "
-                "method=dpo, or leave ref_checkpoint empty"
-            )
-        return problems
-
-    def _data_problems(self) -> list[str]:
-        """What is impossible about the columns, splits and held-out pairs."""
-        problems = []
-        try:
-            parse_column_map(self.column_map)
-        except ValueError as err:
-            problems.append(str(err))
-        for name in ("train_split", "test_split"):
-            if not str(getattr(self, name)).strip():
-                problems.append(f"{name} must name a split (e.g. train, test_prefs); got nothing")
-        if self.held_out_size < 0 or (
-            self.held_out_size >= 1 and self.held_out_size != int(self.held_out_size)
-        ):
-            problems.append(
-                "held_out_size must be 0 (none), a fraction below 1, or a whole number of pairs; "
-                f"got {self.held_out_size}"
-            )
-        return problems
 
     @property
     def eval_batch(self) -> int:
@@ -306,41 +223,6 @@ class TrainConfig:
     @classmethod
     def from_yaml(cls, path: str | Path) -> TrainConfig:
         return cls.from_dict(read_yaml(path))
-
-
-COLUMN_TARGETS = ("prompt", "chosen", "rejected", "system")
-
-
-def parse_column_map(value: str | dict | None) -> dict[str, str]:
-    """'question=prompt,good=chosen' (or a mapping) -> {"question": "prompt", "good": "chosen"}.
-
-    Targets are the fields the loader reads (COLUMN_TARGETS); an empty target ('old=') drops the
-    column. Raises ValueError saying which item is wrong and what is expected.
-    """
-    if not value:
-        return {}
-    if isinstance(value, dict):
-        items = [(old, "" if new is None else new) for old, new in value.items()]  # None: drop
-    else:  # "old=new" items; an item without "=" is kept whole, to be refused below
-        items = [
-            tuple(i.split("=", 1)) if "=" in i else (i, None) for i in value.split(",") if i.strip()
-        ]
-    mapping: dict[str, str] = {}
-    for old, new in items:
-        old, new = str(old).strip(), None if new is None else str(new).strip()
-        if not old or new is None:
-            raise ValueError(
-                f"column_map item {old or '(empty)'!r} is not 'old=new': write e.g. question=prompt"
-            )
-        if new and new not in COLUMN_TARGETS:
-            raise ValueError(
-                f"column_map maps {old!r} to {new!r}: the target must be one of "
-                f"{', '.join(COLUMN_TARGETS)} (or nothing, 'old=', to drop the column)"
-            )
-        if new and new in mapping.values():
-            raise ValueError(f"column_map maps two columns to {new!r}: keep one")
-        mapping[old] = new
-    return mapping
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,6 +1,6 @@
 """Judge generations: base model vs a trained checkpoint on held-out prompts, pass rate per family.
 
-The default dataset has an automatic judge per family (`orpo_lab.default_dataset.JUDGES`); a run's
+The default dataset has an automatic judge per family (`orpo_lab.default_judges.JUDGES`); a run's
 report goes to `RUN_DIR/generations.json`, next to its metrics. Greedy answers always; with
 `samples=k`, also k sampled answers per prompt (`orpo_lab.sampling`): pass rates and rejected-like
 rates with 95% intervals.
@@ -8,43 +8,17 @@ rates with 95% intervals.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
-import torch
-import transformers
-from tqdm.auto import tqdm
-
-from orpo_lab.chat import generate
+from orpo_lab.answers import base_answers, generate_answers
 from orpo_lab.checkpoint import CheckpointError, read_state
 from orpo_lab.config import TrainConfig
-from orpo_lab.default_dataset import JUDGES
+from orpo_lab.default_judges import JUDGES
 from orpo_lab.model import attach_adapter, load_model, resolve_model
-from orpo_lab.rundir import RunDir, write_json_atomic
+from orpo_lab.rundir import RunDir
 from orpo_lab.sampling import judge_samples, sample_answers, sampled_rates
 from orpo_lab.splits import load_config_splits
-
-
-def generate_answers(
-    model,
-    tokenizer,
-    prompts: list[list[dict]],
-    max_new_tokens: int = 64,
-    batch_size: int = 16,
-    desc: str | None = None,
-) -> list[str]:
-    """Greedy answers to chat prompts, `batch_size` at a time (the chat tab's batched generation).
-
-    `desc`: show a progress bar (prompts answered) under that name.
-    """
-    answers = []
-    with tqdm(total=len(prompts), desc=desc, disable=desc is None, unit="prompt") as bar:
-        for i in range(0, len(prompts), batch_size):
-            batch = generate(model, tokenizer, prompts[i : i + batch_size], max_new_tokens)
-            answers += [a.strip() for a in batch]
-            bar.update(len(batch))
-    return answers
 
 
 def pass_rates(records: list[dict], passed: list[bool]) -> dict[str, dict[str, float]]:
@@ -88,91 +62,6 @@ def judge_model(
 def judged(records: list[dict], answers: list[str]) -> list[bool]:
     """Each answer scored by its record's family judge."""
     return [bool(JUDGES[r["family"]](r, a)) for r, a in zip(records, answers, strict=True)]
-
-
-BASE_ANSWERS_DIR = ".base-answers"  # in the runs folder; not a run name (those cannot start with .)
-
-
-def base_answers_file(
-    runs_dir: Path,
-    model,
-    tokenizer,
-    source: str,
-    prompts,
-    max_new_tokens,
-    sampling: dict | None = None,
-):
-    """Where the base model's answers to `prompts` are kept for every run of `runs_dir`.
-
-    Evaluating a second run against the same base (SFT next to ORPO) needs no second generation.
-    Greedy answers depend only on what is in the key: the model's files (name, size, time), the
-    prompts, the token budget, the chat template, dtype, device and library versions; change any
-    and a new file is written instead of an old one reused. Seeded samples depend on the same and
-    on `sampling` (k, temperature, top_p, seed), which joins the key.
-    """
-    path = Path(source)
-    files = (
-        [
-            (f.name, f.stat().st_size, f.stat().st_mtime_ns)
-            for f in sorted(path.iterdir())
-            if f.is_file()
-        ]
-        if path.is_dir()
-        else []
-    )
-    key = json.dumps(
-        [
-            source,
-            files,
-            prompts,
-            max_new_tokens,
-            tokenizer.chat_template,
-            str(model.dtype),
-            str(model.device),
-            torch.__version__,
-            transformers.__version__,
-        ]
-        + ([sampling] if sampling else []),
-        default=str,
-    )
-    return runs_dir / BASE_ANSWERS_DIR / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
-
-
-def base_answers(
-    runs_dir: Path,
-    model,
-    tokenizer,
-    source: str,
-    prompts,
-    max_new_tokens,
-    sampling: dict | None = None,
-):
-    """(answers, reused): the base model's greedy answers (with `sampling`: its lists of samples,
-    `sample_answers(**sampling)`), from `base_answers_file` when there."""
-    cache = base_answers_file(runs_dir, model, tokenizer, source, prompts, max_new_tokens, sampling)
-    if cache.is_file():
-        try:
-            answers = json.loads(cache.read_text())["answers"]
-            if isinstance(answers, list) and len(answers) == len(prompts):
-                return answers, True
-        except (ValueError, KeyError, TypeError):
-            pass  # unreadable: generate again and overwrite it
-    if sampling:
-        answers = sample_answers(
-            model,
-            tokenizer,
-            prompts,
-            max_new_tokens=max_new_tokens,
-            desc="base model, sampled",
-            **sampling,
-        )
-    else:
-        answers = generate_answers(model, tokenizer, prompts, max_new_tokens, desc="base model")
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(
-        cache, {"model": source, "max_new_tokens": max_new_tokens, "answers": answers}
-    )
-    return answers, False
 
 
 def _judged_records(run: RunDir, checkpoint: Path, max_prompts: int) -> tuple[list, TrainConfig]:

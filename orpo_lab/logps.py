@@ -24,7 +24,7 @@ from contextlib import nullcontext
 
 import torch
 
-from orpo_lab.loss import sequence_logps, token_logps, token_logps_from_hidden
+from orpo_lab.token_logps import sequence_logps, token_logps, token_logps_from_hidden
 
 
 def base_model(model):

@@ -24,15 +24,8 @@ from __future__ import annotations
 import torch
 
 from orpo_lab.config import TrainConfig
-from orpo_lab.loss import (
-    IGNORE_INDEX,
-    dpo_loss,
-    orpo_loss,
-    preference_metrics,
-    probability_ratio_loss,
-    sequence_logps,
-    sft_loss,
-)
+from orpo_lab.loss import dpo_loss, orpo_loss, preference_metrics, probability_ratio_loss, sft_loss
+from orpo_lab.token_logps import IGNORE_INDEX, sequence_logps
 
 NOT_MODEL_INPUTS = ("ref_logps",)  # what a micro-batch carries besides `PairLogps`'s inputs
 

@@ -16,31 +16,13 @@ import json
 import mmap
 import os
 import warnings
-from pathlib import Path
 
 import datasets
 import pyarrow.compute as pc
 
-from orpo_lab.config import parse_column_map
-from orpo_lab.rows import (  # noqa: F401  (the rules re-exported: callers import them from here)
-    FIELDS,
-    TRANSCRIPT_REPLY,
-    _rename,
-    normalise_row,
-    pair_hash,
-    pair_key,
-    split_shared_text,
-)
-from orpo_lab.sources import (  # noqa: F401  (PreferenceDataError and split_names re-exported)
-    PreferenceDataError,
-    RawRows,
-    RowError,
-    json_rows,
-    parse_jsonl_line,
-    read_jsonl,
-    read_split,
-    split_names,
-)
+from orpo_lab.config_checks import parse_column_map
+from orpo_lab.rows import _rename, normalise_row, pair_hash
+from orpo_lab.sources import PreferenceDataError, RawRows, RowError, parse_jsonl_line, read_split
 
 SHOWN_PROBLEMS = 5
 
@@ -273,7 +255,7 @@ def good_rows(name: str, checked: datasets.Dataset, skip_bad_rows: bool) -> data
     return checked.select(keep)
 
 
-def _with_extras(name: str, checked: datasets.Dataset) -> datasets.Dataset:
+def with_extras(name: str, checked: datasets.Dataset) -> datasets.Dataset:
     """The checked rows as the user's Dataset: prompt, chosen, rejected and their other columns."""
     good = []
     for r in checked:
@@ -302,36 +284,4 @@ def load_preferences(
     """
     raw = read_split(source, split)
     checked = check_rows(raw, column_map, max_prompt_tokens, tokenizer)
-    return _with_extras(raw.name, good_rows(raw.name, checked, skip_bad_rows))
-
-
-def votes_to_dataset(votes, skip_bad_rows: bool = False) -> datasets.Dataset:
-    """Arena votes -> a preference dataset (normalised as by `load_preferences`).
-
-    `votes` is a JSONL path or a list of dicts. One vote record (the app appends one JSON line each):
-      {"prompt": str or [messages], "chosen": str, "rejected": str,   # the preferred and the other reply
-       "left": str, "right": str, "winner": "left" | "right" | "tie", "time": float (unix seconds)}
-    "chosen"/"rejected" win when present; otherwise they are taken from left/right by "winner".
-    Ties (winner "tie" or "both", or "tie": true) are skipped. left/right/winner/tie are dropped;
-    other fields (e.g. "time", "model") are kept.
-    """
-    if isinstance(votes, (str, Path)):
-        name, located = str(votes), read_jsonl(Path(votes))
-    else:
-        name, located = "votes", [(f"votes: row {i}", v) for i, v in enumerate(votes)]
-    pairs = []
-    for where, vote in located:
-        if isinstance(vote, RowError):
-            pairs.append((where, vote))
-            continue
-        winner = vote.get("winner")
-        if vote.get("tie") or winner in ("tie", "both"):
-            continue
-        if "chosen" not in vote and winner in ("left", "right"):
-            loser = "right" if winner == "left" else "left"
-            vote = {**vote, "chosen": vote.get(winner), "rejected": vote.get(loser)}
-        pairs.append(
-            (where, {k: v for k, v in vote.items() if k not in ("left", "right", "winner", "tie")})
-        )
-    raw = json_rows(name, pairs)
-    return _with_extras(name, good_rows(name, check_rows(raw), skip_bad_rows))
+    return with_extras(raw.name, good_rows(raw.name, checked, skip_bad_rows))

@@ -8,22 +8,15 @@ the whole file), then the training / held-out split of `orpo_lab.splits`. Stage 
 (`build.check_launch` in the app, the CLI) is stage 1; the run reads stage 2, which starts from
 stage 1's cache.
 
-Each stage is cached under `cache_dir()/data/<key>` (`$ORPO_LAB_CACHE/data`; delete it whenever
-you like, nothing needs it). A key holds everything that decides the result: the source (path,
-size and modification time of each file read; an in-memory Dataset's fingerprint; a hub id and
-its revision), column map, splits, held-out carve and seed, skip_bad_rows, the code of the rules;
-stage 2 adds the tokenizer, its chat template and the length budgets. An entry is built in a
-folder of its own and renamed into place only when complete, so a preparation that fails (a bad
-row), is stopped or is killed (kill -9) leaves nothing that a later run reads; its leftovers are
-removed by the next preparation.
+Each stage is cached (`orpo_lab.data_cache`: what keys an entry, and how an entry is built so that
+a failed, stopped or killed preparation leaves nothing a later run reads); delete the cache whenever
+you like, nothing needs it. Stage 1's key holds the source's identity, the data settings and the
+code of the rules; stage 2's adds the tokenizer, its chat template and the length budgets.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import shutil
 import uuid
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
@@ -34,8 +27,16 @@ import datasets
 import pyarrow.compute as pc
 
 from orpo_lab.data import set_chat_template, tokenize_pairs
+from orpo_lab.data_cache import (
+    building,
+    cache_key,
+    checked_key,
+    load_entry,
+    save_entry,
+    tokenizer_id,
+)
 from orpo_lab.preferences import check_rows, good_rows
-from orpo_lab.sources import FILE_TYPES, read_split
+from orpo_lab.sources import read_split
 from orpo_lab.splits import load_config_splits
 
 PAIR_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
@@ -44,22 +45,12 @@ _IDS = [datasets.Value("int32")]
 TOKENISED = datasets.Features(
     {**{c: _IDS for c in PAIR_COLUMNS}, **{c: datasets.Value("int32") for c in CUT_COLUMNS}}
 )
-# The modules whose code decides what a row becomes: a change to any of them is a new cache key.
-RULE_MODULES = ("rows", "preferences", "sources", "splits", "data", "prepared")
-INFO = "info.json"
-
 # progress(stage, done, total): called as a stage advances; it may raise to stop the preparation.
 Progress = Callable[[str, int, int], None]
 
 
-def data_cache_dir() -> Path:
-    from orpo_lab.model import cache_dir
-
-    return cache_dir() / "data"
-
-
 class PairTable(Sequence):
-    """Tokenised pairs in a memory-mapped Arrow table, read as the dicts `data.collate` takes."""
+    """Tokenised pairs in a memory-mapped Arrow table, read as the dicts `collate.collate` takes."""
 
     def __init__(self, ds: datasets.Dataset):
         self.ds = ds.select_columns(list(PAIR_COLUMNS))
@@ -90,134 +81,6 @@ class Prepared:
     train: PairTable
     held_out: PairTable | None
     stats: dict
-
-
-# ---------------------------------------------------------------- cache keys
-
-
-def _code_version() -> str:
-    digest = hashlib.sha256()
-    for name in RULE_MODULES:
-        digest.update((Path(__file__).parent / f"{name}.py").read_bytes())
-    return digest.hexdigest()[:16]
-
-
-def _files_id(path: Path) -> list:
-    stat = path.stat()
-    return [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
-
-
-def source_id(source) -> object:
-    """What identifies a source's content: files' path/size/mtime, a Dataset's fingerprint, a hub
-    id with its revision (when the hub answers; else the id alone)."""
-    if isinstance(source, datasets.Dataset):
-        return ["dataset", source._fingerprint]
-    if isinstance(source, datasets.DatasetDict):
-        return ["datasetdict", {name: ds._fingerprint for name, ds in sorted(source.items())}]
-    if source == "default":
-        from orpo_lab.default_dataset import DATA_DIR
-
-        source = DATA_DIR
-    path = Path(str(source)).expanduser()
-    if path.is_dir():
-        files = sorted(f for f in path.iterdir() if f.suffix in FILE_TYPES and f.is_file())
-        return ["folder", [_files_id(f) for f in files]]
-    if path.is_file():
-        return ["file", _files_id(path)]
-    return ["hub", str(source), _hub_revision(str(source))]
-
-
-def _hub_revision(name: str) -> str | None:
-    try:
-        from huggingface_hub import HfApi
-
-        return HfApi().dataset_info(name).sha
-    except Exception:  # offline, private or not on the hub: the id alone keys the cache
-        return None
-
-
-def _key(parts: dict) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
-
-
-def checked_key(cfg) -> str:
-    parts = {
-        "source": source_id(cfg.dataset),
-        "eval": source_id(cfg.eval_dataset) if cfg.eval_dataset else None,
-        "column_map": cfg.column_map,
-        "splits": [cfg.train_split, cfg.test_split],
-        "held_out": [cfg.held_out_size, cfg.max_eval_pairs, cfg.seed],
-        "skip_bad_rows": cfg.skip_bad_rows,
-        "code": _code_version(),
-    }
-    return _key(parts)
-
-
-def tokenizer_id(tokenizer) -> str:
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    text = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
-    special = [tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.bos_token_id]
-    template = getattr(tokenizer, "chat_template", None)
-    return _key({"tokenizer": text, "special": special, "template": template})
-
-
-# ---------------------------------------------------------------- the cache entries
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    return True
-
-
-def _remove_leftovers(root: Path) -> None:
-    """Folders of preparations whose process is gone (failed, stopped or killed): never read."""
-    for partial in root.glob("*.partial-*"):
-        try:
-            pid = int(partial.name.rsplit(".partial-", 1)[1].split("-")[0])
-        except ValueError:
-            continue
-        if not _alive(pid):
-            shutil.rmtree(partial, ignore_errors=True)
-
-
-@contextmanager
-def _building(key: str):
-    """A folder to build entry `key` in; renamed to the entry when the block ends without error."""
-    root = data_cache_dir()
-    root.mkdir(parents=True, exist_ok=True)
-    _remove_leftovers(root)
-    partial = root / f"{key}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    partial.mkdir()
-    try:
-        yield partial
-        shutil.rmtree(partial / "work", ignore_errors=True)
-        try:
-            partial.rename(root / key)
-        except OSError:  # another process completed the same entry first: use theirs
-            shutil.rmtree(partial, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-
-
-def _load_entry(key: str) -> tuple[datasets.Dataset, datasets.Dataset | None, dict] | None:
-    folder = data_cache_dir() / key
-    if not (folder / INFO).is_file():
-        return None
-    info = json.loads((folder / INFO).read_text())
-    train = datasets.load_from_disk(str(folder / "train"))
-    held = (folder / "held_out").is_dir() and datasets.load_from_disk(str(folder / "held_out"))
-    return train, held or None, info
-
-
-def _save_entry(folder: Path, train, held_out, info: dict) -> None:
-    train.save_to_disk(str(folder / "train"))
-    if held_out is not None:
-        held_out.save_to_disk(str(folder / "held_out"))
-    (folder / INFO).write_text(json.dumps(info, indent=1))
 
 
 @contextmanager
@@ -262,10 +125,10 @@ def checked_splits(cfg, progress: Progress | None = None):
     rejected (and their location), not the source's other columns.
     """
     key = checked_key(cfg)
-    entry = _load_entry(key)
+    entry = load_entry(key)
     if entry is not None:
         return entry
-    with _building(key) as folder:
+    with building(key) as folder:
         work = folder / "work"
         work.mkdir()
 
@@ -277,8 +140,8 @@ def checked_splits(cfg, progress: Progress | None = None):
             return good_rows(raw.name, checked, skip_bad_rows)
 
         train, held_out, info = load_config_splits(cfg, loader=loader)
-        _save_entry(folder, train, held_out, info)
-    return _load_entry(key)
+        save_entry(folder, train, held_out, info)
+    return load_entry(key)
 
 
 def check_data(cfg, progress: Progress | None = None) -> dict:
@@ -352,12 +215,12 @@ def prepare_data(cfg, tokenizer, progress: Progress | None = None) -> Prepared:
     set_chat_template(tokenizer, cfg.chat_template)
     first = checked_key(cfg)
     budgets = [cfg.max_length, cfg.max_prompt_length]
-    key = _key({"checked": first, "tokenizer": tokenizer_id(tokenizer), "budgets": budgets})
-    entry, cache = _load_entry(key), "hit"
+    key = cache_key({"checked": first, "tokenizer": tokenizer_id(tokenizer), "budgets": budgets})
+    entry, cache = load_entry(key), "hit"
     if entry is None:
         cache = "built"
         train, held_out, info = checked_splits(cfg, progress)
-        with _building(key) as folder:
+        with building(key) as folder:
             work = folder / "work"
             work.mkdir()
             train, train_report = _tokenised(train, "train", tokenizer, cfg, work, progress)
@@ -365,8 +228,8 @@ def prepare_data(cfg, tokenizer, progress: Progress | None = None) -> Prepared:
             if held_out is not None:
                 held_out, report = _tokenised(held_out, "held_out", tokenizer, cfg, work, progress)
                 truncation["held_out"] = report
-            _save_entry(folder, train, held_out, {"data": info, "truncation": truncation})
-        entry = _load_entry(key)
+            save_entry(folder, train, held_out, {"data": info, "truncation": truncation})
+        entry = load_entry(key)
     train, held_out, info = entry
     report = info["truncation"]["train"]
     stats = {

@@ -183,25 +183,31 @@ def normalise_row(row: dict) -> dict:
             "prompt",
             "missing; give a prompt, or chosen/rejected as whole conversations (implicit prompt)",
         )
-    system = row.get("system")
-    if system is not None:
-        if not isinstance(system, str):
-            raise RowError("system", f"expected a string, got {type(system).__name__}")
-        if system.strip() and prompt[0]["role"] == "system":
-            if prompt[0]["content"].strip() != system.strip():
-                raise RowError(
-                    "system",
-                    "differs from the system message already in the conversation; keep one "
-                    "(column_map system= drops the column)",
-                )
-        elif system.strip():
-            prompt = [{"role": "system", "content": system}] + prompt
+    prompt = _with_system(prompt, row.get("system"))
     if chosen.strip() == rejected.strip():
         raise RowError(
             "rejected", "identical to chosen; a preference pair needs two different replies"
         )
     extra = {k: v for k, v in row.items() if k not in FIELDS}
     return {"prompt": prompt, "chosen": chosen, "rejected": rejected, **extra}
+
+
+def _with_system(prompt: list[dict], system) -> list[dict]:
+    """The prompt with a `system` column's message first, unless the conversation has that one."""
+    if system is None:
+        return prompt
+    if not isinstance(system, str):
+        raise RowError("system", f"expected a string, got {type(system).__name__}")
+    if system.strip() and prompt[0]["role"] == "system":
+        if prompt[0]["content"].strip() != system.strip():
+            raise RowError(
+                "system",
+                "differs from the system message already in the conversation; keep one "
+                "(column_map system= drops the column)",
+            )
+    elif system.strip():
+        prompt = [{"role": "system", "content": system}] + prompt
+    return prompt
 
 
 def _rename(row, column_map: dict[str, str]):

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from orpo_lab.default_dataset import JUDGES, rejected_like
+from orpo_lab.default_judges import JUDGES, rejected_like
 
 Z95 = 1.959963984540054  # the standard normal's 97.5% quantile: a two-sided 95% interval
 

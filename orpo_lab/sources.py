@@ -6,9 +6,8 @@ Sources: "default" (the shipped dataset), a .jsonl/.json/.csv/.parquet file, a f
 (`split_names`); a single file or Dataset is one split, called "train" (as `datasets` names it), and
 has no "test" split: held-out pairs for it come from `orpo_lab.splits.load_splits`.
 
-`read_split` returns a split's raw rows as a Dataset (`RawRows`: a JSONL file as the offsets of its
-lines, other sources as they are) with a location per row ("file: line 3") for error messages; the
-rules live in `orpo_lab.preferences`, which applies them to every row in a batched `map`.
+`read_split` returns a split's raw rows (`RawRows`: a JSONL file as its lines' offsets) with a
+location per row ("file: line 3") for messages; `orpo_lab.preferences` applies the rules to them.
 """
 
 from __future__ import annotations
@@ -232,15 +231,8 @@ def _read_file(path: Path) -> RawRows:
 
 def read_split(source, split: str = SINGLE_SPLIT) -> RawRows:
     """The raw rows of one split of a source; a missing split lists the others."""
-    if isinstance(source, datasets.Dataset):
-        if split != SINGLE_SPLIT:
-            raise _single_split_error("the in-memory dataset", split)
-        return RawRows("in-memory dataset", source, label="in-memory dataset: row ")
-    if isinstance(source, datasets.DatasetDict):
-        if split not in source:
-            raise _no_split("the DatasetDict", split, sorted(source))
-        name = f"split {split!r}"
-        return RawRows(name, source[split], label=f"{name}: row ")
+    if isinstance(source, (datasets.Dataset, datasets.DatasetDict)):
+        return _read_in_memory(source, split)
     if source == "default":
         from orpo_lab.default_dataset import DATA_DIR
 
@@ -250,29 +242,48 @@ def read_split(source, split: str = SINGLE_SPLIT) -> RawRows:
             )
         return _read_file(DATA_DIR / f"{split}.jsonl")
     path = Path(str(source)).expanduser()
-    if path.is_dir():
-        found = [path / f"{split}{ext}" for ext in FILE_TYPES if (path / f"{split}{ext}").is_file()]
-        if not found:
-            raise _no_split(str(path), split, _folder_splits(path))
-        return _read_file(found[0])
-    if path.suffix in FILE_TYPES:
-        if not path.is_file():
-            raise PreferenceDataError(
-                f"{path}: file not found. Expected an existing .jsonl/.json/.csv/.parquet file."
-            )
-        if split != SINGLE_SPLIT:
-            raise _single_split_error(str(path), split)
-        return _read_file(path)
+    if path.is_dir() or path.suffix in FILE_TYPES:
+        return _read_local(path, split)
     if _is_local(source):
         raise PreferenceDataError(
             f"{source}: expected a .jsonl, .json, .csv or .parquet file, a folder of them, "
             "'default' or a hub id."
         )
+    return _read_hub(str(source), split)
+
+
+def _read_in_memory(source: datasets.Dataset | datasets.DatasetDict, split: str) -> RawRows:
+    if isinstance(source, datasets.Dataset):
+        if split != SINGLE_SPLIT:
+            raise _single_split_error("the in-memory dataset", split)
+        return RawRows("in-memory dataset", source, label="in-memory dataset: row ")
+    if split not in source:
+        raise _no_split("the DatasetDict", split, sorted(source))
+    name = f"split {split!r}"
+    return RawRows(name, source[split], label=f"{name}: row ")
+
+
+def _read_local(path: Path, split: str) -> RawRows:
+    if path.is_dir():
+        found = [path / f"{split}{ext}" for ext in FILE_TYPES if (path / f"{split}{ext}").is_file()]
+        if not found:
+            raise _no_split(str(path), split, _folder_splits(path))
+        return _read_file(found[0])
+    if not path.is_file():
+        raise PreferenceDataError(
+            f"{path}: file not found. Expected an existing .jsonl/.json/.csv/.parquet file."
+        )
+    if split != SINGLE_SPLIT:
+        raise _single_split_error(str(path), split)
+    return _read_file(path)
+
+
+def _read_hub(source: str, split: str) -> RawRows:
     splits = split_names(source)
     if split not in splits:
-        raise _no_split(str(source), split, splits)
+        raise _no_split(source, split, splits)
     try:
-        ds = datasets.load_dataset(str(source), split=split)
+        ds = datasets.load_dataset(source, split=split)
     except Exception as err:
         raise PreferenceDataError(
             f"{source}: not a local file and could not be loaded from the hub ({err})."

@@ -15,13 +15,8 @@ from collections.abc import Callable
 
 import datasets
 
-from orpo_lab.preferences import (  # noqa: F401  (pair_key re-exported)
-    KEY,
-    SkippedRowsWarning,
-    load_preferences,
-    pair_hash,
-    pair_key,
-)
+from orpo_lab.preferences import KEY, SkippedRowsWarning, load_preferences
+from orpo_lab.rows import pair_hash
 from orpo_lab.sources import SINGLE_SPLIT, PreferenceDataError, split_names
 
 

@@ -15,8 +15,8 @@ from contextlib import nullcontext
 import torch
 from tqdm.auto import tqdm
 
+from orpo_lab.collate import collate
 from orpo_lab.config import TrainConfig
-from orpo_lab.data import collate
 from orpo_lab.loss import odds_weight, or_penalty, orpo_loss
 from orpo_lab.objectives import model_inputs, objective_loss
 

@@ -18,8 +18,10 @@ from dataclasses import dataclass
 
 import torch
 
-from orpo_lab.data import collate, tokenize_pair
-from orpo_lab.loss import IGNORE_INDEX, odds_weight, or_penalty, orpo_loss, token_logps
+from orpo_lab.collate import collate
+from orpo_lab.data import tokenize_pair
+from orpo_lab.loss import odds_weight, or_penalty, orpo_loss
+from orpo_lab.token_logps import IGNORE_INDEX, token_logps
 
 
 @dataclass(frozen=True)

@@ -26,8 +26,8 @@ from transformers import get_scheduler
 from orpo_lab import autotune, build, compiling, reference, trackers
 from orpo_lab.build import DTYPE_NAMES, build_model, load_pairs, precision_plan, subset
 from orpo_lab.checkpoint import load_training_state, resume_point, save_checkpoint
+from orpo_lab.collate import collate
 from orpo_lab.config import TrainConfig
-from orpo_lab.data import collate
 from orpo_lab.logps import PairLogps, check_sample
 from orpo_lab.rundir import RunDir
 from orpo_lab.step import (

@@ -22,8 +22,12 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import datasets
+
 from orpo_lab.chat import normalize_messages
+from orpo_lab.preferences import check_rows, good_rows, with_extras
 from orpo_lab.rundir import json_objects
+from orpo_lab.sources import RowError, json_rows, read_jsonl
 
 _LOCK = threading.Lock()
 
@@ -187,3 +191,35 @@ def blind_tally(votes: list[dict]) -> list[list]:
         else:
             counts[pair.index(v["chosen_model"])] += 1
     return [[a, b, *counts] for (a, b), counts in sorted(table.items())]
+
+
+def votes_to_dataset(votes, skip_bad_rows: bool = False) -> datasets.Dataset:
+    """Arena votes -> a preference dataset (normalised as by `load_preferences`).
+
+    `votes` is a JSONL path or a list of dicts. One vote record (the app appends one JSON line each):
+      {"prompt": str or [messages], "chosen": str, "rejected": str,   # the preferred and the other reply
+       "left": str, "right": str, "winner": "left" | "right" | "tie", "time": float (unix seconds)}
+    "chosen"/"rejected" win when present; otherwise they are taken from left/right by "winner".
+    Ties (winner "tie" or "both", or "tie": true) are skipped. left/right/winner/tie are dropped;
+    other fields (e.g. "time", "model") are kept.
+    """
+    if isinstance(votes, (str, Path)):
+        name, located = str(votes), read_jsonl(Path(votes))
+    else:
+        name, located = "votes", [(f"votes: row {i}", v) for i, v in enumerate(votes)]
+    pairs = []
+    for where, vote in located:
+        if isinstance(vote, RowError):
+            pairs.append((where, vote))
+            continue
+        winner = vote.get("winner")
+        if vote.get("tie") or winner in ("tie", "both"):
+            continue
+        if "chosen" not in vote and winner in ("left", "right"):
+            loser = "right" if winner == "left" else "left"
+            vote = {**vote, "chosen": vote.get(winner), "rejected": vote.get(loser)}
+        pairs.append(
+            (where, {k: v for k, v in vote.items() if k not in ("left", "right", "winner", "tie")})
+        )
+    raw = json_rows(name, pairs)
+    return with_extras(name, good_rows(name, check_rows(raw), skip_bad_rows))

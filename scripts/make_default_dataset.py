@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from orpo_lab.default_dataset import DATA_DIR, FAMILIES, JUDGES, SEED, build
+from orpo_lab.default_dataset import DATA_DIR, FAMILIES, SEED, build
+from orpo_lab.default_judges import JUDGES
 
 CARD = """\
 # ORPO Lab default preference dataset
@@ -60,7 +61,7 @@ the pair the family is about, best over middle, once per question.
 
 ## Judges
 
-`orpo_lab.default_dataset.JUDGES[family](record, answer) -> bool` says whether a generated answer has
+`orpo_lab.default_judges.JUDGES[family](record, answer) -> bool` says whether a generated answer has
 the preferred property. In arithmetic, bullets and concise every chosen reply passes its judge and
 every rejected reply fails it (tested); in ranked the chosen hedged replies fail it too (see below).
 - arithmetic: the number after the first "=" (else the first number that is not an operand) is the result.
@@ -70,7 +71,7 @@ every rejected reply fails it (tested); in ranked the chosen hedged replies fail
   the wrong one (or it names neither), "middle" when it hedges (I think, not sure, maybe, probably,
   ...), else "best"; the judge passes "best". Chosen replies grade above their rejected ones (tested).
 
-`orpo_lab.default_dataset.rejected_like(family, record, answer) -> bool` says whether an answer does
+`orpo_lab.default_judges.rejected_like(family, record, answer) -> bool` says whether an answer does
 what the family's rejected replies do: states a wrong result (arithmetic), lists the items as comma
 prose (bullets), says it in more than one sentence (concise), hedges (ranked). Every rejected reply
 has that property, every chosen reply but the ranked family's hedged middle ones does not (tested).

@@ -14,8 +14,8 @@ import yaml
 from gradio_client import Client, handle_file
 from test_chat import make_adapter
 
-from orpo_lab.chat import ModelPool
 from orpo_lab.config import PRESETS
+from orpo_lab.model_pool import ModelPool
 from orpo_lab.rundir import RunDir
 from orpo_lab.ui import BASE_CHOICE, build_app
 from orpo_lab.ui.train_tab import FORM_NAMES

@@ -16,13 +16,14 @@ import pytest
 import torch
 import transformers as tf
 
-from orpo_lab.chat import ModelPool
 from orpo_lab.checkpoint import export_merged
+from orpo_lab.collate import collate
 from orpo_lab.config import TrainConfig
-from orpo_lab.data import collate, tokenize_pair
+from orpo_lab.data import tokenize_pair
 from orpo_lab.logps import PairLogps
-from orpo_lab.loss import sequence_logps, token_logps
+from orpo_lab.model_pool import ModelPool
 from orpo_lab.rundir import RunDir
+from orpo_lab.token_logps import sequence_logps, token_logps
 from orpo_lab.train import train
 
 SMALL = dict(

@@ -14,7 +14,7 @@ from test_train import lines, make_config, same_trajectory, write_pairs
 
 from orpo_lab import autotune, compiling
 from orpo_lab.build import build_model, load_pairs, precision_plan
-from orpo_lab.data import collate
+from orpo_lab.collate import collate
 from orpo_lab.logps import PairLogps
 from orpo_lab.rundir import RunDir
 from orpo_lab.step import StopRequested

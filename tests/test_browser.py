@@ -288,7 +288,7 @@ def test_default_model_inside_orpo_and_blind_vote(browser, tmp_path, notebook_en
     "three things" question as a bullet list, the base not."""
     import shutil
 
-    from orpo_lab.default_dataset import judge
+    from orpo_lab.default_judges import judge
 
     runs, shots = tmp_path / "runs", shots_dir(tmp_path)
     for name in (ORPO, SFT):  # a copy: this test's votes stay out of the notebooks' runs folder

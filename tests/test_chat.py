@@ -10,14 +10,9 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
-from orpo_lab.chat import (
-    ModelPool,
-    content_text,
-    generate,
-    generate_stream,
-    normalize_messages,
-)
+from orpo_lab.chat import content_text, generate, generate_stream, normalize_messages
 from orpo_lab.model import ModelLoadError, load_model
+from orpo_lab.model_pool import ModelPool
 
 PROMPT = [{"role": "user", "content": "Say something."}]
 

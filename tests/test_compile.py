@@ -14,8 +14,8 @@ from test_train import adapter, lines, make_config, same_trajectory, same_weight
 
 from orpo_lab import autotune, compiling
 from orpo_lab.build import build_model, load_pairs, precision_plan
+from orpo_lab.collate import collate
 from orpo_lab.config import TrainConfig
-from orpo_lab.data import collate
 from orpo_lab.logps import PairLogps
 from orpo_lab.train import train
 

@@ -113,18 +113,54 @@ def cli_args(cfg) -> list[str]:
     return [*CLI, "--config", str(cfg_path)]
 
 
+class Child:
+    """A command-line run in a process of its own, its output in files (a pipe nobody reads can fill
+    and stall the child). `wait_for` polls a condition and fails, with the child's output, as soon as
+    the child has exited or the deadline has passed, so a dead child never leaves the test spinning."""
+
+    def __init__(self, args: list[str], folder):
+        self.out_path, self.err_path = folder / "child.out", folder / "child.err"
+        with self.out_path.open("w") as out, self.err_path.open("w") as err:
+            self.proc = subprocess.Popen(args, stdout=out, stderr=err, text=True)
+
+    def output(self) -> tuple[str, str]:
+        return self.out_path.read_text(), self.err_path.read_text()
+
+    def wait_for(self, what: str, done, seconds: float = 120) -> None:
+        deadline = time.monotonic() + seconds
+        while not done():
+            if self.proc.poll() is not None:
+                pytest.fail(
+                    f"the run exited ({self.proc.returncode}) before {what}:\n{self.tail()}"
+                )
+            if time.monotonic() > deadline:
+                self.proc.kill()
+                self.proc.wait()
+                pytest.fail(f"no {what} within {seconds:.0f} s:\n{self.tail()}")
+            time.sleep(0.2)
+
+    def finish(self, seconds: float) -> tuple[str, str]:
+        try:
+            self.proc.wait(timeout=seconds)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            pytest.fail(f"the run was still going {seconds:.0f} s after Ctrl-C:\n{self.tail()}")
+        return self.output()
+
+    def tail(self) -> str:
+        out, err = self.output()
+        return f"stdout: ...{out[-1500:]}\nstderr: ...{err[-3000:]}"
+
+
 def test_ctrl_c_saves_the_last_step_and_exits_cleanly(tmp_path, data, tiny_model_dir):
     cfg = make_config(tmp_path, data, tiny_model_dir, max_steps=100000, save_every=0, eval_every=0)
-    proc = subprocess.Popen(
-        cli_args(cfg), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    child = Child(cli_args(cfg), tmp_path)
     metrics = cfg.run_dir / "metrics.jsonl"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and len(lines_if(metrics)) < 3:
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err[-2000:]
+    child.wait_for("three logged steps", lambda: len(lines_if(metrics)) >= 3)
+    child.proc.send_signal(signal.SIGINT)
+    out, err = child.finish(120)
+    assert child.proc.returncode == 0, err[-2000:]
     assert "stop requested" in err and "--resume" in out
     status = status_of(cfg)
     assert status["status"] == "stopped"
@@ -154,18 +190,15 @@ sys.exit(main(sys.argv[1:]))
 
 def test_second_ctrl_c_exits_at_once(tmp_path, data, tiny_model_dir):
     cfg = make_config(tmp_path, data, tiny_model_dir, max_steps=100000, save_every=0, eval_every=0)
-    args = [sys.executable, "-c", SLOW_SAVE, *cli_args(cfg)[3:]]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not lines_if(cfg.run_dir / "metrics.jsonl"):
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
-    while "saving" not in proc.stderr.readline():  # the first stop is saving (slowly)
-        pass
+    child = Child([sys.executable, "-c", SLOW_SAVE, *cli_args(cfg)[3:]], tmp_path)
+    child.wait_for("a logged step", lambda: lines_if(cfg.run_dir / "metrics.jsonl"))
+    child.proc.send_signal(signal.SIGINT)
+    # The first stop is saving (slowly).
+    child.wait_for("the slow save", lambda: "saving" in child.err_path.read_text(), seconds=60)
     began = time.monotonic()
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=30)
-    assert proc.returncode == 128 + signal.SIGINT and "exiting now" in err
+    child.proc.send_signal(signal.SIGINT)
+    _, err = child.finish(30)
+    assert child.proc.returncode == 128 + signal.SIGINT and "exiting now" in err
     assert time.monotonic() - began < 10
 
 

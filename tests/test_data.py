@@ -8,17 +8,17 @@ import pytest
 import torch
 from conftest import build_tiny_model
 
+from orpo_lab.collate import IGNORE, collate, collate_padded
 from orpo_lab.data import (
-    IGNORE,
     MIN_RESPONSE_TOKENS,
-    collate,
-    collate_padded,
     end_of_turn_id,
     tokenize_dataset,
     tokenize_pair,
     tokenize_pairs,
 )
-from orpo_lab.preferences import PreferenceDataError, load_preferences, votes_to_dataset
+from orpo_lab.preferences import load_preferences
+from orpo_lab.sources import PreferenceDataError
+from orpo_lab.votes import votes_to_dataset
 
 SINGLE = {"prompt": "What is 7 + 5?", "chosen": "7 + 5 = 12.", "rejected": "7 + 5 = 13, I think."}
 MULTI_PROMPT = [

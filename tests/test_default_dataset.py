@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from orpo_lab.default_dataset import (
-    FAMILIES,
+from orpo_lab.default_dataset import FAMILIES, build
+from orpo_lab.default_judges import (
     JUDGES,
     RANKED_QUESTIONS,
-    build,
     grade,
     judge,
     ranked_options,

@@ -6,10 +6,11 @@ import json
 
 import pytest
 
+from orpo_lab.answers import BASE_ANSWERS_DIR
 from orpo_lab.checkpoint import CheckpointError
 from orpo_lab.config import TrainConfig
-from orpo_lab.default_dataset import judge, rejected_like
-from orpo_lab.evaluate import BASE_ANSWERS_DIR, evaluate_run, pass_rates, stratified
+from orpo_lab.default_judges import judge, rejected_like
+from orpo_lab.evaluate import evaluate_run, pass_rates, stratified
 from orpo_lab.preferences import load_preferences
 from orpo_lab.runs import RunManager
 from orpo_lab.train import train

@@ -15,7 +15,8 @@ import warnings
 import datasets
 import pytest
 
-from orpo_lab.config import TrainConfig, build_parser, config_from_args, parse_column_map
+from orpo_lab.config import TrainConfig, build_parser, config_from_args
+from orpo_lab.config_checks import parse_column_map
 from orpo_lab.data import (
     ChatTemplateError,
     encode_prompt,
@@ -24,8 +25,10 @@ from orpo_lab.data import (
     set_chat_template,
     tokenize_pair,
 )
-from orpo_lab.preferences import PreferenceDataError, load_preferences, split_shared_text
-from orpo_lab.splits import load_splits, pair_key
+from orpo_lab.preferences import load_preferences
+from orpo_lab.rows import pair_key, split_shared_text
+from orpo_lab.sources import PreferenceDataError
+from orpo_lab.splits import load_splits
 
 SYSTEM = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
 END = "<|im_end|>"
@@ -515,10 +518,14 @@ def test_conversations_without_a_chat_template_name_the_options(plain_tokenizer)
         set_chat_template(plain_tokenizer, "no-such-template")
 
 
-def test_warning_free_for_clean_data(tmp_path):
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        load_preferences(datasets.Dataset.from_list(ORPO_MIX))
+def test_warning_free_for_clean_data():
+    """Clean rows (the mix's conversations, a shared system turn, extra string columns) load whole
+    and without a single warning: a note on clean data would teach users to ignore notes."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pairs = load_preferences(datasets.Dataset.from_list(ORPO_MIX))
+    assert [f"{w.category.__name__}: {w.message}" for w in caught] == []
+    assert len(pairs) == len(ORPO_MIX)
 
 
 def test_chat_encodes_a_prompt_exactly_as_training_does(default_tokenizer, plain_tokenizer):

@@ -12,7 +12,8 @@ from test_app import free_port
 from test_train import make_config, write_pairs
 
 from orpo_lab.build import load_pairs
-from orpo_lab.data import collate, tokenize_pair
+from orpo_lab.collate import collate
+from orpo_lab.data import tokenize_pair
 from orpo_lab.logps import PairLogps
 from orpo_lab.loss import odds_weight, or_penalty
 from orpo_lab.model import load_model

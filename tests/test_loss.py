@@ -20,11 +20,9 @@ from orpo_lab.loss import (
     preference_metrics,
     prob_ratio_loss,
     probability_ratio_loss,
-    sequence_logps,
     sft_loss,
-    token_logps,
-    token_logps_from_hidden,
 )
+from orpo_lab.token_logps import sequence_logps, token_logps, token_logps_from_hidden
 
 LN = math.log
 

@@ -15,9 +15,9 @@ from test_chat import make_adapter
 from test_train import lines, make_config, write_pairs
 
 from orpo_lab.cli import main
+from orpo_lab.collate import collate
 from orpo_lab.config import TrainConfig
 from orpo_lab.costs import held_out_curve, peak_memory, pipeline_costs
-from orpo_lab.data import collate
 from orpo_lab.logps import PairLogps
 from orpo_lab.loss import dpo_loss, preference_metrics
 from orpo_lab.model import attach_adapter, load_model

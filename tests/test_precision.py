@@ -13,8 +13,8 @@ from safetensors.torch import load_file
 from orpo_lab import autotune
 from orpo_lab.autotune import bf16_flag
 from orpo_lab.build import build_model, load_pairs, precision_plan
+from orpo_lab.collate import collate
 from orpo_lab.config import TrainConfig
-from orpo_lab.data import collate
 from orpo_lab.logps import PairLogps
 from orpo_lab.loss import orpo_loss
 from orpo_lab.model import cpu_flags, pick_precision

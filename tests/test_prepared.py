@@ -17,10 +17,11 @@ import pytest
 from test_formats import CASES, user
 from test_train import make_config
 
-from orpo_lab import prepared
+from orpo_lab import data_cache, prepared
+from orpo_lab.collate import collate
 from orpo_lab.config import TrainConfig
-from orpo_lab.data import collate, tokenize_pair
-from orpo_lab.preferences import PreferenceDataError
+from orpo_lab.data import tokenize_pair
+from orpo_lab.sources import PreferenceDataError
 from orpo_lab.splits import load_config_splits
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -129,8 +130,8 @@ def test_a_second_preparation_reads_the_cache_and_any_change_rebuilds(tmp_path, 
     write(path, uf_rows(41))  # the file itself changes: its size and mtime are in the key
     grown = prepared.prepare_data(cfg, default_tokenizer)
     assert grown.stats["cache"] == "built" and len(grown.train) + len(grown.held_out) == 41
-    entries = [p for p in prepared.data_cache_dir().iterdir() if ".partial-" not in p.name]
-    assert not [p for p in prepared.data_cache_dir().iterdir() if ".partial-" in p.name]
+    entries = [p for p in data_cache.data_cache_dir().iterdir() if ".partial-" not in p.name]
+    assert not [p for p in data_cache.data_cache_dir().iterdir() if ".partial-" in p.name]
     # two entries (checked, tokenised) each, but the budget change shares the checked one: 9
     assert len(entries) == 2 + 1 + 2 + 2 + 2
 
@@ -144,7 +145,7 @@ def test_a_bad_row_deep_in_a_large_file_is_named_in_several_processes(tmp_path, 
         prepared.check_data(cfg)
     assert f"{path}: line 4500: field 'rejected': missing" in str(err.value)
     assert "1 bad row(s)" in str(err.value)
-    root = prepared.data_cache_dir()
+    root = data_cache.data_cache_dir()
     assert not root.exists() or not list(root.iterdir())  # nothing cached for a failed preparation
     cfg.skip_bad_rows = True
     with pytest.warns(UserWarning, match="skipped 1 bad row"):

@@ -9,7 +9,8 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
-from orpo_lab.data import collate, encode_response, tokenize_pair
+from orpo_lab.collate import collate
+from orpo_lab.data import encode_response, tokenize_pair
 from orpo_lab.logps import PairLogps
 from orpo_lab.loss import odds_weight, or_penalty, orpo_loss
 from orpo_lab.token_view import score_pair, token_change

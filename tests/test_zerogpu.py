@@ -17,7 +17,7 @@ from test_train import adapter, lines, make_config, write_pairs
 
 import orpo_lab.train as engine
 from orpo_lab import slices, zerogpu, zerogpu_standin
-from orpo_lab.chat import ModelPool
+from orpo_lab.model_pool import ModelPool
 from orpo_lab.runs import RunManager
 from orpo_lab.train import train
 

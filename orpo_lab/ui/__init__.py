@@ -19,7 +19,7 @@ import gradio as gr
 from tqdm import tqdm
 
 from orpo_lab import zerogpu
-from orpo_lab.chat import ModelPool
+from orpo_lab.model_pool import ModelPool
 from orpo_lab.runs import RunManager
 from orpo_lab.slices import SliceRunner
 from orpo_lab.ui.chat_tab import chat_tab, column_updates, votes_table, wire_chat

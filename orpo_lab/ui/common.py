@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from orpo_lab.chat import ModelPool
+from orpo_lab.model_pool import ModelPool
 from orpo_lab.runs import RunManager
 
 BASE_CHOICE = "base model"

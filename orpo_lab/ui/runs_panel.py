@@ -10,7 +10,7 @@ import gradio as gr
 import plotly.graph_objects as go
 import yaml
 
-from orpo_lab.plots import compare_figure, metrics_figure, weighting_figure
+from orpo_lab.plots import compare_figure, metrics_figure
 from orpo_lab.rundir import ACTIVE
 from orpo_lab.ui.common import AppContext
 from orpo_lab.ui.method_panel import method_values
@@ -26,6 +26,7 @@ from orpo_lab.ui.views import (
     sampled_rate_table,
     started_text,
 )
+from orpo_lab.weighting_plot import weighting_figure
 
 WEIGHTING_HELP = (
     "**How hard each pair pulls**, at every held-out evaluation: ORPO's gradient is delta(d) times the "

@@ -242,8 +242,7 @@ def wire_dataset(ctx: AppContext, p: SimpleNamespace) -> None:
 
     def votes_dataset():
         """The chat votes as a dataset file (ties, duplicates and contradictions left out)."""
-        from orpo_lab.preferences import votes_to_dataset
-        from orpo_lab.votes import clean_votes, describe, read_votes
+        from orpo_lab.votes import clean_votes, describe, read_votes, votes_to_dataset
 
         pairs, report = clean_votes(read_votes(ctx.votes_path))
         if not pairs:
