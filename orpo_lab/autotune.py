@@ -34,7 +34,9 @@ import os
 import platform
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from tqdm.auto import tqdm
@@ -44,6 +46,9 @@ from orpo_lab.data import collate
 from orpo_lab.logps import PairLogps, check_sample
 from orpo_lab.model import cache_dir, cpu_flags
 from orpo_lab.step import StopRequested, pair_tokens, time_steps
+
+if TYPE_CHECKING:  # plan.py asks this module for a cached precision
+    from orpo_lab.plan import Plan
 
 # Tokens per part (prompt, chosen, rejected) of the pairs the probe times: at max_length 1,024 the
 # whole first batch cost a new setup ~26 s of probing; the ratios between candidates are measured
@@ -204,7 +209,7 @@ def _rounded(times: list[float]) -> list[float]:
     return [round(t, 4) for t in times]
 
 
-# ---------------------------------------------------------------- the hooks train.prepare calls
+# ---------------------------------------------------------------- the hooks setup.setup calls
 
 
 def precision_from_cache(cfg) -> tuple[str | None, str, dict | None]:
@@ -229,20 +234,20 @@ def _cached_times(known: dict) -> dict:
 
 def settle_precision(
     cfg,
-    plan: dict,
+    plan: Plan,
     model,
     batch: dict,
-    rebuild: Callable[[dict], object],
+    rebuild: Callable[[Plan], object],
     progress=None,
     sample: dict | None = None,
-) -> tuple[object, dict]:
-    """(model, plan) of a run whose precision `plan` left to measure (plan["precision_probe"]):
+) -> tuple[object, Plan]:
+    """(model, plan) of a run whose precision `plan` left to measure (plan.precision_probe):
     times the model (float32) and a bf16 copy (`rebuild(bf16 plan)`) on `batch`, keeps the faster,
     caches the answer. Any other plan is returned as it is. Each candidate's log-prob path is
     checked first (`PairLogps.verify`) on `sample` (the run's one short pair), else on `batch`.
     It says what it does on a bar (stderr) and to `progress(stage, done, total)` (the run's status
     line), which may raise to stop it."""
-    if not plan.get("precision_probe"):
+    if not plan.precision_probe:
         return model, plan
     began = time.perf_counter()
     times, models, failed = {}, {"fp32": model}, False
@@ -259,9 +264,7 @@ def settle_precision(
         timed = {"fp32": _verified(model, cfg, batch if sample is None else sample)}
         times["fp32"] = time_steps(timed["fp32"], batch, cfg.beta, n=1)
         stage("loading a bf16 copy")
-        models["bf16"] = rebuild(
-            {**plan, "precision": "bf16", "base": "bf16", "attention": "eager"}
-        )
+        models["bf16"] = rebuild(replace(plan, precision="bf16", base="bf16", attention="eager"))
         stage("bf16")
         timed["bf16"] = _verified(models["bf16"], cfg, batch if sample is None else sample)
         times["bf16"] = time_steps(timed["bf16"], batch, cfg.beta, n=1)
@@ -298,11 +301,9 @@ def settle_precision(
                 "when": time.strftime("%Y-%m-%d %H:%M"),
             },
         )
-    chosen = (
-        plan if name == "fp32" else {**plan, "precision": name, "base": name, "attention": "eager"}
-    )
-    chosen = {**chosen, "precision_reason": why, "precision_probe": False, "autotune": probe}
-    return models[name], chosen
+    if name != "fp32":
+        plan = replace(plan, precision=name, base=name, attention="eager")
+    return models[name], replace(plan, precision_reason=why, precision_probe=False, autotune=probe)
 
 
 def _verified(model, cfg, batch) -> PairLogps:
@@ -313,26 +314,32 @@ def _verified(model, cfg, batch) -> PairLogps:
 
 def settle_compile(
     cfg,
-    plan: dict,
+    plan: Plan,
     pair_logps: PairLogps,
     batch: dict,
     steps: int,
     processes: int,
     device,
     scale: float = 1.0,
-) -> tuple[bool, str]:
-    """(compile?, why) for a run of `steps` more steps: `compiling.plan`'s answer, except for an
-    eligible "auto" run, which follows the measured step times: from the cache, or, for a setup
-    whose compiled layers were never timed here, from a trial in a run long enough to pay for it
-    (module docstring). `batch`, `scale`: `probe_batch`'s. What it measured or read goes to
-    plan["autotune"] (the started event)."""
+) -> Plan:
+    """`plan` with torch_compile (compile?) and its reason for a run of `steps` more steps:
+    `compiling.plan`'s answer, except for an eligible "auto" run, which follows the measured step
+    times: from the cache, or, for a setup whose compiled layers were never timed here, from a
+    trial in a run long enough to pay for it (module docstring). `batch`, `scale`:
+    `probe_batch`'s. What it measured or read goes to plan.autotune (the started event)."""
     on, why = compiling.plan(cfg, pair_logps.model, processes, device)
     if on is not None:
-        return on, why
-    key, name = setup_key(cfg), plan["precision"]
-    known, record = entry(key), dict(plan.get("autotune") or {})
-    times = record["candidates"] = dict(record.get("candidates") or {})
-    plan["autotune"] = record
+        return replace(plan, torch_compile=on, torch_compile_reason=why)
+    record = dict(plan.autotune or {})
+    record["candidates"] = dict(record.get("candidates") or {})
+    on, why = _measured_compile(cfg, plan, record, pair_logps, batch, steps, scale)
+    return replace(plan, autotune=record, torch_compile=on, torch_compile_reason=why)
+
+
+def _measured_compile(cfg, plan: Plan, record: dict, pair_logps, batch, steps, scale):
+    """(compile?, why) of an eligible "auto" run; what it measures or reads goes to `record`."""
+    key, name = setup_key(cfg), plan.precision
+    known, times = entry(key), record["candidates"]
     eager = times.get(name) or (known.get("candidates") or {}).get(name)
     compiled = (known.get("compiled") or {}).get(name)
     if eager and compiled:
@@ -347,7 +354,7 @@ def settle_compile(
             _store(key, name, compile_s=costs)
         record["compile_s"] = costs
         return on, why
-    if plan.get("sliced"):
+    if plan.sliced:
         return False, "compiled layers were never measured here, and a time slice never tries them"
     try:
         if not eager:  # precision was asked for: its eager step time, once per setup

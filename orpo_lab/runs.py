@@ -19,7 +19,7 @@ import threading
 import time
 from pathlib import Path
 
-from orpo_lab.checkpoint import export_adapter
+from orpo_lab.adapter import export_adapter
 from orpo_lab.config import TrainConfig
 from orpo_lab.rundir import ACTIVE, RUN_NAME, RunDir, RunError, read_metrics, validate_run_name
 
@@ -175,7 +175,7 @@ class RunManager:
             run_name or values.get("run_name") or time.strftime("run-%Y%m%d-%H%M%S")
         )
         values.update(output_dir=str(self.runs_dir), run_name=name, resume=False)
-        from orpo_lab.build import check_launch  # torch and transformers: only when starting
+        from orpo_lab.launch import check_launch  # torch and transformers: only when starting
 
         # Impossible settings, a missing model and unusable data: refused before anything is written.
         cfg = TrainConfig.from_dict(values)
