@@ -15,36 +15,33 @@ the run's own model, adapter and first pairs, each part cut to `PROBE_TOKENS` (`
   and a compile from inductor's on-disk cache (what a later process pays), and the run keeps the
   layers compiled when they won.
 
-The step times go to a per-machine cache (`cache_path()`, JSON), keyed by CPU model, core count,
+The step times go to a per-machine cache (`orpo_lab.autotune_cache`, JSON), keyed by CPU model, core count,
 torch version, model and adapter configuration and batch layout, so a later run of the same setup
 reads its answer instead of measuring; it compiles when (eager - compiled) x its steps exceeds the
 compile from the cache, and then times that compile (the one pass step 1 would have paid it in), so
 that the next run decides on what a fresh process paid. Delete the file to measure again; no run
 needs it. A candidate is chosen over float32 eager only when it is faster by more than float32's
-own spread and by `MARGIN`;
+own spread and by `autotune_rules.MARGIN`;
 otherwise, or when a probe fails, the run trains in float32 (eager) and says why. Nothing else
 (no environment variable, no other cache folder) changes what "auto" does.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import platform
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 from tqdm.auto import tqdm
 
 from orpo_lab import compiling
+from orpo_lab.autotune_cache import cached_times, entry, machine, setup_key, store, write_entry
+from orpo_lab.autotune_rules import choose_compile, choose_precision
 from orpo_lab.data import collate
 from orpo_lab.logps import PairLogps, check_sample
-from orpo_lab.model import cache_dir, cpu_flags
+from orpo_lab.model import cpu_flags
 from orpo_lab.step import StopRequested, pair_tokens, time_steps
 
 if TYPE_CHECKING:  # plan.py asks this module for a cached precision
@@ -56,7 +53,6 @@ if TYPE_CHECKING:  # plan.py asks this module for a cached precision
 PROBE_TOKENS = 128
 PROBE_STEPS = 2  # timed forward+backward passes per candidate, after one untimed (warm-up) pass
 CLEAR = 1.5  # a first timed pass this much faster or slower decides the precision probe alone
-MARGIN = 0.05  # a candidate must beat float32 eager by 5%: a tie keeps the simpler float32
 # A first compile costs about a minute on 2 cores (the default model; once per machine and setup):
 # tried only in a run whose eager steps would take 10+ minutes, where it costs at most ~10%.
 COMPILE_TRIAL_RUN_S = 600.0
@@ -65,131 +61,10 @@ COMPILE_TRIAL_RUN_S = 600.0
 BF16_FLAGS = ("amx_bf16", "avx512_bf16", "avx_ne_convert", "bf16")
 
 
-def cache_path() -> Path:
-    """The measurement cache: $ORPO_LAB_AUTOTUNE_CACHE, else autotune.json in ORPO Lab's cache."""
-    return Path(os.environ.get("ORPO_LAB_AUTOTUNE_CACHE") or cache_dir() / "autotune.json")
-
-
 def bf16_flag(flags=None) -> str | None:
     """The CPU's first bf16 flag of `BF16_FLAGS` (this machine's when `flags` is None), or None."""
     have = set(cpu_flags() if flags is None else flags)
     return next((f for f in BF16_FLAGS if f in have), None)
-
-
-def machine() -> dict:
-    """What a measurement holds for: the CPU model, its cores and torch's threads, torch."""
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("model name", "Model")):  # x86, Arm
-                name = line.partition(":")[2].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": name,
-        "cores": os.cpu_count(),
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-    }
-
-
-def setup_key(cfg) -> str:
-    """The cache key of a run: `machine()`, the model's architecture config, the LoRA adapter
-    (r, alpha, dropout, targets) and the batch layout. Not the data, batch size or step count."""
-    from transformers import AutoConfig
-
-    from orpo_lab.model import resolve_model
-
-    config = AutoConfig.from_pretrained(
-        resolve_model(cfg.model), trust_remote_code=cfg.trust_remote_code
-    ).to_dict()
-    for volatile in (
-        "_name_or_path",
-        "name_or_path",
-        "transformers_version",
-        "dtype",
-        "torch_dtype",
-    ):
-        config.pop(volatile, None)
-    adapter = [cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules]
-    key = [machine(), config, adapter, cfg.layout]
-    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def read_cache() -> dict:
-    try:
-        data = json.loads(cache_path().read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _write_entry(key: str, entry: dict) -> None:
-    path, data = cache_path(), read_cache()
-    data.setdefault("setups", {})[key] = entry
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
-        tmp.replace(path)  # readers see the old file or the new one, never half of one
-    except OSError:
-        pass  # the cache is never required: the next run measures again
-
-
-def entry(key: str) -> dict:
-    return read_cache().get("setups", {}).get(key) or {}
-
-
-# ---------------------------------------------------------------- the decisions (pure functions)
-
-
-def choose_precision(times: dict[str, list[float]]) -> tuple[str, str]:
-    """(precision, why) from measured step times {"fp32": [...], "bf16": [...]} (seconds). Each
-    candidate counts by its fastest pass: other work on the machine only ever adds time."""
-    fp32 = times.get("fp32") or []
-    others = {k: v for k, v in times.items() if k != "fp32" and v}
-    if not fp32 or any(t <= 0 for v in times.values() for t in v):
-        return "fp32", "the probe gave no usable float32 time: float32"
-    base = min(fp32)
-    if not others:
-        return "fp32", f"float32 {base:.3f} s/step, the only candidate measured"
-    name, best = min(((k, min(v)) for k, v in others.items()), key=lambda kv: kv[1])
-    spread = max(fp32) - min(fp32)
-    summary = f"{name} {best:.3f} s/step vs float32 {base:.3f} (x{base / best:.2f})"
-    if best > base * (1 - MARGIN):
-        return "fp32", f"measured here: {summary}; not {MARGIN:.0%} faster: float32"
-    if base - best <= spread:
-        return "fp32", (
-            f"inconclusive: {summary}, but float32's own steps spread by {spread:.3f} s: float32"
-        )
-    return name, f"measured here: {summary}"
-
-
-def choose_compile(
-    eager: float, compiled: float | None, compile_s: float | None, steps: int, paid: bool
-) -> tuple[bool, str]:
-    """(compile?, why) from measured step times (eager, compiled) and the measured compile time
-    from the cache (`compile_s`); `paid`: this process compiled already (its probe did)."""
-    if compiled is None:
-        return False, "compiled layers were not measured here"
-    gain = eager / compiled
-    summary = f"compiled {compiled:.3f} s/step vs eager {eager:.3f} (x{gain:.2f})"
-    if compiled > eager * (1 - MARGIN):
-        return False, f"measured here: {summary}; not {MARGIN:.0%} faster: eager"
-    if paid:
-        return True, f"measured here: {summary}; compiled by the probe already"
-    saving = (eager - compiled) * steps
-    if compile_s is None or saving <= compile_s:
-        cost = "unknown" if compile_s is None else f"{compile_s:.1f} s"
-        return False, (
-            f"measured here: {summary}, but {steps} steps save {saving:.1f} s and a compile from "
-            f"the cache costs {cost}: eager"
-        )
-    return True, (
-        f"measured here: {summary}; {steps} steps save {saving:.1f} s, a compile from the cache "
-        f"costs {compile_s:.1f} s"
-    )
 
 
 # ---------------------------------------------------------------- timing
@@ -221,15 +96,9 @@ def precision_from_cache(cfg) -> tuple[str | None, str, dict | None]:
         return "fp32", why, None
     known = entry(setup_key(cfg))
     if known.get("precision"):
-        measured = {"candidates": _cached_times(known), "cached": known["when"], "probe_s": 0.0}
+        measured = {"candidates": cached_times(known), "cached": known["when"], "probe_s": 0.0}
         return known["precision"], f"{known['precision_reason']} (cached {known['when']})", measured
     return None, "not measured on this machine yet", None
-
-
-def _cached_times(known: dict) -> dict:
-    times = dict(known.get("candidates") or {})
-    times |= {f"{k}+compile": v for k, v in (known.get("compiled") or {}).items()}
-    return times
 
 
 def settle_precision(
@@ -290,7 +159,7 @@ def settle_precision(
         "batch": [int(batch["num_pairs"]), int(batch["input_ids"].numel())],
     }
     if not failed:
-        _write_entry(
+        write_entry(
             key,
             {
                 **entry(key),
@@ -351,7 +220,7 @@ def _measured_compile(cfg, plan: Plan, record: dict, pair_logps, batch, steps, s
         )
         if on:  # the compile step 1 would pay, timed: what a fresh process pays, for later runs
             costs["cached"] = round(_compile_s(pair_logps, batch, cfg.beta, min(compiled)), 1)
-            _store(key, name, compile_s=costs)
+            store(key, name, compile_s=costs)
         record["compile_s"] = costs
         return on, why
     if plan.sliced:
@@ -360,7 +229,7 @@ def _measured_compile(cfg, plan: Plan, record: dict, pair_logps, batch, steps, s
         if not eager:  # precision was asked for: its eager step time, once per setup
             began, eager = time.perf_counter(), time_steps(pair_logps, batch, cfg.beta, PROBE_STEPS)
             record["probe_s"] = round(record.get("probe_s", 0) + time.perf_counter() - began, 1)
-            _store(key, name, candidates=_rounded(eager))
+            store(key, name, candidates=_rounded(eager))
         times[name] = _rounded(eager)
         step = min(eager) * scale
         run_s = step * steps
@@ -382,7 +251,7 @@ def _measured_compile(cfg, plan: Plan, record: dict, pair_logps, batch, steps, s
         compiling.uncompile_layers(pair_logps.model)
         return False, f"the compile probe failed ({type(err).__name__}: {err}): eager"
     costs = {"cold": round(cold_s, 1), "cached": round(cached_s, 1)}
-    _store(key, name, compiled=_rounded(compiled), compile_s=costs)
+    store(key, name, compiled=_rounded(compiled), compile_s=costs)
     times[f"{name}+compile"] = _rounded(compiled)
     record |= {"compile_s": costs, "compile_probe_s": round(time.perf_counter() - began, 1)}
     # Decided on the times the started event shows (rounded), so its numbers explain the choice.
@@ -396,21 +265,6 @@ def _measured_compile(cfg, plan: Plan, record: dict, pair_logps, batch, steps, s
     if not on:
         compiling.uncompile_layers(pair_logps.model)
     return on, why
-
-
-def _store(key: str, name: str, **measured) -> None:
-    """Add measurements of precision `name` (candidates, compiled, compile_s) to a setup's entry."""
-    known = entry(key)
-    for field, value in measured.items():
-        known.setdefault(field, {})[name] = value
-    _write_entry(
-        key,
-        {
-            **known,
-            "machine": machine(),
-            "when": known.get("when") or time.strftime("%Y-%m-%d %H:%M"),
-        },
-    )
 
 
 def _compile_s(pair_logps: PairLogps, batch: dict, beta: float, compiled_step: float) -> float:

@@ -13,7 +13,7 @@ import pytest
 import torch
 from test_train import lines, make_config, same_trajectory, write_pairs
 
-from orpo_lab import autotune, compiling
+from orpo_lab import autotune, autotune_cache, autotune_rules, compiling
 from orpo_lab.build import build_model, load_pairs
 from orpo_lab.data import collate
 from orpo_lab.logps import PairLogps
@@ -47,32 +47,34 @@ def started(run_dir) -> dict:
 
 def test_precision_follows_the_measured_times():
     # Each candidate by its fastest pass (other work only adds time): 0.50 vs 0.99.
-    assert autotune.choose_precision({"fp32": [1.0, 1.02, 0.99], "bf16": [0.5, 0.52, 0.51]}) == (
+    assert autotune_rules.choose_precision(
+        {"fp32": [1.0, 1.02, 0.99], "bf16": [0.5, 0.52, 0.51]}
+    ) == (
         "bf16",
         "measured here: bf16 0.500 s/step vs float32 0.990 (x1.98)",
     )
     # Slower, or faster by less than MARGIN (5%): float32.
-    name, why = autotune.choose_precision({"fp32": [1.0, 1.0, 1.0], "bf16": [1.3, 1.3, 1.2]})
+    name, why = autotune_rules.choose_precision({"fp32": [1.0, 1.0, 1.0], "bf16": [1.3, 1.3, 1.2]})
     assert name == "fp32" and why.endswith("(x0.83); not 5% faster: float32")
-    assert autotune.choose_precision({"fp32": [1.0] * 3, "bf16": [0.97] * 3})[0] == "fp32"
+    assert autotune_rules.choose_precision({"fp32": [1.0] * 3, "bf16": [0.97] * 3})[0] == "fp32"
     # Faster by less than float32's own steps spread: inconclusive.
-    name, why = autotune.choose_precision({"fp32": [1.0, 1.3], "bf16": [0.8, 0.8]})
+    name, why = autotune_rules.choose_precision({"fp32": [1.0, 1.3], "bf16": [0.8, 0.8]})
     assert name == "fp32" and why.startswith("inconclusive: bf16 0.800 s/step vs float32 1.000")
     assert "spread by 0.300 s" in why
     # Nothing (or nonsense) measured: float32, and why.
-    assert autotune.choose_precision({"fp32": [1.0]}) == (
+    assert autotune_rules.choose_precision({"fp32": [1.0]}) == (
         "fp32",
         "float32 1.000 s/step, the only candidate measured",
     )
     for times in ({}, {"fp32": [1.0], "bf16": [0.0]}):
-        assert autotune.choose_precision(times) == (
+        assert autotune_rules.choose_precision(times) == (
             "fp32",
             "the probe gave no usable float32 time: float32",
         )
 
 
 def test_compilation_follows_the_measured_times_and_compile_cost():
-    choose = autotune.choose_compile
+    choose = autotune_rules.choose_compile
     assert choose(1.0, None, None, 100, paid=False) == (
         False,
         "compiled layers were not measured here",
@@ -132,7 +134,7 @@ def test_a_new_setup_is_measured_once_then_read_from_the_cache(
 
     # The cache now answers for this setup, without measuring; the key knows the machine.
     ((key, stored),) = json.loads(own_cache.read_text())["setups"].items()
-    assert stored["machine"] == autotune.machine() and stored["precision"] == "bf16"
+    assert stored["machine"] == autotune_cache.machine() and stored["precision"] == "bf16"
     again = plan_run(cfg)
     assert not again.precision_probe and again.precision == "bf16"
     assert again.precision_reason.startswith("measured here: bf16 0.500 s/step")
@@ -244,7 +246,7 @@ def test_a_real_probe_picks_the_faster_and_leaves_the_run_unchanged(
     times = event["autotune"]["candidates"]
     assert times.keys() == {"fp32", "bf16"}
     assert all(1 <= len(v) <= autotune.PROBE_STEPS and min(v) > 0 for v in times.values())
-    name, why = autotune.choose_precision(times)
+    name, why = autotune_rules.choose_precision(times)
     assert (event["precision"], event["precision_reason"]) == (name, why)
     assert event["autotune"]["probe_s"] > 0
     assert event["torch_compile"] is False  # 3 tiny steps: far from a run that tries a compile
@@ -267,7 +269,9 @@ def test_a_real_probe_picks_the_faster_and_leaves_the_run_unchanged(
     event = started(cached.run_dir)
     assert event["precision"] == name and "(cached " in event["precision_reason"]
     assert event["autotune"]["probe_s"] == 0  # nothing measured in this run: the cache's times
-    assert event["autotune"]["candidates"] == {k: [round(t, 4) for t in v] for k, v in times.items()}
+    assert event["autotune"]["candidates"] == {
+        k: [round(t, 4) for t in v] for k, v in times.items()
+    }
     asked = make_config(
         tmp_path,
         data,

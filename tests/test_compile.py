@@ -12,7 +12,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from test_train import adapter, lines, make_config, same_trajectory, same_weights, write_pairs
 
-from orpo_lab import autotune, compiling
+from orpo_lab import autotune, autotune_rules, compiling
 from orpo_lab.build import build_model, load_pairs
 from orpo_lab.config import TrainConfig
 from orpo_lab.data import collate
@@ -90,7 +90,7 @@ def test_a_real_compile_probe_times_cold_and_cached_compiles(
     eager, compiled = record["candidates"]["fp32"], record["candidates"]["fp32+compile"]
     assert len(eager) == len(compiled) == autotune.PROBE_STEPS and min(eager + compiled) > 0
     assert record["compile_s"]["cold"] >= 0 and record["compile_s"]["cached"] >= 0
-    expected = autotune.choose_compile(
+    expected = autotune_rules.choose_compile(
         min(eager), min(compiled), record["compile_s"]["cached"], 10**6, paid=True
     )
     assert (on, why) == expected
