@@ -40,8 +40,8 @@ from orpo_lab import compiling
 from orpo_lab.autotune_cache import cached_times, entry, machine, setup_key, store, write_entry
 from orpo_lab.autotune_rules import choose_compile, choose_precision
 from orpo_lab.data import collate
+from orpo_lab.devices import cpu_flags
 from orpo_lab.logps import PairLogps, check_sample
-from orpo_lab.model import cpu_flags
 from orpo_lab.step import StopRequested, pair_tokens, time_steps
 
 if TYPE_CHECKING:  # plan.py asks this module for a cached precision

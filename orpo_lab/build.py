@@ -8,13 +8,13 @@ from pathlib import Path
 import torch
 
 from orpo_lab.config import TrainConfig
+from orpo_lab.devices import pick_device
 from orpo_lab.model import (
     add_lora,
     attach_adapter,
     enable_activation_checkpointing,
     load_model,
     load_tokenizer,
-    pick_device,
 )
 from orpo_lab.plan import Plan
 from orpo_lab.prepared import prepare_data

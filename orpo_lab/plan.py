@@ -12,16 +12,16 @@ from dataclasses import dataclass
 
 from orpo_lab import autotune
 from orpo_lab.config import TrainConfig
-from orpo_lab.model import PRECISIONS, pick_device, pick_precision
+from orpo_lab.devices import PRECISIONS, pick_device, pick_precision
 
 DTYPE_NAMES = {dtype: name for name, dtype in PRECISIONS.items()}
 
 
 @dataclass(frozen=True)
 class Plan:
-    """How a run computes. Names are `model.PRECISIONS` keys ("fp32", "bf16", "fp16")."""
+    """How a run computes. Names are `devices.PRECISIONS` keys ("fp32", "bf16", "fp16")."""
 
-    device: str  # `model.pick_device`'s answer: "cpu", "cuda", ...
+    device: str  # `devices.pick_device`'s answer: "cpu", "cuda", ...
     precision: str  # the compute dtype
     precision_reason: str
     base: str  # the frozen base's dtype (LoRA, QLoRA); full fine-tuning keeps fp32 master weights

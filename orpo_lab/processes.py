@@ -49,7 +49,7 @@ def pid_alive(pid) -> bool:
 def device_key(device: str) -> str:
     """The device a run's config names, as one key per device ("auto" resolved here)."""
     if device == "auto":
-        from orpo_lab.model import pick_device
+        from orpo_lab.devices import pick_device
 
         device = str(pick_device("auto"))
     return "cuda:0" if device == "cuda" else device

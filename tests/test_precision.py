@@ -15,9 +15,9 @@ from orpo_lab.autotune import bf16_flag
 from orpo_lab.build import build_model, load_pairs
 from orpo_lab.config import TrainConfig
 from orpo_lab.data import collate
+from orpo_lab.devices import cpu_flags, pick_precision
 from orpo_lab.logps import PairLogps
 from orpo_lab.loss import orpo_loss
-from orpo_lab.model import cpu_flags, pick_precision
 from orpo_lab.plan import plan_run
 from orpo_lab.rundir import RunDir
 from orpo_lab.step import fused_adamw
