@@ -101,7 +101,7 @@ def begin(cfg: TrainConfig, sliced: bool = False) -> Opened:
     """Config -> plan -> the run's folder: the plan decided, the resume point found (or a
     clash refused, nothing changed), then the folder, its config and a "running" status written.
     `sliced`: a run in time slices (ZeroGPU), which never tries a compile."""
-    started = time.time()
+    opened_at = time.time()
     cfg.run_name = cfg.run_name or time.strftime("run-%Y%m%d-%H%M%S")
     plan = plan_run(cfg, sliced)
     accelerator = Accelerator(mixed_precision=plan.autocast, cpu=cfg.device == "cpu")
@@ -112,7 +112,7 @@ def begin(cfg: TrainConfig, sliced: bool = False) -> Opened:
         folder.path.mkdir(parents=True, exist_ok=True)
         folder.metrics_path.touch()  # there from the start, even for a run stopped before step 1
         TrainConfig.from_dict({**cfg.to_dict(), "resume": False}).to_yaml(folder.config_path)
-        folder.clear_stale_stop(os.getpid(), started)
+        folder.clear_stale_stop(os.getpid(), opened_at)
         folder.write_status(
             "running", "loading model and data", step=0, total_steps=0, pid=os.getpid()
         )

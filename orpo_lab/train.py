@@ -2,9 +2,11 @@
 -> stop? -> eval? -> save?
 
 `accelerate` handles device, precision and multi-process (DDP under `accelerate launch` or
-`torchrun`); the rest is here. Files: `orpo_lab.rundir`, checkpoints `orpo_lab.checkpoint`, trackers
-`orpo_lab.trackers`, command line `orpo_lab.cli`. A stop (STOP file, `stop_event`, Ctrl-C or SIGTERM
-via the CLI) is checked between micro-batches: the step in progress is dropped, the last one saved.
+`torchrun`); the rest is here. The run is set up by `orpo_lab.setup` (plan, data, model,
+optimizer, resume); files: `orpo_lab.rundir`, checkpoints `orpo_lab.checkpoint` (`Checkpointer`),
+trackers `orpo_lab.trackers`, command line `orpo_lab.cli`. A stop (STOP file, `stop_event`,
+Ctrl-C or SIGTERM via the CLI) is checked between micro-batches: the step in progress is dropped,
+the last one saved.
 """
 
 from __future__ import annotations
