@@ -1,8 +1,8 @@
 """The check before a run starts, shared by the CLI and the app's process manager (`runs.py`).
 
 `check_launch(cfg)` refuses, before a run folder exists or a model loads, what would fail later:
-a model whose tokenizer does not load, checkpoints to start from that are not there, and data
-with fewer usable pairs than one batch. The rows it reads and checks are cached
+checkpoints to start from that are not there, data with fewer usable pairs than one batch, and
+a model whose tokenizer does not load. The rows it reads and checks are cached
 (`prepared.checked_splits`); the run starts from that entry (`LaunchCheck.checked`).
 """
 
@@ -64,7 +64,6 @@ def check_launch(cfg: TrainConfig) -> LaunchCheck:
     from orpo_lab.reference import check_start
     from orpo_lab.rundir import RunError
 
-    check_model(cfg)
     if not cfg.resume:
         check_start(cfg)  # init_checkpoint, ref_checkpoint: there, and of this base model
     key = checked_key(cfg)
@@ -72,4 +71,5 @@ def check_launch(cfg: TrainConfig) -> LaunchCheck:
     shortfall = batch_shortfall(cfg, result.train_pairs)
     if shortfall:
         raise RunError(shortfall)
+    check_model(cfg)  # after the data: a bad dataset is reported without looking at the model
     return result
