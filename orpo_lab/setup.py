@@ -144,7 +144,7 @@ def setup(
     checked: str | None = None,
 ) -> tuple[Run, int]:
     """Data -> model and adapter -> optimizer and schedule -> resume: the `Run` and the step it
-    continues after; then the started event and the step-0 evaluation.
+    continues after, and the started event.
 
     `checked`: the cache key of the rows the pre-run check read (`launch.check_launch`), when it
     ran in this process.
@@ -157,19 +157,22 @@ def setup(
     tokenizer = run_tokenizer(cfg, resume_from)
     progress = data_progress(folder, stop_event) if accelerator.is_main_process else None
     train_pairs, held_out, stats = load_pairs(cfg, tokenizer, progress, checked)
-    # model and adapter
-    model, tokenizer = build_model(cfg, resume_from, plan, tokenizer)
-    shortfall = batch_shortfall(cfg, len(train_pairs), world)
+    shortfall = batch_shortfall(cfg, len(train_pairs), world)  # after tokenising, per process
     if shortfall:
         raise TrainingError(shortfall)
+    # model and adapter
+    model, tokenizer = build_model(cfg, resume_from, plan, tokenizer)
     per_epoch = len(train_pairs) // (cfg.batch_size * world)
     epoch_steps = max(1, math.ceil(cfg.epochs * per_epoch / cfg.grad_accum))
     total = cfg.max_steps if cfg.max_steps > 0 else epoch_steps
     # precision="auto" on a CPU: measured on the first pairs (cut short) when the setup is new here.
     first, scale = autotune.probe_batch(train_pairs[: cfg.batch_size], cfg.layout, tokenizer)
     sample = collate([check_sample(train_pairs[0])], cfg.layout, tokenizer.pad_token_id)
-    rebuild = lambda p: build_model(cfg, resume_from, p, tokenizer)[0]  # noqa: E731 - a bf16 copy
-    model, plan = autotune.settle_precision(cfg, plan, model, first, rebuild, progress, sample)
+
+    def bf16_copy(bf16: Plan):  # what the precision probe times against the float32 model
+        return build_model(cfg, resume_from, bf16, tokenizer)[0]
+
+    model, plan = autotune.settle_precision(cfg, plan, model, first, bf16_copy, progress, sample)
     # optimizer and schedule
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
