@@ -470,12 +470,12 @@ def test_checkpoint_survives_a_kill_during_its_save(tmp_path, data, tiny_model_d
 
 
 def test_out_of_memory_gives_remedies(tmp_path, data, tiny_model_dir, monkeypatch):
-    import orpo_lab.train as engine
+    from orpo_lab.logps import PairLogps
 
     def oom(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
-    monkeypatch.setattr(engine.PairLogps, "forward", oom)
+    monkeypatch.setattr(PairLogps, "forward", oom)
     cfg = make_config(tmp_path, data, tiny_model_dir)
     with pytest.raises(TrainingError, match="batch_size.*grad_accum.*max_length.*load_in_4bit"):
         train(cfg)
