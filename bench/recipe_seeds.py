@@ -25,6 +25,7 @@ from alignment import HERE, preset_values, run
 from orpo_lab.build import build_model, load_pairs
 from orpo_lab.config import PRESETS
 from orpo_lab.logps import PairLogps
+from orpo_lab.plan import plan_run
 from orpo_lab.splits import load_config_splits
 from orpo_lab.step import held_out_logps
 
@@ -33,7 +34,7 @@ def margins(cfg) -> list[float]:
     """Chosen minus rejected mean log-prob of every held-out pair, from the run's last checkpoint,
     scored by the run's own evaluation (`held_out_logps`: same precision, layout and batch)."""
     last = sorted((cfg.run_dir / "checkpoints").iterdir())[-1]
-    model, tokenizer = build_model(cfg, last)
+    model, tokenizer = build_model(cfg, last, plan_run(cfg))
     _, held_out, _ = load_pairs(cfg, tokenizer)
     scorer = PairLogps(model, cfg.nll_scope, cfg.logps_chunk_size)
     device = next(model.parameters()).device

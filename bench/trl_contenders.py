@@ -502,6 +502,7 @@ def ablation(a: dict) -> dict:
     from accelerate import Accelerator
 
     from orpo_lab.build import build_model, load_pairs
+    from orpo_lab.plan import plan_run
 
     device = a["device"]
     cfg = TrainConfig(
@@ -521,7 +522,7 @@ def ablation(a: dict) -> dict:
     )
     mixed = "bf16" if a["precision"] == "bf16" else "no"
     accelerator = Accelerator(mixed_precision=mixed, cpu=device == "cpu")
-    model, tokenizer = build_model(cfg, None)
+    model, tokenizer = build_model(cfg, None, plan_run(cfg))
     pairs, _, _ = load_pairs(cfg, tokenizer)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=a["lr"])

@@ -15,35 +15,37 @@ the run's own model, adapter and first pairs, each part cut to `PROBE_TOKENS` (`
   and a compile from inductor's on-disk cache (what a later process pays), and the run keeps the
   layers compiled when they won.
 
-The step times go to a per-machine cache (`cache_path()`, JSON), keyed by CPU model, core count,
+The step times go to a per-machine cache (`orpo_lab.autotune_cache`, JSON), keyed by CPU model, core count,
 torch version, model and adapter configuration and batch layout, so a later run of the same setup
 reads its answer instead of measuring; it compiles when (eager - compiled) x its steps exceeds the
 compile from the cache, and then times that compile (the one pass step 1 would have paid it in), so
 that the next run decides on what a fresh process paid. Delete the file to measure again; no run
 needs it. A candidate is chosen over float32 eager only when it is faster by more than float32's
-own spread and by `MARGIN`;
+own spread and by `autotune_rules.MARGIN`;
 otherwise, or when a probe fails, the run trains in float32 (eager) and says why. Nothing else
 (no environment variable, no other cache folder) changes what "auto" does.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import platform
 import time
 from collections.abc import Callable
-from pathlib import Path
+from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import torch
 from tqdm.auto import tqdm
 
 from orpo_lab import compiling
+from orpo_lab.autotune_cache import cached_times, entry, machine, setup_key, store, write_entry
+from orpo_lab.autotune_rules import choose_compile, choose_precision
 from orpo_lab.collate import collate
+from orpo_lab.devices import cpu_flags
 from orpo_lab.logps import PairLogps, check_sample
-from orpo_lab.model import cache_dir, cpu_flags
 from orpo_lab.step import StopRequested, pair_tokens, time_steps
+
+if TYPE_CHECKING:  # plan.py asks this module for a cached precision
+    from orpo_lab.plan import Plan
 
 # Tokens per part (prompt, chosen, rejected) of the pairs the probe times: at max_length 1,024 the
 # whole first batch cost a new setup ~26 s of probing; the ratios between candidates are measured
@@ -51,7 +53,6 @@ from orpo_lab.step import StopRequested, pair_tokens, time_steps
 PROBE_TOKENS = 128
 PROBE_STEPS = 2  # timed forward+backward passes per candidate, after one untimed (warm-up) pass
 CLEAR = 1.5  # a first timed pass this much faster or slower decides the precision probe alone
-MARGIN = 0.05  # a candidate must beat float32 eager by 5%: a tie keeps the simpler float32
 # A first compile costs about a minute on 2 cores (the default model; once per machine and setup):
 # tried only in a run whose eager steps would take 10+ minutes, where it costs at most ~10%.
 COMPILE_TRIAL_RUN_S = 600.0
@@ -60,131 +61,10 @@ COMPILE_TRIAL_RUN_S = 600.0
 BF16_FLAGS = ("amx_bf16", "avx512_bf16", "avx_ne_convert", "bf16")
 
 
-def cache_path() -> Path:
-    """The measurement cache: $ORPO_LAB_AUTOTUNE_CACHE, else autotune.json in ORPO Lab's cache."""
-    return Path(os.environ.get("ORPO_LAB_AUTOTUNE_CACHE") or cache_dir() / "autotune.json")
-
-
 def bf16_flag(flags=None) -> str | None:
     """The CPU's first bf16 flag of `BF16_FLAGS` (this machine's when `flags` is None), or None."""
     have = set(cpu_flags() if flags is None else flags)
     return next((f for f in BF16_FLAGS if f in have), None)
-
-
-def machine() -> dict:
-    """What a measurement holds for: the CPU model, its cores and torch's threads, torch."""
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("model name", "Model")):  # x86, Arm
-                name = line.partition(":")[2].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": name,
-        "cores": os.cpu_count(),
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-    }
-
-
-def setup_key(cfg) -> str:
-    """The cache key of a run: `machine()`, the model's architecture config, the LoRA adapter
-    (r, alpha, dropout, targets) and the batch layout. Not the data, batch size or step count."""
-    from transformers import AutoConfig
-
-    from orpo_lab.model import resolve_model
-
-    config = AutoConfig.from_pretrained(
-        resolve_model(cfg.model), trust_remote_code=cfg.trust_remote_code
-    ).to_dict()
-    for volatile in (
-        "_name_or_path",
-        "name_or_path",
-        "transformers_version",
-        "dtype",
-        "torch_dtype",
-    ):
-        config.pop(volatile, None)
-    adapter = [cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules]
-    key = [machine(), config, adapter, cfg.layout]
-    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def read_cache() -> dict:
-    try:
-        data = json.loads(cache_path().read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _write_entry(key: str, entry: dict) -> None:
-    path, data = cache_path(), read_cache()
-    data.setdefault("setups", {})[key] = entry
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
-        tmp.replace(path)  # readers see the old file or the new one, never half of one
-    except OSError:
-        pass  # the cache is never required: the next run measures again
-
-
-def entry(key: str) -> dict:
-    return read_cache().get("setups", {}).get(key) or {}
-
-
-# ---------------------------------------------------------------- the decisions (pure functions)
-
-
-def choose_precision(times: dict[str, list[float]]) -> tuple[str, str]:
-    """(precision, why) from measured step times {"fp32": [...], "bf16": [...]} (seconds). Each
-    candidate counts by its fastest pass: other work on the machine only ever adds time."""
-    fp32 = times.get("fp32") or []
-    others = {k: v for k, v in times.items() if k != "fp32" and v}
-    if not fp32 or any(t <= 0 for v in times.values() for t in v):
-        return "fp32", "the probe gave no usable float32 time: float32"
-    base = min(fp32)
-    if not others:
-        return "fp32", f"float32 {base:.3f} s/step, the only candidate measured"
-    name, best = min(((k, min(v)) for k, v in others.items()), key=lambda kv: kv[1])
-    spread = max(fp32) - min(fp32)
-    summary = f"{name} {best:.3f} s/step vs float32 {base:.3f} (x{base / best:.2f})"
-    if best > base * (1 - MARGIN):
-        return "fp32", f"measured here: {summary}; not {MARGIN:.0%} faster: float32"
-    if base - best <= spread:
-        return "fp32", (
-            f"inconclusive: {summary}, but float32's own steps spread by {spread:.3f} s: float32"
-        )
-    return name, f"measured here: {summary}"
-
-
-def choose_compile(
-    eager: float, compiled: float | None, compile_s: float | None, steps: int, paid: bool
-) -> tuple[bool, str]:
-    """(compile?, why) from measured step times (eager, compiled) and the measured compile time
-    from the cache (`compile_s`); `paid`: this process compiled already (its probe did)."""
-    if compiled is None:
-        return False, "compiled layers were not measured here"
-    gain = eager / compiled
-    summary = f"compiled {compiled:.3f} s/step vs eager {eager:.3f} (x{gain:.2f})"
-    if compiled > eager * (1 - MARGIN):
-        return False, f"measured here: {summary}; not {MARGIN:.0%} faster: eager"
-    if paid:
-        return True, f"measured here: {summary}; compiled by the probe already"
-    saving = (eager - compiled) * steps
-    if compile_s is None or saving <= compile_s:
-        cost = "unknown" if compile_s is None else f"{compile_s:.1f} s"
-        return False, (
-            f"measured here: {summary}, but {steps} steps save {saving:.1f} s and a compile from "
-            f"the cache costs {cost}: eager"
-        )
-    return True, (
-        f"measured here: {summary}; {steps} steps save {saving:.1f} s, a compile from the cache "
-        f"costs {compile_s:.1f} s"
-    )
 
 
 # ---------------------------------------------------------------- timing
@@ -204,7 +84,7 @@ def _rounded(times: list[float]) -> list[float]:
     return [round(t, 4) for t in times]
 
 
-# ---------------------------------------------------------------- the hooks train.prepare calls
+# ---------------------------------------------------------------- the hooks setup.setup calls
 
 
 def precision_from_cache(cfg) -> tuple[str | None, str, dict | None]:
@@ -216,33 +96,27 @@ def precision_from_cache(cfg) -> tuple[str | None, str, dict | None]:
         return "fp32", why, None
     known = entry(setup_key(cfg))
     if known.get("precision"):
-        measured = {"candidates": _cached_times(known), "cached": known["when"], "probe_s": 0.0}
+        measured = {"candidates": cached_times(known), "cached": known["when"], "probe_s": 0.0}
         return known["precision"], f"{known['precision_reason']} (cached {known['when']})", measured
     return None, "not measured on this machine yet", None
 
 
-def _cached_times(known: dict) -> dict:
-    times = dict(known.get("candidates") or {})
-    times |= {f"{k}+compile": v for k, v in (known.get("compiled") or {}).items()}
-    return times
-
-
 def settle_precision(
     cfg,
-    plan: dict,
+    plan: Plan,
     model,
     batch: dict,
-    rebuild: Callable[[dict], object],
+    rebuild: Callable[[Plan], object],
     progress=None,
     sample: dict | None = None,
-) -> tuple[object, dict]:
-    """(model, plan) of a run whose precision `plan` left to measure (plan["precision_probe"]):
+) -> tuple[object, Plan]:
+    """(model, plan) of a run whose precision `plan` left to measure (plan.precision_probe):
     times the model (float32) and a bf16 copy (`rebuild(bf16 plan)`) on `batch`, keeps the faster,
     caches the answer. Any other plan is returned as it is. Each candidate's log-prob path is
     checked first (`PairLogps.verify`) on `sample` (the run's one short pair), else on `batch`.
     It says what it does on a bar (stderr) and to `progress(stage, done, total)` (the run's status
     line), which may raise to stop it."""
-    if not plan.get("precision_probe"):
+    if not plan.precision_probe:
         return model, plan
     began = time.perf_counter()
     times, models, failed = {}, {"fp32": model}, False
@@ -259,9 +133,7 @@ def settle_precision(
         timed = {"fp32": _verified(model, cfg, batch if sample is None else sample)}
         times["fp32"] = time_steps(timed["fp32"], batch, cfg.beta, n=1)
         stage("loading a bf16 copy")
-        models["bf16"] = rebuild(
-            {**plan, "precision": "bf16", "base": "bf16", "attention": "eager"}
-        )
+        models["bf16"] = rebuild(replace(plan, precision="bf16", base="bf16", attention="eager"))
         stage("bf16")
         timed["bf16"] = _verified(models["bf16"], cfg, batch if sample is None else sample)
         times["bf16"] = time_steps(timed["bf16"], batch, cfg.beta, n=1)
@@ -287,7 +159,7 @@ def settle_precision(
         "batch": [int(batch["num_pairs"]), int(batch["input_ids"].numel())],
     }
     if not failed:
-        _write_entry(
+        write_entry(
             key,
             {
                 **entry(key),
@@ -298,11 +170,9 @@ def settle_precision(
                 "when": time.strftime("%Y-%m-%d %H:%M"),
             },
         )
-    chosen = (
-        plan if name == "fp32" else {**plan, "precision": name, "base": name, "attention": "eager"}
-    )
-    chosen = {**chosen, "precision_reason": why, "precision_probe": False, "autotune": probe}
-    return models[name], chosen
+    if name != "fp32":
+        plan = replace(plan, precision=name, base=name, attention="eager")
+    return models[name], replace(plan, precision_reason=why, precision_probe=False, autotune=probe)
 
 
 def _verified(model, cfg, batch) -> PairLogps:
@@ -313,26 +183,32 @@ def _verified(model, cfg, batch) -> PairLogps:
 
 def settle_compile(
     cfg,
-    plan: dict,
+    plan: Plan,
     pair_logps: PairLogps,
     batch: dict,
     steps: int,
     processes: int,
     device,
     scale: float = 1.0,
-) -> tuple[bool, str]:
-    """(compile?, why) for a run of `steps` more steps: `compiling.plan`'s answer, except for an
-    eligible "auto" run, which follows the measured step times: from the cache, or, for a setup
-    whose compiled layers were never timed here, from a trial in a run long enough to pay for it
-    (module docstring). `batch`, `scale`: `probe_batch`'s. What it measured or read goes to
-    plan["autotune"] (the started event)."""
+) -> Plan:
+    """`plan` with torch_compile (compile?) and its reason for a run of `steps` more steps:
+    `compiling.plan`'s answer, except for an eligible "auto" run, which follows the measured step
+    times: from the cache, or, for a setup whose compiled layers were never timed here, from a
+    trial in a run long enough to pay for it (module docstring). `batch`, `scale`:
+    `probe_batch`'s. What it measured or read goes to plan.autotune (the started event)."""
     on, why = compiling.plan(cfg, pair_logps.model, processes, device)
     if on is not None:
-        return on, why
-    key, name = setup_key(cfg), plan["precision"]
-    known, record = entry(key), dict(plan.get("autotune") or {})
-    times = record["candidates"] = dict(record.get("candidates") or {})
-    plan["autotune"] = record
+        return replace(plan, torch_compile=on, torch_compile_reason=why)
+    record = dict(plan.autotune or {})
+    record["candidates"] = dict(record.get("candidates") or {})
+    on, why = _measured_compile(cfg, plan, record, pair_logps, batch, steps, scale)
+    return replace(plan, autotune=record, torch_compile=on, torch_compile_reason=why)
+
+
+def _measured_compile(cfg, plan: Plan, record: dict, pair_logps, batch, steps, scale):
+    """(compile?, why) of an eligible "auto" run; what it measures or reads goes to `record`."""
+    key, name = setup_key(cfg), plan.precision
+    known, times = entry(key), record["candidates"]
     eager = times.get(name) or (known.get("candidates") or {}).get(name)
     compiled = (known.get("compiled") or {}).get(name)
     if eager and compiled:
@@ -344,16 +220,16 @@ def settle_compile(
         )
         if on:  # the compile step 1 would pay, timed: what a fresh process pays, for later runs
             costs["cached"] = round(_compile_s(pair_logps, batch, cfg.beta, min(compiled)), 1)
-            _store(key, name, compile_s=costs)
+            store(key, name, compile_s=costs)
         record["compile_s"] = costs
         return on, why
-    if plan.get("sliced"):
+    if plan.sliced:
         return False, "compiled layers were never measured here, and a time slice never tries them"
     try:
         if not eager:  # precision was asked for: its eager step time, once per setup
             began, eager = time.perf_counter(), time_steps(pair_logps, batch, cfg.beta, PROBE_STEPS)
             record["probe_s"] = round(record.get("probe_s", 0) + time.perf_counter() - began, 1)
-            _store(key, name, candidates=_rounded(eager))
+            store(key, name, candidates=_rounded(eager))
         times[name] = _rounded(eager)
         step = min(eager) * scale
         run_s = step * steps
@@ -375,7 +251,7 @@ def settle_compile(
         compiling.uncompile_layers(pair_logps.model)
         return False, f"the compile probe failed ({type(err).__name__}: {err}): eager"
     costs = {"cold": round(cold_s, 1), "cached": round(cached_s, 1)}
-    _store(key, name, compiled=_rounded(compiled), compile_s=costs)
+    store(key, name, compiled=_rounded(compiled), compile_s=costs)
     times[f"{name}+compile"] = _rounded(compiled)
     record |= {"compile_s": costs, "compile_probe_s": round(time.perf_counter() - began, 1)}
     # Decided on the times the started event shows (rounded), so its numbers explain the choice.
@@ -389,21 +265,6 @@ def settle_compile(
     if not on:
         compiling.uncompile_layers(pair_logps.model)
     return on, why
-
-
-def _store(key: str, name: str, **measured) -> None:
-    """Add measurements of precision `name` (candidates, compiled, compile_s) to a setup's entry."""
-    known = entry(key)
-    for field, value in measured.items():
-        known.setdefault(field, {})[name] = value
-    _write_entry(
-        key,
-        {
-            **known,
-            "machine": machine(),
-            "when": known.get("when") or time.strftime("%Y-%m-%d %H:%M"),
-        },
-    )
 
 
 def _compile_s(pair_logps: PairLogps, batch: dict, beta: float, compiled_step: float) -> float:

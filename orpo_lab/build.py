@@ -7,62 +7,19 @@ from pathlib import Path
 
 import torch
 
-from orpo_lab import autotune
 from orpo_lab.config import TrainConfig
+from orpo_lab.devices import pick_device
 from orpo_lab.model import (
-    PRECISIONS,
-    ModelLoadError,
     add_lora,
     attach_adapter,
     enable_activation_checkpointing,
     load_model,
     load_tokenizer,
-    pick_device,
-    pick_precision,
 )
+from orpo_lab.plan import Plan
 from orpo_lab.prepared import prepare_data
-from orpo_lab.reference import check_start, start_checkpoint
+from orpo_lab.reference import start_checkpoint
 from orpo_lab.step import TrainingError
-
-DTYPE_NAMES = {dtype: name for name, dtype in PRECISIONS.items()}
-
-
-def precision_plan(cfg: TrainConfig) -> dict:
-    """How a run computes: {"precision", "precision_reason", "base", "autocast", "attention"}.
-
-    "precision" is the compute dtype: `pick_precision`'s for the device, except for a LoRA run on
-    a CPU with precision="auto", which `orpo_lab.autotune` decides by measuring this machine (its
-    cache; or, when this setup was never measured, float32 with "precision_probe": True, and
-    `autotune.settle_precision` measures before training; "autotune": the step times it was
-    decided on, for the started event). LoRA and QLoRA hold the frozen base in
-    it ("base"); the adapter weights and AdamW state stay float32 (peft keeps adapters in
-    float32), and so do the log-probs and the loss. "autocast" (accelerate's mixed_precision)
-    wraps the whole forward on CUDA and for full fine-tuning (float32 master weights); a LoRA run
-    on a CPU autocasts its decoder alone (`logps.decoder_autocast`) and uses eager attention
-    ("attention"), whose bf16 backward measured ~5x faster there than sdpa's.
-    """
-    device = pick_device(cfg.device)
-    lora = not (cfg.full_finetune or cfg.load_in_4bit)
-    probe, measured = False, None
-    if lora and device.type == "cpu" and cfg.precision == "auto":
-        name, reason, measured = autotune.precision_from_cache(cfg)
-        probe = name is None
-        name = name or "fp32"
-    else:
-        dtype, reason = pick_precision(device, cfg.precision)
-        name = DTYPE_NAMES[dtype]
-    base = "fp32" if cfg.full_finetune else name
-    autocast = name if (cfg.full_finetune or device.type != "cpu") and name != "fp32" else "no"
-    attention = "eager" if device.type == "cpu" and base != "fp32" else None
-    return {
-        "precision": name,
-        "precision_reason": reason,
-        "base": base,
-        "autocast": autocast,
-        "attention": attention,
-        "precision_probe": probe,
-        "autotune": measured,
-    }
 
 
 def model_source(cfg: TrainConfig, resume_from: Path | None) -> str:
@@ -77,24 +34,22 @@ def run_tokenizer(cfg: TrainConfig, resume_from: Path | None):
     return load_tokenizer(model_source(cfg, resume_from), cfg.trust_remote_code)
 
 
-def build_model(
-    cfg: TrainConfig, resume_from: Path | None, plan: dict | None = None, tokenizer=None
-):
+def build_model(cfg: TrainConfig, resume_from: Path | None, plan: Plan, tokenizer=None):
     """The model to train: LoRA on the base (default), QLoRA (LoRA on a 4-bit base), or every weight.
 
-    `plan`: the run's `precision_plan` (computed here when None). `tokenizer`: the run's, already
-    loaded from `model_source` (its data is prepared before the model loads); None loads it."""
+    `plan`: the run's (`plan.plan_run`); its base dtype is the frozen weights'. `tokenizer`: the
+    run's, already loaded from `model_source` (its data is prepared before the model loads);
+    None loads it."""
     if cfg.load_in_4bit:
-        model, tokenizer = _load_4bit(cfg, tokenizer)
+        model, tokenizer = _load_4bit(cfg, plan.base, tokenizer)
     else:
         # LoRA keeps the frozen base in the compute dtype; full fine-tuning keeps fp32 master weights.
-        plan = plan or precision_plan(cfg)
         model, tokenizer = load_model(
             model_source(cfg, resume_from),
             cfg.device,
-            plan["base"],
+            plan.base,
             cfg.trust_remote_code,
-            attn_implementation=plan["attention"],
+            attn_implementation=plan.attention,
             tokenizer=tokenizer,
         )
     if cfg.gradient_checkpointing:
@@ -111,7 +66,7 @@ def build_model(
     return model, tokenizer
 
 
-def _load_4bit(cfg: TrainConfig, tokenizer=None):
+def _load_4bit(cfg: TrainConfig, base: str, tokenizer=None):
     import importlib.util
 
     if importlib.util.find_spec("bitsandbytes") is None:
@@ -124,7 +79,7 @@ def _load_4bit(cfg: TrainConfig, tokenizer=None):
     model, tokenizer = load_model(
         cfg.model,
         cfg.device,
-        cfg.precision,
+        base,  # the matmuls' dtype: the plan's, as LoRA's base
         cfg.trust_remote_code,
         load_in_4bit=True,
         tokenizer=tokenizer,
@@ -144,10 +99,11 @@ def _load_4bit(cfg: TrainConfig, tokenizer=None):
     return model, tokenizer
 
 
-def load_pairs(cfg: TrainConfig, tokenizer, progress=None):
+def load_pairs(cfg: TrainConfig, tokenizer, progress=None, checked: str | None = None):
     """(train pairs, held-out pairs or None, stats) of a run, tokenised and cached
-    (`orpo_lab.prepared`), with max_train_pairs / max_eval_pairs applied."""
-    data = prepare_data(cfg, tokenizer, progress)
+    (`orpo_lab.prepared`), with max_train_pairs / max_eval_pairs applied. `checked`: the cache
+    key of the rows the pre-run check read (`launch.check_launch`), when it ran in this process."""
+    data = prepare_data(cfg, tokenizer, progress, checked)
     held_out = data.held_out and subset(data.held_out, cfg.max_eval_pairs, cfg.seed)
     return subset(data.train, cfg.max_train_pairs, cfg.seed), held_out, data.stats
 
@@ -161,33 +117,3 @@ def subset(items: Sequence, n: int, seed: int) -> Sequence:
         return items
     perm = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed)).tolist()
     return [items[i] for i in sorted(perm[:n])]
-
-
-# ---------------------------------------------------------------- batching
-
-
-def check_launch(cfg: TrainConfig) -> int:
-    """What a run needs before its folder exists: a model whose tokenizer loads and at least one
-    batch of checked training pairs. Returns the number of pairs; raises ValueError (a
-    `ModelLoadError`, `PreferenceDataError` or `RunError`) saying what to change."""
-    from orpo_lab.prepared import check_data
-    from orpo_lab.rundir import RunError
-
-    path = Path(cfg.model).expanduser()
-    if cfg.model.startswith(("/", ".", "~")) and not path.exists():  # a path, not a hub id
-        raise ModelLoadError(
-            f"Model path {cfg.model} does not exist: give a model directory (with config.json), "
-            "a hub id (owner/name) or 'default'."
-        )
-    try:  # the tokenizer is enough to know the model is there, without loading its weights
-        load_tokenizer(cfg.model, cfg.trust_remote_code, cfg.chat_template)
-    except OSError as err:
-        raise ModelLoadError(f"Could not load the model {cfg.model!r}: {err}") from err
-    check_start(cfg)  # init_checkpoint, ref_checkpoint: there, and of this base model
-    pairs = check_data(cfg)["train_pairs"]  # the trainer reads these checked rows from the cache
-    if pairs < cfg.batch_size:
-        raise RunError(
-            f"The dataset {cfg.dataset} has {pairs} usable training pair(s), fewer than one batch "
-            f"of {cfg.batch_size}: add pairs (e.g. vote on more chat answers) or lower batch_size."
-        )
-    return pairs

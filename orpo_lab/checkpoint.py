@@ -1,4 +1,4 @@
-"""Checkpoints: save one, resume from one, export one (merged model, or the adapter alone).
+"""Checkpoints: `Checkpointer` saves, restores, prunes and exports (merged) a run's checkpoints.
 
     checkpoints/step-000050/
       adapter_model.safetensors, adapter_config.json   (LoRA; full fine-tuning: the model files)
@@ -7,22 +7,23 @@
       trainer_state.json                               {"step", "config", "metrics"}, written last
 
 A save goes to a temporary folder that is renamed when complete, so a kill mid-save never leaves
-a broken step-N. Which checkpoints exist is `RunDir.checkpoints()`'s business.
+a broken step-N. Which checkpoints exist is `RunDir.checkpoints()`'s business; what a shared
+adapter is made of (its files, its model card) is `orpo_lab.adapter`'s.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
-import zipfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from orpo_lab.rundir import CHECKPOINT_PREFIX, RunDir, checkpoint_step, write_json_atomic
+from orpo_lab.config import TrainConfig
+from orpo_lab.rundir import CHECKPOINT_PREFIX, RunDir, write_json_atomic
 from orpo_lab.step import TrainingError
 
 TRAINING_STATE = ("optimizer.pt", "scheduler.pt", "rng.pt", "trainer_state.json")
@@ -30,49 +31,6 @@ TRAINING_STATE = ("optimizer.pt", "scheduler.pt", "rng.pt", "trainer_state.json"
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used for what was asked; the message says what to do."""
-
-
-def save_checkpoint(
-    run: RunDir,
-    step: int,
-    model,
-    tokenizer,
-    optimizer,
-    scheduler,
-    config,
-    metrics: dict,
-    state_dict: dict | None = None,
-    keep: int = 0,
-) -> Path:
-    """Write checkpoints/step-NNNNNN atomically; keep the newest `keep` (0: all). Returns its path.
-
-    `state_dict`: the gathered weights when the model is sharded (FSDP); else the model's own.
-    """
-    final = run.checkpoints_dir / f"{CHECKPOINT_PREFIX}{step:06d}"
-    tmp = final.with_name(f".tmp-{final.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    model.save_pretrained(tmp, state_dict=state_dict)
-    tokenizer.save_pretrained(tmp)
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    torch.save({"torch": torch.get_rng_state()}, tmp / "rng.pt")
-    state = {"step": step, "config": config.to_dict(), "metrics": metrics}
-    write_json_atomic(tmp / "trainer_state.json", state)
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    if keep:
-        for old in run.checkpoints()[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-def load_training_state(checkpoint: Path, optimizer, scheduler) -> int:
-    """Restore optimizer, scheduler and RNG from a checkpoint; returns the step it was saved at."""
-    optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=True))
-    scheduler.load_state_dict(torch.load(checkpoint / "scheduler.pt", weights_only=True))
-    torch.set_rng_state(torch.load(checkpoint / "rng.pt", weights_only=True)["torch"])
-    return int(read_state(checkpoint)["step"])
 
 
 def read_state(checkpoint: str | Path) -> dict:
@@ -86,7 +44,8 @@ def read_state(checkpoint: str | Path) -> dict:
     return json.loads(path.read_text())
 
 
-def _adapter_checkpoint(checkpoint: str | Path) -> tuple[Path, dict]:
+def adapter_checkpoint(checkpoint: str | Path) -> tuple[Path, dict]:
+    """(the checkpoint's folder, its trainer state); CheckpointError unless it holds a LoRA adapter."""
     checkpoint = Path(checkpoint)
     state = read_state(checkpoint)
     if not (checkpoint / "adapter_config.json").is_file():
@@ -95,181 +54,6 @@ def _adapter_checkpoint(checkpoint: str | Path) -> tuple[Path, dict]:
             "model folder that transformers loads (`from_pretrained`)."
         )
     return checkpoint, state
-
-
-def export_merged(checkpoint: str | Path, out_dir: str | Path) -> Path:
-    """Merge a checkpoint's LoRA adapter into its base model: a standalone folder plain transformers loads."""
-    from orpo_lab.model import attach_adapter, load_model
-
-    checkpoint, state = _adapter_checkpoint(checkpoint)
-    out_dir = Path(out_dir)
-    if out_dir.exists():
-        raise CheckpointError(
-            f"{out_dir} already exists: choose another --out (nothing was overwritten)."
-        )
-    config = state["config"]
-    base, tokenizer = load_model(
-        config["model"],
-        device="cpu",
-        precision="fp32",
-        trust_remote_code=config.get("trust_remote_code", False),
-        chat_template=config.get("chat_template", ""),  # the template the run trained with
-    )
-    merged = attach_adapter(base, checkpoint).merge_and_unload()
-    tmp = out_dir.with_name(f".tmp-{out_dir.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    merged.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    os.replace(tmp, out_dir)
-    return out_dir
-
-
-def public_base_id(model: str) -> str:
-    """The base model's name as others can load it: the hub id of the default model, else as given."""
-    from orpo_lab.model import DEFAULT_HUB_ID, DEFAULT_MODEL
-
-    return DEFAULT_HUB_ID if model == DEFAULT_MODEL else model
-
-
-def held_out_at(checkpoint: Path) -> dict | None:
-    """The run's last held-out evaluation at or before the checkpoint's step (its metrics.jsonl,
-    two folders up), or None when there is none."""
-    step = checkpoint_step(checkpoint.name) if checkpoint.name.startswith(CHECKPOINT_PREFIX) else 0
-    evals = [
-        r
-        for r in RunDir(checkpoint.parent.parent).metrics()
-        if r.get("kind") == "eval" and r.get("step", 0) <= step
-    ]
-    return evals[-1] if evals else None
-
-
-def _hub_dataset(name: str) -> str | None:
-    """`name` if it reads as a hub dataset id (owner/name, not a local path), else None."""
-    if name in ("", "default") or Path(name).exists():
-        return None
-    return name if re.fullmatch(r"[\w.-]+/[\w.-]+", name) else None
-
-
-def model_card(state: dict, base_id: str, held_out: dict | None = None) -> str:
-    """README.md of a shared adapter: base model, data, ORPO settings, the last step's training
-    metrics and the run's held-out evaluation (`held_out`, an eval record) when there is one."""
-    cfg, metrics = state["config"], state.get("metrics") or {}
-    method = method_words(cfg)
-    dataset = _hub_dataset(str(cfg.get("dataset", "")))
-    lines = [
-        "---",
-        f"base_model: {base_id}",
-        "library_name: peft",
-        "pipeline_tag: text-generation",
-        "tags: [orpo, lora, orpo-lab]",
-        *([f"datasets: [{dataset}]"] if dataset else []),
-        "---",
-        "",
-        f"# LoRA adapter trained with ORPO Lab ({method})",
-        "",
-        f"- base model: `{base_id}`",
-        f"- data: `{cfg.get('dataset')}` (split `{cfg.get('train_split')}`)",
-        f"- steps: {state['step']} of batch {cfg.get('batch_size')} x {cfg.get('grad_accum')} "
-        f"pairs, learning rate {cfg.get('learning_rate')} ({cfg.get('lr_scheduler')}, warmup "
-        f"{cfg.get('warmup_steps')}), LoRA r {cfg.get('lora_r')} / alpha "
-        f"{cfg.get('lora_alpha')} on {cfg.get('lora_target_modules')}",
-        f"- ORPO settings: beta (lambda) {cfg.get('beta')}, NLL over the "
-        f"{str(cfg.get('nll_scope', '')).replace('_', ' + ')}, max length "
-        f"{cfg.get('max_length')} (prompt {cfg.get('max_prompt_length')}), seed {cfg.get('seed')}",
-    ]
-    if "loss" in metrics:
-        lines.append(
-            f"- at the last step: loss {metrics['loss']:.4g}, chosen log-prob "
-            f"{metrics.get('logps/chosen', float('nan')):.4g}, rejected log-prob "
-            f"{metrics.get('logps/rejected', float('nan')):.4g}"
-        )
-    if held_out:
-        lines += [
-            "",
-            f"## Held-out evaluation (step {held_out.get('step')}, "
-            f"{held_out.get('eval/pairs')} pairs)",
-            "",
-            "| metric | value |",
-            "|---|---|",
-        ]
-        for key, label in HELD_OUT_ROWS.items():
-            if isinstance(held_out.get(key), (int, float)):
-                lines.append(f"| {label} | {held_out[key]:.4g} |")
-    lines += [
-        "",
-        "Load it with peft: `PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), path)`.",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def method_words(cfg: dict) -> str:
-    """The objective a run's config trained with, in words (beta 0 with ORPO is the SFT baseline)."""
-    method = cfg.get("method", "orpo")
-    if method == "dpo":
-        start = cfg.get("init_checkpoint") or "the base model"
-        return f"DPO, beta {cfg.get('dpo_beta')}, from {start}, reference {cfg.get('ref_checkpoint') or 'its start'}"
-    if method == "prob_ratio":
-        return f"probability ratio (ORPO paper, section 7.1), lambda = {cfg.get('beta')}"
-    if method == "sft" or not cfg.get("beta"):
-        return "SFT (beta = 0, the baseline)"
-    return f"ORPO, beta (lambda) = {cfg['beta']}"
-
-
-HELD_OUT_ROWS = {
-    "eval/accuracy": "preference accuracy (chosen mean log-prob above rejected)",
-    "eval/logps_chosen": "mean log-prob of the chosen responses",
-    "eval/logps_rejected": "mean log-prob of the rejected responses",
-    "eval/log_odds_chosen": "mean log odds ratio, log(odds chosen / odds rejected)",
-    "eval/log_odds_ratio": "mean log sigmoid of the log odds ratio (-L_OR)",
-}
-
-
-def adapter_files(checkpoint: str | Path) -> dict[str, Path | str]:
-    """What a shared adapter is made of: file name -> a file of the checkpoint (weights, tokenizer)
-    or text (adapter_config.json naming a loadable base model, the model card README.md). The
-    training state (optimizer, RNG) stays in the run folder."""
-    checkpoint, state = _adapter_checkpoint(checkpoint)
-    base_id = public_base_id(state["config"]["model"])
-    adapter_config = json.loads((checkpoint / "adapter_config.json").read_text())
-    adapter_config["base_model_name_or_path"] = base_id
-    files: dict[str, Path | str] = {
-        path.name: path
-        for path in sorted(checkpoint.iterdir())
-        if path.is_file() and path.name not in TRAINING_STATE + ("adapter_config.json", "README.md")
-    }
-    files["adapter_config.json"] = json.dumps(adapter_config, indent=2)
-    files["README.md"] = model_card(state, base_id, held_out_at(checkpoint))
-    return files
-
-
-def write_adapter(checkpoint: str | Path, out_dir: str | Path) -> Path:
-    """`adapter_files` written into the folder `out_dir` (created; must not exist)."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True)
-    for name, content in adapter_files(checkpoint).items():
-        if isinstance(content, Path):
-            shutil.copyfile(content, out_dir / name)
-        else:
-            (out_dir / name).write_text(content)
-    return out_dir
-
-
-def export_adapter(checkpoint: str | Path, target: str | Path) -> Path:
-    """A zip of the PEFT adapter alone (`adapter_files`): weights, adapter_config.json naming a
-    loadable base model, tokenizer files and a model card."""
-    files = adapter_files(checkpoint)
-    target = Path(target).with_suffix(".zip")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".tmp-{target.name}")
-    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, content in files.items():
-            if isinstance(content, Path):
-                zf.write(content, name)
-            else:
-                zf.writestr(name, content)
-    os.replace(tmp, target)
-    return target
 
 
 def checkpoint_base(checkpoint: str | Path, default: str) -> str:
@@ -298,23 +82,110 @@ class ResumeError(TrainingError):
     """A run that cannot start or resume as asked; nothing was changed."""
 
 
-def resume_point(folder: RunDir, resume: bool, fsdp: bool = False) -> Path | None:
-    """The checkpoint a run continues from (None: a new run); refuses what would lose work."""
-    latest = folder.latest_checkpoint()
-    if latest and not resume:
-        raise ResumeError(
-            f"Run {folder.path} already has checkpoints ({latest.name}). Pass --resume to "
-            "continue it, or choose another --run-name; nothing was changed."
+@dataclass
+class Checkpointer:
+    """Saves and restores one run's checkpoints: `resume_point` (which one a run continues from),
+    `save` (atomically, keeping the newest `keep`), `restore` (optimizer, scheduler, RNG) and
+    `export_merged`. It holds what a checkpoint is made of once `attach` has given it the model,
+    tokenizer, optimizer and scheduler. Which checkpoints exist is `RunDir.checkpoints()`'s."""
+
+    folder: RunDir
+    config: TrainConfig
+    model: object = None  # the unwrapped model: a PEFT model (its adapter is saved) or every weight
+    tokenizer: object = None
+    optimizer: object = None
+    scheduler: object = None
+
+    @property
+    def keep(self) -> int:
+        """How many checkpoints are kept, newest first (0: all)."""
+        return self.config.save_total_limit
+
+    def attach(self, model, tokenizer, optimizer, scheduler) -> None:
+        self.model, self.tokenizer = model, tokenizer
+        self.optimizer, self.scheduler = optimizer, scheduler
+
+    def resume_point(self, fsdp: bool = False) -> Path | None:
+        """The checkpoint the run continues from (None: a new run); refuses what would lose work."""
+        folder, resume = self.folder, self.config.resume
+        latest = folder.latest_checkpoint()
+        if latest and not resume:
+            raise ResumeError(
+                f"Run {folder.path} already has checkpoints ({latest.name}). Pass --resume to "
+                "continue it, or choose another --run-name; nothing was changed."
+            )
+        if resume and latest is None:
+            raise ResumeError(
+                f"Nothing to resume: {folder.path} has no checkpoint (it stopped before its first "
+                "save). Start it again without --resume (the same name is free to reuse), or pick "
+                "another --run-name; nothing was changed."
+            )
+        if latest and fsdp:
+            raise ResumeError(
+                "Resuming under FSDP is not supported (the saved optimizer state is rank 0's "
+                f"shard). Resume {folder.path} with one process or DDP, or start a new run; "
+                "nothing was changed."
+            )
+        return latest
+
+    def save(self, step: int, metrics: dict, state_dict: dict | None = None) -> Path:
+        """Write checkpoints/step-NNNNNN atomically, then `prune`. Returns its path.
+
+        `state_dict`: the gathered weights when the model is sharded (FSDP); else the model's own.
+        """
+        final = self.folder.checkpoints_dir / f"{CHECKPOINT_PREFIX}{step:06d}"
+        tmp = final.with_name(f".tmp-{final.name}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        self.model.save_pretrained(tmp, state_dict=state_dict)
+        self.tokenizer.save_pretrained(tmp)
+        torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
+        torch.save({"torch": torch.get_rng_state()}, tmp / "rng.pt")
+        state = {"step": step, "config": self.config.to_dict(), "metrics": metrics}
+        write_json_atomic(tmp / "trainer_state.json", state)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        self.prune()
+        return final
+
+    def prune(self) -> None:
+        """Keep the newest `keep` checkpoints (0: all)."""
+        if self.keep:
+            for old in self.folder.checkpoints()[: -self.keep]:
+                shutil.rmtree(old, ignore_errors=True)
+
+    def restore(self, checkpoint: Path) -> int:
+        """Optimizer, scheduler and RNG from `checkpoint`; returns the step it was saved at."""
+        load = torch.load
+        self.optimizer.load_state_dict(load(checkpoint / "optimizer.pt", weights_only=True))
+        self.scheduler.load_state_dict(load(checkpoint / "scheduler.pt", weights_only=True))
+        torch.set_rng_state(load(checkpoint / "rng.pt", weights_only=True)["torch"])
+        return int(read_state(checkpoint)["step"])
+
+    @staticmethod
+    def export_merged(checkpoint: str | Path, out_dir: str | Path) -> Path:
+        """Merge a checkpoint's LoRA adapter into its base model: a standalone folder plain transformers loads."""
+        from orpo_lab.model import attach_adapter, load_model
+
+        checkpoint, state = adapter_checkpoint(checkpoint)
+        out_dir = Path(out_dir)
+        if out_dir.exists():
+            raise CheckpointError(
+                f"{out_dir} already exists: choose another --out (nothing was overwritten)."
+            )
+        config = state["config"]
+        base, tokenizer = load_model(
+            config["model"],
+            device="cpu",
+            precision="fp32",
+            trust_remote_code=config.get("trust_remote_code", False),
+            chat_template=config.get("chat_template", ""),  # the template the run trained with
         )
-    if resume and latest is None:
-        raise ResumeError(
-            f"Nothing to resume: {folder.path} has no checkpoint (it stopped before its first "
-            "save). Start it again without --resume (the same name is free to reuse), or pick "
-            "another --run-name; nothing was changed."
-        )
-    if latest and fsdp:
-        raise ResumeError(
-            "Resuming under FSDP is not supported (the saved optimizer state is rank 0's shard). "
-            f"Resume {folder.path} with one process or DDP, or start a new run; nothing was changed."
-        )
-    return latest
+        merged = attach_adapter(base, checkpoint).merge_and_unload()
+        tmp = out_dir.with_name(f".tmp-{out_dir.name}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        merged.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, out_dir)
+        return out_dir

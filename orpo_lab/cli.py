@@ -1,9 +1,9 @@
 """`orpo-lab`: train, resume, evaluate, export or push to the hub from the command line.
 
-The arguments are parsed and the data checked before torch and the model are imported, so `--help`
-answers at once and a bad `--dataset` is reported before a model loads. Ctrl-C (SIGINT) or SIGTERM
-asks the run to stop: the last completed step is saved and the process exits cleanly; a second
-Ctrl-C exits at once.
+The arguments are parsed before torch and the model are imported, so `--help` answers at once;
+`launch.check_launch` then refuses a bad model, checkpoint or `--dataset` before a run folder is
+written or a model loads. Ctrl-C (SIGINT) or SIGTERM asks the run to stop: the last completed
+step is saved and the process exits cleanly; a second Ctrl-C exits at once.
 """
 
 from __future__ import annotations
@@ -208,87 +208,78 @@ def _sft_then_dpo(cfg, sft_steps: int, stop: threading.Event) -> int:
     from orpo_lab.pipeline import sft_then_dpo
 
     last = sft_then_dpo(cfg, sft_steps, callback=print_progress, stop_event=stop)
-    print(
-        json.dumps(
-            {
-                stage: {k: v for k, v in record.items() if k != "kind"}
-                for stage, record in last.items()
-            },
-            indent=1,
-        )
+    records = {stage: {k: v for k, v in r.items() if k != "kind"} for stage, r in last.items()}
+    print(json.dumps(records, indent=1))
+    return 0
+
+
+def _export(args) -> int:
+    from orpo_lab.checkpoint import Checkpointer
+
+    if not args.out:
+        return _error("--export needs --out DIR, the folder for the merged model.")
+    print(f"merged model written to {Checkpointer.export_merged(args.export, args.out)}")
+    return 0
+
+
+def _push(args) -> int:
+    from orpo_lab.hub import push_to_hub
+
+    if not args.repo_id:
+        return _error("--push-to-hub needs --repo-id OWNER/NAME, the model repository.")
+    url = push_to_hub(args.push_to_hub, args.repo_id, args.checkpoint, private=not args.public)
+    print(f"adapter pushed to {url}")
+    return 0
+
+
+def _evaluate(args) -> int:
+    from orpo_lab.evaluate import evaluate_run
+
+    report = evaluate_run(
+        args.evaluate,
+        max_prompts=args.eval_prompts,
+        samples=args.samples,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        sample_seed=args.sample_seed,
     )
+    print(json.dumps(report["summary"], indent=1))
+    if "sampled" in report:
+        print(sampled_table(report["sampled"]))
+    return 0
+
+
+def _train(args) -> int:
+    """Check, then train: a broken model, checkpoint or too small dataset fails before the run
+    folder is written and the model loads; the run starts from the rows the check read."""
+    cfg = config_from_args(args)
+    stop = threading.Event()
+    install_stop_signals(stop)
+    print(f"orpo-lab: reading and checking {cfg.dataset} ...", file=sys.stderr, flush=True)
+    from orpo_lab.launch import check_launch
+
+    checked = check_launch(cfg).checked
+    if args.sft_then_dpo is not None:
+        return _sft_then_dpo(cfg, args.sft_then_dpo, stop)
+    from orpo_lab.train import train
+
+    last = train(cfg, callback=print_progress, stop_event=stop, checked=checked)
+    print(json.dumps({k: v for k, v in last.items() if k != "kind"}, indent=1))
+    if stop.is_set():
+        print(f"stopped: resume with `orpo-lab --config {cfg.run_dir / 'config.yaml'} --resume`")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser_with_hub().parse_args(argv)
+    asked = {_export: args.export, _push: args.push_to_hub, _evaluate: args.evaluate}
+    command = next((run for run, given in asked.items() if given), _train)
     try:
-        if args.export:
-            from orpo_lab.checkpoint import export_merged
-
-            if not args.out:
-                return _error("--export needs --out DIR, the folder for the merged model.")
-            print(f"merged model written to {export_merged(args.export, args.out)}")
-            return 0
-        if args.push_to_hub:
-            from orpo_lab.hub import push_to_hub
-
-            if not args.repo_id:
-                return _error("--push-to-hub needs --repo-id OWNER/NAME, the model repository.")
-            url = push_to_hub(
-                args.push_to_hub, args.repo_id, args.checkpoint, private=not args.public
-            )
-            print(f"adapter pushed to {url}")
-            return 0
-        if args.evaluate:
-            from orpo_lab.evaluate import evaluate_run
-
-            report = evaluate_run(
-                args.evaluate,
-                max_prompts=args.eval_prompts,
-                samples=args.samples,
-                temperature=args.temperature,
-                top_p=args.top_p,
-                sample_seed=args.sample_seed,
-            )
-            print(json.dumps(report["summary"], indent=1))
-            if "sampled" in report:
-                print(sampled_table(report["sampled"]))
-            return 0
-        cfg = config_from_args(args)
-        stop = threading.Event()
-        install_stop_signals(stop)
-        print(f"orpo-lab: reading and checking {cfg.dataset} ...", file=sys.stderr, flush=True)
-        from orpo_lab.prepared import check_data
-
-        # A broken or too small dataset fails here, before the model loads; the run then reads
-        # the checked data from the cache. So do the checkpoints it starts from or refers to.
-        from orpo_lab.reference import check_start
-
-        if not cfg.resume:  # a resumed run starts from its own checkpoint
-            check_start(cfg)
-        pairs = check_data(cfg)["train_pairs"]
-        if pairs < cfg.batch_size:
-            return _error(
-                f"The dataset {cfg.dataset} has {pairs} usable training pair(s), fewer than one "
-                f"batch of {cfg.batch_size}: add pairs or lower batch_size."
-            )
-        if args.sft_then_dpo is not None:
-            return _sft_then_dpo(cfg, args.sft_then_dpo, stop)
-        from orpo_lab.train import train
-
-        last = train(cfg, callback=print_progress, stop_event=stop)
-        record = {k: v for k, v in last.items() if k != "kind"}
-        print(json.dumps(record, indent=1))
-        if stop.is_set():
-            print(
-                f"stopped: resume with `orpo-lab --config {cfg.run_dir / 'config.yaml'} --resume`"
-            )
-        return 0
+        return command(args)
     except ValueError as err:  # config, data, checkpoint and run errors all say what to do
         return _error(str(err))
     except RuntimeError as err:
-        from orpo_lab.train import TrainingError
+        from orpo_lab.step import TrainingError
 
         if isinstance(err, TrainingError):
             return _error(str(err))

@@ -1,6 +1,6 @@
 """Share a finished or stopped run's adapter on the Hugging Face hub.
 
-What is uploaded is what the adapter download holds (`checkpoint.adapter_files`): the PEFT adapter,
+What is uploaded is what the adapter download holds (`adapter.adapter_files`): the PEFT adapter,
 adapter_config.json naming a loadable base model, the tokenizer files and a model card with the
 base model id, the data, the ORPO settings and the run's last held-out evaluation. The repository
 is private unless asked otherwise. A missing token or an unreachable hub is a HubError that says
@@ -12,7 +12,8 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from orpo_lab.checkpoint import CheckpointError, write_adapter
+from orpo_lab.adapter import write_adapter
+from orpo_lab.checkpoint import CheckpointError
 from orpo_lab.rundir import ACTIVE, RunDir
 
 NO_TOKEN = (

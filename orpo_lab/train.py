@@ -2,34 +2,30 @@
 -> stop? -> eval? -> save?
 
 `accelerate` handles device, precision and multi-process (DDP under `accelerate launch` or
-`torchrun`); the rest is here. Files: `orpo_lab.rundir`, checkpoints `orpo_lab.checkpoint`, trackers
-`orpo_lab.trackers`, command line `orpo_lab.cli`. A stop (STOP file, `stop_event`, Ctrl-C or SIGTERM
-via the CLI) is checked between micro-batches: the step in progress is dropped, the last one saved.
+`torchrun`); the rest is here. The run is set up by `orpo_lab.setup` (plan, data, model,
+optimizer, resume); files: `orpo_lab.rundir`, checkpoints `orpo_lab.checkpoint` (`Checkpointer`),
+trackers `orpo_lab.trackers`, command line `orpo_lab.cli`. A stop (STOP file, `stop_event`,
+Ctrl-C or SIGTERM via the CLI) is checked between micro-batches: the step in progress is dropped,
+the last one saved.
 """
 
 from __future__ import annotations
 
-import math
-import os
 import runpy
 import statistics
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator, DistributedType
-from transformers import get_scheduler
+from accelerate import DistributedType
 
-from orpo_lab import autotune, build, compiling, reference, trackers
-from orpo_lab.build import DTYPE_NAMES, build_model, load_pairs, precision_plan, subset
-from orpo_lab.checkpoint import load_training_state, resume_point, save_checkpoint
+from orpo_lab import trackers
 from orpo_lab.collate import collate
 from orpo_lab.config import TrainConfig
-from orpo_lab.logps import PairLogps, check_sample
 from orpo_lab.rundir import RunDir
+from orpo_lab.setup import Run, begin, setup
 from orpo_lab.step import (
     NON_FINITE_ADVICE,
     OOM_ADVICE,
@@ -38,7 +34,6 @@ from orpo_lab.step import (
     TrainingError,
     clip_gradients,
     forward_backward,
-    fused_adamw,
     held_out_metrics,
     micro_batch_indices,
     pair_tokens,
@@ -46,55 +41,6 @@ from orpo_lab.step import (
 
 if __name__ == "__main__":  # `python -m orpo_lab.train` (earlier versions): the CLI, which exits
     runpy.run_module("orpo_lab.cli", run_name="__main__")  # as `python -m orpo_lab.cli` runs it
-
-# ---------------------------------------------------------------- what the loop works with
-
-
-@dataclass
-class Run:
-    """What the loop works with: the run's folder, model, optimiser and data, and its stop signal."""
-
-    cfg: TrainConfig
-    accelerator: Accelerator
-    folder: RunDir
-    wrapped: torch.nn.Module  # PairLogps, prepared by accelerate
-    tokenizer: object
-    optimizer: torch.optim.Optimizer
-    scheduler: object
-    params: list
-    train_pairs: list
-    held_out: list | None  # every held-out pair: the last step's evaluation
-    eval_subset: list | None  # the fixed seeded subset the evaluations before the last step score
-    total_steps: int
-    per_epoch: int
-    stop_event: threading.Event | None = None
-    callback: Callable[[dict], None] | None = None
-    reference: torch.Tensor | None = None  # DPO: (N, 2) reference summed log-probs per pair
-    step_times: list = field(default_factory=list)
-    began: float = field(default_factory=time.perf_counter)
-
-    @property
-    def main(self) -> bool:
-        return self.accelerator.is_main_process
-
-    def stop_requested(self) -> bool:
-        """A stop asked of any process (event or STOP file) stops all of them together."""
-        asked = (self.stop_event is not None and self.stop_event.is_set()) or (
-            self.folder.stop_requested()
-        )
-        flag = torch.tensor(float(asked), device=self.accelerator.device)
-        return self.accelerator.reduce(flag, "sum").item() > 0
-
-    def log(self, record: dict) -> None:
-        if self.main:
-            self.folder.append_metrics(record)
-            if self.callback:
-                self.callback(record)
-
-    def status(self, status: str | None = None, message: str | None = None, **fields) -> None:
-        if self.main:
-            self.folder.write_status(status, message, **fields)
-
 
 # ---------------------------------------------------------------- one step, one evaluation
 
@@ -178,21 +124,7 @@ def save(run: Run, step: int, record: dict) -> Path | None:
         # Sharded weights: every rank joins the gather; keys are PairLogps's ("model.").
         gathered = accelerator.get_state_dict(run.wrapped)
         full_state = {k.removeprefix("model."): v for k, v in gathered.items()}
-    path = None
-    if run.main:
-        model = accelerator.unwrap_model(run.wrapped).model
-        path = save_checkpoint(
-            run.folder,
-            step,
-            model,
-            run.tokenizer,
-            run.optimizer,
-            run.scheduler,
-            run.cfg,
-            record,
-            full_state,
-            keep=run.cfg.save_total_limit,
-        )
+    path = run.checkpointer.save(step, record, full_state) if run.main else None
     accelerator.wait_for_everyone()
     return path
 
@@ -272,32 +204,22 @@ def train(
     callback: Callable[[dict], None] | None = None,
     stop_event: threading.Event | None = None,
     fits: Callable[[int], bool] | None = None,
+    checked: str | None = None,
 ) -> dict:
     """Run (or resume) one training run in output_dir/run_name; returns the last train record.
 
     `callback(record)` gets every metrics record (train, eval, event) as it is logged; setting
     `stop_event` (or creating the STOP file) stops after the current micro-batch with a checkpoint.
     `fits(step)` False before a step ends the run there as a stop does, but leaves it "running".
+    `checked`: the pre-run check's key of the checked rows (`launch.check_launch`), when it ran.
     """
-    started = time.time()
-    cfg.run_name = cfg.run_name or time.strftime("run-%Y%m%d-%H%M%S")
-    folder = RunDir(cfg.run_dir)
-    plan = precision_plan(cfg) | {"sliced": fits is not None}  # a slice never tries a compile
-    accelerator = Accelerator(mixed_precision=plan["autocast"], cpu=cfg.device == "cpu")
-    resume_from = resume_point(
-        folder, cfg.resume, accelerator.distributed_type == DistributedType.FSDP
-    )
-    if accelerator.is_main_process:
-        folder.path.mkdir(parents=True, exist_ok=True)
-        folder.metrics_path.touch()  # there from the start, even for a run stopped before step 1
-        TrainConfig.from_dict({**cfg.to_dict(), "resume": False}).to_yaml(folder.config_path)
-        folder.clear_stale_stop(os.getpid(), started)
-        folder.write_status(
-            "running", "loading model and data", step=0, total_steps=0, pid=os.getpid()
-        )
-    tracked, callback = trackers.start(cfg, folder, resume_from, accelerator, callback)
+    opened = begin(cfg, sliced=fits is not None)  # config -> plan -> the run's folder
+    accelerator, folder = opened.accelerator, opened.folder
+    tracked, callback = trackers.start(cfg, folder, opened.resume_from, accelerator, callback)
     try:
-        run, start = prepare(cfg, accelerator, folder, resume_from, callback, stop_event, plan)
+        run, start = setup(opened, callback, stop_event, checked)  # data -> model -> optimizer
+        if run.held_out and start == 0 and cfg.eval_at_start:
+            log_eval(run, 0, run.eval_subset)  # the numbers before any update: curves start here
         return loop(run, start, fits)
     except StopRequested:  # during data preparation or the step-0 evaluation: nothing trained
         if accelerator.is_main_process:
@@ -324,138 +246,3 @@ def train(
 def _fail(accelerator, folder: RunDir, message: str) -> None:
     if accelerator.is_main_process:
         folder.write_status("failed", message)
-
-
-def data_progress(folder: RunDir, stop_event: threading.Event | None, every_s: float = 1.0):
-    """A `prepared.Progress` for a run: the stage in status.json ("preparing data: tokenising ...
-    31,200 / 60,000"), at most once every `every_s`; a stop request (event or STOP file) stops it."""
-    last = [0.0]
-
-    def progress(stage: str, done: int, total: int) -> None:
-        if (stop_event is not None and stop_event.is_set()) or folder.stop_requested():
-            raise StopRequested
-        now = time.monotonic()
-        if now - last[0] >= every_s or (total and done >= total):
-            last[0] = now
-            count = f" {done:,} / {total:,}" if total else ""
-            about = "" if stage.startswith("measuring") else "preparing data: "
-            folder.write_status("running", f"{about}{stage}{count}")
-
-    return progress
-
-
-def prepare(
-    cfg, accelerator, folder, resume_from, callback, stop_event, plan: dict | None = None
-) -> tuple[Run, int]:
-    """Model, data, optimiser and schedule of the run; the start event and step-0 evaluation.
-
-    `plan`: `build.precision_plan(cfg)`, whose "precision" and "precision_reason" the start event
-    records.
-    """
-    plan = plan or precision_plan(cfg)
-    world = accelerator.num_processes
-    # The data first: preparing it needs only the tokenizer, and a problem shows before the model loads.
-    if resume_from is None:  # init_checkpoint and ref_checkpoint: before anything loads
-        reference.check_start(cfg)
-    tokenizer = build.run_tokenizer(cfg, resume_from)
-    progress = data_progress(folder, stop_event) if accelerator.is_main_process else None
-    train_pairs, held_out, stats = load_pairs(cfg, tokenizer, progress)
-    model, tokenizer = build_model(cfg, resume_from, plan, tokenizer)
-    if len(train_pairs) < cfg.batch_size * world:
-        raise TrainingError(
-            f"The dataset has {len(train_pairs)} usable pairs, fewer than one batch "
-            f"({cfg.batch_size} pairs x {world} processes): lower batch_size."
-        )
-    per_epoch = len(train_pairs) // (cfg.batch_size * world)
-    total = (
-        cfg.max_steps
-        if cfg.max_steps > 0
-        else max(1, math.ceil(cfg.epochs * per_epoch / cfg.grad_accum))
-    )
-    # precision="auto" on a CPU: measured on the first pairs (cut short) when the setup is new here.
-    first, scale = autotune.probe_batch(train_pairs[: cfg.batch_size], cfg.layout, tokenizer)
-    sample = collate([check_sample(train_pairs[0])], cfg.layout, tokenizer.pad_token_id)
-    model, plan = autotune.settle_precision(
-        cfg,
-        plan,
-        model,
-        first,
-        lambda p: build_model(cfg, resume_from, p, tokenizer)[0],
-        progress,
-        sample,
-    )
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(
-        params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, fused=fused_adamw(params)
-    )
-    scheduler = get_scheduler(
-        cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=total
-    )
-    start = 0 if resume_from is None else load_training_state(resume_from, optimizer, scheduler)
-    pair_logps = PairLogps(model, cfg.nll_scope, cfg.logps_chunk_size)
-    # The fast log-prob path is checked against the model's own logits on a real pair, not assumed.
-    logps_check = pair_logps.verify(sample)
-    ref_logps, ref_info = reference.reference_logps(
-        cfg, pair_logps, train_pairs, tokenizer.pad_token_id, accelerator, total, folder, start
-    )
-    # After the check above, which then runs eager (no graphs compiled for it).
-    compile_on, compile_reason = autotune.settle_compile(
-        cfg, plan, pair_logps, first, total - start, world, accelerator.device, scale
-    )
-    if compile_on:
-        compiling.compile_layers(model)  # unless the probe compiled them already
-    wrapped = accelerator.prepare(pair_logps)
-    # The scheduler is not prepared: accelerate would step it once per process, changing the schedule.
-    optimizer = accelerator.prepare(optimizer)
-    eval_subset = held_out and subset(held_out, cfg.eval_subset_pairs, cfg.seed)
-    run = Run(
-        cfg,
-        accelerator,
-        folder,
-        wrapped,
-        tokenizer,
-        optimizer,
-        scheduler,
-        params,
-        train_pairs,
-        held_out,
-        eval_subset,
-        total,
-        per_epoch,
-        stop_event,
-        callback,
-        ref_logps,
-    )
-    if run.main and start:
-        folder.truncate_metrics(after_step=start)  # lines after the checkpoint would repeat
-    run.log(
-        {
-            "kind": "event",
-            "step": start,
-            "event": "resumed" if start else "started",
-            "train_pairs": len(train_pairs),
-            "truncated_pairs": stats.get("truncated", 0),
-            "truncation": stats["truncation"],
-            "data_cache": stats["cache"],
-            "eval_pairs": len(held_out or []),
-            "eval_subset_pairs": len(eval_subset or []),
-            "total_steps": total,
-            "processes": world,
-            "method": cfg.method,
-            **ref_info,
-            "device": str(accelerator.device),
-            "precision": plan["precision"],
-            "precision_reason": plan["precision_reason"],
-            "mixed_precision": accelerator.mixed_precision,
-            "decoder_autocast": DTYPE_NAMES.get(pair_logps.autocast),
-            "torch_compile": compile_on,
-            "torch_compile_reason": compile_reason,
-            "autotune": plan.get("autotune"),
-            "data": stats["data"],
-        }
-    )
-    run.log({"kind": "event", "step": start, "event": "logps_check", **logps_check})
-    run.status("running", "training", step=start, total_steps=total)
-    if held_out and start == 0 and cfg.eval_at_start:
-        log_eval(run, 0, eval_subset)  # the numbers before any update: what curves are read against
-    return run, start

@@ -16,7 +16,7 @@ import pytest
 import torch
 import transformers as tf
 
-from orpo_lab.checkpoint import export_merged
+from orpo_lab.checkpoint import Checkpointer
 from orpo_lab.collate import collate
 from orpo_lab.config import TrainConfig
 from orpo_lab.data import tokenize_pair
@@ -153,7 +153,7 @@ def test_architecture_trains_checks_chats_and_exports(tmp_path, default_tokenize
     )
     assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
 
-    merged_dir = export_merged(final, tmp_path / "merged")
+    merged_dir = Checkpointer.export_merged(final, tmp_path / "merged")
     merged = tf.AutoModelForCausalLM.from_pretrained(merged_dir)
     from peft import PeftModel
 

@@ -7,18 +7,21 @@ from __future__ import annotations
 
 import json
 import threading
+from dataclasses import replace
 
 import pytest
 import torch
 from test_train import lines, make_config, same_trajectory, write_pairs
 
-from orpo_lab import autotune, compiling
-from orpo_lab.build import build_model, load_pairs, precision_plan
+from orpo_lab import autotune, autotune_cache, autotune_rules, compiling
+from orpo_lab.build import build_model, load_pairs
 from orpo_lab.collate import collate
 from orpo_lab.logps import PairLogps
+from orpo_lab.plan import plan_run
 from orpo_lab.rundir import RunDir
+from orpo_lab.setup import data_progress
 from orpo_lab.step import StopRequested
-from orpo_lab.train import data_progress, train
+from orpo_lab.train import train
 
 CPU = torch.device("cpu")
 
@@ -44,32 +47,34 @@ def started(run_dir) -> dict:
 
 def test_precision_follows_the_measured_times():
     # Each candidate by its fastest pass (other work only adds time): 0.50 vs 0.99.
-    assert autotune.choose_precision({"fp32": [1.0, 1.02, 0.99], "bf16": [0.5, 0.52, 0.51]}) == (
+    assert autotune_rules.choose_precision(
+        {"fp32": [1.0, 1.02, 0.99], "bf16": [0.5, 0.52, 0.51]}
+    ) == (
         "bf16",
         "measured here: bf16 0.500 s/step vs float32 0.990 (x1.98)",
     )
     # Slower, or faster by less than MARGIN (5%): float32.
-    name, why = autotune.choose_precision({"fp32": [1.0, 1.0, 1.0], "bf16": [1.3, 1.3, 1.2]})
+    name, why = autotune_rules.choose_precision({"fp32": [1.0, 1.0, 1.0], "bf16": [1.3, 1.3, 1.2]})
     assert name == "fp32" and why.endswith("(x0.83); not 5% faster: float32")
-    assert autotune.choose_precision({"fp32": [1.0] * 3, "bf16": [0.97] * 3})[0] == "fp32"
+    assert autotune_rules.choose_precision({"fp32": [1.0] * 3, "bf16": [0.97] * 3})[0] == "fp32"
     # Faster by less than float32's own steps spread: inconclusive.
-    name, why = autotune.choose_precision({"fp32": [1.0, 1.3], "bf16": [0.8, 0.8]})
+    name, why = autotune_rules.choose_precision({"fp32": [1.0, 1.3], "bf16": [0.8, 0.8]})
     assert name == "fp32" and why.startswith("inconclusive: bf16 0.800 s/step vs float32 1.000")
     assert "spread by 0.300 s" in why
     # Nothing (or nonsense) measured: float32, and why.
-    assert autotune.choose_precision({"fp32": [1.0]}) == (
+    assert autotune_rules.choose_precision({"fp32": [1.0]}) == (
         "fp32",
         "float32 1.000 s/step, the only candidate measured",
     )
     for times in ({}, {"fp32": [1.0], "bf16": [0.0]}):
-        assert autotune.choose_precision(times) == (
+        assert autotune_rules.choose_precision(times) == (
             "fp32",
             "the probe gave no usable float32 time: float32",
         )
 
 
 def test_compilation_follows_the_measured_times_and_compile_cost():
-    choose = autotune.choose_compile
+    choose = autotune_rules.choose_compile
     assert choose(1.0, None, None, 100, paid=False) == (
         False,
         "compiled layers were not measured here",
@@ -111,43 +116,43 @@ def test_a_new_setup_is_measured_once_then_read_from_the_cache(
     timed: list = []
     monkeypatch.setattr(autotune, "time_steps", scripted_times(timed))
     cfg = make_config(tmp_path, data, tiny_model_dir, precision="auto")
-    plan = precision_plan(cfg)
-    assert plan["precision_probe"] and plan["precision"] == "fp32"
-    assert plan["precision_reason"] == "not measured on this machine yet"
+    plan = plan_run(cfg)
+    assert plan.precision_probe and plan.precision == "fp32"
+    assert plan.precision_reason == "not measured on this machine yet"
     model, tok = build_model(cfg, None, plan)
     batch = collate(load_pairs(cfg, tok)[0][:4], cfg.layout, tok.pad_token_id)
     chosen, plan = autotune.settle_precision(
         cfg, plan, model, batch, lambda p: build_model(cfg, None, p)[0]
     )
     assert timed == [torch.float32, torch.bfloat16]
-    assert (plan["precision"], plan["base"], plan["attention"]) == ("bf16", "bf16", "eager")
-    assert plan["precision_reason"] == "measured here: bf16 0.500 s/step vs float32 1.000 (x2.00)"
+    assert (plan.precision, plan.base, plan.attention) == ("bf16", "bf16", "eager")
+    assert plan.precision_reason == "measured here: bf16 0.500 s/step vs float32 1.000 (x2.00)"
     # x2.00 from one timed pass each (beyond x1.5, autotune.CLEAR): no second pass.
-    assert plan["autotune"]["candidates"] == {"fp32": [1.0], "bf16": [0.5]}
+    assert plan.autotune["candidates"] == {"fp32": [1.0], "bf16": [0.5]}
     assert chosen is not model and chosen.get_base_model().dtype == torch.bfloat16
     assert all(p.dtype == torch.float32 for p in chosen.parameters() if p.requires_grad)
 
     # The cache now answers for this setup, without measuring; the key knows the machine.
     ((key, stored),) = json.loads(own_cache.read_text())["setups"].items()
-    assert stored["machine"] == autotune.machine() and stored["precision"] == "bf16"
-    again = precision_plan(cfg)
-    assert not again["precision_probe"] and again["precision"] == "bf16"
-    assert again["precision_reason"].startswith("measured here: bf16 0.500 s/step")
-    assert "(cached " in again["precision_reason"]
+    assert stored["machine"] == autotune_cache.machine() and stored["precision"] == "bf16"
+    again = plan_run(cfg)
+    assert not again.precision_probe and again.precision == "bf16"
+    assert again.precision_reason.startswith("measured here: bf16 0.500 s/step")
+    assert "(cached " in again.precision_reason
     # Its started event still shows the step times the choice was made on; nothing was timed.
-    assert again["autotune"]["candidates"] == plan["autotune"]["candidates"]
-    assert again["autotune"]["probe_s"] == 0
+    assert again.autotune["candidates"] == plan.autotune["candidates"]
+    assert again.autotune["probe_s"] == 0
     assert autotune.settle_precision(cfg, again, chosen, batch, None)[0] is chosen
     assert len(timed) == 2
     # Another adapter or layout is another setup; a CPU without bf16 support never measures.
     for changes in (dict(lora_r=4), dict(layout="prefix")):
-        assert precision_plan(
+        assert plan_run(
             make_config(tmp_path, data, tiny_model_dir, precision="auto", **changes)
-        )["precision_probe"]
+        ).precision_probe
     monkeypatch.setattr(autotune, "bf16_flag", lambda flags=None: None)
-    plan = precision_plan(make_config(tmp_path, data, tiny_model_dir, precision="auto", lora_r=4))
-    assert not plan["precision_probe"] and plan["precision"] == "fp32"
-    assert plan["precision_reason"].startswith("no bf16 support on this CPU")
+    plan = plan_run(make_config(tmp_path, data, tiny_model_dir, precision="auto", lora_r=4))
+    assert not plan.precision_probe and plan.precision == "fp32"
+    assert plan.precision_reason.startswith("no bf16 support on this CPU")
 
     # A probe that fails trains in float32 on the model it has, says why, and caches nothing.
     own_cache.unlink()
@@ -156,10 +161,10 @@ def test_a_new_setup_is_measured_once_then_read_from_the_cache(
     def broken(plan):
         raise RuntimeError("no bf16 kernels")
 
-    plan = precision_plan(cfg)
+    plan = plan_run(cfg)
     kept, plan = autotune.settle_precision(cfg, plan, model, batch, broken)
-    assert kept is model and plan["precision"] == "fp32"
-    assert plan["precision_reason"] == "the probe failed (RuntimeError: no bf16 kernels): float32"
+    assert kept is model and plan.precision == "fp32"
+    assert plan.precision_reason == "the probe failed (RuntimeError: no bf16 kernels): float32"
     assert not own_cache.exists()
 
 
@@ -171,7 +176,7 @@ def test_the_probe_says_what_it_measures_and_a_stop_stops_it(
     monkeypatch.setattr(autotune, "bf16_flag", lambda flags=None: "avx512_bf16")
     monkeypatch.setattr(autotune, "time_steps", scripted_times([]))
     cfg = make_config(tmp_path, data, tiny_model_dir, precision="auto")
-    model, tok = build_model(cfg, None, precision_plan(cfg))
+    model, tok = build_model(cfg, None, plan_run(cfg))
     batch = collate(load_pairs(cfg, tok)[0][:4], cfg.layout, tok.pad_token_id)
     folder, stop = RunDir(tmp_path / "run"), threading.Event()
     folder.path.mkdir()
@@ -181,7 +186,7 @@ def test_the_probe_says_what_it_measures_and_a_stop_stops_it(
         statuses.append(folder.read_status()["message"])
         return build_model(cfg, None, plan)[0]
 
-    autotune.settle_precision(cfg, precision_plan(cfg), model, batch, rebuild, progress)
+    autotune.settle_precision(cfg, plan_run(cfg), model, batch, rebuild, progress)
     assert statuses == [
         "measuring float32 vs bf16 here (once per setup): loading a bf16 copy 1 / 3"
     ]
@@ -189,7 +194,7 @@ def test_the_probe_says_what_it_measures_and_a_stop_stops_it(
     own_cache.unlink()
     stop.set()
     with pytest.raises(StopRequested):
-        autotune.settle_precision(cfg, precision_plan(cfg), model, batch, rebuild, progress)
+        autotune.settle_precision(cfg, plan_run(cfg), model, batch, rebuild, progress)
     assert len(statuses) == 1 and not own_cache.exists()
 
 
@@ -207,17 +212,17 @@ def test_a_close_call_gets_a_second_timed_pass_each(
     monkeypatch.setattr(autotune, "tqdm", Bar)
     monkeypatch.setattr(autotune, "time_steps", scripted_times(timed, bf16_s=0.8, bars=bars))
     cfg = make_config(tmp_path, data, tiny_model_dir, precision="auto")
-    model, tok = build_model(cfg, None, precision_plan(cfg))
+    model, tok = build_model(cfg, None, plan_run(cfg))
     batch = collate(load_pairs(cfg, tok)[0][:4], cfg.layout, tok.pad_token_id)
     _, plan = autotune.settle_precision(
-        cfg, precision_plan(cfg), model, batch, lambda p: build_model(cfg, None, p)[0]
+        cfg, plan_run(cfg), model, batch, lambda p: build_model(cfg, None, p)[0]
     )
     # x1.25: within x1.5, timed again; the bar at 0, 2 (the copy loaded), 2, 2 stages done
     fp32, bf16 = torch.float32, torch.bfloat16
     assert timed == [(fp32, 0), (bf16, 2), (fp32, 2), (bf16, 2)]
     assert bars[0].n == bars[0].total == 3  # done once every timing is
-    assert plan["autotune"]["candidates"] == {"fp32": [1.0, 1.0], "bf16": [0.8, 0.8]}
-    assert plan["precision"] == "bf16"
+    assert plan.autotune["candidates"] == {"fp32": [1.0, 1.0], "bf16": [0.8, 0.8]}
+    assert plan.precision == "bf16"
 
 
 def test_a_real_probe_picks_the_faster_and_leaves_the_run_unchanged(
@@ -241,7 +246,7 @@ def test_a_real_probe_picks_the_faster_and_leaves_the_run_unchanged(
     times = event["autotune"]["candidates"]
     assert times.keys() == {"fp32", "bf16"}
     assert all(1 <= len(v) <= autotune.PROBE_STEPS and min(v) > 0 for v in times.values())
-    name, why = autotune.choose_precision(times)
+    name, why = autotune_rules.choose_precision(times)
     assert (event["precision"], event["precision_reason"]) == (name, why)
     assert event["autotune"]["probe_s"] > 0
     assert event["torch_compile"] is False  # 3 tiny steps: far from a run that tries a compile
@@ -301,7 +306,7 @@ def test_the_probe_times_the_first_pairs_cut_short():
 @pytest.fixture()
 def pair_logps(tmp_path, data, tiny_model_dir):
     cfg = make_config(tmp_path, data, tiny_model_dir, torch_compile="auto")
-    model, tok = build_model(cfg, None)
+    model, tok = build_model(cfg, None, plan_run(cfg))
     batch = collate(load_pairs(cfg, tok)[0][:4], cfg.layout, tok.pad_token_id)
     return cfg, PairLogps(model, cfg.nll_scope, 16), batch
 
@@ -309,7 +314,7 @@ def pair_logps(tmp_path, data, tiny_model_dir):
 def test_compiled_layers_are_tried_once_in_a_long_enough_run(pair_logps, own_cache, monkeypatch):
     """Injected timings: eager 1.0 s a step, compiled 0.7, a cold compile 40 s, from the cache 6."""
     cfg, wrapped, batch = pair_logps
-    plan = precision_plan(cfg)  # precision="fp32" asked for: only compilation is measured
+    plan = plan_run(cfg)  # precision="fp32" asked for: only compilation is measured
     monkeypatch.setattr(compiling, "compiler_works", lambda: None)
     timed, probes = [], []
 
@@ -326,9 +331,10 @@ def test_compiled_layers_are_tried_once_in_a_long_enough_run(pair_logps, own_cac
     monkeypatch.setattr(autotune, "_probe_compiled", fake_probe)
 
     def settle(steps, processes=1, device=CPU, scale=1.0, **changes):
-        return autotune.settle_compile(
-            cfg, plan | changes, wrapped, batch, steps, processes, device, scale
+        settled = autotune.settle_compile(
+            cfg, replace(plan, **changes), wrapped, batch, steps, processes, device, scale
         )
+        return settled.torch_compile, settled.torch_compile_reason
 
     # 599 steps x 1.0 s: under the 10 minutes that a first compile is tried in; the eager step
     # time (precision was asked for, never measured) is timed once and kept.
@@ -351,25 +357,25 @@ def test_compiled_layers_are_tried_once_in_a_long_enough_run(pair_logps, own_cac
         "(1.000 s probed, x4.0 the tokens) = 596 s",
     )
     assert timed == [autotune.PROBE_STEPS] and probes == []
-    trial = dict(plan)
-    on, why = autotune.settle_compile(cfg, trial, wrapped, batch, 600, 1, CPU)
+    trial = autotune.settle_compile(cfg, plan, wrapped, batch, 600, 1, CPU)
+    on, why = trial.torch_compile, trial.torch_compile_reason
     assert on and why.endswith("(x1.43); compiled by the probe already") and probes == [1]
     assert len(timed) == 1  # the eager time came from the cache
     two = autotune.PROBE_STEPS
-    assert trial["autotune"]["candidates"] == {"fp32": [1.0] * two, "fp32+compile": [0.7] * two}
-    assert trial["autotune"]["compile_s"] == {"cold": 40.0, "cached": 6.0}
+    assert trial.autotune["candidates"] == {"fp32": [1.0] * two, "fp32+compile": [0.7] * two}
+    assert trial.autotune["compile_s"] == {"cold": 40.0, "cached": 6.0}
     # Later runs read the cache: compiled when 0.3 s a step repays the 6 s compile from the cache,
     # whatever the environment says (the old switch is gone).
     monkeypatch.setenv("ORPO_LAB_TORCH_COMPILE", "off")
     assert settle(19)[0] is False
     monkeypatch.setattr(autotune, "_compile_s", lambda *args: 9.0)  # what this process paid
-    later = dict(plan)
-    on, why = autotune.settle_compile(cfg, later, wrapped, batch, 21, 1, CPU)
+    later = autotune.settle_compile(cfg, plan, wrapped, batch, 21, 1, CPU)
+    on, why = later.torch_compile, later.torch_compile_reason
     assert on and why.endswith("21 steps save 6.3 s, a compile from the cache costs 6.0 s")
-    assert later["autotune"]["candidates"] == {"fp32": [1.0] * two, "fp32+compile": [0.7] * two}
+    assert later.autotune["candidates"] == {"fp32": [1.0] * two, "fp32+compile": [0.7] * two}
     # The compile this run paid (timed in the pass step 1 would have paid it in) is what the
     # next run decides on: 21 steps no longer repay it.
-    assert later["autotune"]["compile_s"] == {"cold": 40.0, "cached": 9.0}
+    assert later.autotune["compile_s"] == {"cold": 40.0, "cached": 9.0}
     assert settle(21)[0] is False and settle(31)[0] is True
     assert probes == [1] and len(timed) == 1
     # The compiler worked when these were measured: a later run does not check it again (its
@@ -391,9 +397,9 @@ def test_compiled_layers_that_lose_are_undone(pair_logps, own_cache, monkeypatch
         return [1.2, 1.2], 30.0, 5.0
 
     monkeypatch.setattr(autotune, "_probe_compiled", slower)
-    plan = precision_plan(cfg)
-    on, why = autotune.settle_compile(cfg, plan, wrapped, batch, 1000, 1, CPU)
+    plan = autotune.settle_compile(cfg, plan_run(cfg), wrapped, batch, 1000, 1, CPU)
+    on, why = plan.torch_compile, plan.torch_compile_reason
     assert not on and why.endswith("(x0.83); not 5% faster: eager")
-    assert plan["autotune"]["compile_s"] == {"cold": 30.0, "cached": 5.0}
+    assert plan.autotune["compile_s"] == {"cold": 30.0, "cached": 5.0}
     layers = compiling.decoder_layers(wrapped.model)
     assert layers and all(layer._compiled_call_impl is None for layer in layers)

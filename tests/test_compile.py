@@ -12,11 +12,12 @@ import torch
 from peft import LoraConfig, get_peft_model
 from test_train import adapter, lines, make_config, same_trajectory, same_weights, write_pairs
 
-from orpo_lab import autotune, compiling
-from orpo_lab.build import build_model, load_pairs, precision_plan
+from orpo_lab import autotune, autotune_rules, compiling
+from orpo_lab.build import build_model, load_pairs
 from orpo_lab.collate import collate
 from orpo_lab.config import TrainConfig
 from orpo_lab.logps import PairLogps
+from orpo_lab.plan import plan_run
 from orpo_lab.train import train
 
 
@@ -77,18 +78,19 @@ def test_a_real_compile_probe_times_cold_and_cached_compiles(
     compiled exactly when the measured choice says so."""
     monkeypatch.setenv("ORPO_LAB_AUTOTUNE_CACHE", str(tmp_path / "autotune.json"))
     cfg = make_config(tmp_path, data, tiny_model_dir, torch_compile="auto")
-    model, tok = build_model(cfg, None)
+    model, tok = build_model(cfg, None, plan_run(cfg))
     batch = collate(load_pairs(cfg, tok)[0][:4], cfg.layout, tok.pad_token_id)
-    plan = precision_plan(cfg)
+    plan = plan_run(cfg)
     # A run of 10**6 tiny steps: long enough (eager) that a first compile is tried.
-    on, why = autotune.settle_compile(
+    plan = autotune.settle_compile(
         cfg, plan, PairLogps(model, cfg.nll_scope, 16), batch, 10**6, 1, torch.device("cpu")
     )
-    record = plan["autotune"]
+    on, why = plan.torch_compile, plan.torch_compile_reason
+    record = plan.autotune
     eager, compiled = record["candidates"]["fp32"], record["candidates"]["fp32+compile"]
     assert len(eager) == len(compiled) == autotune.PROBE_STEPS and min(eager + compiled) > 0
     assert record["compile_s"]["cold"] >= 0 and record["compile_s"]["cached"] >= 0
-    expected = autotune.choose_compile(
+    expected = autotune_rules.choose_compile(
         min(eager), min(compiled), record["compile_s"]["cached"], 10**6, paid=True
     )
     assert (on, why) == expected

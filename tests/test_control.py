@@ -176,14 +176,14 @@ def lines_if(path) -> list[dict]:
 
 SLOW_SAVE = """
 import sys, time
-import orpo_lab.train as engine
+from orpo_lab.checkpoint import Checkpointer
 from orpo_lab.cli import main
-real = engine.save_checkpoint
+real = Checkpointer.save
 def slow(*args, **kwargs):
     print("saving", file=sys.stderr, flush=True)
     time.sleep(60)  # a save that takes long: the second Ctrl-C must not wait for it
     return real(*args, **kwargs)
-engine.save_checkpoint = slow
+Checkpointer.save = slow
 sys.exit(main(sys.argv[1:]))
 """
 

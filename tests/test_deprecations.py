@@ -82,7 +82,8 @@ def test_the_recorder_catches_a_deprecated_call_made_from_project_code(tiny_mode
 def test_train_resume_chat_export_and_app_raise_no_deprecation(tmp_path, tiny_model_dir):
     """A short LoRA run with activation checkpointing, its resume, chat with the checkpoint, the
     adapter and merged exports, and the app built and served: nothing deprecated on the way."""
-    from orpo_lab.checkpoint import export_adapter, export_merged
+    from orpo_lab.adapter import export_adapter
+    from orpo_lab.checkpoint import Checkpointer
     from orpo_lab.model_pool import ModelPool
     from orpo_lab.train import train
     from orpo_lab.ui import build_app
@@ -105,7 +106,7 @@ def test_train_resume_chat_export_and_app_raise_no_deprecation(tmp_path, tiny_mo
             seed=0,
         )
         export_adapter(checkpoint, tmp_path / "adapter.zip")
-        export_merged(checkpoint, tmp_path / "merged")
+        Checkpointer.export_merged(checkpoint, tmp_path / "merged")
         demo = build_app(str(tiny_model_dir), cfg.output_dir, device="cpu")
         demo.launch(prevent_thread_lock=True, quiet=True)
         demo.close()

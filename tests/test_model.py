@@ -9,11 +9,11 @@ import tomllib
 import torch
 import yaml
 
+from orpo_lab.devices import pick_dtype
 from orpo_lab.model import (
     ModelLoadError,
     load_model,
     load_tokenizer,
-    pick_dtype,
     prepare_default_model,
     resolve_model,
 )

@@ -329,7 +329,7 @@ def test_peak_memory_is_the_peak_of_the_stretch_alone():
 
 
 def test_runs_table_and_model_card_name_the_method():
-    from orpo_lab.checkpoint import method_words
+    from orpo_lab.adapter import method_words
     from orpo_lab.ui.views import method_cell
 
     configs = [

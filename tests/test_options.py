@@ -16,7 +16,8 @@ from safetensors.torch import load_file
 from test_train import adapter, checkpoints, lines, make_config, same_trajectory, write_pairs
 from transformers import AutoModelForCausalLM
 
-from orpo_lab.checkpoint import CheckpointError, export_adapter, export_merged
+from orpo_lab.adapter import export_adapter
+from orpo_lab.checkpoint import Checkpointer, CheckpointError
 from orpo_lab.train import train
 
 
@@ -51,7 +52,7 @@ def test_full_finetuning_resumes_exactly_and_is_already_a_model(tmp_path, data, 
     for (n, p), q in zip(tuned.named_parameters(), resumed.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6, msg=n)
     with pytest.raises(CheckpointError, match="already a model folder"):
-        export_merged(ckpt, tmp_path / "merged")
+        Checkpointer.export_merged(ckpt, tmp_path / "merged")
     with pytest.raises(CheckpointError, match="already a model folder"):
         export_adapter(ckpt, tmp_path / "adapter.zip")
 
@@ -155,7 +156,7 @@ def test_adapter_download_is_the_adapter_alone_with_a_card(tmp_path, data, tiny_
 
 
 def test_default_model_adapter_names_the_public_base():
-    from orpo_lab.checkpoint import public_base_id
+    from orpo_lab.adapter import public_base_id
     from orpo_lab.model import DEFAULT_HUB_ID
 
     assert public_base_id("default") == DEFAULT_HUB_ID

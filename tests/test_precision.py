@@ -12,14 +12,16 @@ from safetensors.torch import load_file
 
 from orpo_lab import autotune
 from orpo_lab.autotune import bf16_flag
-from orpo_lab.build import build_model, load_pairs, precision_plan
+from orpo_lab.build import build_model, load_pairs
 from orpo_lab.collate import collate
 from orpo_lab.config import TrainConfig
+from orpo_lab.devices import cpu_flags, pick_precision
 from orpo_lab.logps import PairLogps
 from orpo_lab.loss import orpo_loss
-from orpo_lab.model import cpu_flags, pick_precision
+from orpo_lab.plan import plan_run
 from orpo_lab.rundir import RunDir
-from orpo_lab.train import fused_adamw, train
+from orpo_lab.step import fused_adamw
+from orpo_lab.train import train
 
 CPU = torch.device("cpu")
 SAPPHIRE_RAPIDS = {"avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "amx_int8"}
@@ -71,9 +73,9 @@ def measured(monkeypatch, precision: str | None) -> None:
 )
 def test_precision_plan_of_a_cpu_run(monkeypatch, tmp_path, faster, precision, full, expected):
     measured(monkeypatch, faster)
-    plan = precision_plan(TrainConfig(device="cpu", full_finetune=full, precision=precision))
-    assert (plan["precision"], plan["base"], plan["autocast"], plan["attention"]) == expected
-    assert not plan["precision_probe"]
+    plan = plan_run(TrainConfig(device="cpu", full_finetune=full, precision=precision))
+    assert (plan.precision, plan.base, plan.autocast, plan.attention) == expected
+    assert not plan.precision_probe
 
 
 def _pairs(path, n, offset=0):
@@ -119,7 +121,7 @@ def test_a_bf16_run_keeps_adapter_optimizer_logps_and_loss_in_float32(tmp_path, 
     """The frozen base is bf16; what is trained and what the loss sees is float32, and the step-0
     loss is the float32 one up to bf16 rounding of the base (measured 2e-4 relative here)."""
     cfg = _config(tmp_path, tiny_model_dir, precision="bf16")
-    model, tokenizer = build_model(cfg, None)
+    model, tokenizer = build_model(cfg, None, plan_run(cfg))
     trained = [p for p in model.parameters() if p.requires_grad]
     frozen = [p for p in model.parameters() if not p.requires_grad]
     assert trained and all(p.dtype == torch.float32 for p in trained)
@@ -140,7 +142,8 @@ def test_a_bf16_run_keeps_adapter_optimizer_logps_and_loss_in_float32(tmp_path, 
     assert chosen.dtype == rejected.dtype == nll_sum.dtype == torch.float32
     loss_bf16, _ = orpo_loss(chosen, rejected, nll_sum / nll_count, cfg.beta)
 
-    model32, _ = build_model(_config(tmp_path, tiny_model_dir, precision="fp32"), None)
+    cfg32 = _config(tmp_path, tiny_model_dir, precision="fp32")
+    model32, _ = build_model(cfg32, None, plan_run(cfg32))
     c, r, s, n = PairLogps(model32, cfg.nll_scope, 16)(**batch)
     loss_fp32, _ = orpo_loss(c, r, s / n, cfg.beta)
     assert loss_bf16.dtype == torch.float32

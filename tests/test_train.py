@@ -158,9 +158,10 @@ def test_qlora_gradients_equal_lora_on_the_dequantized_base(tmp_path, data, lear
 
     from orpo_lab.build import build_model
     from orpo_lab.model import add_lora, load_model
+    from orpo_lab.plan import plan_run
 
     cfg = qlora_config(tmp_path, data, learnable_model_dir)
-    qlora, tok = build_model(cfg, None)
+    qlora, tok = build_model(cfg, None, plan_run(cfg))
     quantized = {
         n.removeprefix("base_model.model.").removesuffix(".base_layer"): m
         for n, m in qlora.named_modules()
@@ -250,9 +251,9 @@ def test_qlora_run_learns_resumes_and_exports_a_full_precision_model(
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from orpo_lab.checkpoint import export_merged
+    from orpo_lab.checkpoint import Checkpointer
 
-    out = export_merged(checkpoints(whole.run_dir)[-1], tmp_path / "merged")
+    out = Checkpointer.export_merged(checkpoints(whole.run_dir)[-1], tmp_path / "merged")
     assert "quantization_config" not in json.loads((out / "config.json").read_text())
     merged = AutoModelForCausalLM.from_pretrained(out)
     assert all(p.dtype == torch.float32 for p in merged.parameters())
@@ -269,6 +270,7 @@ def test_accumulation_equals_one_big_batch(tmp_path, data, tiny_model_dir):
     from orpo_lab.build import build_model, load_pairs
     from orpo_lab.collate import collate
     from orpo_lab.logps import PairLogps
+    from orpo_lab.plan import plan_run
     from orpo_lab.step import forward_backward
 
     grads, metrics = [], []
@@ -281,7 +283,7 @@ def test_accumulation_equals_one_big_batch(tmp_path, data, tiny_model_dir):
             grad_accum=acc,
             nll_scope="prompt_response",
         )
-        model, tok = build_model(cfg, None)
+        model, tok = build_model(cfg, None, plan_run(cfg))
         pairs, _, _ = load_pairs(cfg, tok)
         micro = [
             collate(pairs[i * bs : (i + 1) * bs], "padded", tok.pad_token_id) for i in range(acc)
@@ -392,7 +394,7 @@ def test_stop_file_saves_and_stops(tmp_path, data, tiny_model_dir):
 
 def train_poisoned(cfg: TrainConfig, at_step: int) -> None:
     """train(cfg), filling a LoRA weight with NaN right after step `at_step`, as an exploding update would."""
-    import orpo_lab.train as engine
+    import orpo_lab.setup as engine
 
     holder, real_build = {}, engine.build_model
 
@@ -468,12 +470,12 @@ def test_checkpoint_survives_a_kill_during_its_save(tmp_path, data, tiny_model_d
 
 
 def test_out_of_memory_gives_remedies(tmp_path, data, tiny_model_dir, monkeypatch):
-    import orpo_lab.train as engine
+    from orpo_lab.logps import PairLogps
 
     def oom(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
-    monkeypatch.setattr(engine.PairLogps, "forward", oom)
+    monkeypatch.setattr(PairLogps, "forward", oom)
     cfg = make_config(tmp_path, data, tiny_model_dir)
     with pytest.raises(TrainingError, match="batch_size.*grad_accum.*max_length.*load_in_4bit"):
         train(cfg)

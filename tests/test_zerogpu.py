@@ -16,7 +16,7 @@ import torch
 from test_train import adapter, lines, make_config, write_pairs
 
 import orpo_lab.train as engine
-from orpo_lab import slices, zerogpu, zerogpu_standin
+from orpo_lab import slice_worker, slices, zerogpu, zerogpu_standin
 from orpo_lab.model_pool import ModelPool
 from orpo_lab.runs import RunManager
 from orpo_lab.train import train
@@ -128,10 +128,12 @@ def test_a_slice_killed_at_its_deadline_loses_only_the_steps_after_its_save(
     the run says which step is on disk, the next slice resumes from it; then the quota runs out and
     the run stops resumable, and Resume finishes it with the numbers of an uninterrupted run."""
     settings = dict(max_steps=200, save_every=7, eval_every=0, lr_scheduler="constant")
-    real_fits = slices.SliceBudget.fits
+    real_fits = slice_worker.SliceBudget.fits
     # Every step 60 ms longer: 200 steps outlast the 8 s slice on any machine (the tiny model alone
     # trained all 200 within it on a quiet one, and the kill found the run finished).
-    monkeypatch.setattr(slices.SliceBudget, "fits", lambda self, step: time.sleep(0.06) or True)
+    monkeypatch.setattr(
+        slice_worker.SliceBudget, "fits", lambda self, step: time.sleep(0.06) or True
+    )
     monkeypatch.setenv("ORPO_LAB_ZEROGPU_QUOTA_S", "10")  # an 8 s slice, then not one more
     cfg = make_config(tmp_path, data, tiny_model_dir, run_name="cut", **settings)
     manager = run_sliced(cfg, slices.SliceRunner(seconds=8))
@@ -150,7 +152,7 @@ def test_a_slice_killed_at_its_deadline_loses_only_the_steps_after_its_save(
     assert [r["step"] for r in lines(run.path)][-1] == on_disk == status["step"]
     # Resumable: with quota again and a budget that works, the rest of the run (steps after the
     # save) trains from the checkpoint; the records after it were dropped and trained again.
-    monkeypatch.setattr(slices.SliceBudget, "fits", real_fits)
+    monkeypatch.setattr(slice_worker.SliceBudget, "fits", real_fits)
     monkeypatch.delenv("ORPO_LAB_ZEROGPU_QUOTA_S")
     manager.slices = slices.SliceRunner(seconds=60)
     assert manager.resume("cut") == f"step-{on_disk:06d}"

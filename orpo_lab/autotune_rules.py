@@ -1,0 +1,56 @@
+"""The autotuner's rules: measured step times in, a choice and the reason for it out (pure
+functions, `orpo_lab.autotune` measures). Each candidate counts by its fastest pass: other work on
+the machine only ever adds time.
+"""
+
+from __future__ import annotations
+
+MARGIN = 0.05  # a candidate must beat float32 eager by 5%: a tie keeps the simpler float32
+
+
+def choose_precision(times: dict[str, list[float]]) -> tuple[str, str]:
+    """(precision, why) from measured step times {"fp32": [...], "bf16": [...]} (seconds). Each
+    candidate counts by its fastest pass: other work on the machine only ever adds time."""
+    fp32 = times.get("fp32") or []
+    others = {k: v for k, v in times.items() if k != "fp32" and v}
+    if not fp32 or any(t <= 0 for v in times.values() for t in v):
+        return "fp32", "the probe gave no usable float32 time: float32"
+    base = min(fp32)
+    if not others:
+        return "fp32", f"float32 {base:.3f} s/step, the only candidate measured"
+    name, best = min(((k, min(v)) for k, v in others.items()), key=lambda kv: kv[1])
+    spread = max(fp32) - min(fp32)
+    summary = f"{name} {best:.3f} s/step vs float32 {base:.3f} (x{base / best:.2f})"
+    if best > base * (1 - MARGIN):
+        return "fp32", f"measured here: {summary}; not {MARGIN:.0%} faster: float32"
+    if base - best <= spread:
+        return "fp32", (
+            f"inconclusive: {summary}, but float32's own steps spread by {spread:.3f} s: float32"
+        )
+    return name, f"measured here: {summary}"
+
+
+def choose_compile(
+    eager: float, compiled: float | None, compile_s: float | None, steps: int, paid: bool
+) -> tuple[bool, str]:
+    """(compile?, why) from measured step times (eager, compiled) and the measured compile time
+    from the cache (`compile_s`); `paid`: this process compiled already (its probe did)."""
+    if compiled is None:
+        return False, "compiled layers were not measured here"
+    gain = eager / compiled
+    summary = f"compiled {compiled:.3f} s/step vs eager {eager:.3f} (x{gain:.2f})"
+    if compiled > eager * (1 - MARGIN):
+        return False, f"measured here: {summary}; not {MARGIN:.0%} faster: eager"
+    if paid:
+        return True, f"measured here: {summary}; compiled by the probe already"
+    saving = (eager - compiled) * steps
+    if compile_s is None or saving <= compile_s:
+        cost = "unknown" if compile_s is None else f"{compile_s:.1f} s"
+        return False, (
+            f"measured here: {summary}, but {steps} steps save {saving:.1f} s and a compile from "
+            f"the cache costs {cost}: eager"
+        )
+    return True, (
+        f"measured here: {summary}; {steps} steps save {saving:.1f} s, a compile from the cache "
+        f"costs {compile_s:.1f} s"
+    )

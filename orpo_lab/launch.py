@@ -1,0 +1,75 @@
+"""The check before a run starts, shared by the CLI and the app's process manager (`runs.py`).
+
+`check_launch(cfg)` refuses, before a run folder exists or a model loads, what would fail later:
+checkpoints to start from that are not there, data with fewer usable pairs than one batch, and
+a model whose tokenizer does not load. The rows it reads and checks are cached
+(`prepared.checked_splits`); the run starts from that entry (`LaunchCheck.checked`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from orpo_lab.config import TrainConfig
+
+
+@dataclass(frozen=True)
+class LaunchCheck:
+    """What the check found: the checked rows' cache key and `splits.load_splits`'s info."""
+
+    checked: str  # `prepared.checked_key(cfg)`: the run's data preparation starts from it
+    info: dict
+
+    @property
+    def train_pairs(self) -> int:
+        return self.info["train_pairs"]
+
+
+def batch_shortfall(cfg: TrainConfig, pairs: int, processes: int = 1) -> str | None:
+    """What to change when `pairs` usable training pairs do not fill one batch, else None."""
+    if pairs >= cfg.batch_size * processes:
+        return None
+    batch = f"{cfg.batch_size}" + (f" pairs x {processes} processes" if processes > 1 else "")
+    return (
+        f"The dataset {cfg.dataset} has {pairs} usable training pair(s), fewer than one batch of "
+        f"{batch}: add pairs (e.g. vote on more chat answers) or lower batch_size."
+    )
+
+
+def check_model(cfg: TrainConfig) -> None:
+    """The model is there: its tokenizer loads (its weights are not loaded)."""
+    from orpo_lab.model import ModelLoadError, load_tokenizer
+
+    path = Path(cfg.model).expanduser()
+    if cfg.model.startswith(("/", ".", "~")) and not path.exists():  # a path, not a hub id
+        raise ModelLoadError(
+            f"Model path {cfg.model} does not exist: give a model directory (with config.json), "
+            "a hub id (owner/name) or 'default'."
+        )
+    try:
+        load_tokenizer(cfg.model, cfg.trust_remote_code, cfg.chat_template)
+    except OSError as err:
+        raise ModelLoadError(f"Could not load the model {cfg.model!r}: {err}") from err
+
+
+def check_launch(cfg: TrainConfig) -> LaunchCheck:
+    """Refuse what a run could not start with; raises ValueError (a `ModelLoadError`,
+    `PreferenceDataError`, `CheckpointError` or `RunError`) saying what to change.
+
+    A resumed run starts from its own checkpoint: init_checkpoint and ref_checkpoint are then
+    not checked again.
+    """
+    from orpo_lab.prepared import checked_key, checked_splits
+    from orpo_lab.reference import check_start
+    from orpo_lab.rundir import RunError
+
+    if not cfg.resume:
+        check_start(cfg)  # init_checkpoint, ref_checkpoint: there, and of this base model
+    key = checked_key(cfg)
+    result = LaunchCheck(key, checked_splits(cfg, key=key)[2])
+    shortfall = batch_shortfall(cfg, result.train_pairs)
+    if shortfall:
+        raise RunError(shortfall)
+    check_model(cfg)  # after the data: a bad dataset is reported without looking at the model
+    return result
