@@ -5,11 +5,12 @@
 
 The test suite runs every notebook with ORPO_LAB_QUICK=1 (fewer steps, prompts and samples) and
 ORPO_LAB_RUNS set to a temporary folder (tests/conftest.py's `notebook_env`); a reader's run leaves
-both unset: full mode, and runs under ./runs.
+both unset: full mode, and runs under ./runs. `html_table` shows the rows of `orpo_lab.rate_tables`.
 """
 
 from __future__ import annotations
 
+import html
 import logging
 import os
 import warnings
@@ -32,3 +33,12 @@ def quiet() -> None:
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+
+
+def html_table(columns: list[str], rows: list[list]) -> str:
+    """Rows (orpo_lab.rate_tables) as an HTML table under a header row, every cell escaped."""
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>" for row in rows
+    )
+    return f"<table><tr>{head}</tr>{body}</table>"
