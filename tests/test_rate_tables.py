@@ -81,3 +81,12 @@ def test_sampled_rate_table_rows_per_domain_or_pooled():
 
 def test_rate_with_interval():
     assert rate_with_interval({"rate": 0.5, "low": 0.2345, "high": 0.8}) == "50% [23-80]"
+
+
+def test_html_table_escapes_every_cell():
+    from orpo_lab.notebook import html_table
+
+    assert html_table(["model", "a<b"], [["SFT", "50% [19-81]"], ["x&y", 3]]) == (
+        "<table><tr><th>model</th><th>a&lt;b</th></tr>"
+        "<tr><td>SFT</td><td>50% [19-81]</td></tr><tr><td>x&amp;y</td><td>3</td></tr></table>"
+    )
