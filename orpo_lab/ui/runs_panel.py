@@ -11,6 +11,7 @@ import plotly.graph_objects as go
 import yaml
 
 from orpo_lab.plots import compare_figure, metrics_figure
+from orpo_lab.rate_tables import pass_rate_table, sampled_rate_table
 from orpo_lab.rundir import ACTIVE
 from orpo_lab.ui.common import AppContext
 from orpo_lab.ui.method_panel import method_values
@@ -20,10 +21,8 @@ from orpo_lab.ui.views import (
     RUN_COLUMNS,
     RUN_WIDTHS,
     SAMPLED_COLUMNS,
-    pass_rate_table,
     progress_text,
     runs_table,
-    sampled_rate_table,
     started_text,
 )
 from orpo_lab.weighting_plot import weighting_figure

@@ -173,31 +173,6 @@ EVAL_COLUMNS = [
 ]
 
 
-def pass_rate_table(summary: dict) -> list[list]:
-    """evaluate_run's summary -> one row per family (and "all"), pass rates as percentages."""
-
-    def pct(value) -> str:
-        return (
-            "-"
-            if value is None or (isinstance(value, float) and math.isnan(value))
-            else f"{100 * value:.0f}%"
-        )
-
-    base, trained = summary["base"], summary["trained"]
-    families = sorted(k for k in base if k != "all") + ["all"]
-    return [
-        [
-            family,
-            base[family]["n"],
-            pct(base[family]["in_domain"]),
-            pct(trained[family]["in_domain"]),
-            pct(base[family]["ood"]),
-            pct(trained[family]["ood"]),
-        ]
-        for family in families
-    ]
-
-
 SAMPLED_COLUMNS = [
     "family",
     "domain",
@@ -207,33 +182,6 @@ SAMPLED_COLUMNS = [
     "base rejected-like",
     "trained rejected-like",
 ]
-
-
-def sampled_rate_table(sampled: dict | None) -> list[list]:
-    """evaluate_run's "sampled" part -> a row per family (and "all") and domain: pass rates with
-    their 95% Wilson intervals, and the share of samples with the rejected replies' property."""
-    if not sampled:
-        return []
-
-    def pct(cell: dict) -> str:
-        return f"{100 * cell['rate']:.0f}% [{100 * cell['low']:.0f}-{100 * cell['high']:.0f}]"
-
-    families = sorted(k for k in sampled["base"] if k != "all") + ["all"]
-    return [
-        [
-            family,
-            domain.replace("_", "-"),
-            base["pass"]["n"],
-            pct(base["pass"]),
-            pct(trained["pass"]),
-            f"{100 * base['rejected_like']['rate']:.0f}%",
-            f"{100 * trained['rejected_like']['rate']:.0f}%",
-        ]
-        for family in families
-        for domain in ("in_domain", "ood")
-        if (base := sampled["base"][family][domain])["pass"]["n"]
-        and (trained := sampled["trained"][family][domain])
-    ]
 
 
 def token_delta_html(

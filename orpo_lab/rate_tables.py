@@ -1,0 +1,61 @@
+"""Judged pass rates as rows of a table, for any number of models side by side: the app's evaluation
+tables (base vs trained) and notebooks 5 and 6 (base, SFT, ORPO; four pipelines).
+
+Pure functions of `evaluate.pass_rates` and `sampling.sampled_rates` results; no UI library, so a
+notebook imports them without the app.
+"""
+
+from __future__ import annotations
+
+import math
+
+
+def percent(value: float | None) -> str:
+    """A rate as a whole percentage; "-" for a group without prompts (NaN) or no value."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{100 * value:.0f}%"
+
+
+def rate_with_interval(cell: dict) -> str:
+    """A sampled rate and its 95% Wilson interval: "62% [41-79]"."""
+    return f"{100 * cell['rate']:.0f}% [{100 * cell['low']:.0f}-{100 * cell['high']:.0f}]"
+
+
+def pass_rate_table(summary: dict[str, dict]) -> list[list]:
+    """{model: pass_rates(...)} -> a row per family (and "all"): family, prompts, then each model's
+    in-domain rate, then each model's ood rate (evaluate_run's summary: base, then trained)."""
+    models = list(summary)
+    first = summary[models[0]]
+    families = sorted(k for k in first if k != "all") + ["all"]
+    return [
+        [family, first[family]["n"]]
+        + [percent(summary[m][family]["in_domain"]) for m in models]
+        + [percent(summary[m][family]["ood"]) for m in models]
+        for family in families
+    ]
+
+
+def sampled_rate_table(
+    sampled: dict | None,
+    models: tuple[str, ...] | list[str] = ("base", "trained"),
+    domains: tuple[str, ...] = ("in_domain", "ood"),
+) -> list[list]:
+    """{model: sampled_rates(...)} (evaluate_run's "sampled" part) -> a row per family (and "all")
+    and domain with samples: family, domain, samples, each model's pass rate with its 95% interval,
+    then each model's share of samples with the rejected replies' property."""
+    if not sampled:
+        return []
+    families = sorted(k for k in sampled[models[0]] if k != "all") + ["all"]
+    rows = []
+    for family in families:
+        for domain in domains:
+            groups = [sampled[m][family][domain] for m in models]
+            if not groups[0]["pass"]["n"]:
+                continue
+            rows.append(
+                [family, domain.replace("_", "-"), groups[0]["pass"]["n"]]
+                + [rate_with_interval(g["pass"]) for g in groups]
+                + [percent(g["rejected_like"]["rate"]) for g in groups]
+            )
+    return rows
