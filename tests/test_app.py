@@ -18,7 +18,7 @@ from orpo_lab.chat import ModelPool
 from orpo_lab.config import PRESETS
 from orpo_lab.rundir import RunDir
 from orpo_lab.ui import BASE_CHOICE, build_app
-from orpo_lab.ui.train_tab import FORM_NAMES
+from orpo_lab.ui.form_fields import FORM_NAMES
 
 FAKE_RUN = "fake-done"
 FORM_VALUES = dict(
