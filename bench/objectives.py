@@ -153,7 +153,7 @@ def print_table(result: dict) -> None:
     )
     print(f"{'model':{width}s}" + "".join(f"{f:>26s}" for f in families))
     firsts = {"base": next(iter(rows.values()))["sampled"]["base"]}
-    for name, cells in firsts | {n: r["sampled"]["trained"] for n, r in rows.items()}.items():
+    for name, cells in (firsts | {n: r["sampled"]["trained"] for n, r in rows.items()}).items():
         print(f"{name:{width}s}" + "".join(f"{_cell(cells[f]):>26s}" for f in families))
 
 

@@ -9,11 +9,14 @@ delta, computed by `orpo_lab.loss` exactly as in training.
 The model may be a plain causal LM or a peft model: a PeftModel scores with its active adapter, and
 inside `with model.disable_adapter():` as its base model. `token_change(before, after)` subtracts
 two scores of the same pair (the base model and a checkpoint, say): the change of every token's
-log-prob and of every pair quantity.
+log-prob and of every pair quantity. `tokens_html(tokens, values)` draws tokens as coloured
+HTML spans (the app's data preview and token view, the notebooks): one renderer for all of them.
 """
 
 from __future__ import annotations
 
+import html
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -141,3 +144,56 @@ def token_change(before: PairScore, after: PairScore) -> dict:
         "or_loss": after.or_loss - before.or_loss,
         "delta": after.delta - before.delta,
     }
+
+
+GREEN, RED = "44,160,44", "214,39,40"  # rgb of "more likely" and "less likely"
+
+
+def tokens_html(
+    tokens: Sequence[str],
+    values: Sequence[float] | None = None,
+    *,
+    scale: float = 2.0,
+    titles: Sequence[str] | None = None,
+    shade: str = "#888888",
+    show_newlines: bool = True,
+) -> str:
+    """Tokens as HTML: one `<span title=...>` per token, in a block that keeps spaces and lines.
+
+    - `values` (one number per token, e.g. a log-prob change in nats, or a log-prob): each span
+      is green where its value is above 0 and red where it is not, stronger with |value| and
+      at full strength from `scale` on.
+    - `values=None`: the spans alternate between two light shades of `shade` ("#rrggbb"), so
+      that every token boundary shows (what a tokenizer made of a text).
+    - `titles`: the hover text of each token; by default the token (as repr) and its value.
+    - `show_newlines`: a newline is drawn as "\u21b5" before the line break (else only the break).
+
+    Tokens and titles are escaped: a token is always shown as text, never run as markup.
+    """
+    if values is not None and len(values) != len(tokens):
+        raise ValueError(f"{len(tokens)} tokens but {len(values)} values: give one per token.")
+    if titles is None:
+        titles = (
+            [repr(t) for t in tokens]
+            if values is None
+            else [f"{t!r}: {v:+.3f}" for t, v in zip(tokens, values, strict=True)]
+        )
+    spans = []
+    for i, (token, title) in enumerate(zip(tokens, titles, strict=True)):
+        if values is None:
+            rgb, alpha = (
+                ",".join(str(int(shade[k : k + 2], 16)) for k in (1, 3, 5)),
+                0.2 * (1 + i % 2),
+            )
+        else:
+            rgb, alpha = GREEN if values[i] > 0 else RED, min(abs(values[i]) / scale, 1.0)
+        text = token.replace("\n", "\u21b5\n") if show_newlines else token
+        spans.append(
+            f'<span title="{html.escape(title)}" style="background: rgba({rgb},{alpha:.2f}); '
+            f'border-radius: 3px; padding: 0 1px">{html.escape(text)}</span>'
+        )
+    return (
+        '<div style="white-space: pre-wrap; font-family: monospace; line-height: 1.7">'
+        + "".join(spans)
+        + "</div>"
+    )

@@ -41,7 +41,7 @@ from gradio_client import Client
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from orpo_lab.ui.train_tab import FORM_NAMES  # noqa: E402 - the form's order, as /start takes it
+from orpo_lab.ui.form_fields import FORM_NAMES  # noqa: E402 - the form's order, as /start takes it
 
 PORT = 7860
 

@@ -12,13 +12,15 @@ import zipfile
 import pytest
 import yaml
 from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
 from test_chat import make_adapter
 
 from orpo_lab.config import PRESETS
 from orpo_lab.model_pool import ModelPool
 from orpo_lab.rundir import RunDir
 from orpo_lab.ui import BASE_CHOICE, build_app
-from orpo_lab.ui.train_tab import FORM_NAMES
+from orpo_lab.ui.form_fields import FORM_NAMES
+from orpo_lab.weighting_plot import NO_WEIGHTING
 
 FAKE_RUN = "fake-done"
 FORM_VALUES = dict(
@@ -317,7 +319,7 @@ def test_chat_votes_one_per_exchange_with_undo_and_dataset(served, tiny_model_di
     message, table, _ = client.predict(api_name="/undo_vote")
     assert "Removed the vote" in message and table["data"] == []
     assert client.predict(api_name="/undo_vote")[0] == "No votes to undo."
-    with pytest.raises(Exception, match="two"):
+    with pytest.raises(AppError, match="Voting compares two columns: switch on at least two"):
         client.predict(BASE_CHOICE, "(off)", "(off)", *SETTINGS, api_name="/vote_left")
     assert client.predict(api_name="/clear") == ([], [], [])  # the three panes, emptied
 
@@ -336,7 +338,7 @@ def test_empty_message_changes_nothing(served):
 
 def test_chat_reports_a_missing_checkpoint(served):
     client, *_ = served
-    with pytest.raises(Exception, match="no checkpoint"):
+    with pytest.raises(AppError, match=f"Run '{FAKE_RUN}' has no checkpoint 'step-999'"):
         client.predict(
             "hi",
             BASE_CHOICE,
@@ -362,7 +364,10 @@ def test_tick_shows_the_latest_run_and_its_config_loads_into_the_form(served, ti
     shown = manager.folder(value(selected))  # the run's started event and log, as on disk
     assert value(started) == started_text(manager.metrics(shown.name))
     assert value(log) == (shown.log_tail(60) or "(nothing logged yet)")
-    assert weighting is not None  # the gradient-weighting figure (empty here: no held-out records)
+    # The gradient-weighting figure: no held-out records here, so no traces and a note saying so.
+    drawn = json.loads(weighting["plot"])
+    notes = [a["text"] for a in drawn["layout"].get("annotations", [])]
+    assert drawn["data"] == [] and notes[-1:] == [NO_WEIGHTING]
     assert (
         value(timer) == 10.0
     )  # nothing is running: the page polls slowly (2 s while a run is active)
@@ -437,7 +442,7 @@ def test_evaluate_judges_base_and_checkpoint_or_says_why_not(served, tiny_model_
         "trained, ood",
     ]
     assert (runs / "judged" / "generations.json").is_file()
-    with pytest.raises(Exception, match="needs a 'family' column"):
+    with pytest.raises(AppError, match="Generation judging needs a 'family' column"):
         client.predict("unjudged", "step-000001", 8, 0, 1.0, 1.0, api_name="/evaluate")
 
 

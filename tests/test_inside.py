@@ -19,9 +19,9 @@ from orpo_lab.loss import odds_weight, or_penalty
 from orpo_lab.model import load_model
 from orpo_lab.rundir import RunDir
 from orpo_lab.step import WEIGHT_QUANTILES
+from orpo_lab.token_view import tokens_html
 from orpo_lab.train import train
 from orpo_lab.ui import build_app
-from orpo_lab.ui.views import token_delta_html
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +116,7 @@ def test_token_view_numbers_are_the_library_log_probs(trained, tiny_model_dir):
 
 
 def test_token_colours_follow_the_change_and_escape_the_text():
-    shown = token_delta_html(["<b>", "\n", "x"], [-2.0, -1.0, -1.0], [-1.0, -3.0, -1.0])
+    shown = tokens_html(["<b>", "\n", "x"], [1.0, -2.0, 0.0])  # log-prob changes in nats
     assert "&lt;b&gt;" in shown and "<b>" not in shown  # tokens are text, never markup
     assert "rgba(44,160,44,0.50)" in shown  # +1 nat: green, half strength at the 2-nat scale
     assert "rgba(214,39,40,1.00)" in shown  # -2 nats: full red

@@ -13,7 +13,7 @@ from orpo_lab.collate import collate
 from orpo_lab.data import encode_response, tokenize_pair
 from orpo_lab.logps import PairLogps
 from orpo_lab.loss import odds_weight, or_penalty, orpo_loss
-from orpo_lab.token_view import score_pair, token_change
+from orpo_lab.token_view import score_pair, token_change, tokens_html
 from tests.conftest import build_tiny_model
 
 PROMPT = "What is 7 + 5?"
@@ -151,3 +151,21 @@ def test_token_change_refuses_different_pairs(tiny, default_tokenizer):
     other = score_pair(tiny, default_tokenizer, PROMPT, CHOSEN, "7 + 5 = 13.")
     with pytest.raises(ValueError, match="different rejected tokens"):
         token_change(one, other)
+
+
+def test_tokens_html_shades_token_boundaries_or_colours_values():
+    """Without values the spans alternate two shades of one colour (alpha 0.2 and 0.4, the old
+    "#rrggbb33" and "#rrggbb66"); with values they are green above 0 and red below, at |value| /
+    scale. One span per token, every token and title escaped."""
+    plain = tokens_html(["a", "\n", "<i>"], shade="#1f77b4", show_newlines=False)
+    assert plain.count("<span title=") == 3
+    assert plain.count("rgba(31,119,180,0.20)") == 2 and plain.count("rgba(31,119,180,0.40)") == 1
+    assert "\u21b5" not in plain and "&lt;i&gt;" in plain and "<i>" not in plain
+    assert 'title="&#x27;\\n&#x27;"' in plain  # the default hover text: the token as repr
+    coloured = tokens_html(["x", "y"], [-3.0, 1.5], scale=6.0, titles=["log p = -3.000", "t<"])
+    assert 'title="log p = -3.000" style="background: rgba(214,39,40,0.50)' in coloured
+    assert 'title="t&lt;" style="background: rgba(44,160,44,0.25)' in coloured
+    assert 'title="&#x27;x&#x27;: +0.500"' in tokens_html(["x"], [0.5])  # token and value
+    assert tokens_html(["\n"], [9.0]).count("\u21b5\n") == 1  # full green, newline kept visible
+    with pytest.raises(ValueError, match="2 tokens but 1 values: give one per token"):
+        tokens_html(["x", "y"], [0.0])

@@ -1,13 +1,21 @@
-"""The Gradio app, one small function per panel, each creating its components and wiring its events.
+"""The Gradio app: one function per section, each creating its components and wiring its events.
 
-    train_tab.py   dataset panel, hyperparameters, launch (start, stop, resume)
-    runs_panel.py  the run shown live, the runs table and overlay, artefacts, judged evaluation
-    chat_tab.py    side-by-side chat with checkpoints, votes, blind A/B battles
-    inside_tab.py  one pair token by token: what a checkpoint did to each token's log-prob
-    views.py       the text and tables shown (pure functions, tested without a browser)
+    train_tab.py    the Train tab's upper half: dataset, method, hyperparameters, start/stop/resume
+    runs_panel.py   its lower half: the run shown live, the runs table and overlay, artefacts
+    eval_panel.py   the judged evaluation of a checkpoint of the run shown
+    chat_tab.py     side-by-side chat with checkpoints, votes, blind A/B battles
+    inside_tab.py   one pair token by token: what a checkpoint did to each token's log-prob
+and what the sections use, none of them a section:
+    common.py       the context, the run shown (shared by train_tab and runs_panel), named inputs
+    form_fields.py  the training form: its fields, a run's config <-> the form's values
+    data_preview.py the data checked before a run (preview, truncation, run length)
+    live_view.py    what the runs panel draws of the run shown, and when (the timer)
+    battle.py       the blind battle: which model answers in which pane, and its labels
+    views.py        the text and tables shown (pure functions, tested without a browser)
 
-All state is on disk (runs, votes) or in the `AppContext`; `build_app` creates no thread or
-folder until it is called.
+No section imports another: `build_app` lays them out and hands each the few components it
+shares. All state is on disk (runs, votes) or in the `AppContext`; `build_app` creates no
+thread or folder until it is called.
 """
 
 from __future__ import annotations
@@ -22,20 +30,12 @@ from orpo_lab import zerogpu
 from orpo_lab.model_pool import ModelPool
 from orpo_lab.runs import RunManager
 from orpo_lab.slices import SliceRunner
-from orpo_lab.ui.chat_tab import chat_tab, column_updates, votes_table, wire_chat
-from orpo_lab.ui.common import BASE_CHOICE, OFF_CHOICE, AppContext, named
-from orpo_lab.ui.inside_tab import checkpoint_updates, inside_tab, wire_inside
-from orpo_lab.ui.runs_panel import live_panel, runs_panel, wire_runs
-from orpo_lab.ui.train_tab import (
-    STEPS_NAMES,
-    steps_inputs,
-    steps_note,
-    train_tab,
-    wire_dataset,
-    wire_launch,
-    wire_steps_note,
-)
-from orpo_lab.votes import blind_tally, read_votes
+from orpo_lab.ui.chat_tab import chat_tab
+from orpo_lab.ui.common import BASE_CHOICE, OFF_CHOICE, AppContext, run_shown
+from orpo_lab.ui.eval_panel import eval_panel
+from orpo_lab.ui.inside_tab import inside_tab
+from orpo_lab.ui.runs_panel import runs_panel
+from orpo_lab.ui.train_tab import train_tab
 
 __all__ = ["BASE_CHOICE", "OFF_CHOICE", "AppContext", "build_app"]
 
@@ -76,40 +76,15 @@ def build_app(
     with gr.Blocks(title="ORPO Lab") as demo:
         gr.Markdown(INTRO)
         gr.Markdown(zerogpu.hardware_line(hardware), elem_id="hardware")
+        shown = run_shown(ctx)  # set by Start and Resume, drawn by the runs panel
         with gr.Tab("Train"):
-            train = train_tab(ctx)
-            live = live_panel(ctx)
-            runs = runs_panel(ctx)
+            form = train_tab(ctx, demo, shown)
+            checkpoint = runs_panel(ctx, shown, form)
+            eval_panel(ctx, shown.run, checkpoint)
         with gr.Tab("Chat"):
-            chat = chat_tab(ctx)
+            chat_tab(ctx, demo)
         with gr.Tab("Inside ORPO"):
-            inside = inside_tab(ctx)
-        wire_dataset(ctx, train.data)
-        wire_launch(ctx, train.data, train.form, train.launch, live)
-        wire_steps_note(train.data, train.form, train.launch)
-        wire_runs(ctx, live, runs, train)
-        wire_chat(ctx, chat)
-        wire_inside(ctx, inside)
-        # A (re)loaded page lists every checkpoint and the votes so far (the timer draws the runs).
-        demo.load(lambda: column_updates(ctx), None, chat.columns, api_visibility="private")
-        demo.load(
-            lambda: checkpoint_updates(ctx),
-            None,
-            [inside.first, inside.second, inside.reference],
-            api_visibility="private",
-        )
-        demo.load(
-            named(STEPS_NAMES, steps_note),
-            steps_inputs(train.data, train.form),
-            train.launch.steps_note,
-            api_visibility="private",
-        )
-        demo.load(
-            lambda: (votes_table(ctx), blind_tally(read_votes(ctx.votes_path))),
-            None,
-            [chat.votes, chat.tally],
-            api_visibility="private",
-        )
+            inside_tab(ctx, demo)
     manager.watch()  # the queue advances and crashes show even with no page open
     demo.orpo_context, demo.orpo_manager, demo.orpo_pool = (
         ctx,

@@ -1,9 +1,9 @@
 """The Chat tab: the base model and checkpoints answer the same message side by side, streamed;
-votes on two answers become preference pairs (`orpo_lab.votes`), listed and undoable."""
+votes on two answers become preference pairs (`orpo_lab.votes`), listed and undoable; blind A/B
+battles hide which model answers where until the vote (`battle`)."""
 
 from __future__ import annotations
 
-import time
 from functools import partial
 from types import SimpleNamespace
 
@@ -11,19 +11,19 @@ import gradio as gr
 
 from orpo_lab.chat import content_text
 from orpo_lab.checkpoint import common_base
+from orpo_lab.ui import battle
 from orpo_lab.ui.common import BASE_CHOICE, OFF_CHOICE, AppContext, named
+from orpo_lab.ui.views import TALLY_COLUMNS, VOTE_COLUMNS, vote_rows
 from orpo_lab.votes import blind_tally, read_votes, record_vote, undo_vote
 
 COLUMNS = 3  # chat columns; each answers as the base model or as one checkpoint
-VOTE_COLUMNS = ["time", "prompt", "winner", "chosen model", "rejected model"]
-SETTING_NAMES = ["temperature", "top_p", "max_new_tokens", "seed"]
 COLUMN_NAMES = [f"column_{i}" for i in range(COLUMNS)]
-TALLY_COLUMNS = ["model", "other model", "its wins", "the other's wins", "ties"]
-SIDES = ("A", "B")
+# The named inputs of Regenerate and the votes; Send adds "message" in front.
+NAMES = ["histories", *COLUMN_NAMES, "temperature", "top_p", "max_new_tokens", "seed"]
+NAMES += ["blind_on", "blind"]
 
 
-def chat_tab(ctx: AppContext) -> SimpleNamespace:
-    p = SimpleNamespace()
+def _layout(ctx: AppContext, p: SimpleNamespace) -> None:
     with gr.Row():
         p.columns = [
             gr.Dropdown(
@@ -43,11 +43,11 @@ def chat_tab(ctx: AppContext) -> SimpleNamespace:
         info="columns 1 and 2 answer as A and B in random order; their names "
         "show after your vote (as in arena evaluations)",
     )
-    p.blind = gr.State({"models": None, "revealed": False})  # the battle: which model is A and B
+    p.blind = gr.State(battle.new_battle())  # the battle: which model is A and B
     with gr.Row():
         p.bots = [
             gr.Chatbot(elem_id=f"chat-{i + 1}", label=label, height=380, buttons=["copy"])
-            for i, label in enumerate(model_labels([c.value for c in p.columns]))
+            for i, label in enumerate(battle.model_labels([c.value for c in p.columns]))
         ]
     p.histories = gr.State([[] for _ in range(COLUMNS)])  # what each column's model has seen
     p.message = gr.Textbox(
@@ -89,29 +89,58 @@ def chat_tab(ctx: AppContext) -> SimpleNamespace:
         p.undo = gr.Button("Undo the last vote", size="sm", elem_id="undo-vote")
     with gr.Accordion("blind votes: wins per pair of models", open=False):
         p.tally = gr.Dataframe(headers=TALLY_COLUMNS, value=[], interactive=False, elem_id="tally")
-    return p
 
 
-def votes_table(ctx: AppContext) -> list[list]:
-    rows = []
-    for v in reversed(read_votes(ctx.votes_path)):  # newest first
-        prompt = v["prompt"] if isinstance(v["prompt"], str) else v["prompt"][-1]["content"]
-        rows.append(
-            [
-                time.strftime("%H:%M:%S", time.localtime(v.get("time", 0))),
-                prompt[:80],
-                v.get("winner"),
-                v.get("chosen_model", "-"),
-                v.get("rejected_model", "-"),
-            ]
+def chat_tab(ctx: AppContext, demo: gr.Blocks) -> None:
+    """Lay out and wire the Chat tab; a (re)loaded page lists every checkpoint and the votes."""
+    p = SimpleNamespace()
+    _layout(ctx, p)
+    inputs = [p.histories, *p.columns, *p.settings, p.blind_on, p.blind]
+    panes = [p.histories, p.blind, *p.bots]
+    p.refresh.click(partial(column_updates, ctx, p), None, p.columns, api_name="checkpoints")
+    demo.load(partial(column_updates, ctx, p), None, p.columns, api_visibility="private")
+    # Send (or Enter) while answers stream is queued: it runs when they end ("always_last").
+    gr.on(
+        [p.send.click, p.message.submit],
+        named(["message", *NAMES], partial(send, ctx, p)),
+        [p.message, *inputs],
+        [p.message, *panes],
+        api_name="send",
+        trigger_mode="always_last",
+    )
+    p.regenerate.click(
+        named(NAMES, partial(regenerate, ctx, p)),
+        inputs,
+        [p.histories, *p.bots],
+        api_name="regenerate",
+    )
+    p.clear.click(partial(clear, p), None, panes, api_name="clear")
+    vote_outputs = [p.vote_message, p.votes, p.blind, p.tally, *p.bots]
+    for button, kind in ((p.left, "left"), (p.right, "right"), (p.tie, "tie")):
+        button.click(
+            named(NAMES, partial(vote, ctx, p, kind)), inputs, vote_outputs, api_name=f"vote_{kind}"
         )
-    return rows
+    votes = [p.vote_message, p.votes, p.tally]
+    p.undo.click(partial(undo, ctx, p), None, votes, api_name="undo_vote")
+    demo.load(partial(vote_tables, ctx, p), None, votes[1:], api_visibility="private")
+    p.blind_on.change(partial(blind_switch, p), [p.blind_on, *p.columns], panes, api_name="blind")
+    for i, (column, bot) in enumerate(zip(p.columns, p.bots, strict=True)):
+        column.change(partial(pane_label, i), [column, p.blind_on], bot, api_visibility="private")
 
 
-def column_updates(ctx: AppContext) -> list:
+def vote_tables(ctx: AppContext, p: SimpleNamespace) -> dict:
+    """The votes recorded, newest first, and the blind battles' wins per pair of models."""
+    votes = read_votes(ctx.votes_path)
+    return {p.votes: vote_rows(votes), p.tally: blind_tally(votes)}
+
+
+def column_updates(ctx: AppContext, p: SimpleNamespace) -> dict:
     """Every column may show the base model or any checkpoint; columns 2 and 3 may be off."""
     choices = [BASE_CHOICE, *ctx.checkpoint_choices()]
-    return [gr.update(choices=[OFF_CHOICE, *choices] if i else choices) for i in range(COLUMNS)]
+    return {
+        c: gr.update(choices=[OFF_CHOICE, *choices] if i else choices)
+        for i, c in enumerate(p.columns)
+    }
 
 
 def _on(columns: list[str]) -> list[int]:
@@ -145,98 +174,63 @@ def answer(ctx: AppContext, histories: list[list], columns: list[str], settings:
         raise gr.Error(str(err)) from err
 
 
-def panes(ctx: AppContext, v: dict) -> tuple[list[str], dict]:
-    """The model each pane answers as, and the blind battle (a new one draws a new order).
-
-    Outside blind mode the panes are the columns. In blind mode panes 1 and 2 are columns 1 and 2
-    in an order drawn at random for each battle (a battle ends with its vote or a Clear).
-    """
-    columns = [v[n] for n in COLUMN_NAMES]
-    if not v["blind_on"]:
-        return columns, v["blind"]
-    pair, state = columns[:2], v["blind"]
-    if OFF_CHOICE in pair or not all(pair) or pair[0] == pair[1]:
-        raise gr.Error("Blind mode compares two different models: set columns 1 and 2.")
-    if (
-        state.get("models") is None
-        or state.get("revealed")
-        or sorted(state["models"]) != sorted(pair)
-    ):
-        state = {"models": pair[::-1] if ctx.rng.random() < 0.5 else list(pair), "revealed": False}
-    return [*state["models"], OFF_CHOICE], state
+def _shown(p: SimpleNamespace, histories: list[list], labels: list[str]) -> dict:
+    """The histories in the panes, each labelled; and the histories the models have seen."""
+    panes = zip(p.bots, histories, labels, strict=True)
+    return {p.histories: histories} | {b: gr.update(value=h, label=lb) for b, h, lb in panes}
 
 
-def model_labels(columns: list[str]) -> list[str]:
-    """Each pane named for the model that answers in it ("column 3 (off)" when none does)."""
-    return [c if c and c != OFF_CHOICE else f"column {i + 1} (off)" for i, c in enumerate(columns)]
-
-
-def _pane_label(i: int, column: str, blind_on: bool):
-    """A column's pane relabelled when its model changes (blind mode keeps "A" and "B")."""
-    return gr.skip() if blind_on else gr.update(label=model_labels([OFF_CHOICE] * i + [column])[i])
-
-
-def pane_labels(v: dict, state: dict) -> list[str]:
-    """The models' names; "A" and "B" while a blind battle is open, with names once voted on."""
-    if not v["blind_on"] or not state.get("models"):
-        return model_labels([v[n] for n in COLUMN_NAMES])
-    names = [
-        f"{side}: {m}" if state["revealed"] else side
-        for side, m in zip(SIDES, state["models"], strict=True)
-    ]
-    return [*names, "(off in blind mode)"]
-
-
-def _shown(histories: list[list], labels: list[str]) -> list:
-    return [gr.update(value=h, label=label) for h, label in zip(histories, labels, strict=True)]
-
-
-def send(ctx: AppContext, v: dict):
-    """Add the message to every pane that is on and stream their answers."""
-    columns, state = panes(ctx, v)
-    if not (v["message"] or "").strip() or not _on(columns):
-        gr.Warning("Type a message first." if _on(columns) else "Switch at least one column on.")
-        yield gr.skip(), gr.skip(), gr.skip(), *[gr.skip()] * COLUMNS  # nothing sent or changed
+def send(ctx: AppContext, p: SimpleNamespace, v: dict):
+    """Add the message to every pane that is on and stream their answers. In blind mode the
+    panes answer as the battle's A and B (a new battle starts from empty panes)."""
+    columns, state = [v[n] for n in COLUMN_NAMES], v["blind"]
+    if v["blind_on"]:
+        try:
+            state = battle.draw_battle(ctx.rng, columns, state)
+        except ValueError as err:
+            raise gr.Error(str(err)) from err
+    models = battle.pane_models(columns, v["blind_on"], state)
+    if not (v["message"] or "").strip() or not _on(models):
+        gr.Warning("Type a message first." if _on(models) else "Switch at least one column on.")
+        yield gr.skip()  # nothing sent or changed
         return
     fresh = v["blind_on"] and state is not v["blind"]  # a new blind battle starts from nothing
     histories = [[] if fresh else list(h) for h in v["histories"]]
-    for i in _on(columns):
+    for i in _on(models):
         histories[i] += [
             {"role": "user", "content": v["message"]},
             {"role": "assistant", "content": ""},
         ]
-    labels = pane_labels(v, state)
+    labels = battle.pane_labels(columns, v["blind_on"], state)
     # The box is emptied once, before the answers stream: what is typed meanwhile stays there.
-    yield "", histories, state, *_shown(histories, labels)
-    for updated in answer(ctx, histories, columns, _settings(v)):
-        yield gr.skip(), updated, state, *_shown(updated, labels)
+    yield {p.message: "", p.blind: state} | _shown(p, histories, labels)
+    for updated in answer(ctx, histories, models, _settings(v)):
+        yield {p.blind: state} | _shown(p, updated, labels)
 
 
-def regenerate(ctx: AppContext, v: dict):
+def regenerate(ctx: AppContext, p: SimpleNamespace, v: dict):
     """Answer the last message again (other settings or seed), in the same panes."""
-    columns = (
-        [*v["blind"]["models"], OFF_CHOICE]
-        if v["blind_on"] and v["blind"].get("models")
-        else [v[n] for n in COLUMN_NAMES]
-    )
+    columns = [v[n] for n in COLUMN_NAMES]
+    models = battle.pane_models(columns, v["blind_on"], v["blind"])
     histories = [list(h) for h in v["histories"]]
-    if not _on(columns) or any(not histories[i] for i in _on(columns)):
+    if not _on(models) or any(not histories[i] for i in _on(models)):
         gr.Warning("Nothing to regenerate yet: send a message first.")
-        yield gr.skip(), *[gr.skip()] * COLUMNS
+        yield gr.skip()
         return
-    for i in _on(columns):
+    for i in _on(models):
         histories[i][-1] = {"role": "assistant", "content": ""}
-    labels = pane_labels(v, v["blind"])
-    for updated in answer(ctx, histories, columns, _settings(v)):
-        yield updated, *_shown(updated, labels)
+    labels = battle.pane_labels(columns, v["blind_on"], v["blind"])
+    for updated in answer(ctx, histories, models, _settings(v)):
+        yield _shown(p, updated, labels)
 
 
-def vote(ctx: AppContext, kind: str, v: dict):
+def vote(ctx: AppContext, p: SimpleNamespace, kind: str, v: dict) -> dict:
     """Record which of the first two panes answered better (one vote per exchange). In blind mode
     the vote names the models behind A and B, and only then are they shown."""
-    blind = bool(v["blind_on"] and v["blind"].get("models"))
-    columns = [*v["blind"]["models"], OFF_CHOICE] if blind else [v[n] for n in COLUMN_NAMES]
-    histories, on = v["histories"], _on(columns)
+    columns, state = [v[n] for n in COLUMN_NAMES], v["blind"]
+    blind = bool(v["blind_on"] and state.get("models"))
+    models = battle.pane_models(columns, v["blind_on"], state)
+    histories, on = v["histories"], _on(models)
     if len(on) < 2:
         raise gr.Error("Voting compares two columns: switch on at least two.")
     left, right = histories[on[0]], histories[on[1]]
@@ -249,8 +243,8 @@ def vote(ctx: AppContext, kind: str, v: dict):
             content_text(left[-1]["content"]),
             content_text(right[-1]["content"]),
             kind,
-            columns[on[0]],
-            columns[on[1]],
+            models[on[0]],
+            models[on[1]],
             blind=blind,
         )
     except ValueError as err:
@@ -260,72 +254,45 @@ def vote(ctx: AppContext, kind: str, v: dict):
         f"Vote saved ({kind}; replaces any earlier vote on this exchange): {total} vote(s) "
         f"in `{ctx.votes_path}`. Id {saved['id']}."
     )
-    state = v["blind"]
     if blind:
         state = {**state, "revealed": True}
         winner = {"left": "A", "right": "B", "tie": "neither"}[kind]
         message = (
-            f"A was **{columns[0]}**, B was **{columns[1]}**; you preferred {winner}. "
+            f"A was **{models[0]}**, B was **{models[1]}**; you preferred {winner}. "
             "Send again for a new blind battle. " + message
         )
-    labels = [gr.update(label=label) for label in pane_labels(v, state)]
-    return message, votes_table(ctx), state, blind_tally(read_votes(ctx.votes_path)), *labels
-
-
-def undo(ctx: AppContext):
-    removed = undo_vote(ctx.votes_path)
-    tally = blind_tally(read_votes(ctx.votes_path))
-    if removed is None:
-        return "No votes to undo.", votes_table(ctx), tally
-    return f"Removed the vote {removed['id']} ({removed['winner']}).", votes_table(ctx), tally
-
-
-def blind_switch(on: bool, *columns: str):
-    """Entering or leaving blind mode starts from empty panes, labelled for the mode."""
-    labels = [*SIDES, "(off in blind mode)"] if on else model_labels(list(columns))
-    empty = [[] for _ in range(COLUMNS)]
+    labels = battle.pane_labels(columns, v["blind_on"], state)
     return (
-        empty,
-        {"models": None, "revealed": False},
-        *[gr.update(value=[], label=label) for label in labels],
+        {p.vote_message: message, p.blind: state}
+        | vote_tables(ctx, p)
+        | {bot: gr.update(label=label) for bot, label in zip(p.bots, labels, strict=True)}
     )
 
 
-def wire_chat(ctx: AppContext, p: SimpleNamespace) -> None:
-    inputs = [p.histories, *p.columns, *p.settings, p.blind_on, p.blind]
-    names = ["histories", *COLUMN_NAMES, *SETTING_NAMES, "blind_on", "blind"]
-    outputs = [p.histories, *p.bots]
-    send_inputs, send_names = [p.message, *inputs], ["message", *names]
-    send_outputs = [p.message, p.histories, p.blind, *p.bots]
+def undo(ctx: AppContext, p: SimpleNamespace) -> dict:
+    removed = undo_vote(ctx.votes_path)
+    said = f"Removed the vote {removed['id']} ({removed['winner']})." if removed else None
+    return {p.vote_message: said or "No votes to undo."} | vote_tables(ctx, p)
 
-    p.refresh.click(lambda: column_updates(ctx), None, p.columns, api_name="checkpoints")
-    # Send (or Enter) while answers stream is queued: it runs when they end ("always_last").
-    gr.on(
-        [p.send.click, p.message.submit],
-        named(send_names, partial(send, ctx)),
-        send_inputs,
-        send_outputs,
-        api_name="send",
-        trigger_mode="always_last",
+
+def clear(p: SimpleNamespace) -> dict:
+    """Empty panes (their labels kept) and no battle."""
+    return {p.histories: [[] for _ in range(COLUMNS)], p.blind: battle.new_battle()} | {
+        bot: [] for bot in p.bots
+    }
+
+
+def blind_switch(p: SimpleNamespace, blind_on: bool, *columns: str) -> dict:
+    """Entering or leaving blind mode starts from empty panes, labelled for the mode."""
+    labels = battle.mode_labels(blind_on, list(columns))
+    panes = {bot: gr.update(value=[], label=lb) for bot, lb in zip(p.bots, labels, strict=True)}
+    return clear(p) | panes
+
+
+def pane_label(i: int, column: str, blind_on: bool):
+    """A column's pane relabelled when its model changes (blind mode keeps "A" and "B")."""
+    return (
+        gr.skip()
+        if blind_on
+        else gr.update(label=battle.model_labels([OFF_CHOICE] * i + [column])[i])
     )
-    p.regenerate.click(
-        named(names, partial(regenerate, ctx)), inputs, outputs, api_name="regenerate"
-    )
-    empty = [[] for _ in range(COLUMNS)]
-    p.clear.click(
-        lambda: (empty, {"models": None, "revealed": False}, *empty),
-        None,
-        [p.histories, p.blind, *p.bots],
-        api_name="clear",
-    )
-    vote_outputs = [p.vote_message, p.votes, p.blind, p.tally, *p.bots]
-    for button, kind in ((p.left, "left"), (p.right, "right"), (p.tie, "tie")):
-        button.click(
-            named(names, partial(vote, ctx, kind)), inputs, vote_outputs, api_name=f"vote_{kind}"
-        )
-    p.undo.click(partial(undo, ctx), None, [p.vote_message, p.votes, p.tally], api_name="undo_vote")
-    p.blind_on.change(
-        blind_switch, [p.blind_on, *p.columns], [p.histories, p.blind, *p.bots], api_name="blind"
-    )
-    for i, (column, bot) in enumerate(zip(p.columns, p.bots, strict=True)):
-        column.change(partial(_pane_label, i), [column, p.blind_on], bot, api_visibility="private")

@@ -1,4 +1,5 @@
-"""What every panel of the app shares: the context (runs, models, files) and named handler inputs."""
+"""What the panels of the app share: the context (runs, models, files), the run shown (set by the
+launch buttons, drawn by the runs panel) and named handler inputs."""
 
 from __future__ import annotations
 
@@ -7,12 +8,16 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
+
+import gradio as gr
 
 from orpo_lab.model_pool import ModelPool
 from orpo_lab.runs import RunManager
 
 BASE_CHOICE = "base model"
 OFF_CHOICE = "(off)"
+BUSY_TICK_S, IDLE_TICK_S = 2.0, 10.0  # poll the runs folder often only while a run is not over
 
 
 @dataclass
@@ -37,6 +42,23 @@ class AppContext:
             return None
         run, _, checkpoint = choice.partition("/")
         return self.manager.checkpoint_path(run, checkpoint)
+
+
+def run_shown(ctx: AppContext) -> SimpleNamespace:
+    """The run the Train tab follows: `run`, its dropdown, and `timer`, which redraws it.
+
+    Start and Resume set both (a new run is followed closely again) and Stop reads the run; the
+    runs panel places them (`.render()`) and draws the run.
+    """
+    run = gr.Dropdown(
+        ctx.manager.names(),
+        label="run shown",
+        elem_id="run-select",
+        scale=3,
+        allow_custom_value=True,
+        render=False,
+    )
+    return SimpleNamespace(run=run, timer=gr.Timer(BUSY_TICK_S, render=False))
 
 
 def named(names: list[str], fn: Callable[[dict], object]) -> Callable:

@@ -1,6 +1,7 @@
 """The "Inside ORPO" tab: one pair token by token, coloured by how training moved each token's
 log-prob (a reference model -> a checkpoint, next to a second checkpoint such as the SFT run), with
-the pair's mean log-probs, log-odds ratio and L_OR before and after (`orpo_lab.token_view`)."""
+the pair's mean log-probs, log-odds ratio and L_OR before and after (`orpo_lab.token_view`).
+The handlers return {component: value} for the tab's components `p`."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from types import SimpleNamespace
 import gradio as gr
 
 from orpo_lab.config import TrainConfig
+from orpo_lab.token_view import token_change, tokens_html
 from orpo_lab.ui.common import BASE_CHOICE, AppContext
-from orpo_lab.ui.views import token_delta_html
 
 NONE_CHOICE = "(none)"
 OWN_PAIR = "type my own pair"
@@ -26,7 +27,8 @@ INTRO = (
 )
 
 
-def inside_tab(ctx: AppContext) -> SimpleNamespace:
+def inside_tab(ctx: AppContext, demo: gr.Blocks) -> None:
+    """Lay out and wire the tab; a (re)loaded page lists every checkpoint."""
     p = SimpleNamespace()
     gr.Markdown(INTRO)
     with gr.Row():
@@ -62,16 +64,33 @@ def inside_tab(ctx: AppContext) -> SimpleNamespace:
     p.view = gr.HTML(elem_id="token-view")
     with gr.Accordion("the numbers behind the colours", open=False):
         p.numbers = gr.JSON(elem_id="token-numbers")
-    return p
-
-
-def checkpoint_updates(ctx: AppContext):
-    choices = ctx.checkpoint_choices()
-    return (
-        gr.update(choices=choices, value=choices[0] if choices else None),
-        gr.update(choices=[NONE_CHOICE, *choices]),
-        gr.update(choices=[BASE_CHOICE, *choices]),
+    checkpoints = [p.first, p.second, p.reference]
+    p.refresh.click(
+        partial(checkpoint_updates, ctx, p), None, checkpoints, api_name="view_checkpoints"
     )
+    demo.load(partial(checkpoint_updates, ctx, p), None, checkpoints, api_visibility="private")
+    p.first.change(partial(pair_choices, ctx), p.first, p.pair, api_name="view_pairs")
+    p.pair.change(
+        partial(fill_pair, ctx, p),
+        [p.first, p.pair],
+        [p.prompt, p.chosen, p.rejected],
+        api_name="view_pair",
+    )
+    p.show.click(
+        partial(show_tokens, ctx, p),
+        [p.first, p.second, p.reference, p.prompt, p.chosen, p.rejected],
+        [p.view, p.numbers],
+        api_name="token_view",
+    )
+
+
+def checkpoint_updates(ctx: AppContext, p: SimpleNamespace) -> dict:
+    choices = ctx.checkpoint_choices()
+    return {
+        p.first: gr.update(choices=choices, value=choices[0] if choices else None),
+        p.second: gr.update(choices=[NONE_CHOICE, *choices]),
+        p.reference: gr.update(choices=[BASE_CHOICE, *choices]),
+    }
 
 
 PAIRS_OFFERED = 400  # held-out pairs listed in the pair dropdown (typing there filters them)
@@ -127,11 +146,11 @@ def pair_choices(ctx: AppContext, choice: str | None):
     return gr.update(choices=[*labels, OWN_PAIR], value=labels[0] if labels else OWN_PAIR)
 
 
-def fill_pair(ctx: AppContext, choice: str | None, label: str | None):
+def fill_pair(ctx: AppContext, p: SimpleNamespace, choice: str | None, label: str | None):
     """Put the picked held-out pair into the three boxes (a user turn's text for chat prompts).
     Typed text that is no label searches the pairs: the first that holds it is put there."""
     if not label or label == OWN_PAIR:
-        return gr.skip(), gr.skip(), gr.skip()
+        return gr.skip()
     pairs = _pairs_of(ctx, choice)
     pair = pairs.get(label)
     if pair is None:
@@ -142,9 +161,13 @@ def fill_pair(ctx: AppContext, choice: str | None, label: str | None):
                 f"No held-out pair holds {label.strip()!r}: pick one from the list, search "
                 "for another word, or type your own pair in the three boxes."
             )
-            return gr.skip(), gr.skip(), gr.skip()
+            return gr.skip()
         pair = found[0]
-    return _prompt_text(pair["prompt"]), pair["chosen"], pair["rejected"]
+    return {
+        p.prompt: _prompt_text(pair["prompt"]),
+        p.chosen: pair["chosen"],
+        p.rejected: pair["rejected"],
+    }
 
 
 def _summary(before, after) -> str:
@@ -161,22 +184,33 @@ def _summary(before, after) -> str:
     return f"<table><tr><th></th><th>before</th><th>after</th><th>change</th></tr>{cells}</table>"
 
 
-def _view(reference: str, target: str, before, after, change: dict) -> str:
+def _delta_html(tokens: list[str], before: list[float], after: list[float]) -> str:
+    """Tokens green where their log-prob rose, red where it fell (full colour at 2 nats); the
+    hover text gives both log-probs."""
+    changes = [new - old for old, new in zip(before, after, strict=True)]
+    titles = [
+        f"{t!r}: log p {old:.3f} -> {new:.3f} ({new - old:+.3f})"
+        for t, old, new in zip(tokens, before, after, strict=True)
+    ]
+    return tokens_html(tokens, changes, scale=2.0, titles=titles)
+
+
+def _view(reference: str, target: str, before, after) -> str:
     title = f"<h4>{html.escape(reference)} &rarr; {html.escape(target)}</h4>"
     parts = [title, _summary(before, after)]
     for side in ("chosen", "rejected"):
-        score = getattr(after, side)
+        old, new = getattr(before, side), getattr(after, side)
         parts.append(
-            f"<p><b>{side}</b></p>"
-            + token_delta_html(score.tokens, getattr(before, side).token_logps, score.token_logps)
+            f"<p><b>{side}</b></p>" + _delta_html(new.tokens, old.token_logps, new.token_logps)
         )
     return "<div style='flex: 1; min-width: 360px'>" + "".join(parts) + "</div>"
 
 
-def show_tokens(ctx: AppContext, first, second, reference, prompt, chosen, rejected):
+def show_tokens(
+    ctx: AppContext, p: SimpleNamespace, first, second, reference, prompt, chosen, rejected
+) -> dict:
     """Score the pair under the reference and the one or two checkpoints; colour every token."""
     from orpo_lab.checkpoint import common_base
-    from orpo_lab.token_view import token_change
 
     if not first:
         raise gr.Error("Pick a checkpoint first (train a run, then Refresh checkpoints).")
@@ -196,30 +230,7 @@ def show_tokens(ctx: AppContext, first, second, reference, prompt, chosen, rejec
     )
     for target, after in zip(targets, scores[1:], strict=True):
         change = token_change(before, after)
-        views.append(_view(reference, target, before, after, change))
+        views.append(_view(reference, target, before, after))
         numbers[target] = {"after": dataclasses.asdict(after), "change": change}
-    return "<div style='display: flex; gap: 24px; flex-wrap: wrap'>" + "".join(
-        views
-    ) + "</div>", numbers
-
-
-def wire_inside(ctx: AppContext, p: SimpleNamespace) -> None:
-    p.refresh.click(
-        partial(checkpoint_updates, ctx),
-        None,
-        [p.first, p.second, p.reference],
-        api_name="view_checkpoints",
-    )
-    p.first.change(partial(pair_choices, ctx), p.first, p.pair, api_name="view_pairs")
-    p.pair.change(
-        partial(fill_pair, ctx),
-        [p.first, p.pair],
-        [p.prompt, p.chosen, p.rejected],
-        api_name="view_pair",
-    )
-    p.show.click(
-        partial(show_tokens, ctx),
-        [p.first, p.second, p.reference, p.prompt, p.chosen, p.rejected],
-        [p.view, p.numbers],
-        api_name="token_view",
-    )
+    shown = "<div style='display: flex; gap: 24px; flex-wrap: wrap'>" + "".join(views) + "</div>"
+    return {p.view: shown, p.numbers: numbers}

@@ -184,24 +184,22 @@ SAMPLED_COLUMNS = [
 ]
 
 
-def token_delta_html(
-    tokens: list[str], before: list[float], after: list[float], scale: float = 2.0
-) -> str:
-    """Tokens coloured by the change of their log-prob: green where a token became more likely,
-    red where less, full colour at `scale` nats; the hover text gives both log-probs."""
-    spans = []
-    for token, old, new in zip(tokens, before, after, strict=True):
-        change = new - old
-        alpha = min(abs(change) / scale, 1.0)
-        rgb = "44,160,44" if change > 0 else "214,39,40"
-        shown = html.escape(token.replace("\n", "\u21b5\n"))  # a newline token stays visible
-        hover = html.escape(f"{token!r}: log p {old:.3f} -> {new:.3f} ({change:+.3f})")
-        spans.append(
-            f'<span title="{hover}" style="background: rgba({rgb},{alpha:.2f}); '
-            f'border-radius: 3px; padding: 0 1px">{shown}</span>'
+VOTE_COLUMNS = ["time", "prompt", "winner", "chosen model", "rejected model"]
+TALLY_COLUMNS = ["model", "other model", "its wins", "the other's wins", "ties"]
+
+
+def vote_rows(votes: list[dict]) -> list[list]:
+    """The chat votes (orpo_lab.votes records), newest first (VOTE_COLUMNS)."""
+    rows = []
+    for v in reversed(votes):
+        prompt = v["prompt"] if isinstance(v["prompt"], str) else v["prompt"][-1]["content"]
+        rows.append(
+            [
+                time.strftime("%H:%M:%S", time.localtime(v.get("time", 0))),
+                prompt[:80],
+                v.get("winner"),
+                v.get("chosen_model", "-"),
+                v.get("rejected_model", "-"),
+            ]
         )
-    return (
-        '<div style="white-space: pre-wrap; font-family: monospace; line-height: 1.7">'
-        + "".join(spans)
-        + "</div>"
-    )
+    return rows
