@@ -1,5 +1,5 @@
-"""The shape of the code: no import cycles inside orpo_lab, no module past ~400 lines, and importing
-the app starts nothing. (Function complexity is ruff's C901, max 15, in `make lint`.)"""
+"""The shape of the code: no import cycles inside orpo_lab, no module past 300 lines, and importing
+the app starts nothing. (Function complexity is ruff's C901, max 12, in `make lint`.)"""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "orpo_lab"
-MAX_LINES = 400
+MAX_LINES = 300
 
 
 def module_name(path: Path) -> str:
