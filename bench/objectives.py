@@ -71,8 +71,7 @@ def run_one(
     name: str, values: dict, dpo_values: dict, sft_steps: int, samples: int, lock: str
 ) -> dict:
     """Train pipeline `name` in this process; its numbers (peak memory: this process's)."""
-    from orpo_lab.pipeline import stage_configs
-    from orpo_lab.rundir import RunDir
+    from orpo_lab.pipeline import sft_then_dpo, stage_configs
     from orpo_lab.train import train
 
     with held(lock):
@@ -81,15 +80,11 @@ def run_one(
             if name == "sft_then_dpo":
                 suffix = "".join(f"-{key}{value}" for key, value in dpo_values.items())
                 cfg = TrainConfig(**(values | {"run_name": f"two-stage{suffix}"}))
-                sft, dpo = stage_configs(cfg, sft_steps)
-                dpo = TrainConfig.from_dict(dpo.to_dict() | dpo_values)
-                for stage in (sft, dpo):
+                stages = stage_configs(cfg, sft_steps, dpo_values)
+                for stage in stages:
                     shutil.rmtree(stage.run_dir, ignore_errors=True)
-                train(sft)  # as orpo_lab.pipeline.sft_then_dpo, with the DPO stage's own settings
-                if RunDir(sft.run_dir).read_status().get("status") != "finished":
-                    raise SystemExit(f"the SFT stage did not finish: see {sft.run_dir}")
-                train(dpo)
-                dirs = [sft.run_dir, dpo.run_dir]
+                sft_then_dpo(cfg, sft_steps, dpo_changes=dpo_values)
+                dirs = [stage.run_dir for stage in stages]
             else:
                 cfg = TrainConfig(**(values | {"method": name, "run_name": name}))
                 shutil.rmtree(cfg.run_dir, ignore_errors=True)

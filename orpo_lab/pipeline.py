@@ -19,8 +19,11 @@ from orpo_lab.config import TrainConfig
 from orpo_lab.rundir import RunDir
 
 
-def stage_configs(cfg: TrainConfig, sft_steps: int) -> tuple[TrainConfig, TrainConfig]:
-    """(SFT config, DPO config) of the pipeline; ValueError when the budget cannot be split so."""
+def stage_configs(
+    cfg: TrainConfig, sft_steps: int, dpo_changes: dict | None = None
+) -> tuple[TrainConfig, TrainConfig]:
+    """(SFT config, DPO config) of the pipeline; ValueError when the budget cannot be split so.
+    `dpo_changes`: the DPO stage's own settings (e.g. a lower learning_rate), over `cfg`'s."""
     if cfg.max_steps <= 0:
         raise ValueError(
             "SFT then DPO splits max_steps between its stages: set max_steps (e.g. the ORPO run's)."
@@ -43,6 +46,7 @@ def stage_configs(cfg: TrainConfig, sft_steps: int) -> tuple[TrainConfig, TrainC
             "init_checkpoint": str(sft.run_dir),
             "max_steps": cfg.max_steps - sft_steps,
         }
+        | (dpo_changes or {})
     )
     return sft, dpo
 
@@ -52,13 +56,14 @@ def sft_then_dpo(
     sft_steps: int,
     callback: Callable[[dict], None] | None = None,
     stop_event: threading.Event | None = None,
+    dpo_changes: dict | None = None,
 ) -> dict[str, dict]:
     """Train the two stages (`stage_configs`) one after the other; {"sft": its last train record,
     "dpo": DPO's}. A stage that ends early (a stop) ends the pipeline: DPO never starts from an
     unfinished SFT."""
     from orpo_lab.train import train
 
-    sft, dpo = stage_configs(cfg, sft_steps)
+    sft, dpo = stage_configs(cfg, sft_steps, dpo_changes)
     last = {"sft": train(sft, callback=callback, stop_event=stop_event), "dpo": {}}
     if RunDir(sft.run_dir).read_status().get("status") != "finished":
         return last
