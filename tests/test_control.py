@@ -171,7 +171,10 @@ def test_ctrl_c_saves_the_last_step_and_exits_cleanly(tmp_path, data, tiny_model
 def lines_if(path) -> list[dict]:
     if not path.is_file():
         return []
-    return [json.loads(ln) for ln in path.read_text().splitlines() if '"train"' in ln]
+    text = path.read_text()
+    complete = text.splitlines()[: text.count("\n")]  # a line being written is not read yet
+    records = (json.loads(line) for line in complete)
+    return [record for record in records if record.get("kind") == "train"]
 
 
 SLOW_SAVE = """
@@ -180,7 +183,7 @@ from orpo_lab.checkpoint import Checkpointer
 from orpo_lab.cli import main
 real = Checkpointer.save
 def slow(*args, **kwargs):
-    print("saving", file=sys.stderr, flush=True)
+    print("slow save begins", file=sys.stderr, flush=True)
     time.sleep(60)  # a save that takes long: the second Ctrl-C must not wait for it
     return real(*args, **kwargs)
 Checkpointer.save = slow
@@ -193,8 +196,10 @@ def test_second_ctrl_c_exits_at_once(tmp_path, data, tiny_model_dir):
     child = Child([sys.executable, "-c", SLOW_SAVE, *cli_args(cfg)[3:]], tmp_path)
     child.wait_for("a logged step", lambda: lines_if(cfg.run_dir / "metrics.jsonl"))
     child.proc.send_signal(signal.SIGINT)
-    # The first stop is saving (slowly).
-    child.wait_for("the slow save", lambda: "saving" in child.err_path.read_text(), seconds=60)
+    # The first stop is saving (slowly); the handler's own line says "saving" too, so wait for the save.
+    child.wait_for(
+        "the slow save", lambda: "slow save begins" in child.err_path.read_text(), seconds=60
+    )
     began = time.monotonic()
     child.proc.send_signal(signal.SIGINT)
     _, err = child.finish(30)
