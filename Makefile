@@ -35,7 +35,7 @@ lint: $(VENV)/.test
 	$(VENV)/bin/ruff format --check .
 
 test: $(VENV)/.test model lint
-	$(PY) -m pytest -q -ra --durations=8
+	$(PY) -m pytest -q -ra --durations=8 -n auto --maxprocesses 4 --dist worksteal
 
 bench: $(VENV)/.base
 	$(PIP) install -q -e ".[bench]"

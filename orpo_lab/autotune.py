@@ -6,9 +6,12 @@ compiled, a 2-core AMD Zen 4 (avx512_bf16, no AMX) x2.2 faster in bf16 but slowe
 (BENCHMARKS.md). So `precision="auto"` and `torch_compile="auto"` time forward+backward passes of
 the run's own model, adapter and first pairs, each part cut to `PROBE_TOKENS` (`probe_batch`):
 
-- precision, on the first run of a setup: one untimed and one timed pass in float32 and, where the
-  CPU has any bf16 support, in bf16 (a second copy of the model, loaded in bf16), and a second
-  timed pass each when the first two are within x`CLEAR`: a few seconds;
+- precision, on the first run of a setup: one untimed and two timed passes in float32 and, where
+  the CPU has any bf16 support, in bf16 (a second copy of the model, loaded in bf16): a few
+  seconds. The answer is cached only when each candidate's two passes agree (within
+  x`autotune_rules.STEADY`): a probe taken while other work starved the machine (seen: bf16
+  passes of 22.9-42.7 s beside float32 ones of 1.1-1.7 s, where a quiet probe measured bf16 x2.4
+  faster) decides its own run and says so, and the next run measures again;
 - compiled layers, in the chosen precision: their first compile costs about a minute on 2 cores,
   so it is tried only in a run whose eager steps take `COMPILE_TRIAL_RUN_S`+ (measured: eager
   step time x steps), never in a time slice; the trial times the cold compile, the compiled passes
@@ -38,7 +41,7 @@ from tqdm.auto import tqdm
 
 from orpo_lab import compiling
 from orpo_lab.autotune_cache import cached_times, entry, machine, setup_key, store, write_entry
-from orpo_lab.autotune_rules import choose_compile, choose_precision
+from orpo_lab.autotune_rules import choose_compile, choose_precision, unsteady
 from orpo_lab.collate import collate
 from orpo_lab.devices import cpu_flags
 from orpo_lab.logps import PairLogps, check_sample
@@ -52,7 +55,6 @@ if TYPE_CHECKING:  # plan.py asks this module for a cached precision
 # on the same shapes (BENCHMARKS.md, stop 26), and step-time projections scale by the token count.
 PROBE_TOKENS = 128
 PROBE_STEPS = 2  # timed forward+backward passes per candidate, after one untimed (warm-up) pass
-CLEAR = 1.5  # a first timed pass this much faster or slower decides the precision probe alone
 # A first compile costs about a minute on 2 cores (the default model; once per machine and setup):
 # tried only in a run whose eager steps would take 10+ minutes, where it costs at most ~10%.
 COMPILE_TRIAL_RUN_S = 600.0
@@ -119,7 +121,7 @@ def settle_precision(
     if not plan.precision_probe:
         return model, plan
     began = time.perf_counter()
-    times, models, failed = {}, {"fp32": model}, False
+    times, models, failed, busy = {}, {"fp32": model}, False, None
     bar = tqdm(total=3, desc="Measuring float32 vs bf16 here (once per setup)", leave=False)
 
     def stage(text: str, done: int = 1) -> None:  # the bar counts finished stages only
@@ -137,14 +139,16 @@ def settle_precision(
         stage("bf16")
         timed["bf16"] = _verified(models["bf16"], cfg, batch if sample is None else sample)
         times["bf16"] = time_steps(timed["bf16"], batch, cfg.beta, n=1)
-        ratio = times["fp32"][0] / times["bf16"][0]
-        for _ in range(PROBE_STEPS - 1 if 1 / CLEAR < ratio < CLEAR else 0):  # a close call
-            stage(f"x{ratio:.2f} is close: timing both again", done=0)
+        for _ in range(PROBE_STEPS - 1):  # in turn, so that a busy spell slows both alike
+            stage("timing both again", done=0)
             for key, pair_logps in timed.items():
                 times[key] += time_steps(pair_logps, batch, cfg.beta, n=1, warmup=0)
         bar.update()
         times = {k: _rounded(v) for k, v in times.items()}  # what the started event shows
         name, why = choose_precision(times)
+        busy = unsteady(times)
+        if busy:
+            why += f"; not cached: {busy}, the next run measures again"
     except StopRequested:
         raise
     except Exception as err:  # noqa: BLE001 - a failed probe trains in float32, saying why
@@ -158,7 +162,7 @@ def settle_precision(
         "probe_s": round(time.perf_counter() - began, 1),
         "batch": [int(batch["num_pairs"]), int(batch["input_ids"].numel())],
     }
-    if not failed:
+    if not (failed or busy):
         write_entry(
             key,
             {

@@ -6,6 +6,9 @@ the machine only ever adds time.
 from __future__ import annotations
 
 MARGIN = 0.05  # a candidate must beat float32 eager by 5%: a tie keeps the simpler float32
+# A candidate's timed passes this far apart (slowest / fastest) say the machine was busy, not how
+# fast the candidate is: such a probe decides its own run but is not cached.
+STEADY = 1.5
 
 
 def choose_precision(times: dict[str, list[float]]) -> tuple[str, str]:
@@ -54,3 +57,13 @@ def choose_compile(
         f"measured here: {summary}; {steps} steps save {saving:.1f} s, a compile from the cache "
         f"costs {compile_s:.1f} s"
     )
+
+
+def unsteady(times: dict[str, list[float]]) -> str | None:
+    """Why a probe's step times cannot be trusted beyond its own run (a candidate whose timed
+    passes are more than x`STEADY` apart: the machine was busy), or None when they can."""
+    spread = {k: max(v) / min(v) for k, v in times.items() if v and min(v) > 0}
+    name, worst = max(spread.items(), key=lambda kv: kv[1], default=(None, 1.0))
+    if worst <= STEADY:
+        return None
+    return f"the {name} passes were x{worst:.2f} apart (the machine was busy)"

@@ -51,11 +51,17 @@ def stratified(records: list[dict], n: int) -> list[dict]:
 
 
 def judge_model(
-    model, tokenizer, records: list[dict], max_new_tokens: int = 64, desc: str | None = None
+    model,
+    tokenizer,
+    records: list[dict],
+    max_new_tokens: int = 64,
+    desc: str | None = None,
+    batch_size: int = 16,
 ):
-    """(answers, passed) of one model on the records' prompts, each judged by its family's judge."""
+    """(answers, passed) of one model on the records' prompts, each judged by its family's judge;
+    `batch_size` prompts per generate call (a progress bar under `desc` moves once per call)."""
     prompts = [r["prompt"] for r in records]
-    answers = generate_answers(model, tokenizer, prompts, max_new_tokens, desc=desc)
+    answers = generate_answers(model, tokenizer, prompts, max_new_tokens, batch_size, desc)
     return answers, judged(records, answers)
 
 

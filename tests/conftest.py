@@ -18,6 +18,12 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 if not os.environ.get("ORPO_LAB_AUTOTUNE_CACHE"):
     _folder = Path(tempfile.mkdtemp(prefix="orpo-lab-tests-"))
     os.environ["ORPO_LAB_AUTOTUNE_CACHE"] = str(_folder / "autotune.json")
+# `make test` runs the suite in parallel processes (pytest-xdist's `-n`): each worker's torch, and the
+# training runs and notebook kernels it starts (they inherit the environment), take an equal share of
+# the cores, so that threads never outnumber cores (OpenMP threads waiting for a busy core spin).
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ and "OMP_NUM_THREADS" not in os.environ:
+    _share = len(os.sched_getaffinity(0)) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
+    os.environ["OMP_NUM_THREADS"] = str(max(1, _share))
 
 import sys
 import traceback
@@ -27,6 +33,14 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from orpo_lab.model import load_tokenizer
+
+
+def pytest_collection_modifyitems(config, items):
+    """The tests that use notebook 4's runs (conftest's `notebook_04`) first and in a row: with
+    `pytest -n` (pytest-xdist's worksteal) each worker starts at the head of its share of the list
+    and an idle worker takes from the tail of another's, so one worker runs notebook 4 and then the
+    tests that read its runs, and no worker waits for it while there is other work."""
+    items.sort(key=lambda item: "notebook_04" not in getattr(item, "fixturenames", ()))
 
 
 @pytest.fixture(autouse=True)
@@ -127,17 +141,37 @@ def notebook_env(tmp_path_factory) -> dict[str, str]:
     spec.joinpath("kernel.json").write_text(
         json.dumps({"argv": argv, "display_name": "ORPO Lab tests", "language": "python"})
     )
-    runs = tmp_path_factory.mktemp("runs")
+    runs = session_folder(tmp_path_factory) / "notebook-runs"  # shared by every worker
+    runs.mkdir(exist_ok=True)
     return {"JUPYTER_PATH": str(root), "ORPO_LAB_QUICK": "1", "ORPO_LAB_RUNS": str(runs)}
 
 
+def session_folder(tmp_path_factory) -> Path:
+    """A folder shared by the whole test session: with `pytest -n` (pytest-xdist) every worker has a
+    base folder of its own and they share its parent; in one process, the base folder itself."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
 @pytest.fixture(scope="session")
-def notebook_04(notebook_env) -> dict:
+def notebook_04(notebook_env, tmp_path_factory) -> dict:
     """Notebook 4 executed once per session, in quick mode: the values test_04_training checks, and
     its two runs of the default model with the preset notebook-quick, `orpo-quick` (lambda 1) and
     `sft-quick` (lambda 0), in notebook_env's runs folder. Notebook 5 and test_browser's
-    default-model test use those runs instead of training the same two again (~70 s each time)."""
+    default-model test use those runs instead of training the same two again (~70 s each time).
+    With `pytest -n`, the first worker that needs it runs it (holding a file lock) and leaves its
+    values in the session folder; any other worker waits for the lock and reads them."""
+    import json
+
+    from filelock import FileLock
     from test_notebooks import NOTEBOOK_04_VALUES, run_notebook
 
-    with pytest.MonkeyPatch.context() as patch:
-        return run_notebook("04_training.ipynb", NOTEBOOK_04_VALUES, notebook_env, patch)
+    folder = session_folder(tmp_path_factory)
+    done = folder / "notebook_04.json"
+    with FileLock(folder / "notebook_04.lock"):
+        if done.is_file():
+            return json.loads(done.read_text())
+        with pytest.MonkeyPatch.context() as patch:
+            values = run_notebook("04_training.ipynb", NOTEBOOK_04_VALUES, notebook_env, patch)
+        done.write_text(json.dumps(values))
+        return values

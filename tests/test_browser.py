@@ -171,7 +171,7 @@ def plot_traces(page, elem_id: str) -> list[dict]:
 # 15-25 ms), so 100 steps could finish between two of the page's 2 s polls and the test would never
 # see the run running to stop it.
 TINY_FORM = dict(
-    max_steps=600,
+    max_steps=300,
     batch_size=2,
     max_length=96,
     max_prompt_length=48,
