@@ -74,11 +74,20 @@ def main() -> None:
         "--set", nargs="*", default=[], metavar="KEY=VALUE", help="TrainConfig overrides"
     )
     parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument(
+        "--train-only",
+        action="store_true",
+        help="train the two runs and stop (no judged generations, no results file): for comparing "
+        "code versions with bench/same_runs.py",
+    )
     args = parser.parse_args()
     values = preset_values(args.preset, args.set)
 
     orpo_cfg, orpo_s, orpo_rows = run("orpo-default", values)
     sft_cfg, sft_s, sft_rows = run("sft-default", values | {"beta": 0.0})
+    if args.train_only:
+        print(f"trained {orpo_cfg.run_dir} ({orpo_s:.0f} s) and {sft_cfg.run_dir} ({sft_s:.0f} s)")
+        return
     orpo_eval = evaluate_run(orpo_cfg.run_dir, max_new_tokens=args.max_new_tokens)
     sft_eval = evaluate_run(sft_cfg.run_dir, max_new_tokens=args.max_new_tokens)
 

@@ -50,7 +50,7 @@ def normalize_messages(history: Sequence[dict] | None) -> list[Message]:
     return messages
 
 
-def _encode(
+def encode_chats(
     tokenizer, conversations: Sequence[Sequence[dict]]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     # Left padding: every row's last prompt token sits in the last column, where generation starts.
@@ -67,7 +67,7 @@ def _encode(
     return input_ids, attention_mask  # (B, T) each
 
 
-class _BatchStreamer(BaseStreamer):
+class BatchStreamer(BaseStreamer):
     """Collects the new tokens of every row of a batch and hands snapshots of the texts to a queue."""
 
     def __init__(self, tokenizer, batch_size: int):
@@ -109,7 +109,8 @@ class _StopOn(StoppingCriteria):
         return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool)
 
 
-def _generate_kwargs(model, tokenizer, temperature, top_p, max_new_tokens, seed=None) -> dict:
+def generate_kwargs(model, tokenizer, temperature, top_p, max_new_tokens, seed=None) -> dict:
+    """model.generate's settings: greedy at temperature 0, else sampling; every end-of-turn id stops."""
     eos = {tokenizer.eos_token_id} | set(_as_list(model.generation_config.eos_token_id))
     kwargs = dict(
         max_new_tokens=int(max_new_tokens),
@@ -129,7 +130,7 @@ def _as_list(value) -> list:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
-def _stream_worker(run, streamer: _BatchStreamer) -> Iterator[list[str]]:
+def stream_worker(run, streamer: BatchStreamer) -> Iterator[list[str]]:
     # `run(stopping_criteria)` calls model.generate in a worker thread; this generator relays the
     # snapshots. Closing it (a client that went away) stops the generation at the next token.
     stop = threading.Event()
@@ -156,9 +157,11 @@ def _stream_worker(run, streamer: _BatchStreamer) -> Iterator[list[str]]:
         thread.join()
 
 
-def _run_generate(model, tokenizer, conversations, adapter_names, streamer, stopping, settings):
-    input_ids, attention_mask = _encode(tokenizer, conversations)
-    kwargs = _generate_kwargs(model, tokenizer, **settings)
+def run_generate(model, tokenizer, conversations, adapter_names, streamer, stopping, settings):
+    """One model.generate call over the conversations, streaming into `streamer` (model_pool's
+    mixed batches pass each row's adapter in `adapter_names`)."""
+    input_ids, attention_mask = encode_chats(tokenizer, conversations)
+    kwargs = generate_kwargs(model, tokenizer, **settings)
     streamer.eos_ids = set(kwargs["eos_token_id"])
     if adapter_names is not None:
         kwargs["adapter_names"] = list(adapter_names)
@@ -192,9 +195,9 @@ def generate_stream(
     if not conversations:
         return
     settings = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
-    streamer = _BatchStreamer(tokenizer, len(conversations))
-    yield from _stream_worker(
-        lambda stopping: _run_generate(
+    streamer = BatchStreamer(tokenizer, len(conversations))
+    yield from stream_worker(
+        lambda stopping: run_generate(
             model, tokenizer, conversations, adapter_names, streamer, stopping, settings
         ),
         streamer,
@@ -215,10 +218,11 @@ def generate(
     stream = generate_stream(
         model, tokenizer, conversations, adapter_names, max_new_tokens, temperature, top_p, seed
     )
-    return _last(stream, [""] * len(conversations))
+    return last_batch(stream, [""] * len(conversations))
 
 
-def _last(iterator: Iterator[list[str]], default: list[str]) -> list[str]:
+def last_batch(iterator: Iterator[list[str]], default: list[str]) -> list[str]:
+    """The last snapshot a stream yields (the finished answers), or `default` for an empty one."""
     for default in iterator:  # noqa: B007 - keep the last snapshot
         pass
     return default

@@ -120,30 +120,35 @@ def progress_bar(desc: str) -> Callable[[dict], None]:
 
 
 def sampled_table(sampled: dict) -> str:
-    """evaluate_run's "sampled" part as a text table: per family and domain, base and trained pass
-    rates with their 95% intervals, and the share of rejected-like samples."""
+    """evaluate_run's "sampled" part as a text table (`rate_tables.sampled_rate_table`'s rows, as
+    the app and the notebooks show them): per family and domain, base and trained pass rates with
+    their 95% intervals, and the share of rejected-like samples."""
+    from orpo_lab.rate_tables import sampled_rate_table
+
     settings = sampled["settings"]
-    lines = [
-        f"sampled: {settings['k']} per prompt, temperature {settings['temperature']}, top-p "
-        f"{settings['top_p']}, seed {settings['seed']}; pass % [95% interval], rejected-like %",
-        f"{'family':<11}{'domain':<10}{'samples':>8}  {'base pass':<17}{'trained pass':<17}"
-        f"{'base rej.':>9}{'trained rej.':>13}",
+    header = [
+        "family",
+        "domain",
+        "samples",
+        "base pass",
+        "trained pass",
+        "base rej.",
+        "trained rej.",
     ]
+    rows = [header] + [
+        [str(v) for v in row] for row in sampled_rate_table(sampled, domains=DOMAINS)
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    return "\n".join(
+        [
+            f"sampled: {settings['k']} per prompt, temperature {settings['temperature']}, top-p "
+            f"{settings['top_p']}, seed {settings['seed']}; pass [95% interval], rejected-like"
+        ]
+        + ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    )
 
-    def pct(cell: dict) -> str:
-        return f"{100 * cell['rate']:.0f} [{100 * cell['low']:.0f}-{100 * cell['high']:.0f}]"
 
-    for family, domains in sampled["base"].items():
-        for domain, base in domains.items():
-            if not base["pass"]["n"]:
-                continue
-            trained = sampled["trained"][family][domain]
-            lines.append(
-                f"{family:<11}{domain:<10}{base['pass']['n']:>8}  {pct(base['pass']):<17}"
-                f"{pct(trained['pass']):<17}{100 * base['rejected_like']['rate']:>8.0f}%"
-                f"{100 * trained['rejected_like']['rate']:>12.0f}%"
-            )
-    return "\n".join(lines)
+DOMAINS = ("in_domain", "ood", "all")  # the sampled table's rows per family
 
 
 def parser_with_hub() -> argparse.ArgumentParser:

@@ -10,7 +10,7 @@ from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from orpo_lab.chat import BASE, _BatchStreamer, _last, _run_generate, _stream_worker
+from orpo_lab.chat import BASE, BatchStreamer, last_batch, run_generate, stream_worker
 from orpo_lab.model import ModelLoadError, attach_adapter, load_model
 
 
@@ -128,7 +128,7 @@ class ModelPool:
         if len({str(c) for c in checkpoints if c is not None}) > self.max_adapters:
             raise ValueError(f"At most {self.max_adapters} checkpoints can answer at once.")
         self.load()
-        streamer = _BatchStreamer(self.tokenizer, len(conversations))
+        streamer = BatchStreamer(self.tokenizer, len(conversations))
         settings = dict(
             max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed
         )
@@ -138,11 +138,11 @@ class ModelPool:
                 names = [BASE if c is None else self.add_adapter(c) for c in checkpoints]
                 # A plain model (no adapter loaded yet) takes no adapter_names.
                 routed = names if hasattr(self.model, "peft_config") else None
-                _run_generate(
+                run_generate(
                     self.model, self.tokenizer, conversations, routed, streamer, stopping, settings
                 )
 
-        yield from _stream_worker(run, streamer)
+        yield from stream_worker(run, streamer)
 
     def score(self, pair: dict, checkpoints: Sequence[str | Path | None], **budgets) -> list:
         """`orpo_lab.token_view.score_pair` of one pair {"prompt", "chosen", "rejected"} under each
@@ -175,4 +175,6 @@ class ModelPool:
 
     def generate(self, conversations, checkpoints, **settings) -> list[str]:
         """The final answers of `stream`."""
-        return _last(self.stream(conversations, checkpoints, **settings), [""] * len(conversations))
+        return last_batch(
+            self.stream(conversations, checkpoints, **settings), [""] * len(conversations)
+        )

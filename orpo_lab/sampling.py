@@ -58,7 +58,7 @@ def sample_answers(
     sequences per prompt. The global RNG is seeded with `seed` for the call and restored after, so
     the caller's random state does not move. `desc`: show a progress bar under that name.
     """
-    from orpo_lab.chat import _encode, _generate_kwargs
+    from orpo_lab.chat import encode_chats, generate_kwargs
 
     if k < 1 or temperature <= 0:
         raise ValueError(
@@ -68,7 +68,7 @@ def sample_answers(
     if not 0 < top_p <= 1:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}: 1 keeps the whole distribution.")
     step = max(1, batch_rows // k)
-    kwargs = _generate_kwargs(model, tokenizer, temperature, top_p, max_new_tokens)
+    kwargs = generate_kwargs(model, tokenizer, temperature, top_p, max_new_tokens)
     devices = [model.device.index or 0] if model.device.type == "cuda" else []
     answers: list[list[str]] = []
     with (
@@ -78,7 +78,9 @@ def sample_answers(
     ):
         torch.manual_seed(seed)
         for i in range(0, len(prompts), step):
-            input_ids, attention_mask = _encode(tokenizer, prompts[i : i + step])  # (B, T) each
+            input_ids, attention_mask = encode_chats(
+                tokenizer, prompts[i : i + step]
+            )  # (B, T) each
             out = model.generate(
                 input_ids=input_ids.to(model.device),
                 attention_mask=attention_mask.to(model.device),

@@ -172,9 +172,11 @@ class GpuPool:
         )
 
     def generate(self, conversations, checkpoints, **settings) -> list[str]:
-        from orpo_lab.chat import _last
+        from orpo_lab.chat import last_batch
 
-        return _last(self.stream(conversations, checkpoints, **settings), [""] * len(conversations))
+        return last_batch(
+            self.stream(conversations, checkpoints, **settings), [""] * len(conversations)
+        )
 
 
 @contextlib.contextmanager

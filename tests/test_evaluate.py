@@ -186,7 +186,7 @@ def test_cli_evaluate_samples_flags(tmp_path, tiny_model_dir, capsys):
     assert "sampled: 2 per prompt, temperature 0.7, top-p 0.9, seed 3" in out
     rows = [line.split() for line in out.splitlines() if line.split()[:1] in (["ranked"], ["all"])]
     assert [row[:3] for row in rows if row[0] == "ranked"] == [
-        ["ranked", "in_domain", "2"],
+        ["ranked", "in-domain", "2"],
         ["ranked", "ood", "2"],
         ["ranked", "all", "4"],
     ]

@@ -529,13 +529,13 @@ def test_warning_free_for_clean_data():
 
 
 def test_chat_encodes_a_prompt_exactly_as_training_does(default_tokenizer, plain_tokenizer):
-    from orpo_lab.chat import _encode
+    from orpo_lab.chat import encode_chats
 
     for tok in (default_tokenizer, plain_tokenizer):
-        ids, mask = _encode(tok, [[user(SKY_Q)], [user("Hi")]])
+        ids, mask = encode_chats(tok, [[user(SKY_Q)], [user("Hi")]])
         assert ids[0].tolist() == encode_prompt([user(SKY_Q)], tok) and bool(mask[0].all())
     with pytest.raises(ChatTemplateError, match="no chat template"):
-        _encode(plain_tokenizer, [[user("Hi"), assistant("Hello!"), user("And?")]])
+        encode_chats(plain_tokenizer, [[user("Hi"), assistant("Hello!"), user("And?")]])
 
 
 def test_skipped_bad_rows_are_counted_for_the_run_log(tmp_path):
