@@ -13,6 +13,7 @@ def config_problems(cfg) -> list[str]:
     return (
         _value_problems(cfg)
         + _combination_problems(cfg)
+        + _ignored_problems(cfg)
         + _method_problems(cfg)
         + _data_problems(cfg)
     )
@@ -52,8 +53,8 @@ def _value_problems(cfg) -> list[str]:
 def _combination_problems(cfg) -> list[str]:
     """What is impossible about the length of the run and how the settings go together."""
     problems = []
-    if cfg.max_steps <= 0 and cfg.epochs <= 0:
-        problems.append("set max_steps > 0 or epochs > 0: otherwise there is nothing to train")
+    if cfg.max_steps is None and cfg.epochs <= 0:
+        problems.append("set max_steps or epochs > 0: otherwise there is nothing to train")
     if cfg.max_prompt_length >= cfg.max_length:
         problems.append(
             f"max_prompt_length ({cfg.max_prompt_length}) must be below max_length "
@@ -63,16 +64,39 @@ def _combination_problems(cfg) -> list[str]:
         problems.append(
             "load_in_4bit (QLoRA) trains a LoRA adapter: drop full_finetune or load_in_4bit"
         )
-    if cfg.max_steps < -1:
-        problems.append(f"max_steps must be -1 (epochs decide) or > 0; got {cfg.max_steps}")
-    for name, zero in (
-        ("max_eval_pairs", " (0 = all)"),
-        ("eval_subset_pairs", " (0 = all)"),
-        ("eval_batch_size", " (0 = 4 x batch_size, at most 16)"),
-        ("logps_chunk_size", ""),
-    ):
-        if getattr(cfg, name) < 0:
-            problems.append(f"{name} must be >= 0{zero}; got {getattr(cfg, name)}")
+    for f in fields(cfg):  # the optional counts: None (or its word) says "all", "end", ...
+        value = getattr(cfg, f.name)
+        if f.metadata.get("none") and value is not None and value <= 0:
+            word, meaning = f.metadata["none"]
+            problems.append(f"{f.name} must be above 0, or None ({word}: {meaning}); got {value:g}")
+    return problems
+
+
+def _changed(cfg, name: str) -> bool:
+    """Whether `name` differs from its default (a default is never "set")."""
+    return getattr(cfg, name) != next(f.default for f in fields(cfg) if f.name == name)
+
+
+def _ignored_problems(cfg) -> list[str]:
+    """Settings that the rest of the config makes the run ignore: refused, naming both fields."""
+    problems = []
+    if cfg.max_steps is not None and _changed(cfg, "epochs"):
+        problems.append(
+            f"epochs ({cfg.epochs:g}) is ignored when max_steps is set ({cfg.max_steps}): "
+            "leave max_steps empty (None) to train for epochs, or drop epochs"
+        )
+    if cfg.full_finetune:
+        for name in ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules"):
+            if _changed(cfg, name):
+                problems.append(
+                    f"{name} ({getattr(cfg, name)}) sets up a LoRA adapter, but full_finetune "
+                    f"trains every weight: drop full_finetune or {name}"
+                )
+    if cfg.method != "dpo" and _changed(cfg, "dpo_beta"):
+        problems.append(
+            f"dpo_beta ({cfg.dpo_beta:g}) is DPO's, but method is {cfg.method!r}: set "
+            "method=dpo, or drop dpo_beta"
+        )
     return problems
 
 
