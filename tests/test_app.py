@@ -191,9 +191,9 @@ def test_start_refuses_impossible_settings_bad_names_and_too_little_data(
     )
     assert "not allowed" in message
     _, message, _ = client.predict(
-        *start_args(str(tiny_model_dir), pairs, max_steps=None), api_name="/start"
-    )
-    assert "max_steps: empty; expected a whole number" in message
+        *start_args(str(tiny_model_dir), pairs, batch_size=None), api_name="/start"
+    )  # an empty box where a number is needed (an empty max steps is valid: epochs decide)
+    assert "batch_size: empty; expected a whole number" in message
     two = write_pairs(tmp_path / "two.jsonl", n=2)
     _, message, _ = client.predict(
         *start_args(str(tiny_model_dir), str(two), "tiny-data", batch_size=4), api_name="/start"
