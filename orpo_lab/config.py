@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from orpo_lab.config_checks import config_problems
+from orpo_lab.config_checks import config_problems, ignored_settings
 from orpo_lab.config_values import coerce, read_yaml, upgrade_sentinel
 from orpo_lab.trackers import report_to_checked
 
@@ -18,13 +18,18 @@ METHODS = ("orpo", "sft", "dpo", "prob_ratio")
 
 
 def upgraded(values: dict[str, Any]) -> dict[str, Any]:
-    """`values` (a run's config of an earlier version) with each old sentinel as its None, quietly:
-    what a form shows for a loaded config (TrainConfig itself says so once, with a warning)."""
+    """A past run's config (maybe of an earlier version) as this version reads it, quietly: each
+    old sentinel as its None, each setting that run ignored (`ignored_settings`) at its default.
+    For what reads a run back (the form, the judge); a new config is checked, never upgraded."""
     old = {f.name: f.metadata["old"] for f in fields(TrainConfig) if f.metadata["old"]}
-    return {
+    values = {
         k: None if k in old and not isinstance(v, bool) and v in old[k] else v
         for k, v in values.items()
     }
+    default = {f.name: f.default for f in fields(TrainConfig)}
+    for name, _ in ignored_settings(default | values, default):
+        values[name] = default[name]
+    return values
 
 
 def _f(default: Any, help: str, choices: tuple | None = None, none: tuple = (), old: tuple = ()):

@@ -72,32 +72,41 @@ def _combination_problems(cfg) -> list[str]:
     return problems
 
 
-def _changed(cfg, name: str) -> bool:
-    """Whether `name` differs from its default (a default is never "set")."""
-    return getattr(cfg, name) != next(f.default for f in fields(cfg) if f.name == name)
-
-
 def _ignored_problems(cfg) -> list[str]:
-    """Settings that the rest of the config makes the run ignore: refused, naming both fields."""
-    problems = []
-    if cfg.max_steps is not None and _changed(cfg, "epochs"):
-        problems.append(
-            f"epochs ({cfg.epochs:g}) is ignored when max_steps is set ({cfg.max_steps}): "
-            "leave max_steps empty (None) to train for epochs, or drop epochs"
+    default = {f.name: f.default for f in fields(cfg)}
+    return [message for _, message in ignored_settings(vars(cfg), default)]
+
+
+def ignored_settings(v: dict, default: dict) -> list[tuple[str, str]]:
+    """(field, message) for each setting that the rest of the config `v` makes the run ignore,
+    where it differs from its `default` (a default is never "set"); the message names both."""
+    ignored = []
+    if v["max_steps"] is not None and v["epochs"] != default["epochs"]:
+        ignored.append(
+            (
+                "epochs",
+                f"epochs ({v['epochs']:g}) is ignored when max_steps is set ({v['max_steps']}): "
+                "leave max_steps empty (None) to train for epochs, or drop epochs",
+            )
         )
-    if cfg.full_finetune:
-        for name in ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules"):
-            if _changed(cfg, name):
-                problems.append(
-                    f"{name} ({getattr(cfg, name)}) sets up a LoRA adapter, but full_finetune "
-                    f"trains every weight: drop full_finetune or {name}"
+    for name in ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules"):
+        if v["full_finetune"] and v[name] != default[name]:
+            ignored.append(
+                (
+                    name,
+                    f"{name} ({v[name]}) sets up a LoRA adapter, but full_finetune trains every "
+                    f"weight: drop full_finetune or {name}",
                 )
-    if cfg.method != "dpo" and _changed(cfg, "dpo_beta"):
-        problems.append(
-            f"dpo_beta ({cfg.dpo_beta:g}) is DPO's, but method is {cfg.method!r}: set "
-            "method=dpo, or drop dpo_beta"
+            )
+    if v["method"] != "dpo" and v["dpo_beta"] != default["dpo_beta"]:
+        ignored.append(
+            (
+                "dpo_beta",
+                f"dpo_beta ({v['dpo_beta']:g}) is DPO's, but method is {v['method']!r}: set "
+                "method=dpo, or drop dpo_beta",
+            )
         )
-    return problems
+    return ignored
 
 
 def _method_problems(cfg) -> list[str]:

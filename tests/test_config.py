@@ -176,3 +176,29 @@ def test_a_run_folder_of_an_earlier_version_resumes_as_the_new_form(tmp_path, ti
     assert [r["step"] for r in steps["old"]] == [1, 2, 3]
     for new, old in zip(steps["t"], steps["old"], strict=True):
         assert new["loss"] == old["loss"] and new["step"] == old["step"]
+
+
+def test_a_past_runs_config_reads_as_it_ran():
+    """What reads a run back (the form, the judge) takes an earlier version's config as the run
+    used it: old sentinels as None and the settings it ignored at their defaults, quietly; the
+    same values as a new config are refused (a default is never "set")."""
+    from orpo_lab.config import upgraded
+
+    past = dict(max_steps=60, epochs=3.0, full_finetune=True, lora_r=8, dpo_beta=0.3, eval_every=0)
+    with pytest.raises(ValueError, match="epochs .3. is ignored"), pytest.warns(FutureWarning):
+        TrainConfig(**past)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        read = TrainConfig.from_dict(upgraded(past))
+    assert (read.max_steps, read.epochs, read.lora_r, read.dpo_beta) == (60, 1.0, 16, 0.1)
+    assert read.full_finetune and read.eval_every is None
+    assert upgraded(dict(method="dpo", dpo_beta=0.3, max_steps=-1, epochs=2.0)) == dict(
+        method="dpo", dpo_beta=0.3, max_steps=None, epochs=2.0
+    )
+
+
+def test_the_steps_note_reads_an_empty_max_steps_as_epochs():
+    from orpo_lab.ui.data_preview import steps_note
+
+    assert "**60 steps**" in steps_note({"max_steps": 60})
+    assert "max steps -5 is refused:** empty lets epochs decide" in steps_note({"max_steps": -5})
