@@ -214,7 +214,7 @@ def test_second_ctrl_c_exits_at_once(tmp_path, data, tiny_model_dir):
 @pytest.mark.parametrize(
     "text, fragments",
     [
-        ("max_steps: five\n", ["max_steps: expected a whole number, got 'five'"]),
+        ("max_steps: five\n", ["max_steps: expected a whole number, or epochs / none, got 'five'"]),
         (
             "beta: [1, 2]\nlora_r: 2.5\n",
             ["beta: expected a number", "lora_r: expected a whole number"],
