@@ -21,8 +21,9 @@ from pathlib import Path
 import torch
 import yaml
 
-from orpo_lab.config import PRESETS, TrainConfig
+from orpo_lab.config import TrainConfig
 from orpo_lab.evaluate import evaluate_run
+from orpo_lab.presets import PRESETS
 from orpo_lab.train import train
 
 HERE = Path(__file__).parent
@@ -41,7 +42,7 @@ def run(name: str, values: dict) -> tuple[TrainConfig, float, list[dict]]:
 def preset_values(preset: str, overrides: list[str]) -> dict:
     """The preset's TrainConfig values plus KEY=VALUE overrides, scoring every held-out pair (the app
     and CLI default to a sample of 64), with runs under bench/runs/."""
-    values = dict(PRESETS[preset], output_dir=str(HERE / "runs"), max_eval_pairs=0)
+    values = dict(PRESETS[preset], output_dir=str(HERE / "runs"), max_eval_pairs=None)
     for item in overrides:
         key, _, raw = item.partition("=")
         values[key] = yaml.safe_load(raw)

@@ -3,7 +3,7 @@
 Writes its own files (bench/scale_data.py): 60,000 rows in UltraFeedback-binarized's layout and
 10,000 in Capybara's multi-turn layout. For each, in fresh processes:
   new   `orpo-lab --dataset FILE --max-steps 2 --batch-size 2 --max-length 1024
-        --max-prompt-length 512 --eval-every 0 --save-every 0` with an empty data cache and no
+        --max-prompt-length 512 --eval-every end --save-every end` with an empty data cache and no
         precision measurement of this setup (a machine's first run: `precision=auto` probes
         float32 and bf16 once; the default model already prepared, as after `make model`);
   cold  the same with the data cache emptied again (the measurement kept);
@@ -146,9 +146,9 @@ def ours(path: Path, cache: Path, runs: Path, name: str) -> dict:
         "2",
         *LENGTHS,
         "--eval-every",
-        "0",
+        "end",
         "--save-every",
-        "0",
+        "end",
         "--max-eval-pairs",
         "8",  # the evaluation after step 2: not what is measured
         "--output-dir",

@@ -39,8 +39,9 @@ from pathlib import Path
 import torch
 import yaml
 
-from orpo_lab.config import PRESETS, TrainConfig
+from orpo_lab.config import TrainConfig
 from orpo_lab.costs import peak_memory, pipeline_costs
+from orpo_lab.presets import PRESETS
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results" / "objectives.json"
@@ -113,7 +114,9 @@ def sampled_numbers(run_dir: Path, samples: int) -> dict:
 
 
 def preset_values(preset: str, items: list[str]) -> dict:
-    values = dict(PRESETS[preset], output_dir=str(HERE / "runs" / "objectives"), max_eval_pairs=0)
+    values = dict(
+        PRESETS[preset], output_dir=str(HERE / "runs" / "objectives"), max_eval_pairs=None
+    )
     return values | overrides(items)
 
 

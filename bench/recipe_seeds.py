@@ -23,9 +23,9 @@ import torch
 from alignment import HERE, preset_values, run
 
 from orpo_lab.build import build_model, load_pairs
-from orpo_lab.config import PRESETS
 from orpo_lab.logps import PairLogps
 from orpo_lab.plan import plan_run
+from orpo_lab.presets import PRESETS
 from orpo_lab.splits import load_config_splits
 from orpo_lab.step import held_out_logps
 

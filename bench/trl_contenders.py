@@ -251,11 +251,11 @@ def run_ours(a: dict) -> dict:
         lora_target_modules="all-linear",
         gradient_checkpointing=False,
         layout=a["layout"],
-        logps_chunk_size=a["chunk"],
+        logps_chunk_size=a["chunk"] or None,  # chunk 0 (the tables' name): full logits
         precision=a["precision"],
         device=device,
-        eval_every=0,
-        save_every=0,
+        eval_every=None,
+        save_every=None,
         seed=a["seed"],
         torch_compile=a.get("torch_compile", "off"),
     )

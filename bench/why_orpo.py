@@ -35,8 +35,9 @@ import transformers
 from alignment import HERE, preset_values
 from recipe_seeds import by_group, margins
 
-from orpo_lab.config import PRESETS, TrainConfig
+from orpo_lab.config import TrainConfig
 from orpo_lab.evaluate import evaluate_run
+from orpo_lab.presets import PRESETS
 from orpo_lab.sampling import wilson_interval
 from orpo_lab.train import train
 

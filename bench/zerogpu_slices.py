@@ -31,7 +31,8 @@ os.environ.setdefault("ORPO_LAB_TORCH_COMPILE", "off")  # ZeroGPU does not run t
 def main() -> None:
     import torch
 
-    from orpo_lab.config import PRESETS, TrainConfig
+    from orpo_lab.config import TrainConfig
+    from orpo_lab.presets import PRESETS
     from orpo_lab.runs import RunManager
     from orpo_lab.slices import SliceRunner
     from orpo_lab.train import train

@@ -108,8 +108,8 @@ def load_pairs(cfg: TrainConfig, tokenizer, progress=None, checked: str | None =
     return subset(data.train, cfg.max_train_pairs, cfg.seed), held_out, data.stats
 
 
-def subset(items: Sequence, n: int, seed: int) -> Sequence:
-    """`n` items drawn at random (seeded), in their original order; all of them when n is 0.
+def subset(items: Sequence, n: int | None, seed: int) -> Sequence:
+    """`n` items drawn at random (seeded), in their original order; all of them when n is None.
 
     Test splits are often sorted by kind (the default one is): the first n would all be one kind.
     """

@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from orpo_lab.config import build_parser, config_from_args
+from orpo_lab.config_flags import build_parser, config_from_args
 
 
 def _error(message: str) -> int:
@@ -257,6 +257,8 @@ def _evaluate(args) -> int:
 def _train(args) -> int:
     """Check, then train: a broken model, checkpoint or too small dataset fails before the run
     folder is written and the model loads; the run starts from the rows the check read."""
+    if args.sft_then_dpo is not None and args.method is None:
+        args.method = "dpo"  # the pipeline ends in DPO: its settings (dpo_beta) are the config's
     cfg = config_from_args(args)
     stop = threading.Event()
     install_stop_signals(stop)

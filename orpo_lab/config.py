@@ -1,8 +1,8 @@
-"""TrainConfig: every knob of a run in one flat dataclass, its YAML form, presets and the CLI built from it."""
+"""TrainConfig: every knob of a run in one flat dataclass and its YAML form (the CLI's flags built
+from it: `orpo_lab.config_flags`)."""
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -10,16 +10,33 @@ from typing import Any
 
 import yaml
 
-from orpo_lab.config_checks import config_problems
-from orpo_lab.config_values import coerce, read_yaml
-from orpo_lab.presets import PRESETS
+from orpo_lab.config_checks import config_problems, ignored_settings
+from orpo_lab.config_values import coerce, read_yaml, upgrade_sentinel
 from orpo_lab.trackers import report_to_checked
 
 METHODS = ("orpo", "sft", "dpo", "prob_ratio")
 
 
-def _f(default: Any, help: str, choices: tuple | None = None):
-    return field(default=default, metadata={"help": help, "choices": choices})
+def upgraded(values: dict[str, Any]) -> dict[str, Any]:
+    """A past run's config (maybe of an earlier version) as this version reads it, quietly: each
+    old sentinel as its None, each setting that run ignored (`ignored_settings`) at its default.
+    For what reads a run back (the form, the judge); a new config is checked, never upgraded."""
+    old = {f.name: f.metadata["old"] for f in fields(TrainConfig) if f.metadata["old"]}
+    values = {
+        k: None if k in old and not isinstance(v, bool) and v in old[k] else v
+        for k, v in values.items()
+    }
+    default = {f.name: f.default for f in fields(TrainConfig)}
+    for name, _ in ignored_settings(default | values, default):
+        values[name] = default[name]
+    return values
+
+
+def _f(default: Any, help: str, choices: tuple | None = None, none: tuple = (), old: tuple = ()):
+    """A field: its default, help and choices; an optional one's `none` = (its word for None,
+    what None means) and `old`, the numbers that meant None before (still read, with a warning)."""
+    meta = {"help": help, "choices": choices, "none": none, "old": old}
+    return field(default=default, metadata=meta)
 
 
 @dataclass
@@ -49,7 +66,8 @@ class TrainConfig:
     held_out_size: float = _f(
         0.1,
         "pairs carved out of the training data for evaluation when there is no test split: a "
-        "fraction (< 1) or a count (>= 1), at most max_eval_pairs; 0 = no held-out evaluation",
+        "fraction (< 1) or a count (>= 1), at most max_eval_pairs; 0 (a count like the others): "
+        "no held-out evaluation",
     )
     skip_bad_rows: bool = _f(
         False, "drop rows that break the data rules (the run log counts them) instead of stopping"
@@ -102,14 +120,29 @@ class TrainConfig:
     )
     warmup_steps: int = _f(5, "optimiser steps of linear warmup")
     weight_decay: float = _f(0.0, "AdamW weight decay")
-    max_grad_norm: float = _f(1.0, "gradient clipping norm; 0 disables clipping")
-    epochs: float = _f(1.0, "passes over the training pairs (ignored when max_steps > 0)")
-    max_steps: int = _f(-1, "optimiser steps; -1 (or 0): as many as `epochs` make")
+    max_grad_norm: float | None = _f(
+        1.0,
+        "gradient clipping norm; None (off): no clipping",
+        none=("off", "no clipping"),
+        old=(0,),
+    )
+    epochs: float = _f(1.0, "passes over the training pairs (max_steps None: they decide)")
+    max_steps: int | None = _f(
+        None,
+        "optimiser steps; None (epochs): as many as `epochs` make",
+        none=("epochs", "as many steps as epochs make"),
+        old=(-1, 0),
+    )
     batch_size: int = _f(4, "preference pairs per micro-batch (per process)")
     grad_accum: int = _f(1, "micro-batches per optimiser step")
     max_length: int = _f(256, "longest prompt+response in tokens")
     max_prompt_length: int = _f(128, "longest prompt in tokens")
-    max_train_pairs: int = _f(0, "use only the first N training pairs after shuffling; 0 = all")
+    max_train_pairs: int | None = _f(
+        None,
+        "use only N training pairs (a seeded sample); None (all): every one",
+        none=("all", "all pairs"),
+        old=(0,),
+    )
     # model and adapter
     lora_r: int = _f(16, "LoRA rank")
     lora_alpha: int = _f(32, "LoRA scaling numerator (scale = alpha / r)")
@@ -127,7 +160,12 @@ class TrainConfig:
         "batch layout: padded rows, padding-free packing, or shared prompt prefix",
         ("padded", "packed", "prefix"),
     )
-    logps_chunk_size: int = _f(1024, "positions per lm_head chunk for log-probs; 0 = full logits")
+    logps_chunk_size: int | None = _f(
+        1024,
+        "positions per lm_head chunk for log-probs; None (full): the full logits at once",
+        none=("full", "full logits"),
+        old=(0,),
+    )
     # run control
     seed: int = _f(0, "seed for data order, LoRA init and dropout")
     precision: str = _f(
@@ -143,24 +181,40 @@ class TrainConfig:
         ("auto", "on", "off"),
     )
     device: str = _f("auto", "auto, cpu, cuda, cuda:1, ...")
-    eval_every: int = _f(25, "optimiser steps between held-out evaluations; 0 = only at the end")
+    eval_every: int | None = _f(
+        25,
+        "optimiser steps between held-out evaluations; None (end): only at the end",
+        none=("end", "only at the end"),
+        old=(0,),
+    )
     eval_at_start: bool = _f(False, "evaluate before step 1 too (the baseline; presets: on)")
-    max_eval_pairs: int = _f(
+    max_eval_pairs: int | None = _f(
         64,
         "held-out pairs kept (a seeded sample of a larger split); the last step scores all of "
-        "them; 0 = all",
+        "them; None (all): every held-out pair",
+        none=("all", "all pairs"),
+        old=(0,),
     )
-    eval_subset_pairs: int = _f(
+    eval_subset_pairs: int | None = _f(
         64,
         "held-out pairs scored by the evaluations before the last step: a fixed seeded subset "
-        "of the held-out pairs (cheaper curves); 0 = all of them every time",
+        "of the held-out pairs (cheaper curves); None (all): all of them every time",
+        none=("all", "all pairs"),
+        old=(0,),
     )
-    eval_batch_size: int = _f(
-        0,
-        "held-out pairs per evaluation batch (no activations kept: larger is cheap); 0 = 4 x "
-        "batch_size, at most 16, never below batch_size",
+    eval_batch_size: int | None = _f(
+        None,
+        "held-out pairs per evaluation batch (no activations kept: larger is cheap); None "
+        "(auto): 4 x batch_size, at most 16, never below batch_size",
+        none=("auto", "automatic"),
+        old=(0,),
     )
-    save_every: int = _f(50, "optimiser steps between checkpoints; 0 = only at the end")
+    save_every: int | None = _f(
+        50,
+        "optimiser steps between checkpoints; None (end): only at the end",
+        none=("end", "only at the end"),
+        old=(0,),
+    )
     save_total_limit: int = _f(3, "checkpoints kept (oldest deleted first)")
     resume: bool = _f(False, "continue the run in output_dir/run_name from its last checkpoint")
     trust_remote_code: bool = _f(False, "allow model code from the hub (only for models you trust)")
@@ -171,6 +225,11 @@ class TrainConfig:
             self.column_map = ",".join(f"{old}={new or ''}" for old, new in self.column_map.items())
         if isinstance(self.torch_compile, bool):  # YAML reads a bare on / off as true / false
             self.torch_compile = "on" if self.torch_compile else "off"
+        for f in fields(self):
+            if f.metadata["old"]:
+                old, (word, meaning) = f.metadata["old"], f.metadata["none"]
+                value = upgrade_sentinel(f.name, getattr(self, f.name), old, word, meaning)
+                setattr(self, f.name, value)
         self.report_to, wrong = report_to_checked(self.report_to)
         if self.method == "sft":  # no preference term: beta 0 says so, as beta 0 always meant SFT
             self.beta = 0.0
@@ -180,7 +239,7 @@ class TrainConfig:
 
     @property
     def eval_batch(self) -> int:
-        """Held-out pairs per evaluation batch: `eval_batch_size`, or for 0 four training batches,
+        """Held-out pairs per evaluation batch: `eval_batch_size`, or for None four training batches,
         at most 16 (a model that fits one pair per step on a GPU evaluates four, not sixteen)."""
         return self.eval_batch_size or max(self.batch_size, min(16, 4 * self.batch_size))
 
@@ -213,7 +272,8 @@ class TrainConfig:
                 converted[name] = value  # YAML's forms of these: __post_init__ takes them
                 continue
             try:
-                converted[name] = coerce(str(known[name].type), value)
+                word = (known[name].metadata["none"] or ("",))[0]
+                converted[name] = coerce(str(known[name].type), value, word)
             except ValueError as err:
                 problems.append(f"{name}: {err}, got {value!r}")
         if problems:
@@ -223,54 +283,3 @@ class TrainConfig:
     @classmethod
     def from_yaml(cls, path: str | Path) -> TrainConfig:
         return cls.from_dict(read_yaml(path))
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """One flag per TrainConfig field, plus --config, --preset, --export and --evaluate."""
-    parser = argparse.ArgumentParser(
-        prog="orpo-lab",
-        description="Train a model with ORPO (LoRA by default) on preference pairs.",
-    )
-    parser.add_argument(
-        "--config", help="YAML file of TrainConfig fields; flags given here override it"
-    )
-    parser.add_argument(
-        "--preset", choices=sorted(PRESETS), help="start from a preset; flags override it"
-    )
-    parser.add_argument(
-        "--export", metavar="CHECKPOINT", help="merge a checkpoint's adapter into a model"
-    )
-    parser.add_argument("--out", help="with --export: the output directory of the merged model")
-    parser.add_argument(
-        "--evaluate", metavar="RUN_DIR", help="judge base vs the run's last checkpoint"
-    )
-    parser.add_argument(
-        "--eval-prompts",
-        type=int,
-        default=0,
-        metavar="N",
-        help="with --evaluate: judge N held-out prompts, drawn from every family (0 = all)",
-    )
-    for f in fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        kwargs: dict[str, Any] = {"dest": f.name, "default": None, "help": f.metadata["help"]}
-        if f.type in ("bool", bool):
-            kwargs["action"] = argparse.BooleanOptionalAction
-        else:
-            kwargs["type"] = {"int": int, "float": float, "str": str}[str(f.type)]
-            if f.metadata.get("choices"):
-                kwargs["choices"] = f.metadata["choices"]
-        parser.add_argument(flag, **kwargs)
-    return parser
-
-
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    values: dict[str, Any] = {}
-    if args.preset:
-        values.update(PRESETS[args.preset])
-    if args.config:
-        values.update(read_yaml(args.config))
-    for f in fields(TrainConfig):
-        if getattr(args, f.name) is not None:
-            values[f.name] = getattr(args, f.name)
-    return TrainConfig.from_dict(values)

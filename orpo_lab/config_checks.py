@@ -13,6 +13,7 @@ def config_problems(cfg) -> list[str]:
     return (
         _value_problems(cfg)
         + _combination_problems(cfg)
+        + _ignored_problems(cfg)
         + _method_problems(cfg)
         + _data_problems(cfg)
     )
@@ -52,8 +53,8 @@ def _value_problems(cfg) -> list[str]:
 def _combination_problems(cfg) -> list[str]:
     """What is impossible about the length of the run and how the settings go together."""
     problems = []
-    if cfg.max_steps <= 0 and cfg.epochs <= 0:
-        problems.append("set max_steps > 0 or epochs > 0: otherwise there is nothing to train")
+    if cfg.max_steps is None and cfg.epochs <= 0:
+        problems.append("set max_steps or epochs > 0: otherwise there is nothing to train")
     if cfg.max_prompt_length >= cfg.max_length:
         problems.append(
             f"max_prompt_length ({cfg.max_prompt_length}) must be below max_length "
@@ -63,17 +64,49 @@ def _combination_problems(cfg) -> list[str]:
         problems.append(
             "load_in_4bit (QLoRA) trains a LoRA adapter: drop full_finetune or load_in_4bit"
         )
-    if cfg.max_steps < -1:
-        problems.append(f"max_steps must be -1 (epochs decide) or > 0; got {cfg.max_steps}")
-    for name, zero in (
-        ("max_eval_pairs", " (0 = all)"),
-        ("eval_subset_pairs", " (0 = all)"),
-        ("eval_batch_size", " (0 = 4 x batch_size, at most 16)"),
-        ("logps_chunk_size", ""),
-    ):
-        if getattr(cfg, name) < 0:
-            problems.append(f"{name} must be >= 0{zero}; got {getattr(cfg, name)}")
+    for f in fields(cfg):  # the optional counts: None (or its word) says "all", "end", ...
+        value = getattr(cfg, f.name)
+        if f.metadata.get("none") and value is not None and value <= 0:
+            word, meaning = f.metadata["none"]
+            problems.append(f"{f.name} must be above 0, or None ({word}: {meaning}); got {value:g}")
     return problems
+
+
+def _ignored_problems(cfg) -> list[str]:
+    default = {f.name: f.default for f in fields(cfg)}
+    return [message for _, message in ignored_settings(vars(cfg), default)]
+
+
+def ignored_settings(v: dict, default: dict) -> list[tuple[str, str]]:
+    """(field, message) for each setting that the rest of the config `v` makes the run ignore,
+    where it differs from its `default` (a default is never "set"); the message names both."""
+    ignored = []
+    if v["max_steps"] is not None and v["epochs"] != default["epochs"]:
+        ignored.append(
+            (
+                "epochs",
+                f"epochs ({v['epochs']:g}) is ignored when max_steps is set ({v['max_steps']}): "
+                "leave max_steps empty (None) to train for epochs, or drop epochs",
+            )
+        )
+    for name in ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules"):
+        if v["full_finetune"] and v[name] != default[name]:
+            ignored.append(
+                (
+                    name,
+                    f"{name} ({v[name]}) sets up a LoRA adapter, but full_finetune trains every "
+                    f"weight: drop full_finetune or {name}",
+                )
+            )
+    if v["method"] != "dpo" and v["dpo_beta"] != default["dpo_beta"]:
+        ignored.append(
+            (
+                "dpo_beta",
+                f"dpo_beta ({v['dpo_beta']:g}) is DPO's, but method is {v['method']!r}: set "
+                "method=dpo, or drop dpo_beta",
+            )
+        )
+    return ignored
 
 
 def _method_problems(cfg) -> list[str]:

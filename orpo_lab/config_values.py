@@ -1,9 +1,12 @@
-"""Plain values (YAML, a form, JSON, the command line) as TrainConfig's field types, and config
-files read with a clear message when they are missing or malformed."""
+"""Plain values (YAML, a form, JSON, the command line) as TrainConfig's field types, the words
+and the old sentinels of its optional fields, and config files read with a clear message when
+they are missing or malformed."""
 
 from __future__ import annotations
 
+import argparse
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +15,24 @@ import yaml
 _EXPECTED = {"int": "a whole number", "float": "a number", "str": "text", "bool": "true or false"}
 
 
-def coerce(kind: str, value: Any) -> Any:
-    """`value` as the field type `kind` ("int", "float", "str", "bool"); ValueError if it is not one."""
+def coerce(kind: str, value: Any, word: str = "") -> Any:
+    """`value` as the field type `kind` ("int", "float", "str", "bool", or "int | None" ...);
+    ValueError if it is not one. An optional field takes None, "none" or its `word` (e.g. "end")
+    as None; YAML reads a bare `off` as false, so false is None where the word is "off"."""
+    if not kind.endswith(" | None"):
+        return _coerce(kind, value)
+    words = ("none", word) if word else ("none",)
+    if value is None or (isinstance(value, str) and value.strip().lower() in words):
+        return None
+    if value is False and word == "off":
+        return None
+    try:
+        return _coerce(kind.removesuffix(" | None"), value)
+    except ValueError as err:
+        raise ValueError(f"{err}, or {' / '.join(reversed(words))}") from None
+
+
+def _coerce(kind: str, value: Any) -> Any:
     if kind not in _EXPECTED:
         return value
     expected = _EXPECTED[kind]
@@ -40,6 +59,37 @@ def coerce(kind: str, value: Any) -> Any:
     if not number.is_integer():
         raise ValueError(f"expected {expected}")
     return int(number)
+
+
+def optional_arg(kind: str, word: str):
+    """An argparse type for an optional field: a number of `kind`, or `word` / "none" (kept as
+    the word: `coerce` turns it into None, while argparse's None still means "not given")."""
+
+    def parse(text: str):
+        if text.strip().lower() in (word, "none"):
+            return text.strip().lower()
+        try:
+            return _coerce(kind, text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(f"{err} or {word}; got {text!r}") from None
+
+    parse.__name__ = f"{kind} or {word}"  # argparse names the type in its error
+    return parse
+
+
+def upgrade_sentinel(name: str, value: Any, old: tuple, word: str, meaning: str) -> Any:
+    """None for a field's old sentinel (`old`: e.g. eval_every 0, max_steps -1), with one
+    FutureWarning line saying what to write instead; anything else as it is."""
+    if value is None or isinstance(value, bool) or value not in old:
+        return value
+    flag = "--" + name.replace("_", "-")
+    warnings.warn(
+        f"{name}: {value:g} for '{meaning}' is deprecated: write {name}: null in YAML (None in "
+        f"Python, {flag} {word} on the command line)",
+        FutureWarning,
+        stacklevel=4,
+    )
+    return None
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from orpo_lab.answers import base_answers, generate_answers
 from orpo_lab.checkpoint import CheckpointError, read_state
-from orpo_lab.config import TrainConfig
+from orpo_lab.config import TrainConfig, upgraded
 from orpo_lab.default_judges import JUDGES
 from orpo_lab.model import attach_adapter, load_model, resolve_model
 from orpo_lab.rundir import RunDir
@@ -72,7 +72,7 @@ def judged(records: list[dict], answers: list[str]) -> list[bool]:
 
 def _judged_records(run: RunDir, checkpoint: Path, max_prompts: int) -> tuple[list, TrainConfig]:
     # The run's own held-out pairs (its test split, eval_dataset or carve): never its training pairs.
-    cfg = TrainConfig.from_dict(read_state(checkpoint)["config"])
+    cfg = TrainConfig.from_dict(upgraded(read_state(checkpoint)["config"]))
     _, held_out, info = load_config_splits(cfg)
     if held_out is None:
         raise ValueError(f"The run has no held-out pairs to judge ({info['held_out']}).")

@@ -143,7 +143,7 @@ def check_sample(pair: dict, tokens: int = 48) -> dict:
 class PairLogps(torch.nn.Module):
     """Wraps a causal LM so one forward returns what the ORPO loss needs (and DDP sees the whole step)."""
 
-    def __init__(self, model: torch.nn.Module, nll_scope: str, chunk_size: int):
+    def __init__(self, model: torch.nn.Module, nll_scope: str, chunk_size: int | None):
         super().__init__()
         self.model, self.nll_scope, self.chunk_size = model, nll_scope, chunk_size
         self.check: dict | None = None  # the last `verify` report
@@ -163,7 +163,10 @@ class PairLogps(torch.nn.Module):
         Returns the report plus "logps_path": "chunked" or "full_logits", for the run log.
         """
         if not self.chunk_size:
-            self.check = {"logps_path": "full_logits", "reason": "logps_chunk_size=0 asks for it"}
+            self.check = {
+                "logps_path": "full_logits",
+                "reason": "logps_chunk_size=None asks for it",
+            }
             return self.check
         device = next(self.model.parameters()).device
         on_device = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
@@ -171,7 +174,7 @@ class PairLogps(torch.nn.Module):
         if report["fast_path_ok"] is None:  # nothing scored: check again on the next batch
             return {**report, "logps_path": "chunked"}
         if not report["fast_path_ok"]:
-            self.chunk_size = 0
+            self.chunk_size = None
         self.check = {**report, "logps_path": "chunked" if self.chunk_size else "full_logits"}
         return self.check
 

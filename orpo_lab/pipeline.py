@@ -24,7 +24,7 @@ def stage_configs(
 ) -> tuple[TrainConfig, TrainConfig]:
     """(SFT config, DPO config) of the pipeline; ValueError when the budget cannot be split so.
     `dpo_changes`: the DPO stage's own settings (e.g. a lower learning_rate), over `cfg`'s."""
-    if cfg.max_steps <= 0:
+    if cfg.max_steps is None:
         raise ValueError(
             "SFT then DPO splits max_steps between its stages: set max_steps (e.g. the ORPO run's)."
         )
@@ -35,8 +35,10 @@ def stage_configs(
         )
     name = cfg.run_name or time.strftime("run-%Y%m%d-%H%M%S")
     common = {**cfg.to_dict(), "init_checkpoint": "", "ref_checkpoint": ""}
-    sft = TrainConfig.from_dict(
-        common | {"method": "sft", "run_name": f"{name}-sft", "max_steps": sft_steps}
+    sft = TrainConfig.from_dict(  # DPO's own beta is the DPO stage's: SFT keeps the default
+        common
+        | {"method": "sft", "run_name": f"{name}-sft", "max_steps": sft_steps}
+        | {"dpo_beta": TrainConfig().dpo_beta}
     )
     dpo = TrainConfig.from_dict(
         common

@@ -40,12 +40,12 @@ PRESETS: dict[str, dict[str, Any]] = {
         eval_every=10,
         eval_at_start=True,
         max_eval_pairs=32,
-        save_every=0,
+        save_every=None,  # only at the end
         seed=0,
     ),
     "gpu": dict(
         epochs=1.0,
-        max_steps=-1,
+        max_steps=None,  # epochs decide
         batch_size=16,
         grad_accum=1,
         learning_rate=2e-4,

@@ -164,7 +164,7 @@ def setup(
     model, tokenizer = build_model(cfg, resume_from, plan, tokenizer)
     per_epoch = len(train_pairs) // (cfg.batch_size * world)
     epoch_steps = max(1, math.ceil(cfg.epochs * per_epoch / cfg.grad_accum))
-    total = cfg.max_steps if cfg.max_steps > 0 else epoch_steps
+    total = epoch_steps if cfg.max_steps is None else cfg.max_steps
     # precision="auto" on a CPU: measured on the first pairs (cut short) when the setup is new here.
     first, scale = autotune.probe_batch(train_pairs[: cfg.batch_size], cfg.layout, tokenizer)
     sample = collate([check_sample(train_pairs[0])], cfg.layout, tokenizer.pad_token_id)

@@ -27,8 +27,8 @@ class SliceBudget:
     began: float  # time.monotonic() at the start of the slice
     save_s: float = DEFAULT_SAVE_S
     step_cap: int | None = None  # at most this many steps (tests, benchmarks); None: time alone
-    eval_every: int = 0
-    save_every: int = 0
+    eval_every: int | None = None  # the run's; None: only at the end
+    save_every: int | None = None
     total_steps: int = 0
     load_s: float | None = None  # start of the slice -> the trainer's started/resumed event
     steps: int = 0

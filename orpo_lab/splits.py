@@ -20,8 +20,8 @@ from orpo_lab.rows import pair_hash
 from orpo_lab.sources import SINGLE_SPLIT, PreferenceDataError, split_names
 
 
-def held_out_count(n: int, size: float, cap: int = 0) -> int:
-    """Pairs to carve out of n: a fraction (size < 1) or a count, at most `cap` (0: no cap), and
+def held_out_count(n: int, size: float, cap: int | None = None) -> int:
+    """Pairs to carve out of n: a fraction (size < 1) or a count, at most `cap` (None: no cap), and
     always leaving at least one training pair."""
     count = round(size * n) if size < 1 else int(size)
     count = min(count, cap) if cap else count
@@ -55,7 +55,7 @@ def load_splits(
     test_split: str = "test",
     column_map: dict[str, str] | str | None = None,
     held_out_size: float = 0.1,
-    max_held_out: int = 0,
+    max_held_out: int | None = None,
     seed: int = 0,
     skip_bad_rows: bool = False,
     loader: Callable = load_preferences,
@@ -65,7 +65,7 @@ def load_splits(
     `loader(source, split, column_map=, skip_bad_rows=)` reads one split (`load_preferences`; a
     run's preparation passes its own, which keeps the rows on disk, `orpo_lab.prepared`).
     `held_out_size`: a fraction (< 1) or a count of the training pairs to carve out, at most
-    `max_held_out` (0: no cap). `info`, for the run log: {"train_pairs", "held_out_pairs",
+    `max_held_out` (None: no cap). `info`, for the run log: {"train_pairs", "held_out_pairs",
     "held_out_from" ("eval_dataset", "test_split", "carved" or "none"), "held_out" (a sentence),
     "held_out_duplicates_dropped", "bad_rows_skipped"}.
     """

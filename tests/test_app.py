@@ -15,8 +15,8 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from test_chat import make_adapter
 
-from orpo_lab.config import PRESETS
 from orpo_lab.model_pool import ModelPool
+from orpo_lab.presets import PRESETS
 from orpo_lab.rundir import RunDir
 from orpo_lab.ui import BASE_CHOICE, build_app
 from orpo_lab.ui.form_fields import FORM_NAMES
@@ -36,9 +36,9 @@ FORM_VALUES = dict(
     lora_r=4,
     lora_alpha=8,
     nll_scope="response",
-    eval_every=0,
+    eval_every=None,
     eval_at_start=True,
-    save_every=0,
+    save_every=None,
     report_to=[],
 )
 SETTINGS = [1.0, 1.0, 16, 7, False]  # temperature, top p, max new tokens, seed, blind mode: the
@@ -70,7 +70,8 @@ def served(tiny_model_dir, tmp_path_factory):
     runs = tmp_path_factory.mktemp("app") / "runs"
     run = RunDir(runs / FAKE_RUN)
     make_adapter(tiny_model_dir, run.checkpoints_dir / "step-000010", seed=5)
-    run.config_path.write_text(yaml.safe_dump({"model": str(tiny_model_dir), "beta": 0.0}))
+    old = {"max_steps": -1, "save_every": 0}  # an earlier version's sentinels: loaded as None
+    run.config_path.write_text(yaml.safe_dump({"model": str(tiny_model_dir), "beta": 0.0} | old))
     run.write_status("finished", "finished 10 steps", step=10, total_steps=10)
     for step in range(1, 11):
         run.append_metrics(
@@ -190,9 +191,9 @@ def test_start_refuses_impossible_settings_bad_names_and_too_little_data(
     )
     assert "not allowed" in message
     _, message, _ = client.predict(
-        *start_args(str(tiny_model_dir), pairs, max_steps=None), api_name="/start"
-    )
-    assert "max_steps: empty; expected a whole number" in message
+        *start_args(str(tiny_model_dir), pairs, batch_size=None), api_name="/start"
+    )  # an empty box where a number is needed (an empty max steps is valid: epochs decide)
+    assert "batch_size: empty; expected a whole number" in message
     two = write_pairs(tmp_path / "two.jsonl", n=2)
     _, message, _ = client.predict(
         *start_args(str(tiny_model_dir), str(two), "tiny-data", batch_size=4), api_name="/start"
@@ -396,7 +397,9 @@ def test_tick_shows_the_latest_run_and_its_config_loads_into_the_form(served, ti
         and values["beta"] == 0.0
         and values["method"] == "sft"
     )
-    assert values["run_name"] == f"{FAKE_RUN}-again" and values["max_steps"] == -1
+    assert values["run_name"] == f"{FAKE_RUN}-again"
+    # The old -1 and 0 are empty boxes (None), the default 25 as it is.
+    assert (values["max_steps"], values["save_every"], values["eval_every"]) == (None, None, 25)
 
 
 def test_evaluate_judges_base_and_checkpoint_or_says_why_not(served, tiny_model_dir):

@@ -107,8 +107,8 @@ def test_architecture_trains_checks_chats_and_exports(tmp_path, default_tokenize
         max_length=32,
         max_prompt_length=24,
         held_out_size=2,
-        eval_every=0,
-        save_every=0,
+        eval_every=None,
+        save_every=None,
         device="cpu",
         logps_chunk_size=16,
         precision="fp32",
@@ -175,4 +175,4 @@ def test_the_check_draws_no_random_numbers_and_restores_the_mode(default_tokeniz
     report = PairLogps(model, "response", 16).verify(batch)
     assert report["logps_path"] == "chunked" and report["fast_path_ok"] and report["tokens"] > 0
     assert model.training and torch.equal(torch.get_rng_state(), rng)
-    assert PairLogps(model, "response", 0).verify(batch)["logps_path"] == "full_logits"
+    assert PairLogps(model, "response", None).verify(batch)["logps_path"] == "full_logits"

@@ -266,7 +266,7 @@ def test_a_real_probe_picks_the_faster_and_leaves_the_run_unchanged(
         precision="auto",
         torch_compile="auto",
         max_steps=3,
-        save_every=0,
+        save_every=None,
     )
     train(probed)
     event = started(probed.run_dir)
@@ -293,7 +293,7 @@ def test_a_real_probe_picks_the_faster_and_leaves_the_run_unchanged(
         precision="auto",
         torch_compile="auto",
         max_steps=3,
-        save_every=0,
+        save_every=None,
     )
     train(cached)
     event = started(cached.run_dir)
@@ -313,7 +313,7 @@ def test_a_real_probe_picks_the_faster_and_leaves_the_run_unchanged(
         precision=name,
         torch_compile="off",
         max_steps=3,
-        save_every=0,
+        save_every=None,
     )
     train(asked)
     for run in (probed, cached):  # the probe drew no random numbers and left no gradient behind

@@ -177,8 +177,8 @@ TINY_FORM = dict(
     max_prompt_length=48,
     lora_r=4,
     lora_alpha=8,
-    eval_every=0,
-    save_every=0,
+    eval_every=None,
+    save_every=None,
     learning_rate=5e-3,
 )
 

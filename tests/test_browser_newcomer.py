@@ -150,7 +150,7 @@ def test_start_refuses_a_missing_model_before_any_run_folder(page, app):
     assert not (runs / "badmodel").exists()
 
 
-def test_max_steps_below_minus_one_is_refused_and_minus_one_says_what_it_means(page, app):
+def test_negative_max_steps_is_refused_and_empty_says_what_it_means(page, app):
     runs, pairs = app[2], app[3]
     fill(page, "dataset", pairs)
     fill(page, "run-name", "negative")
@@ -159,7 +159,7 @@ def test_max_steps_below_minus_one_is_refused_and_minus_one_says_what_it_means(p
     message = wait_text(page, "train-message", "Not started")
     assert "max_steps" in message and "-5" in message
     assert not (runs / "negative").exists()
-    set_form(page, {"max_steps": -1})
+    set_form(page, {"max_steps": ""})  # empty: epochs decide
     # 16 pairs, 2 held out (held_out_size 0.1), batch 2: 7 steps per epoch.
     wait_text(page, "steps-note", "1 epoch = 7 steps", timeout=60_000)
 

@@ -46,7 +46,7 @@ def test_compiled_layers_train_like_eager(tmp_path, data, tiny_model_dir):
             data,
             tiny_model_dir,
             run_name=name,
-            **{"max_steps": 3, "eval_every": 0, "save_every": 0, **changes},
+            **{"max_steps": 3, "eval_every": None, "save_every": None, **changes},
         )
         train(cfg)
         event = started(cfg.run_dir)

@@ -49,7 +49,7 @@ def test_stop_before_the_first_step_saves_nothing_and_says_so(tmp_path, data, ti
 
 def test_stale_stop_file_does_not_end_a_resume(tmp_path, data, tiny_model_dir):
     """A killed run leaves STOP behind (for its dead pid); the next --resume must train on."""
-    cfg = make_config(tmp_path, data, tiny_model_dir, max_steps=4, save_every=2, eval_every=0)
+    cfg = make_config(tmp_path, data, tiny_model_dir, max_steps=4, save_every=2, eval_every=None)
     stop = threading.Event()
     train(
         cfg,
@@ -96,8 +96,8 @@ def test_logged_learning_rate_is_the_one_the_step_used(tmp_path, data, tiny_mode
         warmup_steps=4,
         lr_scheduler="linear",
         learning_rate=1e-2,
-        save_every=0,
-        eval_every=0,
+        save_every=None,
+        eval_every=None,
     )
     train(cfg)
     assert [r["lr"] for r in lines(cfg.run_dir)] == pytest.approx([0.0, 2.5e-3, 5e-3, 7.5e-3, 1e-2])
@@ -154,7 +154,9 @@ class Child:
 
 
 def test_ctrl_c_saves_the_last_step_and_exits_cleanly(tmp_path, data, tiny_model_dir):
-    cfg = make_config(tmp_path, data, tiny_model_dir, max_steps=100000, save_every=0, eval_every=0)
+    cfg = make_config(
+        tmp_path, data, tiny_model_dir, max_steps=100000, save_every=None, eval_every=None
+    )
     child = Child(cli_args(cfg), tmp_path)
     metrics = cfg.run_dir / "metrics.jsonl"
     child.wait_for("three logged steps", lambda: len(lines_if(metrics)) >= 3)
@@ -192,7 +194,9 @@ sys.exit(main(sys.argv[1:]))
 
 
 def test_second_ctrl_c_exits_at_once(tmp_path, data, tiny_model_dir):
-    cfg = make_config(tmp_path, data, tiny_model_dir, max_steps=100000, save_every=0, eval_every=0)
+    cfg = make_config(
+        tmp_path, data, tiny_model_dir, max_steps=100000, save_every=None, eval_every=None
+    )
     child = Child([sys.executable, "-c", SLOW_SAVE, *cli_args(cfg)[3:]], tmp_path)
     child.wait_for("a logged step", lambda: lines_if(cfg.run_dir / "metrics.jsonl"))
     child.proc.send_signal(signal.SIGINT)
@@ -210,7 +214,7 @@ def test_second_ctrl_c_exits_at_once(tmp_path, data, tiny_model_dir):
 @pytest.mark.parametrize(
     "text, fragments",
     [
-        ("max_steps: five\n", ["max_steps: expected a whole number, got 'five'"]),
+        ("max_steps: five\n", ["max_steps: expected a whole number, or epochs / none, got 'five'"]),
         (
             "beta: [1, 2]\nlora_r: 2.5\n",
             ["beta: expected a number", "lora_r: expected a whole number"],

@@ -51,7 +51,7 @@ def test_evaluate_run_judges_base_and_checkpoint(tmp_path, tiny_model_dir):
         batch_size=2,
         max_length=128,
         max_prompt_length=64,
-        eval_every=0,
+        eval_every=None,
         max_eval_pairs=8,
         device="cpu",
         learning_rate=1e-2,
@@ -107,7 +107,7 @@ def test_sampled_evaluation_is_seeded_judged_and_pooled(tmp_path, tiny_model_dir
         batch_size=2,
         max_length=128,
         max_prompt_length=64,
-        eval_every=0,
+        eval_every=None,
         max_eval_pairs=8,
         device="cpu",
     )
@@ -162,7 +162,7 @@ def test_cli_evaluate_samples_flags(tmp_path, tiny_model_dir, capsys):
         batch_size=2,
         max_length=128,
         max_prompt_length=64,
-        eval_every=0,
+        eval_every=None,
         max_eval_pairs=8,
         device="cpu",
     )

@@ -15,8 +15,9 @@ import warnings
 import datasets
 import pytest
 
-from orpo_lab.config import TrainConfig, build_parser, config_from_args
+from orpo_lab.config import TrainConfig
 from orpo_lab.config_checks import parse_column_map
+from orpo_lab.config_flags import build_parser, config_from_args
 from orpo_lab.data import (
     ChatTemplateError,
     encode_prompt,

@@ -25,8 +25,8 @@ def finished(tmp_path_factory, tiny_model_dir):
         run_name="shared",
         beta=0.25,
         max_steps=2,
-        save_every=0,
-        eval_every=0,
+        save_every=None,
+        eval_every=None,
     )
     train(cfg)
     return cfg

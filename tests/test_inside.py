@@ -35,7 +35,7 @@ def trained(tmp_path_factory, tiny_model_dir):
         tiny_model_dir,
         max_steps=4,
         eval_every=2,
-        save_every=0,
+        save_every=None,
         learning_rate=5e-3,
         layout="prefix",
     )

@@ -62,7 +62,7 @@ def data(tmp_path):
 
 
 def quick(tmp_path, data, model_dir, **changes) -> TrainConfig:
-    values = dict(max_steps=3, eval_every=0, eval_at_start=False, save_every=0) | changes
+    values = dict(max_steps=3, eval_every=None, eval_at_start=False, save_every=None) | changes
     return make_config(tmp_path, data, model_dir, **values)
 
 

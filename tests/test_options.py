@@ -29,7 +29,9 @@ def data(tmp_path):
 
 
 def test_full_finetuning_resumes_exactly_and_is_already_a_model(tmp_path, data, tiny_model_dir):
-    common = dict(full_finetune=True, max_steps=4, learning_rate=1e-3, save_every=0, eval_every=0)
+    common = dict(
+        full_finetune=True, max_steps=4, learning_rate=1e-3, save_every=None, eval_every=None
+    )
     whole = make_config(tmp_path, data, tiny_model_dir, run_name="whole", **common)
     train(whole)
     parts = make_config(tmp_path, data, tiny_model_dir, run_name="parts", **common)
@@ -101,7 +103,7 @@ def test_gradient_checkpointing_changes_memory_not_results(tmp_path, data, tiny_
             run_name=f"gc{int(checkpointing)}",
             gradient_checkpointing=checkpointing,
             max_steps=3,
-            save_every=0,
+            save_every=None,
         )
         with SavedForBackward().watch() as saved:
             train(cfg)
@@ -123,8 +125,8 @@ def test_lora_target_list_adapts_only_those_modules(tmp_path, data, tiny_model_d
         tiny_model_dir,
         lora_target_modules="q_proj, v_proj",
         max_steps=1,
-        save_every=0,
-        eval_every=0,
+        save_every=None,
+        eval_every=None,
     )
     train(cfg)
     keys = adapter(cfg.run_dir).keys()
@@ -134,7 +136,7 @@ def test_lora_target_list_adapts_only_those_modules(tmp_path, data, tiny_model_d
 
 
 def test_adapter_download_is_the_adapter_alone_with_a_card(tmp_path, data, tiny_model_dir):
-    cfg = make_config(tmp_path, data, tiny_model_dir, beta=0.25, max_steps=2, save_every=0)
+    cfg = make_config(tmp_path, data, tiny_model_dir, beta=0.25, max_steps=2, save_every=None)
     train(cfg)
     ckpt = checkpoints(cfg.run_dir)[-1]
     archive = export_adapter(ckpt, tmp_path / "out" / "a.zip")

@@ -176,7 +176,7 @@ def test_the_start_event_says_which_precision_and_why(
     measured(monkeypatch, faster)
     monkeypatch.setattr(autotune, "bf16_flag", lambda flags=None: flag)
     cfg = _config(
-        tmp_path, tiny_model_dir, max_steps=1, eval_every=0, save_every=0, torch_compile="off"
+        tmp_path, tiny_model_dir, max_steps=1, eval_every=None, save_every=None, torch_compile="off"
     )
     train(cfg)
     started = _records(cfg, "event")[0]
@@ -195,8 +195,10 @@ def test_training_scores_a_fixed_subset_and_the_last_step_every_held_out_pair(
     assert [(r["step"], r["eval/pairs"]) for r in evals] == [(0, 5), (2, 5), (4, 12)]
     assert _records(cfg, "event")[0]["eval_subset_pairs"] == 5
 
-    # 0 = every held-out pair every time (what the curves were before).
-    again = _config(tmp_path, tiny_model_dir, precision="fp32", eval_subset_pairs=0, run_name="all")
+    # None = every held-out pair every time (what the curves were before).
+    again = _config(
+        tmp_path, tiny_model_dir, precision="fp32", eval_subset_pairs=None, run_name="all"
+    )
     train(again)
     assert [r["eval/pairs"] for r in _records(again, "eval")] == [12, 12, 12]
 
@@ -206,10 +208,10 @@ def test_evaluation_runs_in_eval_batch_size_batches_with_the_same_metrics(
 ):
     """Evaluation keeps no gradients, so its batches may be larger than training's; in float32
     the batch size changes nothing but the number of forwards."""
-    # 0 = four training batches, at most 16, never below batch_size.
+    # None = four training batches, at most 16, never below batch_size.
     assert [TrainConfig(batch_size=b).eval_batch for b in (1, 2, 4, 8, 32)] == [4, 8, 16, 16, 32]
     assert TrainConfig(batch_size=4, eval_batch_size=5).eval_batch == 5
-    with pytest.raises(ValueError, match="eval_batch_size must be >= 0"):
+    with pytest.raises(ValueError, match="eval_batch_size must be above 0, or None"):
         TrainConfig(eval_batch_size=-1)
 
     import orpo_lab.step as step_module
@@ -222,24 +224,24 @@ def test_evaluation_runs_in_eval_batch_size_batches_with_the_same_metrics(
 
     monkeypatch.setattr(step_module, "collate", counting_collate)
     evals = {}
-    for eval_batch in (1, 5, 0):
+    for eval_batch in (1, 5, None):
         sizes.clear()
         cfg = _config(
             tmp_path,
             tiny_model_dir,
             precision="fp32",
             max_steps=2,
-            eval_every=0,
+            eval_every=None,
             eval_batch_size=eval_batch,
             run_name=f"e{eval_batch}",
         )
         train(cfg)
-        # eval_every=0: evaluations at step 0 and at the end, of all 12 held-out pairs each.
+        # eval_every=None: evaluations at step 0 and at the end, of all 12 held-out pairs each.
         assert [r["step"] for r in _records(cfg, "eval")] == [0, 2]
-        assert sizes == {1: [1] * 12, 5: [5, 5, 2], 0: [12]}[eval_batch] * 2
+        assert sizes == {1: [1] * 12, 5: [5, 5, 2], None: [12]}[eval_batch] * 2
         evals[eval_batch] = _records(cfg, "eval")[-1]
     for key in ("eval/accuracy", "eval/logps_chosen", "eval/logps_rejected"):
-        for eval_batch in (5, 0):
+        for eval_batch in (5, None):
             assert evals[eval_batch][key] == pytest.approx(evals[1][key], abs=1e-5), key
 
 

@@ -225,7 +225,7 @@ def test_eval_every_0_evaluates_only_at_the_end_and_a_stop_while_preparing_ends_
         write(tmp_path / "test.jsonl", uf_rows(4, start=100)),
     )
     cfg = make_config(
-        tmp_path, data, tiny_model_dir, max_steps=3, eval_every=0, eval_at_start=False
+        tmp_path, data, tiny_model_dir, max_steps=3, eval_every=None, eval_at_start=False
     )
     train(cfg)
     records = [json.loads(x) for x in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from test_train import make_config, write_pairs
 
-from orpo_lab.config import TrainConfig, build_parser, config_from_args
+from orpo_lab.config import TrainConfig
+from orpo_lab.config_flags import build_parser, config_from_args
 from orpo_lab.rundir import RunDir
 from orpo_lab.trackers import tracker_metrics
 from orpo_lab.train import train
@@ -93,7 +94,7 @@ def test_trackers_hold_every_step_across_a_stop_and_resume(tmp_path, data, tiny_
         tiny_model_dir,
         run_name="tracked",
         max_steps=6,
-        save_every=0,
+        save_every=None,
         report_to="tensorboard,trackio,wandb",
     )
     stop = threading.Event()
@@ -154,7 +155,7 @@ def test_a_missing_or_failing_tracker_warns_once_and_training_goes_on(
     monkeypatch.setitem(sys.modules, "wandb", None)  # `import wandb` raises ImportError
     monkeypatch.setattr(SummaryWriter, "add_scalar", disk_full)
     cfg = make_config(
-        tmp_path, data, tiny_model_dir, max_steps=3, save_every=0, report_to="wandb,tensorboard"
+        tmp_path, data, tiny_model_dir, max_steps=3, save_every=None, report_to="wandb,tensorboard"
     )
     assert train(cfg)["step"] == 3
     run = RunDir(cfg.run_dir)

@@ -109,7 +109,9 @@ def same_trajectory(
 
 def test_loss_goes_down_and_only_lora_weights_change(tmp_path, data, learnable_model_dir):
     tiny_model_dir = learnable_model_dir
-    cfg = make_config(tmp_path, data, tiny_model_dir, max_steps=12, save_every=0, eval_every=0)
+    cfg = make_config(
+        tmp_path, data, tiny_model_dir, max_steps=12, save_every=None, eval_every=None
+    )
     train(cfg)
     rows = lines(cfg.run_dir)
     # Measured 13.7 -> 8.1 (torch 2.13, CPU): 16 pairs seen three times by a LoRA at lr 1e-2.
@@ -235,7 +237,7 @@ def test_qlora_run_learns_resumes_and_exports_a_full_precision_model(
 
     stop = threading.Event()
     parts = qlora_config(
-        tmp_path, data, learnable_model_dir, run_name="parts", max_steps=8, save_every=0
+        tmp_path, data, learnable_model_dir, run_name="parts", max_steps=8, save_every=None
     )
     train(
         parts,
@@ -307,7 +309,7 @@ def test_accumulation_equals_one_big_batch(tmp_path, data, tiny_model_dir):
             grad_accum=acc,
             run_name=f"a{bs}",
             max_steps=3,
-            save_every=0,
+            save_every=None,
         )
         train(cfg)
         runs.append(cfg.run_dir)
@@ -336,7 +338,7 @@ def test_stop_mid_step_then_resume_continues_the_same_trajectory(
     )
     whole = make_config(tmp_path, data, tiny_model_dir, run_name="whole", **common)
     train(whole)
-    parts = make_config(tmp_path, data, tiny_model_dir, run_name="parts", save_every=0, **common)
+    parts = make_config(tmp_path, data, tiny_model_dir, run_name="parts", save_every=None, **common)
     stop = threading.Event()
     calls = {"n": 0}
     import orpo_lab.logps as logps
@@ -379,7 +381,7 @@ def test_stop_mid_step_then_resume_continues_the_same_trajectory(
 
 
 def test_stop_file_saves_and_stops(tmp_path, data, tiny_model_dir):
-    cfg = make_config(tmp_path, data, tiny_model_dir, max_steps=50, save_every=0)
+    cfg = make_config(tmp_path, data, tiny_model_dir, max_steps=50, save_every=None)
 
     def request_stop(record):
         if record["kind"] == "train" and record["step"] == 2:
@@ -493,7 +495,7 @@ def test_out_of_memory_gives_remedies(tmp_path, data, tiny_model_dir, monkeypatc
         (dict(run_name="../escape"), "run_name '../escape' may hold only"),
         (dict(load_in_4bit=True, full_finetune=True), "drop full_finetune or load_in_4bit"),
         (dict(beta=-1.0), "beta must be >= 0"),
-        (dict(max_steps=0, epochs=0), "nothing to train"),
+        (dict(max_steps=None, epochs=0), "nothing to train"),
     ],
 )
 def test_impossible_configs_are_refused_with_what_to_change(changes, message):
@@ -601,9 +603,9 @@ def test_two_process_torchrun_equals_one_process(tmp_path, data, tiny_model_dir)
         "--max-prompt-length",
         "48",
         "--save-every",
-        "0",
+        "end",
         "--eval-every",
-        "0",
+        "end",
         "--precision",
         "fp32",  # float32 arithmetic is compared; "auto" is bf16 on a CPU with AMX
     ]
@@ -615,7 +617,7 @@ def test_two_process_torchrun_equals_one_process(tmp_path, data, tiny_model_dir)
     # The one-process run in this process, from the same arguments (a CLI run in a process of
     # its own: test_cli_round_trip_and_merged_export), saves a start of torch (~8 s).
     from orpo_lab.cli import parser_with_hub
-    from orpo_lab.config import config_from_args
+    from orpo_lab.config_flags import config_from_args
 
     train(
         config_from_args(

@@ -95,7 +95,7 @@ def test_the_stand_in_forks_pickles_and_kills(standin):
 def test_slices_give_the_numbers_of_an_uninterrupted_run(standin, tmp_path, data, tiny_model_dir):
     """Three slices of two steps each (a cosine schedule with warmup, evaluations every 2 steps):
     the same losses to 1e-6, the same evaluations and the same adapter as one run of 6 steps."""
-    settings = dict(max_steps=6, save_every=0, lr_scheduler="cosine", warmup_steps=2)
+    settings = dict(max_steps=6, save_every=None, lr_scheduler="cosine", warmup_steps=2)
     whole = make_config(tmp_path, data, tiny_model_dir, run_name="whole", **settings)
     train(whole)
     sliced = make_config(tmp_path, data, tiny_model_dir, run_name="sliced", **settings)
@@ -127,7 +127,7 @@ def test_a_slice_killed_at_its_deadline_loses_only_the_steps_after_its_save(
     """A budget that never says no (inherited by the fork) trains until the stand-in kills the slice;
     the run says which step is on disk, the next slice resumes from it; then the quota runs out and
     the run stops resumable, and Resume finishes it with the numbers of an uninterrupted run."""
-    settings = dict(max_steps=200, save_every=7, eval_every=0, lr_scheduler="constant")
+    settings = dict(max_steps=200, save_every=7, eval_every=None, lr_scheduler="constant")
     real_fits = slice_worker.SliceBudget.fits
     # Every step 60 ms longer: 200 steps outlast the 8 s slice on any machine (the tiny model alone
     # trained all 200 within it on a quiet one, and the kill found the run finished).
@@ -185,7 +185,7 @@ def test_a_slice_that_fails_names_the_step_and_what_is_on_disk(
         return real(accelerator, wrapped, batches, cfg, stop=stop)
 
     monkeypatch.setattr(engine, "forward_backward", faulty)
-    cfg = make_config(tmp_path, data, tiny_model_dir, run_name=fault, max_steps=10, save_every=0)
+    cfg = make_config(tmp_path, data, tiny_model_dir, run_name=fault, max_steps=10, save_every=None)
     manager = run_sliced(cfg, slices.SliceRunner(seconds=60, step_cap=3))
     run = manager.folder(fault)
     status = run.read_status()
@@ -201,7 +201,13 @@ def test_stop_between_and_during_slices_keeps_the_last_step(
     standin, tmp_path, data, tiny_model_dir
 ):
     cfg = make_config(
-        tmp_path, data, tiny_model_dir, run_name="s", max_steps=100000, save_every=0, eval_every=0
+        tmp_path,
+        data,
+        tiny_model_dir,
+        run_name="s",
+        max_steps=100000,
+        save_every=None,
+        eval_every=None,
     )
     runner = slices.SliceRunner(seconds=60, step_cap=5)
     manager = RunManager(cfg.output_dir, slices=runner)
@@ -297,7 +303,7 @@ def test_the_evaluation_generates_in_a_gpu_call(standin, tmp_path, tiny_model_di
         batch_size=2,
         max_length=128,
         max_prompt_length=64,
-        eval_every=0,
+        eval_every=None,
         max_eval_pairs=8,
         device="cpu",
         precision="fp32",

@@ -130,15 +130,17 @@ STEPS_NAMES = [
 
 
 def steps_note(v: dict) -> str:
-    """How many optimiser steps the run will take: max_steps, or for -1 what the epochs make of
+    """How many optimiser steps the run will take: max_steps, or when it is empty what the epochs make of
     this dataset and batch ("1 epoch = 126 steps"), as the trainer counts them. `v`: the form's
     STEPS_NAMES values."""
-    max_steps = int(v["max_steps"] or 0)
-    if max_steps > 0:
-        return f"Run length: **{max_steps} steps** (max steps > 0; epochs is ignored)."
-    if max_steps < -1:
+    max_steps = None if v["max_steps"] in (None, -1, 0) else int(v["max_steps"])  # -1, 0: old
+    if max_steps is not None and max_steps > 0:
         return (
-            f"**max steps {max_steps} is refused:** -1 lets epochs decide; a count above 0 "
+            f"Run length: **{max_steps} steps** (max steps; empty it to train for epochs instead)."
+        )
+    if max_steps is not None:
+        return (
+            f"**max steps {max_steps} is refused:** empty lets epochs decide; a count above 0 "
             "sets the steps."
         )
     from orpo_lab.prepared import check_data
@@ -150,12 +152,14 @@ def steps_note(v: dict) -> str:
         pairs = check_data(cfg)["train_pairs"]  # cached: the run reads the same checked rows
     except Exception as err:  # the data is not usable yet: Preview and check says why
         problem = str(err).splitlines()[0][:200]
-        return f"Run length: max steps -1 lets epochs decide (the data is not usable: {problem})."
+        return (
+            f"Run length: empty max steps lets epochs decide (the data is not usable: {problem})."
+        )
     per_epoch = pairs // cfg.batch_size  # batches per pass, as the trainer counts them
     epoch = max(1, math.ceil(per_epoch / cfg.grad_accum))
     total = max(1, math.ceil(cfg.epochs * per_epoch / cfg.grad_accum))
     return (
-        f"Run length: max steps -1 lets epochs decide: **1 epoch = {epoch} steps** ({pairs} "
+        f"Run length: empty max steps lets epochs decide: **1 epoch = {epoch} steps** ({pairs} "
         f"training pairs / batch size {cfg.batch_size} / grad accumulation {cfg.grad_accum}); "
         f"{cfg.epochs:g} epoch(s) = **{total} steps**."
     )

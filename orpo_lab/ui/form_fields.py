@@ -8,19 +8,22 @@ from dataclasses import fields
 
 import gradio as gr
 
-from orpo_lab.config import TrainConfig
+from orpo_lab.config import TrainConfig, upgraded
 from orpo_lab.trackers import TRACKERS, parse_report_to
 from orpo_lab.ui.common import AppContext
 
 HELP = {f.name: f.metadata["help"] for f in fields(TrainConfig)}
 DEFAULTS = TrainConfig()
+OPTIONAL = {f.name: f.metadata["none"][0] for f in fields(TrainConfig) if f.metadata["none"]}
 BETA_LABEL, BETA_LOCKED = "beta (lambda)", "beta (lambda): locked at 0 by the SFT method"
 
 
 def _number(name: str, label: str, whole: bool = False):
+    """A number box; an optional field's None is the empty box (its help says what None means)."""
+    optional = name in OPTIONAL
     return gr.Number(
         getattr(DEFAULTS, name),
-        label=label,
+        label=label + (f" (empty: {OPTIONAL[name]})" if optional else ""),
         info=HELP[name],
         elem_id=f"hp-{name}",
         precision=0 if whole else None,
@@ -93,7 +96,7 @@ def method_values(config: dict) -> list:
 def loaded_values(config: dict, run_name: str) -> dict:
     """{LOADED_NAMES name: value}: a run's config (defaults for what it lacks) as the form shows
     it, under a new run name."""
-    config = {**DEFAULTS.to_dict(), **config}
+    config = {**DEFAULTS.to_dict(), **upgraded(config)}  # an earlier version's 0s: empty boxes
     values = [
         *form_values(config),
         config["model"],

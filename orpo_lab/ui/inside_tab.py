@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 import gradio as gr
 
-from orpo_lab.config import TrainConfig
+from orpo_lab.config import TrainConfig, upgraded
 from orpo_lab.token_view import token_change, tokens_html
 from orpo_lab.ui.common import BASE_CHOICE, AppContext
 
@@ -104,7 +104,7 @@ def held_out_pairs(ctx: AppContext, choice: str | None) -> list[dict]:
     run = (choice or "").partition("/")[0]
     if run not in ctx.manager.names():
         return []
-    _, held_out, _ = load_config_splits(TrainConfig.from_dict(ctx.manager.config(run)))
+    _, held_out, _ = load_config_splits(TrainConfig.from_dict(upgraded(ctx.manager.config(run))))
     if held_out is None:
         return []
     return list(held_out.select(range(min(PAIRS_OFFERED, len(held_out)))))

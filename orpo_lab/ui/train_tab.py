@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import gradio as gr
 
-from orpo_lab.config import PRESETS
+from orpo_lab.presets import PRESETS
 from orpo_lab.ui.common import BUSY_TICK_S, AppContext, named
 from orpo_lab.ui.data_preview import (
     STEPS_NAMES,
