@@ -135,9 +135,8 @@ def sampled_table(sampled: dict) -> str:
         "base rej.",
         "trained rej.",
     ]
-    rows = [header] + [
-        [str(v) for v in row] for row in sampled_rate_table(sampled, domains=DOMAINS)
-    ]
+    table = sampled_rate_table(sampled, domains=("in_domain", "ood", "all"))
+    rows = [header] + [[str(v) for v in row] for row in table]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     return "\n".join(
         [
@@ -146,9 +145,6 @@ def sampled_table(sampled: dict) -> str:
         ]
         + ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in rows]
     )
-
-
-DOMAINS = ("in_domain", "ood", "all")  # the sampled table's rows per family
 
 
 def parser_with_hub() -> argparse.ArgumentParser:

@@ -52,7 +52,7 @@ def shots_dir(tmp_path: Path) -> Path:
 
 def fill(page, elem_id: str, value) -> None:
     box = page.locator(f"#{elem_id} input, #{elem_id} textarea").first
-    box.fill(str(value))
+    box.fill("" if value is None else str(value))  # an empty box: the setting's None
     box.press("Tab")  # Gradio takes the value on change/blur
 
 
