@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 from orpo_lab.config_checks import config_problems, ignored_settings
-from orpo_lab.config_values import coerce, read_yaml, upgrade_sentinel
+from orpo_lab.config_values import coerce, is_old_sentinel, read_yaml, upgrade_sentinel
 from orpo_lab.trackers import report_to_checked
 
 METHODS = ("orpo", "sft", "dpo", "prob_ratio")
@@ -22,10 +22,7 @@ def upgraded(values: dict[str, Any]) -> dict[str, Any]:
     old sentinel as its None, each setting that run ignored (`ignored_settings`) at its default.
     For what reads a run back (the form, the judge); a new config is checked, never upgraded."""
     old = {f.name: f.metadata["old"] for f in fields(TrainConfig) if f.metadata["old"]}
-    values = {
-        k: None if k in old and not isinstance(v, bool) and v in old[k] else v
-        for k, v in values.items()
-    }
+    values = {k: None if is_old_sentinel(v, old.get(k, ())) else v for k, v in values.items()}
     default = {f.name: f.default for f in fields(TrainConfig)}
     for name, _ in ignored_settings(default | values, default):
         values[name] = default[name]

@@ -77,10 +77,16 @@ def optional_arg(kind: str, word: str):
     return parse
 
 
+def is_old_sentinel(value: Any, old: tuple) -> bool:
+    """`value` is one of a field's old sentinels (`old`: e.g. eval_every 0, max_steps -1); a bool
+    never is (True == 1 in Python)."""
+    return not isinstance(value, bool) and value in old
+
+
 def upgrade_sentinel(name: str, value: Any, old: tuple, word: str, meaning: str) -> Any:
-    """None for a field's old sentinel (`old`: e.g. eval_every 0, max_steps -1), with one
-    FutureWarning line saying what to write instead; anything else as it is."""
-    if value is None or isinstance(value, bool) or value not in old:
+    """None for a field's old sentinel (`is_old_sentinel`), with one FutureWarning line saying what
+    to write instead; anything else as it is."""
+    if not is_old_sentinel(value, old):
         return value
     flag = "--" + name.replace("_", "-")
     warnings.warn(
