@@ -171,6 +171,8 @@ def environment(device: str) -> dict:
     import transformers
     import trl
 
+    from orpo_lab.autotune_cache import kernels
+
     cpu = next(
         (
             ln.split(":", 1)[1].strip()
@@ -187,6 +189,7 @@ def environment(device: str) -> dict:
         "transformers": transformers.__version__,
         "peft": peft.__version__,
         "trl": trl.__version__,
+        "kernels": kernels(),  # e.g. ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16: AMX off
     }
     if device == "cuda":
         env["gpu"] = torch.cuda.get_device_name(0)
@@ -350,7 +353,9 @@ def markdown(results: dict) -> str:
     )
     lines.append(
         f"Device: {env.get('gpu', env['cpu'])}, {env['cores']} cores; torch {env['torch']}, "
-        f"transformers {env['transformers']}, peft {env['peft']}, trl {env['trl']}."
+        f"transformers {env['transformers']}, peft {env['peft']}, trl {env['trl']}; kernels "
+        + ", ".join(f"{k} {v}" for k, v in env.get("kernels", {}).items())
+        + "."
     )
     lines.append(
         f"Data: {spec['data_source']}; batch {spec['batch']}, max_length {spec['max_length']}, "

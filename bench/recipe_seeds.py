@@ -3,11 +3,15 @@
     python bench/recipe_seeds.py                                # cpu-quick, seeds 0 1 2, ORPO
     python bench/recipe_seeds.py --seeds 0 1 --set beta=2.0     # a variant: TrainConfig overrides
     python bench/recipe_seeds.py --set torch_compile=on --out bench/results/recipe_seeds_compiled.json
+    python bench/recipe_seeds.py --judge --set precision=fp32 torch_compile=off   # + judged pass rates
 
-For each seed: the preset trained once (runs under bench/runs/seeds-<seed>), its training wall time
-(loading and evaluations included) and median step, then the final checkpoint's held-out preference
-accuracy over every held-out pair, split by family and in-domain / out-of-domain when the data has
-those columns (the default dataset does). Writes bench/results/recipe_seeds.json (`--out`).
+For each seed: the preset trained once (runs under bench/runs/seeds-<out file stem>-<seed>), its
+training wall time (loading and evaluations included) and median step, then the final checkpoint's
+held-out preference accuracy over every held-out pair, split by family and in-domain /
+out-of-domain when the data has those columns (the default dataset does); with `--judge`, the
+judges' greedy pass rates of the checkpoint's answers to every held-out prompt (`evaluate_run`:
+in-domain, out-of-domain, all), generated in float32 (`--judge-precision`). Writes
+bench/results/recipe_seeds.json (`--out`).
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ from pathlib import Path
 import torch
 from alignment import HERE, preset_values, run
 
+from orpo_lab.autotune_cache import kernels
 from orpo_lab.build import build_model, load_pairs
+from orpo_lab.evaluate import evaluate_run
 from orpo_lab.logps import PairLogps
 from orpo_lab.plan import plan_run
 from orpo_lab.presets import PRESETS
@@ -55,6 +61,12 @@ def by_group(cfg, margin: list[float]) -> dict[str, str]:
     return {k: f"{missed[k]}/{seen[k]}" for k in sorted(seen)}
 
 
+def judged(rates: dict) -> str:
+    return ", ".join(
+        f"{who} {r['in_domain']:.2f} / {r['ood']:.2f} / {r['all']:.2f}" for who, r in rates.items()
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -65,11 +77,21 @@ def main() -> None:
         "--set", nargs="*", default=[], metavar="KEY=VALUE", help="TrainConfig overrides"
     )
     parser.add_argument("--out", default=str(HERE / "results" / "recipe_seeds.json"))
+    parser.add_argument(
+        "--judge", action="store_true", help="also judge each checkpoint's greedy answers"
+    )
+    parser.add_argument("--max-new-tokens", type=int, default=64, help="with --judge")
+    parser.add_argument(
+        "--judge-precision",
+        default="fp32",
+        help="with --judge: what the answers are generated in (fp32: what a run trained with "
+        "precision=auto generates in on a CPU, whatever it trained in)",
+    )
     args = parser.parse_args()
     values = preset_values(args.preset, args.set)
     rows = []
     for seed in args.seeds:
-        cfg, seconds, records = run(f"seeds-{seed}", values | {"seed": seed})
+        cfg, seconds, records = run(f"seeds-{Path(args.out).stem}-{seed}", values | {"seed": seed})
         steps = [r["step_s"] for r in records if r["kind"] == "train"]
         last_eval = [r for r in records if r["kind"] == "eval"][-1]
         began = next(r for r in records if r.get("event") == "started")
@@ -88,6 +110,15 @@ def main() -> None:
             }
         )
         r = rows[-1]
+        if args.judge:
+            report = evaluate_run(
+                cfg.run_dir, max_new_tokens=args.max_new_tokens, precision=args.judge_precision
+            )
+            r["pass_rates"] = {"base": report["summary"]["base"]["all"]}
+            r["pass_rates"]["trained"] = report["summary"]["trained"]["all"]
+            print(
+                f"seed {seed}: judged pass rate (in-domain / ood / all) {judged(r['pass_rates'])}"
+            )
         print(
             f"seed {seed}: {seconds:.0f} s (median step {r['median_step_s']:.2f} s), held-out "
             f"accuracy {r['accuracy']:.3f} of {r['pairs']} pairs (logged {r['accuracy_logged']:.3f});"
@@ -95,6 +126,11 @@ def main() -> None:
             flush=True,
         )
     accuracies = [r["accuracy"] for r in rows]
+    if args.judge:
+        passed = [r["pass_rates"]["trained"]["all"] for r in rows]
+        print(
+            f"judged pass rate mean {statistics.mean(passed):.3f}, min {min(passed):.3f}, max {max(passed):.3f}"
+        )
     print(
         f"accuracy mean {statistics.mean(accuracies):.3f}, min {min(accuracies):.3f}, "
         f"max {max(accuracies):.3f}"
@@ -103,6 +139,7 @@ def main() -> None:
         "device": platform.processor() or platform.machine(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "kernels": kernels(),
         "preset": args.preset,
         "overrides": args.set,
         "config": cfg.to_dict(),

@@ -19,14 +19,16 @@ the run's own model, adapter and first pairs, each part cut to `PROBE_TOKENS` (`
   layers compiled when they won.
 
 The step times go to a per-machine cache (`orpo_lab.autotune_cache`, JSON), keyed by CPU model, core count,
-torch version, model and adapter configuration and batch layout, so a later run of the same setup
+torch version, the instruction sets its kernels use, model and adapter configuration and batch
+layout, so a later run of the same setup
 reads its answer instead of measuring; it compiles when (eager - compiled) x its steps exceeds the
 compile from the cache, and then times that compile (the one pass step 1 would have paid it in), so
 that the next run decides on what a fresh process paid. Delete the file to measure again; no run
 needs it. A candidate is chosen over float32 eager only when it is faster by more than float32's
 own spread and by `autotune_rules.MARGIN`;
 otherwise, or when a probe fails, the run trains in float32 (eager) and says why. Nothing else
-(no environment variable, no other cache folder) changes what "auto" does.
+(no other cache folder, no switch) changes what "auto" does; a limit on the kernels'
+instructions (`ONEDNN_MAX_CPU_ISA`) makes another machine, measured on its own.
 """
 
 from __future__ import annotations

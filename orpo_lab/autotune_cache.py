@@ -26,8 +26,21 @@ def cache_path() -> Path:
     return Path(os.environ.get("ORPO_LAB_AUTOTUNE_CACHE") or cache_dir() / "autotune.json")
 
 
+# Environment variables that limit which instructions torch's kernels use (oneDNN's matmuls, ATen's
+# vectorised loops): the same CPU with AMX switched off is another machine to measure.
+KERNEL_LIMITS = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")
+
+
+def kernels() -> dict:
+    """The instruction sets torch's CPU kernels use here: ATen's vector capability and any limit set
+    on them (`KERNEL_LIMITS`)."""
+    limits = {k: os.environ[k] for k in KERNEL_LIMITS if os.environ.get(k)}
+    return {"aten": torch.backends.cpu.get_cpu_capability(), **limits}
+
+
 def machine() -> dict:
-    """What a measurement holds for: the CPU model, its cores and torch's threads, torch."""
+    """What a measurement holds for: the CPU model, its cores and torch's threads, torch, and the
+    instruction sets its kernels use (`kernels`)."""
     name = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -41,6 +54,7 @@ def machine() -> dict:
         "cores": os.cpu_count(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
+        "kernels": kernels(),
     }
 
 

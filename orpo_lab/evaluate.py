@@ -9,6 +9,7 @@ rates with 95% intervals.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from orpo_lab.answers import base_answers, generate_answers
@@ -100,6 +101,7 @@ def evaluate_run(
     temperature: float = 1.0,
     top_p: float = 1.0,
     sample_seed: int = 0,
+    precision: str | None = None,
 ) -> dict:
     """Base model vs the run's last checkpoint on the held-out split, judged; writes generations.json.
 
@@ -111,6 +113,8 @@ def evaluate_run(
     `sample_seed` (`orpo_lab.sampling.sample_answers`); the report's "sampled" then holds, for
     base and trained, pass and rejected-like rates with 95% Wilson intervals (`sampled_rates`),
     and each generation its samples. 0: greedy only.
+    `precision`: what to generate in ("fp32", "bf16", ...); None: the run's own setting (a run
+    trained with "auto" generates in float32 on a CPU, whatever it trained in).
     """
     if samples < 0 or (samples and (temperature <= 0 or not 0 < top_p <= 1)):
         raise ValueError(
@@ -135,6 +139,8 @@ def evaluate_run(
         )
     checkpoint = Path(checkpoint or run.latest_checkpoint())
     records, cfg = _judged_records(run, checkpoint, max_prompts)
+    if precision is not None:
+        cfg = replace(cfg, precision=precision)
     base, tokenizer = load_model(cfg.model, cfg.device, cfg.precision, cfg.trust_remote_code)
     prompts, source = [r["prompt"] for r in records], resolve_model(cfg.model)
     base_said, reused = base_answers(

@@ -149,6 +149,12 @@ def test_a_new_setup_is_measured_once_then_read_from_the_cache(
         assert plan_run(
             make_config(tmp_path, data, tiny_model_dir, precision="auto", **changes)
         ).precision_probe
+    # The same CPU with its kernels held below AMX is another machine: measured anew, and the
+    # answer of the whole CPU is read again once the limit is gone.
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")
+    assert plan_run(cfg).precision_probe
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    assert plan_run(cfg).precision == "bf16"
     monkeypatch.setattr(autotune, "bf16_flag", lambda flags=None: None)
     plan = plan_run(make_config(tmp_path, data, tiny_model_dir, precision="auto", lora_r=4))
     assert not plan.precision_probe and plan.precision == "fp32"

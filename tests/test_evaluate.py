@@ -89,6 +89,13 @@ def test_evaluate_run_judges_base_and_checkpoint(tmp_path, tiny_model_dir):
     longer = evaluate_run(cfg.run_dir, max_prompts=12, max_new_tokens=5)
     assert longer["base_answers_reused"] is False
     assert len(list((tmp_path / BASE_ANSWERS_DIR).iterdir())) == 2
+    # Another precision generates anew in that dtype; the run's own (auto: float32 on a CPU) is
+    # the one asked for by "fp32", so its answers are reused.
+    in_bf16 = evaluate_run(cfg.run_dir, max_prompts=12, max_new_tokens=4, precision="bf16")
+    assert in_bf16["base_answers_reused"] is False
+    assert len(list((tmp_path / BASE_ANSWERS_DIR).iterdir())) == 3
+    in_fp32 = evaluate_run(cfg.run_dir, max_prompts=12, max_new_tokens=4, precision="fp32")
+    assert in_fp32["base_answers_reused"] is True and in_fp32["summary"] == report["summary"]
     assert RunManager(tmp_path).names() == ["r"]  # the runs list does not show the folder
 
 
