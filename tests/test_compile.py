@@ -132,6 +132,29 @@ def test_which_runs_auto_may_measure_and_why_the_others_do_not(lora_model, monke
     assert all(m._compiled_call_impl is None for m in compiling.decoder_layers(lora_model))
 
 
+def test_the_layers_compile_to_one_graph_per_grad_mode(lora_model):
+    """With frozen embeddings the first layer's input does not require grad and the others' do:
+    left alone, dynamo compiled the first layer apart (a second training graph, as costly as the
+    first). compile_layers gives all layers one training graph and one no-grad graph, and undoing
+    it leaves the embeddings' output as it was."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    embeddings = lora_model.get_base_model().get_input_embeddings()
+    ids = torch.randint(0, embeddings.num_embeddings, (2, 12))
+    compiling.compile_layers(lora_model)
+    lora_model(input_ids=ids, use_cache=False).logits.sum().backward()
+    assert counters["frames"]["ok"] == 1
+    with torch.no_grad():
+        lora_model(input_ids=ids, use_cache=False)
+    assert counters["frames"]["ok"] == 2
+    lora_model(input_ids=ids[:, :7], use_cache=False).logits.sum().backward()  # another length
+    assert counters["frames"]["ok"] == 2
+    compiling.uncompile_layers(lora_model)
+    assert not embeddings(ids).requires_grad
+
+
 def test_yaml_on_and_off_read_as_the_choices(tmp_path):
     """YAML 1.1 reads a bare `on` / `off` as true / false: both mean the choices of those names."""
     import yaml
