@@ -289,8 +289,8 @@ def summarise(spec: dict, runs: dict[str, list[dict]]) -> dict:
         s = summary[key]
         s["pairs_per_s"] = spec["batch"] / s["median_step_s"]
         s["tokens_per_s"] = statistics.median(s["tokens_per_s_per_rep"])
-    n = next(r for key, r in runs.items() if key.startswith("trl"))[0]["matmul_params"]
-    summary["matmul_params"] = n
+    trl = next((r for key, r in runs.items() if key.startswith("trl")), None)
+    n = summary["matmul_params"] = trl[0]["matmul_params"] if trl else None  # auto alone: no TRL
     pairs = [(f"ours-{p}", f"trl-{p}") for p in spec["precisions"]]
     pairs.append(("ours-bf16", "trl-fp32"))  # the issue-16 target: against TRL's CPU default
     pairs.append(("ours-bf16", "ours-fp32"))  # what bf16 itself buys

@@ -12,7 +12,7 @@ the run's own model, adapter and first pairs, each part cut to `PROBE_TOKENS` (`
   x`autotune_rules.STEADY`): a probe taken while other work starved the machine (seen: bf16
   passes of 22.9-42.7 s beside float32 ones of 1.1-1.7 s, where a quiet probe measured bf16 x2.4
   faster) decides its own run and says so, and the next run measures again;
-- compiled layers, in the chosen precision: their first compile costs about a minute on 2 cores,
+- compiled layers, in the chosen precision: their first compile costs 30-50 s on 2 cores,
   so it is tried only in a run whose eager steps take `COMPILE_TRIAL_RUN_S`+ (measured: eager
   step time x steps), never in a time slice; the trial times the cold compile, the compiled passes
   and a compile from inductor's on-disk cache (what a later process pays), and the run keeps the
@@ -57,7 +57,7 @@ if TYPE_CHECKING:  # plan.py asks this module for a cached precision
 # on the same shapes (BENCHMARKS.md, stop 26), and step-time projections scale by the token count.
 PROBE_TOKENS = 128
 PROBE_STEPS = 2  # timed forward+backward passes per candidate, after one untimed (warm-up) pass
-# A first compile costs about a minute on 2 cores (the default model; once per machine and setup):
+# A first compile costs 30-50 s on 2 cores (the default model; once per machine and setup):
 # tried only in a run whose eager steps would take 10+ minutes, where it costs at most ~10%.
 COMPILE_TRIAL_RUN_S = 600.0
 # Flags that say a CPU computes bf16 natively: x86 (AMX tiles, AVX512-BF16, AVX-NE-CONVERT) and
@@ -244,7 +244,7 @@ def _measured_compile(cfg, plan: Plan, record: dict, pair_logps, batch, steps, s
             if scale != 1:
                 per_step = f"~{per_step} ({min(eager):.3f} s probed, x{scale:.1f} the tokens)"
             return False, (
-                f"compiled layers were never measured here; their first compile (about a minute on "
+                f"compiled layers were never measured here; their first compile (30-50 s on "
                 f"2 cores) is tried in runs of {COMPILE_TRIAL_RUN_S / 60:.0f}+ minutes eager, and "
                 f"this one is {steps} steps x {per_step} = {run_s:.0f} s"
             )

@@ -287,7 +287,7 @@ def test_a_real_probe_picks_the_faster_and_leaves_the_run_unchanged(
     assert event["autotune"]["probe_s"] > 0
     assert event["torch_compile"] is False  # 3 tiny steps: far from a run that tries a compile
     assert event["torch_compile_reason"].startswith(
-        "compiled layers were never measured here; their first compile (about a minute on 2 cores) "
+        "compiled layers were never measured here; their first compile (30-50 s on 2 cores) "
         "is tried in runs of 10+ minutes eager, and this one is 3 steps x "
     )
 
@@ -381,7 +381,7 @@ def test_compiled_layers_are_tried_once_in_a_long_enough_run(pair_logps, own_cac
     assert settle(599) == (
         False,
         "compiled layers were never measured here; their first compile "
-        "(about a minute on 2 cores) is tried in runs of 10+ minutes eager, and "
+        "(30-50 s on 2 cores) is tried in runs of 10+ minutes eager, and "
         "this one is 599 steps x 1.000 s = 599 s",
     )
     assert settle(10**6, sliced=True) == (
@@ -392,7 +392,7 @@ def test_compiled_layers_are_tried_once_in_a_long_enough_run(pair_logps, own_cac
     assert settle(149, scale=4.0) == (
         False,
         "compiled layers were never measured here; their "
-        "first compile (about a minute on 2 cores) is tried in runs "
+        "first compile (30-50 s on 2 cores) is tried in runs "
         "of 10+ minutes eager, and this one is 149 steps x ~4.000 s "
         "(1.000 s probed, x4.0 the tokens) = 596 s",
     )
