@@ -72,7 +72,7 @@ def compile_layers(model: torch.nn.Module) -> int:
     A layer compiled already (by `orpo_lab.autotune`'s probe) keeps its compiled call.
 
     Two things keep it at one graph per grad mode, traced once (measured on the default model,
-    2-core Xeon, bf16: a first compile 74 s -> 47 s, one from inductor's cache 11 -> 5 s):
+    2-core Xeon, bf16: a first compile 67 s -> 46 s, one from inductor's cache 11-13 -> 5 s):
     - Python floats in the layers (LoRA's scaling, RMSNorm's eps) are constants, so dynamo does
       not trace them as symbols first and restart when it cannot (`specialize_float`).
     - With frozen embeddings the first layer's input does not require grad and the others' do;
@@ -86,9 +86,19 @@ def compile_layers(model: torch.nn.Module) -> int:
             layer._compiled_call_impl = torch._dynamo.config.patch(specialize_float=True)(
                 layer._compiled_call_impl
             )
-    if layers and not hasattr(model, "_orpo_first_layer_grad"):
-        model._orpo_first_layer_grad = _FirstLayerGrad(model)
+    embeddings = _input_embeddings(model)
+    if layers and embeddings is not None and not hasattr(model, "_orpo_first_layer_grad"):
+        model._orpo_first_layer_grad = _FirstLayerGrad(embeddings)
     return len(layers)
+
+
+def _input_embeddings(model: torch.nn.Module) -> torch.nn.Module | None:
+    """The model's input embeddings, or None for a model that does not say (it then compiles its
+    first layer apart, as before: slower to compile, the same steps)."""
+    try:
+        return base_model(model).get_input_embeddings()
+    except (AttributeError, NotImplementedError):
+        return None
 
 
 def uncompile_layers(model: torch.nn.Module) -> None:
@@ -105,12 +115,11 @@ class _FirstLayerGrad:
     """A forward hook on the input embeddings: their output requires grad while grad is on (under
     `torch.no_grad` nothing changes, so evaluation keeps its one no-grad graph)."""
 
-    def __init__(self, model: torch.nn.Module):
-        embeddings = base_model(model).get_input_embeddings()
+    def __init__(self, embeddings: torch.nn.Module):
         self.handle = embeddings.register_forward_hook(self)
 
     def __call__(self, module, args, output):
-        if torch.is_grad_enabled() and not output.requires_grad:
+        if torch.is_tensor(output) and torch.is_grad_enabled() and not output.requires_grad:
             output.requires_grad_()
 
     def remove(self) -> None:
