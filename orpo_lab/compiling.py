@@ -76,7 +76,7 @@ def compile_layers(model: torch.nn.Module) -> int:
     - Python floats in the layers (LoRA's scaling, RMSNorm's eps) are constants, so dynamo does
       not trace them as symbols first and restart when it cannot (`specialize_float`).
     - With frozen embeddings the first layer's input does not require grad and the others' do;
-      dynamo guards on that and compiled the first layer twice. `_FirstLayerGrad` makes it require
+      dynamo guards on that and compiled the first layer twice. `_first_layer_grad` makes it require
       grad while grad is on (the backward then also computes the unused gradient of the
       embeddings' output: one layer's input gradient, about 1/n_layers of that work)."""
     layers = decoder_layers(model)
@@ -88,7 +88,7 @@ def compile_layers(model: torch.nn.Module) -> int:
             )
     embeddings = _input_embeddings(model)
     if layers and embeddings is not None and not hasattr(model, "_orpo_first_layer_grad"):
-        model._orpo_first_layer_grad = _FirstLayerGrad(embeddings)
+        model._orpo_first_layer_grad = embeddings.register_forward_hook(_first_layer_grad)
     return len(layers)
 
 
@@ -101,6 +101,14 @@ def _input_embeddings(model: torch.nn.Module) -> torch.nn.Module | None:
         return None
 
 
+def _first_layer_grad(module, args, output):
+    """Forward hook on the input embeddings: their output requires grad while grad is on. Under
+    `torch.no_grad` nothing changes, so evaluation keeps its one no-grad graph (transformers'
+    `enable_input_require_grads` sets it under no_grad too, which would split that graph)."""
+    if torch.is_tensor(output) and torch.is_grad_enabled() and not output.requires_grad:
+        output.requires_grad_()
+
+
 def uncompile_layers(model: torch.nn.Module) -> None:
     """Undo `compile_layers`: the layers run eager again."""
     for layer in decoder_layers(model):
@@ -109,18 +117,3 @@ def uncompile_layers(model: torch.nn.Module) -> None:
     if hook is not None:
         hook.remove()
         del model._orpo_first_layer_grad
-
-
-class _FirstLayerGrad:
-    """A forward hook on the input embeddings: their output requires grad while grad is on (under
-    `torch.no_grad` nothing changes, so evaluation keeps its one no-grad graph)."""
-
-    def __init__(self, embeddings: torch.nn.Module):
-        self.handle = embeddings.register_forward_hook(self)
-
-    def __call__(self, module, args, output):
-        if torch.is_tensor(output) and torch.is_grad_enabled() and not output.requires_grad:
-            output.requires_grad_()
-
-    def remove(self) -> None:
-        self.handle.remove()
