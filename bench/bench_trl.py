@@ -46,6 +46,8 @@ import trl_contenders as tc
 HERE = Path(__file__).resolve().parent
 GIB, MIB = 1024**3, 1024**2
 COMPILED = "bf16c"  # orpo_lab in bf16 with its decoder layers compiled (torch_compile=on)
+# Every compiled contender: "fp32c" is the one to time where bf16 loses (a CPU without bf16 units).
+COMPILED_ALL = {"bf16c": "bf16", "fp32c": "fp32"}
 AUTO = "auto"  # orpo_lab's default: precision and torch_compile "auto" (measured by the run)
 WORKERS = {"ours": tc.run_ours, "trl": tc.run_trl, "check": tc.loss_check, "ablation": tc.ablation}
 
@@ -71,9 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--precisions",
         default=None,
-        help="comma-separated, of auto, fp32, bf16 and bf16c: each contender runs in each "
+        help="comma-separated, of auto, fp32, bf16, bf16c and fp32c: each contender runs in each "
         "(default: auto,fp32,bf16,bf16c on CPU, bf16 on CUDA); bf16 = orpo_lab's bf16 base / "
-        "TRL's bf16=True; bf16c = orpo_lab in bf16 with torch_compile=on; auto = orpo_lab's "
+        "TRL's bf16=True; bf16c, fp32c = orpo_lab in bf16, float32 with torch_compile=on; "
+        "auto = orpo_lab's "
         "defaults, precision and torch_compile measured by the run (orpo_lab only)",
     )
     p.add_argument(
@@ -252,8 +255,8 @@ def compare(spec: dict, reps: int, out: Path) -> dict:
 
 def settings(precision: str) -> dict:
     """The worker settings of a precision name: every contender but auto says what it runs in."""
-    if precision == COMPILED:
-        return {"precision": "bf16", "torch_compile": "on", "auto_steps": 0}
+    if precision in COMPILED_ALL:
+        return {"precision": COMPILED_ALL[precision], "torch_compile": "on", "auto_steps": 0}
     if precision == AUTO:
         return {"precision": "auto", "torch_compile": "auto"}
     return {"precision": precision, "torch_compile": "off", "auto_steps": 0}
@@ -261,12 +264,12 @@ def settings(precision: str) -> dict:
 
 def contenders(spec: dict) -> list[str]:
     """ "ours-fp32", "trl-fp32", "ours-bf16", ...: orpo_lab and TRL in each of spec["precisions"]
-    (TRL not in bf16c: the compiled contender is orpo_lab's alone)."""
+    (TRL not in bf16c, fp32c: the compiled contenders are orpo_lab's alone)."""
     return [
         f"{name}-{p}"
         for p in spec["precisions"]
         for name in ("ours", "trl")
-        if not (name == "trl" and p in (COMPILED, AUTO))
+        if not (name == "trl" and (p in COMPILED_ALL or p == AUTO))
     ]
 
 
@@ -299,14 +302,20 @@ def summarise(spec: dict, runs: dict[str, list[dict]]) -> dict:
         (ours_c, "trl-fp32"),
         (ours_c, "trl-bf16"),
         (ours_c, "ours-bf16"),
+        ("ours-fp32c", "trl-fp32"),
+        ("ours-fp32c", "ours-fp32"),
     ]  # what compile buys
     auto = f"ours-{AUTO}"
     if auto in runs:
         chosen = [r["started"] for r in runs[auto]]
         same = "bf16" if chosen[0]["precision"] == "bf16" else "fp32"
-        eager = {"ours-fp32", "ours-bf16", ours_c} & set(runs)
-        best = min(eager, key=lambda k: summary[k]["median_step_s"]) if eager else None
+        others = {"ours-fp32", "ours-bf16", *(f"ours-{c}" for c in COMPILED_ALL)} & set(runs)
+        best = min(others, key=lambda k: summary[k]["median_step_s"]) if others else None
         pairs += [(auto, "trl-fp32"), (auto, f"trl-{same}")] + ([(auto, best)] if best else [])
+        # ... and against the contender that runs what it chose (the same configuration)
+        compiled = "c" if chosen[0]["torch_compile"] else ""
+        if f"ours-{same}{compiled}" in runs and f"ours-{same}{compiled}" != best:
+            pairs.append((auto, f"ours-{same}{compiled}"))
         summary["auto"] = {
             "chosen": [(c["precision"], c["torch_compile"]) for c in chosen],
             "reasons": [(c["precision_reason"], c["torch_compile_reason"]) for c in chosen],
@@ -387,9 +396,11 @@ def markdown(results: dict) -> str:
                 else "TRL ORPOTrainer"
             ) + f", {precision}"
             r = s[key]
-            if precision == COMPILED:
+            if precision in COMPILED_ALL:
                 first = ", ".join(f"{t:.1f}" for t in r["first_step_s"] if t is not None)
-                label = label[: -len(COMPILED)] + f"bf16, torch.compile (first steps: {first} s)"
+                label = label[: -len(precision)] + (
+                    f"{COMPILED_ALL[precision]}, torch.compile (first steps: {first} s)"
+                )
             if precision == AUTO:
                 chose = ", ".join(f"{p}{' compiled' if c else ''}" for p, c in s["auto"]["chosen"])
                 setup = ", ".join(f"{t:.1f}" for t in s["auto"]["setup_s"])

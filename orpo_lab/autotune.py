@@ -45,7 +45,7 @@ from orpo_lab import compiling
 from orpo_lab.autotune_cache import cached_times, entry, machine, setup_key, store, write_entry
 from orpo_lab.autotune_rules import choose_compile, choose_precision, unsteady
 from orpo_lab.collate import collate
-from orpo_lab.devices import cpu_flags
+from orpo_lab.devices import BF16_FLAGS, bf16_flag
 from orpo_lab.logps import PairLogps, check_sample
 from orpo_lab.step import StopRequested, pair_tokens, time_steps
 
@@ -60,17 +60,6 @@ PROBE_STEPS = 2  # timed forward+backward passes per candidate, after one untime
 # A first compile costs 30-50 s on 2 cores (the default model; once per machine and setup):
 # tried only in a run whose eager steps would take 10+ minutes, where it costs at most ~10%.
 COMPILE_TRIAL_RUN_S = 600.0
-# Flags that say a CPU computes bf16 natively: x86 (AMX tiles, AVX512-BF16, AVX-NE-CONVERT) and
-# Arm (the bf16 feature of Graviton 3+, Neoverse V1/V2; /proc/cpuinfo "Features").
-BF16_FLAGS = ("amx_bf16", "avx512_bf16", "avx_ne_convert", "bf16")
-
-
-def bf16_flag(flags=None) -> str | None:
-    """The CPU's first bf16 flag of `BF16_FLAGS` (this machine's when `flags` is None), or None."""
-    have = set(cpu_flags() if flags is None else flags)
-    return next((f for f in BF16_FLAGS if f in have), None)
-
-
 # ---------------------------------------------------------------- timing
 
 

@@ -32,6 +32,20 @@ def cpu_flags(text: str | None = None) -> set[str]:
     return set(line.partition(":")[2].split())
 
 
+# Flags that say a CPU computes bf16 natively: x86 (AMX tiles, AVX512-BF16, AVX-NE-CONVERT) and
+# Arm (the bf16 feature of Graviton 3+, Neoverse V1/V2; /proc/cpuinfo "Features"). Without one,
+# torch's bf16 matrix products fall back to a slow generic kernel: on a 2-core AVX2 Zen 3 one
+# (1024 x 576) @ (576 x 1536) product took 1420 ms in bf16 against 10 ms in float32
+# (bench/matmul_isa.py, BENCHMARKS.md), so "auto" does not even time bf16 there.
+BF16_FLAGS = ("amx_bf16", "avx512_bf16", "avx_ne_convert", "bf16")
+
+
+def bf16_flag(flags=None) -> str | None:
+    """The CPU's first bf16 flag of `BF16_FLAGS` (this machine's when `flags` is None), or None."""
+    have = set(cpu_flags() if flags is None else flags)
+    return next((f for f in BF16_FLAGS if f in have), None)
+
+
 def pick_precision(device: torch.device, precision: str = "auto") -> tuple[torch.dtype, str]:
     """(compute dtype, why). "auto": bf16 on CUDA with bf16 support, else float32.
 
@@ -44,7 +58,14 @@ def pick_precision(device: torch.device, precision: str = "auto") -> tuple[torch
             raise ValueError(
                 f"precision must be one of auto, {', '.join(PRECISIONS)}; got {precision!r}."
             )
-        return PRECISIONS[precision], f"precision={precision} was asked for"
+        why = f"precision={precision} was asked for"
+        if device.type == "cpu" and precision == "bf16" and bf16_flag() is None:
+            why += (
+                "; this CPU has no bf16 instructions (no flag of " + ", ".join(BF16_FLAGS) + "), "
+                "so its bf16 matrix products run a generic kernel, about 100x slower than float32 "
+                "(precision=auto trains in float32 here)"
+            )
+        return PRECISIONS[precision], why
     if device.type == "cuda":
         if torch.cuda.is_bf16_supported():
             return torch.bfloat16, "CUDA device with bf16 support"

@@ -51,9 +51,26 @@ def shots_dir(tmp_path: Path) -> Path:
 
 
 def fill(page, elem_id: str, value) -> None:
+    """Type `value` into the component's box and leave it (Gradio takes a value on change/blur),
+    until the box holds it: a slider in an accordion just opened can set its box back to its own
+    value once it has mounted, after the first fill (seen on a loaded 2-core machine: a chat sent
+    greedy, temperature 0, though 1 had been typed)."""
     box = page.locator(f"#{elem_id} input, #{elem_id} textarea").first
-    box.fill("" if value is None else str(value))  # an empty box: the setting's None
-    box.press("Tab")  # Gradio takes the value on change/blur
+    want = "" if value is None else str(value)  # an empty box: the setting's None
+    for _ in range(5):
+        box.fill(want)
+        box.press("Tab")
+        page.wait_for_timeout(150)
+        if _same_value(box.input_value(), want):
+            return
+    raise AssertionError(f"#{elem_id} holds {box.input_value()!r}, not {want!r}, after five fills")
+
+
+def _same_value(shown: str, want: str) -> bool:
+    try:
+        return float(shown) == float(want)  # a number box may show 1 as "1.0"
+    except ValueError:
+        return shown == want
 
 
 def text_of(page, elem_id: str) -> str:

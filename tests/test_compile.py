@@ -39,7 +39,13 @@ def started(run_dir) -> dict:
     return next(r for r in lines(run_dir, "event") if r["event"] == "started")
 
 
-def test_compiled_layers_train_like_eager(tmp_path, data, tiny_model_dir):
+def test_compiled_layers_train_like_eager_and_a_real_probe_times_them(
+    tmp_path, data, tiny_model_dir, monkeypatch
+):
+    """A compiled run trains as the eager one; then autotune's probe compiles the same layers for
+    real (one test: with `pytest -n` two tests could each pay the tiny model's cold compile at once
+    on the two workers, 40-85 s each on a 2-core Zen 3)."""
+
     def run(name, **changes):
         cfg = make_config(
             tmp_path,
@@ -72,14 +78,13 @@ def test_compiled_layers_train_like_eager(tmp_path, data, tiny_model_dir):
     )
     # The checkpoint keeps peft's parameter names: compiling did not wrap the modules.
     same_weights(adapter(eager), adapter(on))
+    probe_compiled_layers(tmp_path, data, tiny_model_dir, monkeypatch)
 
 
-def test_a_real_compile_probe_times_cold_and_cached_compiles(
-    tmp_path, data, tiny_model_dir, monkeypatch
-):
-    """orpo_lab.autotune's probe of the tiny model's layers, compiled for real (after the test
-    above, which compiled them cold): step times and both compile times measured, the layers left
-    compiled exactly when the measured choice says so."""
+def probe_compiled_layers(tmp_path, data, tiny_model_dir, monkeypatch) -> None:
+    """orpo_lab.autotune's probe of the tiny model's layers, compiled for real (after the run
+    above compiled them): step times and both compile times measured, the layers left compiled
+    exactly when the measured choice says so."""
     monkeypatch.setenv("ORPO_LAB_AUTOTUNE_CACHE", str(tmp_path / "autotune.json"))
     cfg = make_config(tmp_path, data, tiny_model_dir, torch_compile="auto")
     model, tok = build_model(cfg, None, plan_run(cfg))
