@@ -258,6 +258,11 @@ def _train(args) -> int:
     cfg = config_from_args(args)
     stop = threading.Event()
     install_stop_signals(stop)
+    from orpo_lab.devices import pick_device, slow_bf16_note
+
+    note = slow_bf16_note(pick_device(cfg.device), cfg.precision)
+    if note:  # said before anything loads: a bf16 step here takes minutes, not seconds
+        print(f"orpo-lab: precision=bf16: {note}", file=sys.stderr, flush=True)
     print(f"orpo-lab: reading and checking {cfg.dataset} ...", file=sys.stderr, flush=True)
     from orpo_lab.launch import check_launch
 

@@ -46,6 +46,17 @@ def bf16_flag(flags=None) -> str | None:
     return next((f for f in BF16_FLAGS if f in have), None)
 
 
+def slow_bf16_note(device: torch.device, precision: str) -> str | None:
+    """What bf16 costs on a CPU without bf16 instructions (`bf16_flag`), or None elsewhere."""
+    if device.type != "cpu" or precision != "bf16" or bf16_flag() is not None:
+        return None
+    return (
+        "this CPU has no bf16 instructions (no flag of " + ", ".join(BF16_FLAGS) + "), so its "
+        "bf16 matrix products run a generic kernel, about 100x slower than float32 "
+        "(precision=auto trains in float32 here)"
+    )
+
+
 def pick_precision(device: torch.device, precision: str = "auto") -> tuple[torch.dtype, str]:
     """(compute dtype, why). "auto": bf16 on CUDA with bf16 support, else float32.
 
@@ -58,13 +69,8 @@ def pick_precision(device: torch.device, precision: str = "auto") -> tuple[torch
             raise ValueError(
                 f"precision must be one of auto, {', '.join(PRECISIONS)}; got {precision!r}."
             )
-        why = f"precision={precision} was asked for"
-        if device.type == "cpu" and precision == "bf16" and bf16_flag() is None:
-            why += (
-                "; this CPU has no bf16 instructions (no flag of " + ", ".join(BF16_FLAGS) + "), "
-                "so its bf16 matrix products run a generic kernel, about 100x slower than float32 "
-                "(precision=auto trains in float32 here)"
-            )
+        note = slow_bf16_note(device, precision)
+        why = f"precision={precision} was asked for" + (f"; {note}" if note else "")
         return PRECISIONS[precision], why
     if device.type == "cuda":
         if torch.cuda.is_bf16_supported():

@@ -58,6 +58,32 @@ def test_auto_outside_cpu_lora_training_is_float32_and_an_explicit_choice_wins(m
         pick_precision(CPU, "int8")
 
 
+def test_the_cli_says_what_bf16_costs_before_anything_loads(monkeypatch, tmp_path, capsys):
+    """`--precision bf16` on a CPU without bf16 instructions: the first line says what it costs,
+    before the data is read (here it is missing, so nothing loads at all)."""
+    from orpo_lab.cli import main
+
+    monkeypatch.setattr(devices, "bf16_flag", lambda flags=None: None)
+    missing = str(tmp_path / "none.jsonl")
+    args = [
+        "--device",
+        "cpu",
+        "--precision",
+        "bf16",
+        "--dataset",
+        missing,
+        "--output-dir",
+        str(tmp_path),
+    ]
+    assert main(args) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith("orpo-lab: precision=bf16: this CPU has no bf16 instructions")
+    assert lines[1] == f"orpo-lab: reading and checking {missing} ..."
+    monkeypatch.setattr(devices, "bf16_flag", lambda flags=None: "amx_bf16")  # a CPU with them
+    assert main(args) == 2
+    assert capsys.readouterr().err.startswith(f"orpo-lab: reading and checking {missing} ...")
+
+
 def measured(monkeypatch, precision: str | None) -> None:
     """Make "auto" act as if this machine had measured `precision` the faster (None: as it is; the
     measuring itself: tests/test_autotune.py)."""
