@@ -1,9 +1,8 @@
 """`orpo-lab`: train, resume, evaluate, export or push to the hub from the command line.
 
-The arguments are parsed before torch and the model are imported, so `--help` answers at once;
-`launch.check_launch` then refuses a bad model, checkpoint or `--dataset` before a run folder is
-written or a model loads. Ctrl-C (SIGINT) or SIGTERM asks the run to stop: the last completed
-step is saved and the process exits cleanly; a second Ctrl-C exits at once.
+Arguments are parsed before torch is imported (`--help` answers at once); `launch.check_launch`
+refuses a bad model, checkpoint or `--dataset` before a run folder is written or a model loads.
+Ctrl-C or SIGTERM saves the last completed step and exits cleanly; a second Ctrl-C exits at once.
 """
 
 from __future__ import annotations
@@ -258,14 +257,12 @@ def _train(args) -> int:
     cfg = config_from_args(args)
     stop = threading.Event()
     install_stop_signals(stop)
-    from orpo_lab.devices import pick_device, slow_bf16_note
-
-    note = slow_bf16_note(pick_device(cfg.device), cfg.precision)
-    if note:  # said before anything loads: a bf16 step here takes minutes, not seconds
-        print(f"orpo-lab: precision=bf16: {note}", file=sys.stderr, flush=True)
-    print(f"orpo-lab: reading and checking {cfg.dataset} ...", file=sys.stderr, flush=True)
+    from orpo_lab.devices import slow_bf16_note
     from orpo_lab.launch import check_launch
 
+    if note := slow_bf16_note(cfg.device, cfg.precision):  # before anything loads: minutes a step
+        print(f"orpo-lab: precision=bf16: {note}", file=sys.stderr, flush=True)
+    print(f"orpo-lab: reading and checking {cfg.dataset} ...", file=sys.stderr, flush=True)
     checked = check_launch(cfg).checked
     if args.sft_then_dpo is not None:
         return _sft_then_dpo(cfg, args.sft_then_dpo, stop)

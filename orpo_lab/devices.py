@@ -46,9 +46,10 @@ def bf16_flag(flags=None) -> str | None:
     return next((f for f in BF16_FLAGS if f in have), None)
 
 
-def slow_bf16_note(device: torch.device, precision: str) -> str | None:
-    """What bf16 costs on a CPU without bf16 instructions (`bf16_flag`), or None elsewhere."""
-    if device.type != "cpu" or precision != "bf16" or bf16_flag() is not None:
+def slow_bf16_note(device: str, precision: str) -> str | None:
+    """What bf16 costs on a CPU without bf16 instructions (`bf16_flag`), or None elsewhere.
+    `device`: a config's ("auto", "cpu", "cuda:0", ...)."""
+    if precision != "bf16" or pick_device(device).type != "cpu" or bf16_flag() is not None:
         return None
     return (
         "this CPU has no bf16 instructions (no flag of " + ", ".join(BF16_FLAGS) + "), so its "
@@ -69,7 +70,7 @@ def pick_precision(device: torch.device, precision: str = "auto") -> tuple[torch
             raise ValueError(
                 f"precision must be one of auto, {', '.join(PRECISIONS)}; got {precision!r}."
             )
-        note = slow_bf16_note(device, precision)
+        note = slow_bf16_note(str(device), precision)
         why = f"precision={precision} was asked for" + (f"; {note}" if note else "")
         return PRECISIONS[precision], why
     if device.type == "cuda":
