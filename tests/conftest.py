@@ -34,13 +34,60 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from orpo_lab.model import load_tokenizer
 
+# The tests that take longest, in seconds (one thread per worker, two workers on a 2-core AMD EPYC
+# Zen 3, the suite of 2026-12-07; the notebook 4 fixture counted with the first test that uses it).
+# They only order the work (pytest_collection_modifyitems); a test missing here counts as short.
+LONG_TESTS = {
+    "tests/test_notebooks.py::test_04_training": 200,
+    "tests/test_notebooks.py::test_06_objectives": 168,
+    "tests/test_browser.py::test_train_stop_resume_overlay_chat_votes": 85,
+    "tests/test_notebooks.py::test_05_compare_outputs": 84,
+    "tests/test_notebooks.py::test_00_why_orpo": 74,
+    "tests/test_browser.py::test_default_model_inside_orpo_and_blind_vote": 47,
+    "tests/test_compile.py::test_compiled_layers_train_like_eager_and_a_real_probe_times_them": 46,
+    "tests/test_browser.py::test_zerogpu_slices_reload_stop_chat_blind_and_tokens": 30,
+    "tests/test_notebooks.py::test_03_text_to_logps": 28,
+    "tests/test_app.py::test_train_stop_download_export_delete": 28,
+    "tests/test_zerogpu.py::test_a_slice_killed_at_its_deadline_loses_only_the_steps_after_its_save": 23,
+    "tests/test_train.py::test_two_process_torchrun_equals_one_process": 22,
+    "tests/test_evaluate.py::test_cli_evaluate_samples_flags": 21,
+}
+
 
 def pytest_collection_modifyitems(config, items):
-    """The tests that use notebook 4's runs (conftest's `notebook_04`) first and in a row: with
-    `pytest -n` (pytest-xdist's worksteal) each worker starts at the head of its share of the list
-    and an idle worker takes from the tail of another's, so one worker runs notebook 4 and then the
-    tests that read its runs, and no worker waits for it while there is other work."""
-    items.sort(key=lambda item: "notebook_04" not in getattr(item, "fixturenames", ()))
+    """Order the tests so that `pytest -n N` (pytest-xdist's worksteal) finishes early.
+
+    worksteal hands worker i the i-th of N consecutive shares of this list, and an idle worker
+    later takes tests from the tail of the longest queue: a long test left at a share's tail starts
+    last and keeps one worker busy after the others are done. So the long tests go to the heads
+    of the shares, the longest first to the least loaded share (LPT), and the short ones fill the
+    shares to the lengths worksteal cuts. The tests that use notebook 4's runs (`notebook_04`)
+    stay together at the head of one share, so that no worker waits for the notebook while
+    another runs it. Without xdist: those tests first, the rest in the order collected."""
+    uses_04 = [item for item in items if "notebook_04" in getattr(item, "fixturenames", ())]
+    rest = [item for item in items if item not in uses_04]
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers < 2:
+        items[:] = uses_04 + rest
+        return
+
+    def cost(item) -> int:
+        return LONG_TESTS.get(item.nodeid, 0)
+
+    blocks = [uses_04] if uses_04 else []
+    blocks += sorted(([item] for item in rest if cost(item)), key=lambda b: -cost(b[0]))
+    short = [item for item in rest if not cost(item)]
+    heads: list[list] = [[] for _ in range(workers)]
+    for block in sorted(blocks, key=lambda b: -sum(map(cost, b))):  # the group by its total
+        min(heads, key=lambda head: sum(map(cost, head))).extend(block)
+    # worksteal's cut: each worker in turn gets len(pending) // (workers left) of the rest.
+    ordered, left = [], len(items)
+    for i, head in enumerate(heads):
+        size = left // (workers - i)
+        take = max(0, size - len(head))
+        ordered += head + short[:take]
+        short, left = short[take:], left - len(head) - take
+    items[:] = ordered + short
 
 
 @pytest.fixture(autouse=True)
