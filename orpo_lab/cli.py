@@ -119,9 +119,8 @@ def progress_bar(desc: str) -> Callable[[dict], None]:
 
 
 def sampled_table(sampled: dict) -> str:
-    """evaluate_run's "sampled" part as a text table (`rate_tables.sampled_rate_table`'s rows, as
-    the app and the notebooks show them): per family and domain, base and trained pass rates with
-    their 95% intervals, and the share of rejected-like samples."""
+    """evaluate_run's "sampled" part as text (`rate_tables.sampled_rate_table`'s rows, as the app
+    shows them): per family and domain, pass rates with 95% intervals, the rejected-like share."""
     from orpo_lab.rate_tables import sampled_rate_table
 
     settings = sampled["settings"]
@@ -257,11 +256,13 @@ def _train(args) -> int:
     cfg = config_from_args(args)
     stop = threading.Event()
     install_stop_signals(stop)
-    from orpo_lab.devices import slow_bf16_note
     from orpo_lab.launch import check_launch
 
-    if note := slow_bf16_note(cfg.device, cfg.precision):  # before anything loads: minutes a step
-        print(f"orpo-lab: precision=bf16: {note}", file=sys.stderr, flush=True)
+    if cfg.precision == "bf16":  # devices imports torch: seconds before the first line otherwise
+        from orpo_lab.devices import slow_bf16_note
+
+        if note := slow_bf16_note(cfg.device, cfg.precision):  # before anything loads
+            print(f"orpo-lab: precision=bf16: {note}", file=sys.stderr, flush=True)
     print(f"orpo-lab: reading and checking {cfg.dataset} ...", file=sys.stderr, flush=True)
     checked = check_launch(cfg).checked
     if args.sft_then_dpo is not None:
@@ -293,8 +294,5 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     if Path(sys.argv[0]).parts[-2:] == ("orpo_lab", "train.py"):  # earlier versions' entry point
-        print(
-            "note: the command is now `orpo-lab` (or python -m orpo_lab.cli); running it.",
-            file=sys.stderr,
-        )
+        print("note: the command is now `orpo-lab` (python -m orpo_lab.cli).", file=sys.stderr)
     sys.exit(main())

@@ -247,6 +247,22 @@ def test_help_answers_before_heavy_imports():
     assert "--eval-prompts" in out.stdout and "HEAVY []" in out.stdout, out.stdout[-500:]
 
 
+def test_a_training_command_says_what_it_reads_before_heavy_imports(tmp_path):
+    """The first line of `orpo-lab` (the dataset it reads and checks) comes before torch loads,
+    seconds on a slow CPU: nothing heavy is imported until launch.check_launch runs."""
+    code = (
+        "import sys, orpo_lab.launch as launch; from orpo_lab.cli import main\n"
+        "def check(cfg):\n"
+        "    heavy = [m for m in ('torch', 'transformers', 'datasets', 'peft') if m in sys.modules]\n"
+        "    print('HEAVY', heavy); raise SystemExit(0)\n"
+        "launch.check_launch = check\n"
+        f"main(['--run-name', 'x', '--output-dir', {str(tmp_path)!r}])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert "reading and checking default" in out.stderr, out.stderr[-500:]
+    assert "HEAVY []" in out.stdout, out.stdout[-500:]
+
+
 def test_a_bad_dataset_is_reported_before_the_model_loads(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "hi", "chosen": "a"}\n')
