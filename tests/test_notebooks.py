@@ -409,15 +409,16 @@ def test_05_compare_outputs(notebook_env, notebook_04, monkeypatch):
             "free_answers": "free_answers",
             "sampled": "sampled_table",
             "n_sampled": "[len(sampled_records), K_SAMPLES]",
-            "resampled": "resampled == [[s['text'] for s in row] for row in samples['ORPO']]",
+            "resampled": "[len(resampled), resampled == [[s['text'] for s in row] for row in "
+            "samples['ORPO'][: len(resampled)]]]",
         },
         notebook_env,
         monkeypatch,
-        drive=(  # the ORPO model sampled again with the notebook's seed and settings
+        drive=(  # the ORPO model's first generate call again, with the notebook's seed and settings
             "with as_model('ORPO') as model:\n"
-            "    resampled = sample_answers(model, tokenizer, [r['prompt'] for r in sampled_records],"
-            " K_SAMPLES, temperature=1.0, top_p=1.0, seed=0, max_new_tokens=MAX_NEW_TOKENS,"
-            " batch_rows=SAMPLE_ROWS)"
+            "    first = [r['prompt'] for r in sampled_records][: SAMPLE_ROWS // K_SAMPLES]\n"
+            "    resampled = sample_answers(model, tokenizer, first, K_SAMPLES, temperature=1.0,"
+            " top_p=1.0, seed=0, max_new_tokens=MAX_NEW_TOKENS, batch_rows=SAMPLE_ROWS)"
         ),
     )
     assert set(v["table"]) == {"base", "SFT", "ORPO"}
@@ -453,7 +454,9 @@ def test_05_compare_outputs(notebook_env, notebook_04, monkeypatch):
     assert f"property) for {hedged}; they pass the judge for " in v["printed"]
     gap = ranked["ORPO"]["pass"]["rate"] - ranked["SFT"]["pass"]["rate"]
     assert f"ranked is {abs(gap):.0%} {'above' if gap >= 0 else 'below'} SFT's" in v["printed"]
-    assert v["resampled"]  # the same seed draws the same samples (the pool's model: ORPO's adapter)
+    # The same seed draws the same samples (the pool's model: ORPO's adapter), the first call's 4
+    # prompts: the RNG is seeded once per call, so the later calls follow from the first.
+    assert v["resampled"] == [4, True]
 
 
 @pytest.mark.slow
