@@ -74,11 +74,10 @@ def pytest_collection_modifyitems(config, items):
     def cost(item) -> int:
         return LONG_TESTS.get(item.nodeid, 0)
 
-    blocks = [uses_04] if uses_04 else []
-    blocks += sorted(([item] for item in rest if cost(item)), key=lambda b: -cost(b[0]))
+    blocks = [uses_04, *([item] for item in rest if cost(item))]
     short = [item for item in rest if not cost(item)]
     heads: list[list] = [[] for _ in range(workers)]
-    for block in sorted(blocks, key=lambda b: -sum(map(cost, b))):  # the group by its total
+    for block in sorted(blocks, key=lambda b: -sum(map(cost, b))):  # a group by its total
         min(heads, key=lambda head: sum(map(cost, head))).extend(block)
     # worksteal's cut: each worker in turn gets len(pending) // (workers left) of the rest.
     ordered, left = [], len(items)
