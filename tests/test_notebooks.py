@@ -76,8 +76,9 @@ def run_notebook(
     result = json.loads(line[len(MARKER) :])
     assert result.pop("executable") == sys.executable  # the notebook ran in this environment
     result["seconds"] = time.perf_counter() - began
-    cells = {i: round(client.longest_silence(i)[0], 1) for i in range(len(nb.cells) - 1)}
-    print(f"{name}: {result['seconds']:.0f} s in quick mode; cells (index: s) {cells}")
+    timed = {i: client.longest_silence(i) for i in range(len(nb.cells) - 1)}
+    cells = {i: f"{ran:.1f}/{silent:.1f}" for i, (ran, silent) in timed.items() if ran >= 1}
+    print(f"{name}: {result['seconds']:.0f} s in quick mode; cells (index: ran/silent s) {cells}")
     print(f"{name}: values {result}")
     # Every exercise was run with its solution, and its self-check passed.
     assert len(result["solved"]) == len(exercise_indices(nb)) >= 1, name
