@@ -347,6 +347,8 @@ def test_03_text_to_logps(notebook_env, monkeypatch):
     # over concise pairs the sum follows the length.
     assert v["sum_prefers_chosen"] and not v["mean_prefers_chosen"]
     assert v["share_sum_chosen"] >= 0.9
+    # The default model's head is a plain product: the fast path, checked on one pair, is used.
+    assert "log-probs path: chunked; hidden @ lm_head.T matches the model's logits" in v["printed"]
     # The widget scored its default pair (Paris vs Lyon) through score_pair: consistent numbers.
     preference, log_or, or_loss = v["widget_score"]
     assert preference == pytest.approx(1 / (1 + math.exp(-log_or)), rel=1e-5)
@@ -367,12 +369,17 @@ NOTEBOOK_04_VALUES = {
     "margins": "{str(k): m for k, m in sweep_margins.items()}",
     "run_seconds": "run_seconds",
     "max_steps": "SETTINGS['max_steps']",
+    "check": "[check['logps_path'], check['tokens']]",
 }
 
 
 @pytest.mark.slow
 def test_04_training(notebook_04):
     v = notebook_04
+    # The fast path's check, as train() runs it: one pair cut to 48 tokens a part, passed.
+    path, tokens = v["check"]
+    assert path == "chunked" and 0 < tokens <= 2 * 48
+    assert "log-probs path: chunked; hidden @ lm_head.T matches the model's logits" in v["printed"]
     # The step written out by hand lowers the loss of its batch, step after step.
     losses = v["one_step_losses"]
     assert len(losses) == 8 and losses[-1] < losses[0] - 0.1
