@@ -35,11 +35,18 @@ class CheckpointError(ValueError):
 
 def read_state(checkpoint: str | Path) -> dict:
     """trainer_state.json of a checkpoint: {"step", "config", "metrics"}."""
-    path = Path(checkpoint) / "trainer_state.json"
+    folder = Path(checkpoint)
+    path = folder / "trainer_state.json"
     if not path.is_file():
+        what = (
+            "is not an ORPO Lab checkpoint (no trainer_state.json)"
+            if folder.is_dir()
+            else "does not exist"
+        )
+        there = [p.name for p in RunDir(folder.parent.parent).checkpoints()]  # the run's, if any
         raise CheckpointError(
-            f"{checkpoint} is not an ORPO Lab checkpoint (no trainer_state.json): expected a "
-            "folder runs/NAME/checkpoints/step-NNNNNN."
+            f"{checkpoint} {what}: expected a folder runs/NAME/checkpoints/step-NNNNNN"
+            + (f"; {folder.parent} holds {', '.join(there)}." if there else ".")
         )
     return json.loads(path.read_text())
 

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from orpo_lab.config_flags import build_parser, config_from_args
+from orpo_lab.rundir import RunDir
 
 
 def _error(message: str) -> int:
@@ -32,12 +33,8 @@ def install_stop_signals(stop: threading.Event) -> None:
             print("\nsecond stop signal: exiting now, without saving", file=sys.stderr, flush=True)
             os._exit(128 + signum)
         stop.set()
-        print(
-            "\nstop requested: saving the last completed step, then exiting "
-            "(Ctrl-C again to quit at once)",
-            file=sys.stderr,
-            flush=True,
-        )
+        then = "saving the last completed step, then exiting (Ctrl-C again to quit at once)"
+        print(f"\nstop requested: {then}", file=sys.stderr, flush=True)
 
     signal.signal(signal.SIGINT, handle)
     signal.signal(signal.SIGTERM, handle)
@@ -57,7 +54,7 @@ def progress_line(record: dict) -> str | None:
     if record["kind"] == "train":
         return (
             f"step {record['step']}/{record['total_steps']}  loss {record['loss']:.4f}  "
-            f"log-odds ratio {record.get('log_odds_ratio', float('nan')):.3f}  "
+            f"log-odds ratio {record.get('log_odds_chosen', float('nan')):.3f}  "  # TRL's name
             f"accuracy {record.get('rewards/accuracies', float('nan')):.2f}  "
             f"{record['step_s']:.2f} s/step  left {_duration(record['eta_s'])}"
         )
@@ -271,8 +268,11 @@ def _train(args) -> int:
 
     last = train(cfg, callback=print_progress, stop_event=stop, checked=checked)
     print(json.dumps({k: v for k, v in last.items() if k != "kind"}, indent=1))
-    if stop.is_set():
-        print(f"stopped: resume with `orpo-lab --config {cfg.run_dir / 'config.yaml'} --resume`")
+    status = RunDir(cfg.run_dir).read_status()  # what is on disk, in the run's own words
+    print(f"{status['status']}: {status['message']} (run folder {cfg.run_dir})")
+    if stop.is_set():  # the command as typed (.venv/bin/orpo-lab), else its installed name
+        command = sys.argv[0] if Path(sys.argv[0]).name == "orpo-lab" else "orpo-lab"
+        print(f"resume with `{command} --config {cfg.run_dir / 'config.yaml'} --resume`")
     return 0
 
 

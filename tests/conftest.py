@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -32,7 +34,20 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from orpo_lab.model import load_tokenizer
+from orpo_lab.model import default_model_dir, load_tokenizer
+
+# Prepared data too (ORPO_LAB_CACHE/data): a cache of the suite's own, removed when it ends, as on a
+# fresh CI machine; otherwise each run left ~150 entries of its temporary datasets in the user's
+# cache. The default model that `make model` prepared is linked in, not converted again.
+_folder = globals().get("_folder")  # set above only in the process that made it; workers inherit
+if _folder is not None:
+    atexit.register(shutil.rmtree, _folder, ignore_errors=True)  # a link is removed, not followed
+if _folder is not None and not os.environ.get("ORPO_LAB_CACHE"):
+    _prepared = default_model_dir()
+    os.environ["ORPO_LAB_CACHE"] = str(_folder / "cache")
+    if (_prepared / "config.json").is_file():
+        default_model_dir().parent.mkdir()
+        default_model_dir().symlink_to(_prepared, target_is_directory=True)
 
 # The tests that take longest, in seconds (one thread per worker, two workers on a 2-core AMD EPYC
 # Zen 3, the suite of 2026-12-07; the notebook 4 fixture counted with the first test that uses it).

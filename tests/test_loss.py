@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from orpo_lab.cli import progress_line
 from orpo_lab.loss import (
     dpo_loss,
     log1mexp,
@@ -43,6 +44,10 @@ def test_hand_derived_pair():
     assert m["or_loss"] == pytest.approx(0.2876820724517809, rel=1e-12)
     assert m["log_odds_ratio"] == pytest.approx(-0.2876820724517809, rel=1e-12)
     assert m["log_odds_chosen"] == pytest.approx(1.0986122886681098, rel=1e-12)  # ln 3
+    # The command line's step line shows the log-odds ratio itself (TRL's "log_odds_chosen"),
+    # not TRL's "log_odds_ratio", which holds log sigmoid of it.
+    record = {"kind": "train", "step": 1, "total_steps": 2, "step_s": 1.0, "eta_s": 1.0}
+    assert "log-odds ratio 1.099  accuracy 1.00" in progress_line({**record, **m, "loss": loss})
     assert m["rewards/chosen"] == pytest.approx(-0.06931471805599453, rel=1e-12)  # 0.1 ln 1/2
     assert m["rewards/rejected"] == pytest.approx(-0.13862943611198905, rel=1e-12)
     assert m["rewards/margins"] == pytest.approx(0.06931471805599453, rel=1e-12)

@@ -545,6 +545,10 @@ def test_cli_round_trip_and_merged_export(tmp_path, data, tiny_model_dir, capsys
         err.index("orpo-lab: reading") < err.index("Tokenising train pairs") < err.index("started:")
     )
     assert err.index("started:") < err.index("step 1/3")
+    # The last line says what is on disk and where, in the run status's own words.
+    status = json.loads((cfg.run_dir / "status.json").read_text())
+    assert status["message"].endswith("checkpoint step-000003 saved"), status
+    assert f"finished: {status['message']} (run folder {cfg.run_dir})" in proc.stdout
     saved = TrainConfig.from_yaml(cfg.run_dir / "config.yaml")
     assert (saved.max_steps, saved.beta, saved.layout) == (3, 0.25, "padded")
     assert checkpoints(cfg.run_dir)[-1].name == "step-000003"
@@ -558,6 +562,13 @@ def test_cli_round_trip_and_merged_export(tmp_path, data, tiny_model_dir, capsys
     assert "max_prompt_length (48) must be below max_length (8)" in capsys.readouterr().err
 
     out = tmp_path / "merged"
+    missing = cfg.run_dir / "checkpoints" / "step-000009"  # a step the run never reached
+    assert main(["--export", str(missing), "--out", str(out)]) == 2
+    assert (
+        f"{missing} does not exist: expected a folder runs/NAME/checkpoints/step-NNNNNN; "
+        f"{missing.parent} holds step-000002, step-000003."
+    ) in capsys.readouterr().err
+    assert not out.exists()
     assert main(["--export", str(checkpoints(cfg.run_dir)[-1]), "--out", str(out)]) == 0
     assert f"merged model written to {out}" in capsys.readouterr().out
     # The folder is a model with the run's tokenizer, and the adapter is in it: the adapted
