@@ -269,7 +269,7 @@ def _train(args) -> int:
     last = train(cfg, callback=print_progress, stop_event=stop, checked=checked)
     print(json.dumps({k: v for k, v in last.items() if k != "kind"}, indent=1))
     status = RunDir(cfg.run_dir).read_status()  # what is on disk, in the run's own words
-    print(f"{status['status']}: {status['message']} (run folder {cfg.run_dir})")
+    print(f"{status['message']} (run folder {cfg.run_dir})")  # e.g. "finished 60 steps; ..."
     if stop.is_set():  # the command as typed (.venv/bin/orpo-lab), else its installed name
         command = sys.argv[0] if Path(sys.argv[0]).name == "orpo-lab" else "orpo-lab"
         print(f"resume with `{command} --config {cfg.run_dir / 'config.yaml'} --resume`")

@@ -167,7 +167,8 @@ def test_ctrl_c_saves_the_last_step_and_exits_cleanly(tmp_path, data, tiny_model
     status = status_of(cfg)
     assert status["status"] == "stopped"
     # What is on disk (the status's message names the checkpoint), where, and how to go on.
-    assert f"stopped: {status['message']} (run folder {cfg.run_dir})" in out
+    assert status["message"].startswith(f"stopped on request after step {status['step']}; ")
+    assert f"\n{status['message']} (run folder {cfg.run_dir})\n" in out
     assert f"resume with `orpo-lab --config {cfg.run_dir / 'config.yaml'} --resume`" in out
     (saved,) = checkpoints(cfg.run_dir)
     assert int(saved.name.removeprefix("step-")) == status["step"] >= 2

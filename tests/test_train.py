@@ -547,8 +547,8 @@ def test_cli_round_trip_and_merged_export(tmp_path, data, tiny_model_dir, capsys
     assert err.index("started:") < err.index("step 1/3")
     # The last line says what is on disk and where, in the run status's own words.
     status = json.loads((cfg.run_dir / "status.json").read_text())
-    assert status["message"].endswith("checkpoint step-000003 saved"), status
-    assert f"finished: {status['message']} (run folder {cfg.run_dir})" in proc.stdout
+    assert status["message"] == "finished 3 steps; checkpoint step-000003 saved", status
+    assert f"\n{status['message']} (run folder {cfg.run_dir})\n" in proc.stdout
     saved = TrainConfig.from_yaml(cfg.run_dir / "config.yaml")
     assert (saved.max_steps, saved.beta, saved.layout) == (3, 0.25, "padded")
     assert checkpoints(cfg.run_dir)[-1].name == "step-000003"
