@@ -54,7 +54,7 @@ def progress_line(record: dict) -> str | None:
     if record["kind"] == "train":
         return (
             f"step {record['step']}/{record['total_steps']}  loss {record['loss']:.4f}  "
-            f"log-odds ratio {record.get('log_odds_chosen', float('nan')):.3f}  "  # TRL's name
+            f"log-odds ratio {record.get('log_odds_chosen', float('nan')):.3f}  "  # TRL's key for it
             f"accuracy {record.get('rewards/accuracies', float('nan')):.2f}  "
             f"{record['step_s']:.2f} s/step  left {_duration(record['eta_s'])}"
         )
