@@ -73,6 +73,12 @@ class SlicedPollClient(NotebookClient):
             return 0.0, 0.0
         return times[-1] - times[0], max(b - a for a, b in zip(times, times[1:], strict=False))
 
+    def silence_began(self, cell_index: int) -> float:
+        """Seconds into the cell at which its longest stretch with nothing shown began."""
+        times = sorted(self.shown_at.get(cell_index, []))
+        start = max(zip(times, times[1:], strict=False), key=lambda ab: ab[1] - ab[0])[0]
+        return start - times[0]
+
 
 def _sent(msg) -> float:
     date = msg["header"]["date"]  # jupyter_client parses it to a datetime; a string otherwise

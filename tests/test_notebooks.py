@@ -110,7 +110,8 @@ def assert_progress_shown(client: SlicedPollClient, nb, name: str) -> None:
         if ran > LONG_CELL_S:
             first = cell.source.splitlines()[0]
             assert silent <= SILENT_SHARE * ran, (
-                f"{name} cell {i} ({first!r}) ran {ran:.0f} s and showed nothing for {silent:.0f} s"
+                f"{name} cell {i} ({first!r}) ran {ran:.0f} s and showed nothing for {silent:.0f} s, "
+                f"from {client.silence_began(i):.0f} s into it"
             )
 
 
@@ -369,20 +370,25 @@ NOTEBOOK_04_VALUES = {
     "margins": "{str(k): m for k, m in sweep_margins.items()}",
     "run_seconds": "run_seconds",
     "max_steps": "SETTINGS['max_steps']",
-    "check": "[check['logps_path'], check['tokens']]",
+    "check": "[check['logps_path'], check['tokens'], int((batch['targets'] != -100).sum())]",
 }
 
 
 @pytest.mark.slow
 def test_04_training(notebook_04):
     v = notebook_04
-    # The fast path's check, as train() runs it: one pair cut to 48 tokens a part, passed.
-    path, tokens = v["check"]
-    assert path == "chunked" and 0 < tokens <= 2 * 48
+    # The fast path's check, on every scored token of the batch the steps train on, passed.
+    path, tokens, batch_tokens = v["check"]
+    assert path == "chunked" and tokens == batch_tokens > 2 * 48
     assert "log-probs path: chunked; hidden @ lm_head.T matches the model's logits" in v["printed"]
     # The step written out by hand lowers the loss of its batch, step after step.
     losses = v["one_step_losses"]
     assert len(losses) == 8 and losses[-1] < losses[0] - 0.1
+    # The first step reported its four calls as they finished, its loss the one it returned.
+    calls = re.findall(r"^  (\d)\. ", v["printed"], flags=re.MULTILINE)
+    assert calls == ["1", "2", "3", "4"]
+    assert f"(mean over pairs), loss {losses[0]:.3f}\n" in v["printed"]
+    assert re.search(r"^step 8 \(\d+\.\d s\): loss ", v["printed"], flags=re.MULTILINE)
     sft, orpo = v["sft_rejected"], v["orpo_rejected"]
     assert sft[0] == pytest.approx(orpo[0])  # the same held-out pairs and start
     # The paper's observation in the learner's own quick run: SFT on the chosen replies raises the
