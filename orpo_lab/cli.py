@@ -115,31 +115,28 @@ def progress_bar(desc: str) -> Callable[[dict], None]:
     return show
 
 
-def sampled_table(sampled: dict) -> str:
-    """evaluate_run's "sampled" part as text (`rate_tables.sampled_rate_table`'s rows, as the app
-    shows them): per family and domain, pass rates with 95% intervals, the rejected-like share."""
-    from orpo_lab.rate_tables import sampled_rate_table
+def evaluation_text(report: dict, generations: Path) -> str:
+    """evaluate_run's report for a terminal: the greedy pass rates per family, then the sampled
+    ones (as the app's evaluation tables show them), and where every answer is."""
+    from orpo_lab import rate_tables as t
 
-    settings = sampled["settings"]
-    header = [
-        "family",
-        "domain",
-        "samples",
-        "base pass",
-        "trained pass",
-        "base rej.",
-        "trained rej.",
+    reused = " (the base model's reused)" if report["base_answers_reused"] else ""
+    parts = [
+        f"judged greedy answers to held-out prompts{reused}: the base model vs "
+        f"{report['checkpoint']}, pass rate per family",
+        t.as_text(t.EVAL_COLUMNS, t.pass_rate_table(report["summary"])),
     ]
-    table = sampled_rate_table(sampled, domains=("in_domain", "ood", "all"))
-    rows = [header] + [[str(v) for v in row] for row in table]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    return "\n".join(
-        [
-            f"sampled: {settings['k']} per prompt, temperature {settings['temperature']}, top-p "
-            f"{settings['top_p']}, seed {settings['seed']}; pass [95% interval], rejected-like"
+    if "sampled" in report:
+        s = report["sampled"]["settings"]
+        parts += [
+            f"sampled: {s['k']} per prompt, temperature {s['temperature']}, top-p {s['top_p']}, "
+            f"seed {s['seed']}; pass rate [95% interval], share like the rejected replies",
+            t.as_text(
+                t.SAMPLED_COLUMNS,
+                t.sampled_rate_table(report["sampled"], domains=("in_domain", "ood", "all")),
+            ),
         ]
-        + ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in rows]
-    )
+    return "\n".join(parts + [f"every answer and verdict: {generations}"])
 
 
 def parser_with_hub() -> argparse.ArgumentParser:
@@ -239,9 +236,7 @@ def _evaluate(args) -> int:
         top_p=args.top_p,
         sample_seed=args.sample_seed,
     )
-    print(json.dumps(report["summary"], indent=1))
-    if "sampled" in report:
-        print(sampled_table(report["sampled"]))
+    print(evaluation_text(report, Path(args.evaluate) / "generations.json"))
     return 0
 
 

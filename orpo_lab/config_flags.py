@@ -4,6 +4,7 @@ e.g. `--eval-every end`), plus --config and --preset; `config_from_args` merges 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import warnings
 from dataclasses import fields
@@ -20,6 +21,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="orpo-lab",
         description="Train a model with ORPO (LoRA by default) on preference pairs.",
     )
+    # "--learning-rate -1e-4" is a value, as Python 3.13's argparse reads it: 3.11 took "-1e-4" for
+    # a flag ("expected one argument") instead of letting the config's check say what is wrong.
+    parser._negative_number_matcher = re.compile(r"^-\.?\d")
     parser.add_argument(
         "--config", help="YAML file of TrainConfig fields; flags given here override it"
     )

@@ -11,6 +11,7 @@ model from the hub, in its original precision.
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib.util
 import os
 import shutil
@@ -140,6 +141,19 @@ def resolve_model(name: str) -> str:
         raise ModelLoadError(
             f"Model path {name!r} does not exist. Expected 'default', a model directory with "
             f"config.json and weights (*.safetensors), or a hub id such as 'org/name'."
+        )
+    if "/" not in name and difflib.get_close_matches(name.lower(), [DEFAULT_MODEL], cutoff=0.7):
+        # A hub look-up of "defualt" retries for a minute, then blames the network.
+        raise ModelLoadError(
+            f"Model {name!r} is not a folder here and not a hub id ('owner/name'): did you mean "
+            f"{DEFAULT_MODEL!r}, the embedded SmolLM2-135M-Instruct?"
+        )
+    if Path(name).parent.is_dir() and Path(name).parent != Path("."):
+        inside = sorted(p.name for p in Path(name).parent.iterdir())[:8]
+        raise ModelLoadError(
+            f"Model path {name!r} does not exist; {Path(name).parent}/ is a folder here, holding "
+            f"{', '.join(inside) or 'nothing'}. Give a model directory with config.json, or a hub "
+            "id ('owner/name') whose owner is not a folder where you run this."
         )
     return name
 

@@ -1,5 +1,6 @@
 """Judged pass rates as rows of a table, for any number of models side by side: the app's evaluation
-tables (base vs trained) and notebooks 5 and 6 (base, SFT, ORPO; four pipelines).
+tables (base vs trained), `orpo-lab --evaluate`'s text (`as_text`) and notebooks 5 and 6 (base, SFT,
+ORPO; four pipelines).
 
 Pure functions of `evaluate.pass_rates` and `sampling.sampled_rates` results; no UI library, so a
 notebook imports them without the app.
@@ -8,6 +9,33 @@ notebook imports them without the app.
 from __future__ import annotations
 
 import math
+
+EVAL_COLUMNS = [
+    "family",
+    "prompts",
+    "base (in-domain)",
+    "trained (in-domain)",
+    "base (ood)",
+    "trained (ood)",
+]
+SAMPLED_COLUMNS = [
+    "family",
+    "domain",
+    "samples",
+    "base pass [95% CI]",
+    "trained pass [95% CI]",
+    "base rejected-like",
+    "trained rejected-like",
+]
+
+
+def as_text(header: list[str], rows: list[list]) -> str:
+    """Rows under their header in columns as wide as their widest cell: a table for a terminal."""
+    cells = [header] + [[str(v) for v in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    )
 
 
 def percent(value: float | None) -> str:

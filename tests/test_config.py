@@ -89,6 +89,18 @@ def test_cli_words_parse_and_wrong_ones_say_what_is_expected(tmp_path, capsys):
     assert "--eval-every end on the command line" in err[1]
 
 
+def test_a_negative_number_is_a_value_that_the_config_check_answers(capsys):
+    """Python 3.11's argparse took "-1e-4" for a flag and said "expected one argument"."""
+    from orpo_lab.cli import main
+
+    args = build_parser().parse_args(["--learning-rate", "-1e-4", "--warmup-steps", "-2"])
+    assert (args.learning_rate, args.warmup_steps) == (-1e-4, -2)
+    assert main(["--learning-rate", "-1e-4"]) == 2
+    assert "learning_rate must be > 0; got -0.0001" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a flag that is not one stays an error
+        build_parser().parse_args(["--learning-rate", "-x"])
+
+
 @pytest.mark.parametrize(
     "changes, fragments",
     [

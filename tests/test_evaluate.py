@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -190,12 +191,26 @@ def test_cli_evaluate_samples_flags(tmp_path, tiny_model_dir, capsys):
     ]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "sampled: 2 per prompt, temperature 0.7, top-p 0.9, seed 3" in out
-    rows = [line.split() for line in out.splitlines() if line.split()[:1] in (["ranked"], ["all"])]
-    assert [row[:3] for row in rows if row[0] == "ranked"] == [
+    saved = json.loads((cfg.run_dir / "generations.json").read_text())
+    assert saved["sampled"]["settings"]["seed"] == 3
+    greedy, sampled = out.split("\nsampled: 2 per prompt, temperature 0.7, top-p 0.9, seed 3; ")
+    # The greedy table under its heading: the saved pass rates, a row per family and "all".
+    heading, columns, *rows = greedy.splitlines()
+    assert (
+        heading.startswith("judged greedy answers to held-out prompts") and "step-000001" in heading
+    )
+    assert re.split(r"  +", columns)[:3] == ["family", "prompts", "base (in-domain)"]
+    base = saved["summary"]["base"]["all"]
+    assert rows[-1].split() == ["all", "8"] + [
+        f"{100 * saved['summary'][m]['all'][d]:.0f}%"
+        for d in ("in_domain", "ood")
+        for m in ("base", "trained")
+    ]
+    assert base["n"] == 8
+    rows = [line.split() for line in sampled.splitlines() if line.split()[:1] == ["ranked"]]
+    assert [row[:3] for row in rows] == [
         ["ranked", "in-domain", "2"],
         ["ranked", "ood", "2"],
         ["ranked", "all", "4"],
     ]
-    saved = json.loads((cfg.run_dir / "generations.json").read_text())
-    assert saved["sampled"]["settings"]["seed"] == 3
+    assert out.rstrip().endswith(f"every answer and verdict: {cfg.run_dir / 'generations.json'}")

@@ -10,9 +10,13 @@ from types import SimpleNamespace
 import gradio as gr
 import plotly.graph_objects as go
 
-from orpo_lab.rate_tables import pass_rate_table, sampled_rate_table
+from orpo_lab.rate_tables import (
+    EVAL_COLUMNS,
+    SAMPLED_COLUMNS,
+    pass_rate_table,
+    sampled_rate_table,
+)
 from orpo_lab.ui.common import AppContext
-from orpo_lab.ui.views import EVAL_COLUMNS, SAMPLED_COLUMNS
 
 ABOUT = (
     "Greedy answers to held-out prompts of the default dataset, each checked by its "

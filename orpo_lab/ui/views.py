@@ -163,27 +163,6 @@ def escaped_block(text: str) -> str:
     return f'<pre style="white-space: pre-wrap; margin: 0">{html.escape(text)}</pre>'
 
 
-EVAL_COLUMNS = [
-    "family",
-    "prompts",
-    "base (in-domain)",
-    "trained (in-domain)",
-    "base (ood)",
-    "trained (ood)",
-]
-
-
-SAMPLED_COLUMNS = [
-    "family",
-    "domain",
-    "samples",
-    "base pass [95% CI]",
-    "trained pass [95% CI]",
-    "base rejected-like",
-    "trained rejected-like",
-]
-
-
 VOTE_COLUMNS = ["time", "prompt", "winner", "chosen model", "rejected model"]
 TALLY_COLUMNS = ["model", "other model", "its wins", "the other's wins", "ties"]
 
