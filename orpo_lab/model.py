@@ -145,8 +145,8 @@ def resolve_model(name: str) -> str:
     if "/" not in name and difflib.get_close_matches(name.lower(), [DEFAULT_MODEL], cutoff=0.7):
         # A hub look-up of "defualt" retries for a minute, then blames the network.
         raise ModelLoadError(
-            f"Model {name!r} is not a folder here and not a hub id ('owner/name'): did you mean "
-            f"{DEFAULT_MODEL!r}, the embedded SmolLM2-135M-Instruct?"
+            f"Model {name!r} is not a folder here: did you mean {DEFAULT_MODEL!r}, the embedded "
+            "SmolLM2-135M-Instruct? (A model from the hub is named 'owner/name'.)"
         )
     if Path(name).parent.is_dir() and Path(name).parent != Path("."):
         inside = sorted(p.name for p in Path(name).parent.iterdir())[:8]
