@@ -185,22 +185,25 @@ def settle_compile(
     processes: int,
     device,
     scale: float = 1.0,
+    progress=None,
 ) -> Plan:
     """`plan` with torch_compile (compile?) and its reason for a run of `steps` more steps:
     `compiling.plan`'s answer, except for an eligible "auto" run, which follows the measured step
     times: from the cache, or, for a setup whose compiled layers were never timed here, from a
     trial in a run long enough to pay for it (module docstring). `batch`, `scale`:
-    `probe_batch`'s. What it measured or read goes to plan.autotune (the started event)."""
+    `probe_batch`'s. What it measured or read goes to plan.autotune (the started event); what it
+    measures now, to `progress(stage)` (`setup.setup_progress`)."""
     on, why = compiling.plan(cfg, pair_logps.model, processes, device)
     if on is not None:
         return replace(plan, torch_compile=on, torch_compile_reason=why)
     record = dict(plan.autotune or {})
     record["candidates"] = dict(record.get("candidates") or {})
-    on, why = _measured_compile(cfg, plan, record, pair_logps, batch, steps, scale)
+    say = progress or (lambda stage: None)
+    on, why = _measured_compile(cfg, plan, record, pair_logps, batch, steps, scale, say)
     return replace(plan, autotune=record, torch_compile=on, torch_compile_reason=why)
 
 
-def _measured_compile(cfg, plan: Plan, record: dict, pair_logps, batch, steps, scale):
+def _measured_compile(cfg, plan: Plan, record: dict, pair_logps, batch, steps, scale, say):
     """(compile?, why) of an eligible "auto" run; what it measures or reads goes to `record`."""
     key, name = setup_key(cfg), plan.precision
     known, times = entry(key), record["candidates"]
@@ -222,7 +225,10 @@ def _measured_compile(cfg, plan: Plan, record: dict, pair_logps, batch, steps, s
         return False, "compiled layers were never measured here, and a time slice never tries them"
     try:
         if not eager:  # precision was asked for: its eager step time, once per setup
-            began, eager = time.perf_counter(), time_steps(pair_logps, batch, cfg.beta, PROBE_STEPS)
+            say(f"measuring {name} steps here, for the choice of compiled layers (once per setup)")
+            began = time.perf_counter()
+            with tqdm(total=PROBE_STEPS + 1, desc=f"Measuring {name} steps", leave=False) as bar:
+                eager = time_steps(pair_logps, batch, cfg.beta, PROBE_STEPS, on_pass=bar.update)
             record["probe_s"] = round(record.get("probe_s", 0) + time.perf_counter() - began, 1)
             store(key, name, candidates=_rounded(eager))
         times[name] = _rounded(eager)
@@ -240,8 +246,11 @@ def _measured_compile(cfg, plan: Plan, record: dict, pair_logps, batch, steps, s
         broken = compiling.broken_compiler()
         if broken:
             return broken
+        say("compiling the decoder layers to time them (once per setup: 30-50 s on 2 cores)")
         began = time.perf_counter()
         compiled, cold_s, cached_s = _probe_compiled(pair_logps, batch, cfg.beta)
+    except StopRequested:  # asked while it said what it measures: the run stops
+        raise
     except Exception as err:  # noqa: BLE001 - a failed probe trains eager, saying why
         compiling.uncompile_layers(pair_logps.model)
         return False, f"the compile probe failed ({type(err).__name__}: {err}): eager"

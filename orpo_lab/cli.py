@@ -64,6 +64,8 @@ def progress_line(record: dict) -> str | None:
             f"({record['eval/pairs']} pairs), log-probs chosen {record['eval/logps_chosen']:.3f} "
             f"rejected {record['eval/logps_rejected']:.3f}"
         )
+    if record.get("event") == "preparing":  # the setup before the started event
+        return f"{record['stage']} ..."
     if record.get("event") in ("started", "resumed"):
         cut = record.get("truncation", {}).get("train", {})
         return (

@@ -119,22 +119,40 @@ def begin(cfg: TrainConfig, sliced: bool = False) -> Opened:
     return Opened(cfg, plan, accelerator, checkpointer, resume_from)
 
 
-def data_progress(folder: RunDir, stop_event: threading.Event | None, every_s: float = 1.0):
-    """A `prepared.Progress` for a run: the stage in status.json ("preparing data: tokenising ...
-    31,200 / 60,000"), at most once every `every_s`; a stop request (event or STOP file) stops it."""
-    last = [0.0]
+def setup_progress(
+    folder: RunDir,
+    stop_event: threading.Event | None,
+    callback: Callable[[dict], None] | None = None,
+    every_s: float = 1.0,
+    main: bool = True,
+):
+    """A `prepared.Progress` for a run's setup. Each stage ("preparing data: tokenising", "loading
+    the model", "measuring ...") goes to status.json with its count ("31,200 / 60,000"), at most
+    once every `every_s`, and, as it begins, to `callback` as a "preparing" event (not to
+    metrics.jsonl), so that a notebook or a terminal shows what the seconds before the started
+    event are spent on. A stop request (event or STOP file) raises `StopRequested`. Another
+    process than the main one says nothing."""
+    last, said = [0.0], [None]
 
-    def progress(stage: str, done: int, total: int) -> None:
+    def progress(stage: str, done: int = 0, total: int = 0) -> None:
+        if not main:
+            return
         if (stop_event is not None and stop_event.is_set()) or folder.stop_requested():
             raise StopRequested
+        if callback is not None and stage != said[0]:
+            said[0] = stage
+            callback({"kind": "event", "step": 0, "event": "preparing", "stage": stage})
         now = time.monotonic()
         if now - last[0] >= every_s or (total and done >= total):
             last[0] = now
-            count = f" {done:,} / {total:,}" if total else ""
-            about = "" if stage.startswith("measuring") else "preparing data: "
-            folder.write_status("running", f"{about}{stage}{count}")
+            folder.write_status("running", stage + (f" {done:,} / {total:,}" if total else ""))
 
     return progress
+
+
+def data_stages(progress):
+    """`progress` for `prepared`'s stages, each said as "preparing data: <stage>"."""
+    return lambda stage, done, total: progress(f"preparing data: {stage}", done, total)
 
 
 def setup(
@@ -155,12 +173,13 @@ def setup(
         reference.check_start(cfg)
     # data
     tokenizer = run_tokenizer(cfg, resume_from)
-    progress = data_progress(folder, stop_event) if accelerator.is_main_process else None
-    train_pairs, held_out, stats = load_pairs(cfg, tokenizer, progress, checked)
+    progress = setup_progress(folder, stop_event, callback, main=accelerator.is_main_process)
+    train_pairs, held_out, stats = load_pairs(cfg, tokenizer, data_stages(progress), checked)
     shortfall = batch_shortfall(cfg, len(train_pairs), world)  # after tokenising, per process
     if shortfall:
         raise TrainingError(shortfall)
     # model and adapter
+    progress("loading the model")
     model, tokenizer = build_model(cfg, resume_from, plan, tokenizer)
     per_epoch = len(train_pairs) // (cfg.batch_size * world)
     epoch_steps = max(1, math.ceil(cfg.epochs * per_epoch / cfg.grad_accum))
@@ -193,7 +212,7 @@ def setup(
     )
     # After the check above, which then runs eager (no graphs compiled for it).
     plan = autotune.settle_compile(
-        cfg, plan, pair_logps, first, total - start, world, accelerator.device, scale
+        cfg, plan, pair_logps, first, total - start, world, accelerator.device, scale, progress
     )
     if plan.torch_compile:
         compiling.compile_layers(model)  # unless the probe compiled them already

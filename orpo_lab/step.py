@@ -226,9 +226,13 @@ def clip_gradients(run) -> float | None:
     return float(accelerator.clip_grad_norm_(run.params, run.cfg.max_grad_norm))
 
 
-def time_steps(pair_logps, batch: dict, beta: float, n: int = 2, warmup: int = 1) -> list[float]:
+def time_steps(
+    pair_logps, batch: dict, beta: float, n: int = 2, warmup: int = 1, on_pass=None
+) -> list[float]:
     """Seconds of `n` forward+backward passes of `batch` through a `logps.PairLogps` (after `warmup`
-    untimed ones), what `orpo_lab.autotune` compares. Nothing of the run changes: gradients are dropped, the random number state is restored, the mode too."""
+    untimed ones), what `orpo_lab.autotune` compares; `on_pass()` is called after each pass (a
+    bar). Nothing of the run changes: gradients are dropped, the random number state is restored,
+    the mode too."""
     model, training = pair_logps.model, pair_logps.training
     device = next(model.parameters()).device
     batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
@@ -244,6 +248,8 @@ def time_steps(pair_logps, batch: dict, beta: float, n: int = 2, warmup: int = 1
                 model.zero_grad(set_to_none=True)
                 if i >= warmup:
                     times.append(time.perf_counter() - began)
+                if on_pass is not None:
+                    on_pass()
         finally:
             pair_logps.train(training)
             model.zero_grad(set_to_none=True)

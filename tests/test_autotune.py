@@ -19,7 +19,7 @@ from orpo_lab.collate import collate
 from orpo_lab.logps import PairLogps
 from orpo_lab.plan import plan_run
 from orpo_lab.rundir import RunDir
-from orpo_lab.setup import data_progress
+from orpo_lab.setup import setup_progress
 from orpo_lab.step import StopRequested
 from orpo_lab.train import train
 
@@ -101,7 +101,7 @@ def scripted_times(log: list, bf16_s: float = 0.5, fp32_s: float = 1.0, bars: li
     """A stand-in for autotune.time_steps: the step time of the model's frozen dtype (logged; with
     `bars`, together with how many stages the probe's bar says are done)."""
 
-    def fake(pair_logps, batch, beta, n=autotune.PROBE_STEPS, warmup=1):
+    def fake(pair_logps, batch, beta, n=autotune.PROBE_STEPS, warmup=1, on_pass=None):
         dtype = pair_logps.model.get_base_model().get_input_embeddings().weight.dtype
         log.append(dtype if bars is None else (dtype, bars[0].n))
         return [bf16_s if dtype == torch.bfloat16 else fp32_s] * n
@@ -186,7 +186,7 @@ def test_the_probe_says_what_it_measures_and_a_stop_stops_it(
     batch = collate(load_pairs(cfg, tok)[0][:4], cfg.layout, tok.pad_token_id)
     folder, stop = RunDir(tmp_path / "run"), threading.Event()
     folder.path.mkdir()
-    progress, statuses = data_progress(folder, stop, every_s=0), []
+    progress, statuses = setup_progress(folder, stop, every_s=0), []
 
     def rebuild(plan):
         statuses.append(folder.read_status()["message"])
@@ -202,6 +202,36 @@ def test_the_probe_says_what_it_measures_and_a_stop_stops_it(
     with pytest.raises(StopRequested):
         autotune.settle_precision(cfg, plan_run(cfg), model, batch, rebuild, progress)
     assert len(statuses) == 1 and not own_cache.exists()
+
+
+def test_the_setup_says_each_stage_as_it_begins(tmp_path, data, tiny_model_dir, own_cache):
+    """Before the started event a run says what it spends its seconds on, each stage once, to the
+    callback (the CLI's lines, a notebook's progress bar) and never into metrics.jsonl."""
+    from orpo_lab.cli import progress_line
+
+    cfg = make_config(
+        tmp_path, data, tiny_model_dir, torch_compile="auto", max_steps=1, save_every=None
+    )
+    records = []
+    train(cfg, callback=records.append)
+    first = next(i for i, r in enumerate(records) if r.get("event") == "started")
+    said = [r["stage"] for r in records[:first]]
+    assert all(r.get("event") == "preparing" for r in records[:first])
+    assert "preparing" not in {r.get("event") for r in records[first:]}
+    data_stages = [s for s in said if s.startswith("preparing data: ")]
+    assert data_stages and data_stages[0].startswith("preparing data: reading and checking ")
+    assert len(set(said)) == len(said)  # each once, however often its count moved
+    assert [s for s in said if s not in data_stages] == [
+        "loading the model",  # then the eager steps, timed once per setup for the compile choice
+        "measuring fp32 steps here, for the choice of compiled layers (once per setup)",
+    ]
+    assert progress_line(records[first - 1]) == said[-1] + " ..."
+    assert "preparing" not in {r.get("event") for r in lines(cfg.run_dir, "event")}
+    # A second run of the setup reads the cache: nothing measured, nothing said of it.
+    cfg.run_name, records = "again", []
+    train(cfg, callback=records.append)
+    said = [r["stage"] for r in records if r.get("event") == "preparing"]
+    assert said == ["loading the model"]  # the data too comes from the cache
 
 
 def test_each_candidate_is_timed_twice_in_turn_and_the_bar_follows(
@@ -358,7 +388,7 @@ def test_compiled_layers_are_tried_once_in_a_long_enough_run(pair_logps, own_cac
     monkeypatch.setattr(compiling, "compiler_works", lambda: None)
     timed, probes = [], []
 
-    def eager(pair_logps, batch, beta, n=autotune.PROBE_STEPS, warmup=1):
+    def eager(pair_logps, batch, beta, n=autotune.PROBE_STEPS, warmup=1, on_pass=None):
         timed.append(n)
         return [1.0] * n
 
