@@ -217,6 +217,7 @@ def _measured_compile(cfg, plan: Plan, record: dict, pair_logps, batch, steps, s
             min(eager) * scale, min(compiled) * scale, costs.get("cached"), steps, paid=False
         )
         if on:  # the compile step 1 would pay, timed: what a fresh process pays, for later runs
+            say("compiling the decoder layers (from the compile cache)")
             costs["cached"] = round(_compile_s(pair_logps, batch, cfg.beta, min(compiled)), 1)
             store(key, name, compile_s=costs)
         record["compile_s"] = costs
@@ -243,10 +244,10 @@ def _measured_compile(cfg, plan: Plan, record: dict, pair_logps, batch, steps, s
                 f"2 cores) is tried in runs of {COMPILE_TRIAL_RUN_S / 60:.0f}+ minutes eager, and "
                 f"this one is {steps} steps x {per_step} = {run_s:.0f} s"
             )
+        say("compiling the decoder layers to time them (once per setup: 30-50 s on 2 cores)")
         broken = compiling.broken_compiler()
         if broken:
             return broken
-        say("compiling the decoder layers to time them (once per setup: 30-50 s on 2 cores)")
         began = time.perf_counter()
         compiled, cold_s, cached_s = _probe_compiled(pair_logps, batch, cfg.beta)
     except StopRequested:  # asked while it said what it measures: the run stops

@@ -12,7 +12,6 @@ from orpo_lab.devices import pick_device
 from orpo_lab.model import (
     add_lora,
     attach_adapter,
-    enable_activation_checkpointing,
     load_model,
     load_tokenizer,
 )
@@ -117,3 +116,18 @@ def subset(items: Sequence, n: int | None, seed: int) -> Sequence:
         return items
     perm = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed)).tolist()
     return [items[i] for i in sorted(perm[:n])]
+
+
+def enable_activation_checkpointing(model) -> None:
+    """Recompute each decoder layer's activations in backward (less memory, more compute),
+    non-reentrant; inputs require grad so a frozen embedding still lets gradients through.
+
+    transformers 5 calls it activation checkpointing (`gradient_checkpointing_enable` is removed in
+    v6); the older versions the project supports (>= 4.56) have only the old name.
+    """
+    options = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=options)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=options)
+    model.enable_input_require_grads()

@@ -50,7 +50,8 @@ def _duration(seconds: float) -> str:
 
 
 def progress_line(record: dict) -> str | None:
-    """One terminal line for a metrics record: each step, each evaluation, the start."""
+    """One terminal line for a record of `train`'s callback: each setup stage, the start, each
+    step, each evaluation."""
     if record["kind"] == "train":
         return (
             f"step {record['step']}/{record['total_steps']}  loss {record['loss']:.4f}  "
@@ -91,7 +92,8 @@ def print_progress(record: dict) -> None:
 def progress_bar(desc: str) -> Callable[[dict], None]:
     """A `train` callback that shows a run's progress where it runs: a notebook cell or a terminal.
 
-    The start and each held-out evaluation are printed as `progress_line` words them, after `desc`;
+    The setup's stages, the start and each held-out evaluation are printed as `progress_line` words
+    them, after `desc`;
     the steps move a bar (tqdm: a widget in Jupyter, a line of text elsewhere) with the latest loss.
     """
     from tqdm.auto import tqdm  # imported here: `orpo-lab --help` answers without it
@@ -238,7 +240,7 @@ def _evaluate(args) -> int:
         top_p=args.top_p,
         sample_seed=args.sample_seed,
     )
-    print(evaluation_text(report, Path(args.evaluate) / "generations.json"))
+    print(evaluation_text(report, RunDir(args.evaluate).generations_path))
     return 0
 
 

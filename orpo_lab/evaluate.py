@@ -192,7 +192,7 @@ def evaluate_run(
             sampling | {"max_new_tokens": max_new_tokens},
             {"base": base_samples, "trained": tuned_samples},
         )
-    (run.path / "generations.json").write_text(json.dumps(report, indent=1))
+    run.generations_path.write_text(json.dumps(report, indent=1))
     return report
 
 

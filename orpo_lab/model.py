@@ -111,8 +111,10 @@ def prepare_default_model(force: bool = False) -> Path:
 def resolve_model(name: str) -> str:
     """Turn "default", a local directory or a hub id into something `from_pretrained` accepts.
 
-    A local path must be a directory holding config.json (a transformers model directory); anything
-    else that is not an existing path is taken as a hub id ("org/name").
+    A local path must be a directory holding config.json (a transformers model directory). A name
+    that is not an existing path is taken as a hub id ("org/name"), unless it looks like a path
+    ("./x", "a/b/c") or a typo of "default" ("defualt"): those are refused at once, where the hub
+    would retry for a minute offline and then blame the network.
     """
     if name == DEFAULT_MODEL:
         if _is_prepared(default_model_dir()) or importlib.util.find_spec(GGUF_PACKAGE):
@@ -147,13 +149,6 @@ def resolve_model(name: str) -> str:
         raise ModelLoadError(
             f"Model {name!r} is not a folder here: did you mean {DEFAULT_MODEL!r}, the embedded "
             "SmolLM2-135M-Instruct? (A model from the hub is named 'owner/name'.)"
-        )
-    if Path(name).parent.is_dir() and Path(name).parent != Path("."):
-        inside = sorted(p.name for p in Path(name).parent.iterdir())[:8]
-        raise ModelLoadError(
-            f"Model path {name!r} does not exist; {Path(name).parent}/ is a folder here, holding "
-            f"{', '.join(inside) or 'nothing'}. Give a model directory with config.json, or a hub "
-            "id ('owner/name') whose owner is not a folder where you run this."
         )
     return name
 
@@ -276,21 +271,6 @@ def _peft_reads_deprecated_names() -> Iterator[None]:
             "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
         )
         yield
-
-
-def enable_activation_checkpointing(model: PreTrainedModel) -> None:
-    """Recompute each decoder layer's activations in backward (less memory, more compute),
-    non-reentrant; inputs require grad so a frozen embedding still lets gradients through.
-
-    transformers 5 calls it activation checkpointing (`gradient_checkpointing_enable` is removed in
-    v6); the older versions the project supports (>= 4.56) have only the old name.
-    """
-    options = {"use_reentrant": False}
-    if hasattr(model, "activation_checkpointing_enable"):
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs=options)
-    else:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=options)
-    model.enable_input_require_grads()
 
 
 def main(argv: list[str] | None = None) -> None:

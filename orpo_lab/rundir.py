@@ -124,6 +124,10 @@ class RunDir:
         return self.path / "reference_logps.pt"
 
     @property
+    def generations_path(self) -> Path:
+        return self.path / "generations.json"  # `evaluate.evaluate_run`'s judged report
+
+    @property
     def checkpoints_dir(self) -> Path:
         return self.path / "checkpoints"
 

@@ -125,7 +125,7 @@ def setup_progress(
     callback: Callable[[dict], None] | None = None,
     every_s: float = 1.0,
     main: bool = True,
-):
+) -> Callable[..., None]:
     """A `prepared.Progress` for a run's setup. Each stage ("preparing data: tokenising", "loading
     the model", "measuring ...") goes to status.json with its count ("31,200 / 60,000"), at most
     once every `every_s`, and, as it begins, to `callback` as a "preparing" event (not to
@@ -139,18 +139,19 @@ def setup_progress(
             return
         if (stop_event is not None and stop_event.is_set()) or folder.stop_requested():
             raise StopRequested
-        if callback is not None and stage != said[0]:
-            said[0] = stage
+        new = stage != said[0]
+        said[0] = stage
+        if new and callback is not None:
             callback({"kind": "event", "step": 0, "event": "preparing", "stage": stage})
         now = time.monotonic()
-        if now - last[0] >= every_s or (total and done >= total):
+        if new or now - last[0] >= every_s or (total and done >= total):
             last[0] = now
             folder.write_status("running", stage + (f" {done:,} / {total:,}" if total else ""))
 
     return progress
 
 
-def data_stages(progress):
+def data_stages(progress: Callable[..., None]) -> Callable[[str, int, int], None]:
     """`progress` for `prepared`'s stages, each said as "preparing data: <stage>"."""
     return lambda stage, done, total: progress(f"preparing data: {stage}", done, total)
 

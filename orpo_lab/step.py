@@ -227,7 +227,12 @@ def clip_gradients(run) -> float | None:
 
 
 def time_steps(
-    pair_logps, batch: dict, beta: float, n: int = 2, warmup: int = 1, on_pass=None
+    pair_logps,
+    batch: dict,
+    beta: float,
+    n: int = 2,
+    warmup: int = 1,
+    on_pass: Callable[[], object] | None = None,
 ) -> list[float]:
     """Seconds of `n` forward+backward passes of `batch` through a `logps.PairLogps` (after `warmup`
     untimed ones), what `orpo_lab.autotune` compares; `on_pass()` is called after each pass (a

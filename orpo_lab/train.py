@@ -208,7 +208,8 @@ def train(
 ) -> dict:
     """Run (or resume) one training run in output_dir/run_name; returns the last train record.
 
-    `callback(record)` gets every metrics record (train, eval, event) as it is logged; setting
+    `callback(record)` gets every metrics record (train, eval, event) as it is logged, and before
+    the started event each setup stage as it begins ("preparing" events, not logged); setting
     `stop_event` (or creating the STOP file) stops after the current micro-batch with a checkpoint.
     `fits(step)` False before a step ends the run there as a stop does, but leaves it "running".
     `checked`: the pre-run check's key of the checked rows (`launch.check_launch`), when it ran.

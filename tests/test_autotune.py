@@ -232,6 +232,16 @@ def test_the_setup_says_each_stage_as_it_begins(tmp_path, data, tiny_model_dir, 
     train(cfg, callback=records.append)
     said = [r["stage"] for r in records if r.get("event") == "preparing"]
     assert said == ["loading the model"]  # the data too comes from the cache
+    # status.json follows each new stage at once; a stage's counts, at most once a second.
+    folder = RunDir(tmp_path / "status")
+    folder.path.mkdir()
+    progress = setup_progress(folder, None)
+    progress("preparing data: tokenising train pairs", 8, 8)
+    progress("loading the model")
+    assert folder.read_status()["message"] == "loading the model"
+    progress("measuring", 1, 3)
+    progress("measuring", 2, 3)
+    assert folder.read_status()["message"] == "measuring 1 / 3"
 
 
 def test_each_candidate_is_timed_twice_in_turn_and_the_bar_follows(
