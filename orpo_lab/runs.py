@@ -236,12 +236,9 @@ class RunManager(RunLibrary):
                 run.clear_stop()
                 run.write_status(
                     "stopped",
-                    (
-                        "stopped on request before the first step (nothing trained)"
-                        if how == "stopped"
-                        else f"killed: it did not stop within {grace:.0f} s"
-                    )
-                    + f"; {run.describe_checkpoints()}",
+                    run.stop_message(run.saved_step())
+                    if how == "stopped"
+                    else f"killed: it did not stop within {grace:.0f} s; {run.describe_checkpoints()}",
                 )
             self.poll()
             return how

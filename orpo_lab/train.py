@@ -179,8 +179,7 @@ def stopped(run: Run, step: int, last: dict, saved: int, paused: bool = False) -
         return last
     if run.main:
         run.folder.clear_stop()
-    what = f"after step {step}" if step else "before the first step (nothing trained)"
-    run.status("stopped", f"stopped on request {what}; {on_disk}", step=step)
+    run.status("stopped", run.folder.stop_message(step), step=step)
     return last
 
 
@@ -222,14 +221,11 @@ def train(
         if run.held_out and start == 0 and cfg.eval_at_start:
             log_eval(run, 0, run.eval_subset)  # the numbers before any update: curves start here
         return loop(run, start, fits)
-    except StopRequested:  # during data preparation or the step-0 evaluation: nothing trained
+    except StopRequested:  # during the setup or the step-0 evaluation: nothing trained here
         if accelerator.is_main_process:
             folder.clear_stop()
-            folder.write_status(
-                "stopped",
-                "stopped on request before the first step (nothing "
-                f"trained); {folder.describe_checkpoints()}",
-            )
+            step = folder.saved_step()  # 0, or the checkpoint a resumed run loaded
+            folder.write_status("stopped", folder.stop_message(step), step=step)
         return {}
     except torch.OutOfMemoryError as err:
         _fail(accelerator, folder, f"{OOM_ADVICE} ({folder.describe_checkpoints()})")

@@ -45,6 +45,17 @@ def test_stop_before_the_first_step_saves_nothing_and_says_so(tmp_path, data, ti
     assert "before the first step" in status["message"]
     assert "no checkpoint on disk" in status["message"]
     assert checkpoints(cfg.run_dir) == [] and lines(cfg.run_dir, "eval") == []
+    # Resumed from step 2, then stopped while it loads: it stands at step 2, as on disk.
+    cfg.max_steps, cfg.save_every = 2, 2
+    train(cfg)
+    cfg.max_steps, cfg.resume, said = 5, True, []
+    train(cfg, callback=said.append, stop_event=stop)
+    status = status_of(cfg)
+    assert status["status"] == "stopped" and status["step"] == 2
+    assert status["message"] == (
+        "stopped on request after step 2; last checkpoint on disk: step-000002 (step 2)"
+    )
+    assert said == []  # stopped at its setup's first stage, before the model loaded
 
 
 def test_stale_stop_file_does_not_end_a_resume(tmp_path, data, tiny_model_dir):
