@@ -213,8 +213,7 @@ class RunDir:
         return checkpoint_step(latest.name) if latest else 0
 
     def stop_message(self, step: int) -> str:
-        """What a run stopped on request says: the step it stands at (a resumed run stopped while it
-        loaded stands at its checkpoint), then what is on disk."""
+        """A run stopped on request: the step it stands at (a checkpoint's), then what is on disk."""
         what = f"after step {step}" if step else "before the first step (nothing trained)"
         return f"stopped on request {what}; {self.describe_checkpoints()}"
 

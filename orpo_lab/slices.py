@@ -234,8 +234,4 @@ class SliceRunner:
     @staticmethod
     def _end_stopped(run) -> None:
         step = run.saved_step()
-        run.write_status(
-            "stopped",
-            f"stopped on request after step {step}; {run.describe_checkpoints()}",
-            step=step,
-        )
+        run.write_status("stopped", run.stop_message(step), step=step)
