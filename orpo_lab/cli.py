@@ -19,6 +19,12 @@ from pathlib import Path
 from orpo_lab.config_flags import build_parser, config_from_args
 from orpo_lab.rundir import RunDir
 
+# The final record keeps TRL's metric names, so that runs compare with TRL's logs.
+KEYS_NOTE = (
+    "(above: log_odds_chosen is the log-odds ratio the step lines show; log_odds_ratio is TRL's "
+    "name for its log sigmoid, -L_OR)"
+)
+
 
 def _error(message: str) -> int:
     print(f"error: {message}", file=sys.stderr)
@@ -42,11 +48,8 @@ def install_stop_signals(stop: threading.Event) -> None:
 
 def _duration(seconds: float) -> str:
     minutes, seconds = divmod(int(seconds), 60)
-    return (
-        f"{minutes // 60}:{minutes % 60:02d}:{seconds:02d}"
-        if minutes >= 60
-        else f"{minutes}:{seconds:02d}"
-    )
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
 
 
 def progress_line(record: dict) -> str | None:
@@ -117,30 +120,6 @@ def progress_bar(desc: str) -> Callable[[dict], None]:
             bar = tqdm(total=record["total_steps"], initial=record["step"], desc=desc, unit="step")
 
     return show
-
-
-def evaluation_text(report: dict, generations: Path) -> str:
-    """evaluate_run's report for a terminal: the greedy pass rates per family, then the sampled
-    ones (as the app's evaluation tables show them), and where every answer is."""
-    from orpo_lab import rate_tables as t
-
-    reused = " (the base model's reused)" if report["base_answers_reused"] else ""
-    parts = [
-        f"judged greedy answers to held-out prompts{reused}: the base model vs "
-        f"{report['checkpoint']}, pass rate per family",
-        t.as_text(t.EVAL_COLUMNS, t.pass_rate_table(report["summary"])),
-    ]
-    if "sampled" in report:
-        s = report["sampled"]["settings"]
-        parts += [
-            f"sampled: {s['k']} per prompt, temperature {s['temperature']}, top-p {s['top_p']}, "
-            f"seed {s['seed']}; pass rate [95% interval], share like the rejected replies",
-            t.as_text(
-                t.SAMPLED_COLUMNS,
-                t.sampled_rate_table(report["sampled"], domains=("in_domain", "ood", "all")),
-            ),
-        ]
-    return "\n".join(parts + [f"every answer and verdict: {generations}"])
 
 
 def parser_with_hub() -> argparse.ArgumentParser:
@@ -231,6 +210,7 @@ def _push(args) -> int:
 
 def _evaluate(args) -> int:
     from orpo_lab.evaluate import evaluate_run
+    from orpo_lab.rate_tables import evaluation_text
 
     report = evaluate_run(
         args.evaluate,
@@ -259,14 +239,17 @@ def _train(args) -> int:
 
         if note := slow_bf16_note(cfg.device, cfg.precision):  # before anything loads
             print(f"orpo-lab: precision=bf16: {note}", file=sys.stderr, flush=True)
-    print(f"orpo-lab: reading and checking {cfg.dataset} ...", file=sys.stderr, flush=True)
-    checked = check_launch(cfg).checked
+    say = lambda text: print(f"orpo-lab: {text} ...", file=sys.stderr, flush=True)  # noqa: E731
+    say(f"reading and checking the dataset {cfg.dataset}")
+    checked = check_launch(cfg, say).checked
     if args.sft_then_dpo is not None:
         return _sft_then_dpo(cfg, args.sft_then_dpo, stop)
     from orpo_lab.train import train
 
     last = train(cfg, callback=print_progress, stop_event=stop, checked=checked)
-    print(json.dumps({k: v for k, v in last.items() if k != "kind"}, indent=1))
+    if last:  # the last step's record; none for a run stopped before its first step
+        print(json.dumps({k: v for k, v in last.items() if k != "kind"}, indent=1))
+        print(KEYS_NOTE, file=sys.stderr)
     status = RunDir(cfg.run_dir).read_status()  # what is on disk, in the run's own words
     print(f"{status['message']} (run folder {cfg.run_dir})")  # e.g. "finished 60 steps; ..."
     if stop.is_set():  # the command as typed (.venv/bin/orpo-lab), else its installed name

@@ -32,7 +32,7 @@ def pass_rates(records: list[dict], passed: list[bool]) -> dict[str, dict[str, f
             group["all"].append(ok)
     return {
         fam: {k: (sum(v) / len(v) if v else float("nan")) for k, v in g.items()}
-        | {"n": len(g["all"])}
+        | {"n": len(g["all"]), "n_in_domain": len(g["in_domain"]), "n_ood": len(g["ood"])}
         for fam, g in table.items()
     }
 

@@ -8,6 +8,7 @@ a model whose tokenizer does not load. The rows it reads and checks are cached
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,9 +38,10 @@ def batch_shortfall(cfg: TrainConfig, pairs: int, processes: int = 1) -> str | N
     )
 
 
-def check_model(cfg: TrainConfig) -> None:
-    """The model is there: its tokenizer loads (its weights are not loaded)."""
-    from orpo_lab.model import ModelLoadError, load_tokenizer
+def check_model(cfg: TrainConfig, say: Callable[[str], None] = lambda text: None) -> None:
+    """The model is there: its tokenizer loads (its weights are not loaded). `say` is told when
+    the tokenizer comes from the hub, which retries for about a minute where it is unreachable."""
+    from orpo_lab.model import DEFAULT_MODEL, ModelLoadError, load_tokenizer, resolve_model
 
     path = Path(cfg.model).expanduser()
     if cfg.model.startswith(("/", ".", "~")) and not path.exists():  # a path, not a hub id
@@ -47,23 +49,29 @@ def check_model(cfg: TrainConfig) -> None:
             f"Model path {cfg.model} does not exist: give a model directory (with config.json), "
             "a hub id (owner/name) or 'default'."
         )
+    if cfg.model != DEFAULT_MODEL and not Path(resolve_model(cfg.model)).is_dir():
+        say(f"looking up the model {cfg.model} on the Hugging Face hub")
     try:
         load_tokenizer(cfg.model, cfg.trust_remote_code, cfg.chat_template)
     except OSError as err:
         raise ModelLoadError(f"Could not load the model {cfg.model!r}: {err}") from err
 
 
-def check_launch(cfg: TrainConfig) -> LaunchCheck:
+def check_launch(cfg: TrainConfig, say: Callable[[str], None] = lambda text: None) -> LaunchCheck:
     """Refuse what a run could not start with; raises ValueError (a `ModelLoadError`,
-    `PreferenceDataError`, `CheckpointError` or `RunError`) saying what to change.
+    `PreferenceDataError`, `CheckpointError` or `RunError`) saying what to change. `say` is told
+    of a step that can take long (a model looked up on the hub).
 
     A resumed run starts from its own checkpoint: init_checkpoint and ref_checkpoint are then
     not checked again.
     """
+    from orpo_lab.model import DEFAULT_MODEL, resolve_model
     from orpo_lab.prepared import checked_key, checked_splits
     from orpo_lab.reference import check_start
     from orpo_lab.rundir import RunError
 
+    if cfg.model != DEFAULT_MODEL:  # a mistyped name or a missing folder: at once, before the data
+        resolve_model(cfg.model)
     if not cfg.resume:
         check_start(cfg)  # init_checkpoint, ref_checkpoint: there, and of this base model
     key = checked_key(cfg)
@@ -71,5 +79,5 @@ def check_launch(cfg: TrainConfig) -> LaunchCheck:
     shortfall = batch_shortfall(cfg, result.train_pairs)
     if shortfall:
         raise RunError(shortfall)
-    check_model(cfg)  # after the data: a bad dataset is reported without looking at the model
+    check_model(cfg, say)  # after the data: a bad dataset is reported without looking at the model
     return result

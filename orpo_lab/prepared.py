@@ -99,9 +99,11 @@ def _reported(progress: Progress | None, stage: str):
 
     class ReportingBar(bar):
         def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
             self.reported = kwargs.get("initial", 0)
-            progress(stage, self.reported, kwargs.get("total") or 0)
+            try:  # the stage said before the bar draws, so that its line is not cut into the bar
+                progress(stage, self.reported, kwargs.get("total") or 0)
+            finally:  # a bar to close even when the stage raised (a stop requested)
+                super().__init__(*args, **kwargs)
 
         def update(self, n=1):
             self.reported += n
@@ -135,7 +137,7 @@ def checked_splits(cfg, progress: Progress | None = None, key: str | None = None
         def loader(source, split, column_map=None, skip_bad_rows=False):
             raw = read_split(source, split)
             cache_file = str(work / f"{uuid.uuid4().hex}.arrow")
-            with _reported(progress, f"reading and checking {raw.name}"):
+            with _reported(progress, f"reading and checking the dataset {raw.name}"):
                 checked = check_rows(raw, column_map, cache_file=cache_file)
             return good_rows(raw.name, checked, skip_bad_rows)
 
@@ -164,7 +166,7 @@ def _tokenised(ds, name, tokenizer, cfg, work: Path, progress: Progress | None):
     """(token ids of every pair of `ds`, its truncation report); pairs whose response has no
     token left before the end-of-turn are dropped and counted, never scored."""
     parallel = len(ds) >= 2000 and (os.cpu_count() or 1) > 1
-    with _reported(progress, f"tokenising {name} pairs"):
+    with _reported(progress, f"tokenising {name.replace('_', '-')} pairs"):
         ids = ds.map(
             _tokenize_batch,
             batched=True,

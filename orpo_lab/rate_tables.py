@@ -9,10 +9,11 @@ notebook imports them without the app.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 EVAL_COLUMNS = [
     "family",
-    "prompts",
+    "prompts (in-domain + ood)",
     "base (in-domain)",
     "trained (in-domain)",
     "base (ood)",
@@ -50,14 +51,22 @@ def rate_with_interval(cell: dict) -> str:
     return f"{100 * cell['rate']:.0f}% [{100 * cell['low']:.0f}-{100 * cell['high']:.0f}]"
 
 
+def _prompts(group: dict) -> str | int:
+    # A summary written before the split counts was kept has only the total.
+    if "n_ood" not in group:
+        return group["n"]
+    return f"{group['n_in_domain']} + {group['n_ood']}"
+
+
 def pass_rate_table(summary: dict[str, dict]) -> list[list]:
-    """{model: pass_rates(...)} -> a row per family (and "all"): family, prompts, then each model's
-    in-domain rate, then each model's ood rate (evaluate_run's summary: base, then trained)."""
+    """{model: pass_rates(...)} -> a row per family (and "all"): family, its prompts ("3 + 2":
+    in-domain + ood), then each model's in-domain rate, then each model's ood rate (evaluate_run's
+    summary: base, then trained)."""
     models = list(summary)
     first = summary[models[0]]
     families = sorted(k for k in first if k != "all") + ["all"]
     return [
-        [family, first[family]["n"]]
+        [family, _prompts(first[family])]
         + [percent(summary[m][family]["in_domain"]) for m in models]
         + [percent(summary[m][family]["ood"]) for m in models]
         for family in families
@@ -87,3 +96,25 @@ def sampled_rate_table(
                 + [percent(g["rejected_like"]["rate"]) for g in groups]
             )
     return rows
+
+
+def evaluation_text(report: dict, generations: Path) -> str:
+    """evaluate_run's report for a terminal: the greedy pass rates per family, then the sampled
+    ones (as the app's evaluation tables show them), and where every answer is."""
+    reused = " (the base model's reused)" if report["base_answers_reused"] else ""
+    parts = [
+        f"judged greedy answers to held-out prompts{reused}: the base model vs "
+        f"{report['checkpoint']}, pass rate per family",
+        as_text(EVAL_COLUMNS, pass_rate_table(report["summary"])),
+    ]
+    if "sampled" in report:
+        s = report["sampled"]["settings"]
+        parts += [
+            f"sampled: {s['k']} per prompt, temperature {s['temperature']}, top-p {s['top_p']}, "
+            f"seed {s['seed']}; pass rate [95% interval], share like the rejected replies",
+            as_text(
+                SAMPLED_COLUMNS,
+                sampled_rate_table(report["sampled"], domains=("in_domain", "ood", "all")),
+            ),
+        ]
+    return "\n".join(parts + [f"every answer and verdict: {generations}"])

@@ -88,7 +88,7 @@ class RunManager(RunLibrary):
                 "queued",
                 "waiting for its device",
                 step=0,
-                total_steps=0,
+                total_steps=cfg.max_steps or 0,  # 0: epochs decide, once the data is read
                 pid=None,
                 created=time.time(),
             )

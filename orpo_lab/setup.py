@@ -113,8 +113,12 @@ def begin(cfg: TrainConfig, sliced: bool = False) -> Opened:
         folder.metrics_path.touch()  # there from the start, even for a run stopped before step 1
         TrainConfig.from_dict({**cfg.to_dict(), "resume": False}).to_yaml(folder.config_path)
         folder.clear_stale_stop(os.getpid(), opened_at)
+        # Where the run stands until the setup is done: the checkpoint it resumes from, and the
+        # steps it will run when max_steps says (epochs need the data first: 0, unknown yet).
+        step = folder.saved_step() if resume_from else 0
+        total = cfg.max_steps or 0
         folder.write_status(
-            "running", "loading model and data", step=0, total_steps=0, pid=os.getpid()
+            "running", "loading model and data", step=step, total_steps=total, pid=os.getpid()
         )
     return Opened(cfg, plan, accelerator, checkpointer, resume_from)
 

@@ -426,7 +426,10 @@ def test_evaluate_judges_base_and_checkpoint_or_says_why_not(served, tiny_model_
     )
     rows = {row[0]: row for row in table["data"]}
     assert set(rows) == {"arithmetic", "bullets", "concise", "ranked", "all"}
-    assert rows["all"][1] == 8 and all(row[1] == 2 for f, row in rows.items() if f != "all")
+    # 8 prompts, one per family and domain: "in-domain + ood" prompts.
+    assert rows["all"][1] == "4 + 4" and all(
+        row[1] == "1 + 1" for f, row in rows.items() if f != "all"
+    )
     assert all(cell.endswith("%") for row in rows.values() for cell in row[2:])
     # Two samples per prompt: a row per family and domain, one prompt each, so 2 samples a row.
     sampled_rows = {(row[0], row[1]): row for row in sampled["data"]}

@@ -35,23 +35,33 @@ def status_of(cfg) -> dict:
     return RunDir(cfg.run_dir).read_status()
 
 
-def test_stop_before_the_first_step_saves_nothing_and_says_so(tmp_path, data, tiny_model_dir):
+def test_stop_before_the_first_step_saves_nothing_and_says_so(
+    tmp_path, data, tiny_model_dir, monkeypatch, capsys
+):
+    from orpo_lab import cli
+
     cfg = make_config(tmp_path, data, tiny_model_dir, max_steps=5)
-    stop = threading.Event()
-    stop.set()  # asked while the model loads: the step-0 evaluation and the loop end at once
-    train(cfg, stop_event=stop)
+    cfg.to_yaml(tmp_path / "run.yaml")
+    # Ctrl-C while the run loads (the CLI's stop event set as soon as it exists): the step-0
+    # evaluation and the loop end at once.
+    monkeypatch.setattr(cli, "install_stop_signals", lambda stop: stop.set())
+    assert cli.main(["--config", str(tmp_path / "run.yaml")]) == 0
     status = status_of(cfg)
-    assert status["status"] == "stopped" and status["step"] == 0
+    assert status["status"] == "stopped" and status["step"] == 0 and status["total_steps"] == 5
     assert "before the first step" in status["message"]
+    # No step's record to print (it printed "{}"): what is on disk, then how to go on.
+    out = capsys.readouterr().out
+    assert out.startswith(f"{status['message']} (run folder {cfg.run_dir})\nresume with ")
     assert "no checkpoint on disk" in status["message"]
     assert checkpoints(cfg.run_dir) == [] and lines(cfg.run_dir, "eval") == []
     # Resumed from step 2, then stopped while it loads: it stands at step 2, as on disk.
     cfg.max_steps, cfg.save_every = 2, 2
     train(cfg)
-    cfg.max_steps, cfg.resume, said = 5, True, []
+    cfg.max_steps, cfg.resume, said, stop = 5, True, [], threading.Event()
+    stop.set()
     train(cfg, callback=said.append, stop_event=stop)
     status = status_of(cfg)
-    assert status["status"] == "stopped" and status["step"] == 2
+    assert status["status"] == "stopped" and status["step"] == 2 and status["total_steps"] == 5
     assert status["message"] == (
         "stopped on request after step 2; last checkpoint on disk: step-000002 (step 2)"
     )
@@ -267,38 +277,39 @@ def test_a_training_command_says_what_it_reads_before_heavy_imports(tmp_path):
     seconds on a slow CPU: nothing heavy is imported until launch.check_launch runs."""
     code = (
         "import sys, orpo_lab.launch as launch; from orpo_lab.cli import main\n"
-        "def check(cfg):\n"
+        "def check(cfg, say):\n"
         "    heavy = [m for m in ('torch', 'transformers', 'datasets', 'peft') if m in sys.modules]\n"
         "    print('HEAVY', heavy); raise SystemExit(0)\n"
         "launch.check_launch = check\n"
         f"main(['--run-name', 'x', '--output-dir', {str(tmp_path)!r}])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert "reading and checking default" in out.stderr, out.stderr[-500:]
+    assert "reading and checking the dataset default" in out.stderr, out.stderr[-500:]
     assert "HEAVY []" in out.stdout, out.stdout[-500:]
 
 
 def test_a_bad_dataset_is_reported_before_the_model_loads(tmp_path):
+    """The model's name is checked first (instant: a missing folder or a typo of 'default'),
+    then the data; the model itself (a tokenizer from the hub) only after the data passed."""
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "hi", "chosen": "a"}\n')
+
+    def cli(model: str) -> subprocess.CompletedProcess:
+        args = ["--dataset", str(bad), "--model", model, "--run-name", "x", "--output-dir"]
+        return subprocess.run(
+            [*CLI, *args, str(tmp_path)], capture_output=True, text=True, timeout=120
+        )
+
     began = time.monotonic()
-    proc = subprocess.run(
-        [
-            *CLI,
-            "--dataset",
-            str(bad),
-            "--model",
-            "/no/such/model",
-            "--run-name",
-            "x",
-            "--output-dir",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = cli("nobody/no-such-model")  # a hub id: offline, a look-up would retry for a minute
     assert proc.returncode == 2 and "line 1" in proc.stderr and "rejected" in proc.stderr
-    assert "/no/such/model" not in proc.stderr  # the model was never looked at
-    assert not (tmp_path / "x").exists()
+    assert "no-such-model" not in proc.stderr  # the model was never looked at
     assert time.monotonic() - began < 60
+    for model, said in (
+        ("defualt", "did you mean 'default'"),
+        ("/no/such/model", "does not exist"),
+    ):
+        proc = cli(model)
+        assert proc.returncode == 2 and said in proc.stderr, proc.stderr[-500:]
+        assert "line 1" not in proc.stderr  # refused before the data was read
+    assert not (tmp_path / "x").exists()

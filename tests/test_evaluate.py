@@ -36,9 +36,16 @@ def test_stratified_takes_every_group_in_turn():
 
 
 def test_pass_rates_split_in_domain_and_ood():
-    records = [{"family": "x", "ood": False}] * 2 + [{"family": "x", "ood": True}] * 2
+    records = [{"family": "x", "ood": False}] * 3 + [{"family": "x", "ood": True}] * 1
     rates = pass_rates(records, [True, False, True, True])
-    assert rates["x"] == {"in_domain": 0.5, "ood": 1.0, "all": 0.75, "n": 4}
+    assert rates["x"] == {
+        "in_domain": 2 / 3,
+        "ood": 1.0,
+        "all": 0.75,
+        "n": 4,
+        "n_in_domain": 3,
+        "n_ood": 1,
+    }
     assert rates["all"]["all"] == 0.75
 
 
@@ -199,9 +206,13 @@ def test_cli_evaluate_samples_flags(tmp_path, tiny_model_dir, capsys):
     assert (
         heading.startswith("judged greedy answers to held-out prompts") and "step-000001" in heading
     )
-    assert re.split(r"  +", columns)[:3] == ["family", "prompts", "base (in-domain)"]
+    assert re.split(r"  +", columns)[:3] == [
+        "family",
+        "prompts (in-domain + ood)",
+        "base (in-domain)",
+    ]
     base = saved["summary"]["base"]["all"]
-    assert rows[-1].split() == ["all", "8"] + [
+    assert rows[-1].split() == ["all", "4", "+", "4"] + [
         f"{100 * saved['summary'][m]['all'][d]:.0f}%"
         for d in ("in_domain", "ood")
         for m in ("base", "trained")

@@ -78,10 +78,12 @@ def test_the_cli_says_what_bf16_costs_before_anything_loads(monkeypatch, tmp_pat
     assert main(args) == 2
     lines = capsys.readouterr().err.splitlines()
     assert lines[0].startswith("orpo-lab: precision=bf16: this CPU has no bf16 instructions")
-    assert lines[1] == f"orpo-lab: reading and checking {missing} ..."
+    assert lines[1] == f"orpo-lab: reading and checking the dataset {missing} ..."
     monkeypatch.setattr(devices, "bf16_flag", lambda flags=None: "amx_bf16")  # a CPU with them
     assert main(args) == 2
-    assert capsys.readouterr().err.startswith(f"orpo-lab: reading and checking {missing} ...")
+    assert capsys.readouterr().err.startswith(
+        f"orpo-lab: reading and checking the dataset {missing} ..."
+    )
 
 
 def measured(monkeypatch, precision: str | None) -> None:

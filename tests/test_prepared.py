@@ -183,12 +183,12 @@ def test_progress_reports_each_stage_and_a_stop_leaves_no_cache(tmp_path, defaul
     prepared.prepare_data(cfg, default_tokenizer, lambda *a: seen.append(a))
     stages = {stage for stage, _, _ in seen}
     assert stages == {
-        f"reading and checking {path}",
+        f"reading and checking the dataset {path}",
         "tokenising train pairs",
-        "tokenising held_out pairs",
+        "tokenising held-out pairs",
     }
     last = {stage: (done, total) for stage, done, total in seen}
-    assert last["tokenising train pairs"] == (270, 270) and last["tokenising held_out pairs"] == (
+    assert last["tokenising train pairs"] == (270, 270) and last["tokenising held-out pairs"] == (
         30,
         30,
     )

@@ -20,19 +20,27 @@ def test_pass_rate_table_puts_each_model_in_its_columns():
         "SFT": pass_rates(RECORDS, [True, False, True, True]),
         "ORPO": pass_rates(RECORDS, [True, True, True, True]),
     }
-    # family, prompts, in-domain base/SFT/ORPO, ood base/SFT/ORPO; families sorted, "all" last.
+    # family, prompts (in-domain + ood), in-domain base/SFT/ORPO, ood base/SFT/ORPO; families
+    # sorted, "all" last.
     assert pass_rate_table(summary) == [
-        ["arithmetic", 2, "100%", "100%", "100%", "0%", "100%", "100%"],
-        ["concise", 2, "0%", "100%", "100%", "0%", "0%", "100%"],
-        ["all", 4, "50%", "100%", "100%", "0%", "50%", "100%"],
+        ["arithmetic", "1 + 1", "100%", "100%", "100%", "0%", "100%", "100%"],
+        ["concise", "1 + 1", "0%", "100%", "100%", "0%", "0%", "100%"],
+        ["all", "2 + 2", "50%", "100%", "100%", "0%", "50%", "100%"],
     ]
+    # A summary saved before the split counts were kept: the total, as it was shown then.
+    split = ("n_in_domain", "n_ood")
+    old = {
+        m: {f: {k: v for k, v in g.items() if k not in split} for f, g in rates.items()}
+        for m, rates in summary.items()
+    }
+    assert [row[1] for row in pass_rate_table(old)] == [2, 2, 4]
 
 
 def test_a_group_without_prompts_reads_as_a_dash():
     only_in_domain = pass_rates(RECORDS[:1], [True])  # no ood prompt: its rate is NaN
     assert pass_rate_table({"base": only_in_domain, "trained": only_in_domain}) == [
-        ["concise", 1, "100%", "100%", "-", "-"],
-        ["all", 1, "100%", "100%", "-", "-"],
+        ["concise", "1 + 0", "100%", "100%", "-", "-"],
+        ["all", "1 + 0", "100%", "100%", "-", "-"],
     ]
     assert percent(None) == "-" and percent(0.625) == "62%"
 

@@ -519,7 +519,7 @@ def test_cli_round_trip_and_merged_export(tmp_path, data, tiny_model_dir, capsys
     `cli.main` in this process (the same code, without a second start of torch). The merged
     model's logits equal base + adapter: test_architectures.py checks that for every architecture
     (the tiny Llama included), the QLoRA test for a 4-bit base."""
-    from orpo_lab.cli import main
+    from orpo_lab.cli import KEYS_NOTE, main
 
     cfg = make_config(tmp_path, data, tiny_model_dir, max_steps=2)
     cfg.to_yaml(tmp_path / "run.yaml")
@@ -544,6 +544,10 @@ def test_cli_round_trip_and_merged_export(tmp_path, data, tiny_model_dir, capsys
     assert (
         err.index("orpo-lab: reading") < err.index("Tokenising train pairs") < err.index("started:")
     )
+    # Each setup stage's line comes before its bar (it was printed into the bar's line).
+    stage = "preparing data: tokenising train pairs ...\n"
+    assert err.index(stage) < err.index("Tokenising train pairs")
+    assert KEYS_NOTE in err  # the last record's TRL names, told apart
     assert err.index("started:") < err.index("step 1/3")
     # The last line says what is on disk and where, in the run status's own words.
     status = json.loads((cfg.run_dir / "status.json").read_text())
