@@ -13,10 +13,11 @@ the run's own model, adapter and first pairs, each part cut to `PROBE_TOKENS` (`
   passes of 22.9-42.7 s beside float32 ones of 1.1-1.7 s, where a quiet probe measured bf16 x2.4
   faster) decides its own run and says so, and the next run measures again;
 - compiled layers, in the chosen precision: their first compile costs 30-50 s on 2 cores,
-  so it is tried only in a run whose eager steps take `COMPILE_TRIAL_RUN_S`+ (measured: eager
-  step time x steps), never in a time slice; the trial times the cold compile, the compiled passes
-  and a compile from inductor's on-disk cache (what a later process pays), and the run keeps the
-  layers compiled when they won.
+  so it is tried only in a run whose eager steps take `autotune_rules.COMPILE_TRIAL_RUN_S`+ (eager step time x
+  steps; where precision was not probed, one cold pass first bounds the step time, and a run too
+  short even at that bound measures no more), never in a time slice; the trial times the cold
+  compile, the compiled passes and a compile from inductor's on-disk cache (what a later process
+  pays), and the run keeps the layers compiled when they won.
 
 The step times go to a per-machine cache (`orpo_lab.autotune_cache`, JSON), keyed by CPU model, core count,
 torch version, the instruction sets its kernels use, model and adapter configuration and batch
@@ -43,7 +44,7 @@ from tqdm.auto import tqdm
 
 from orpo_lab import compiling
 from orpo_lab.autotune_cache import cached_times, entry, machine, setup_key, store, write_entry
-from orpo_lab.autotune_rules import choose_compile, choose_precision, unsteady
+from orpo_lab.autotune_rules import choose_compile, choose_precision, too_short, unsteady
 from orpo_lab.collate import collate
 from orpo_lab.devices import BF16_FLAGS, bf16_flag
 from orpo_lab.logps import PairLogps, check_sample
@@ -57,9 +58,6 @@ if TYPE_CHECKING:  # plan.py asks this module for a cached precision
 # on the same shapes (BENCHMARKS.md, stop 26), and step-time projections scale by the token count.
 PROBE_TOKENS = 128
 PROBE_STEPS = 2  # timed forward+backward passes per candidate, after one untimed (warm-up) pass
-# A first compile costs 30-50 s on 2 cores (the default model; once per machine and setup):
-# tried only in a run whose eager steps would take 10+ minutes, where it costs at most ~10%.
-COMPILE_TRIAL_RUN_S = 600.0
 # ---------------------------------------------------------------- timing
 
 
@@ -225,7 +223,17 @@ def _measured_compile(cfg, plan: Plan, record: dict, pair_logps, batch, steps, s
     if plan.sliced:
         return False, "compiled layers were never measured here, and a time slice never tries them"
     try:
-        if not eager:  # precision was asked for: its eager step time, once per setup
+        if not eager:  # precision was asked for: one cold pass first, an upper bound of a step
+            bound = (known.get("eager_bound") or {}).get(name)
+            if bound is None:
+                say(f"timing one {name} step here, for the compile choice (once per setup)")
+                began = time.perf_counter()
+                bound = round(time_steps(pair_logps, batch, cfg.beta, n=1, warmup=0)[0], 4)
+                record["probe_s"] = round(record.get("probe_s", 0) + time.perf_counter() - began, 1)
+                store(key, name, eager_bound=bound)
+            record["eager_bound"] = {name: bound}
+            if why := too_short(steps, bound, scale, "at most: one cold pass"):  # even at the bound
+                return False, why
             say(f"measuring {name} steps here, for the choice of compiled layers (once per setup)")
             began = time.perf_counter()
             with tqdm(total=PROBE_STEPS + 1, desc=f"Measuring {name} steps", leave=False) as bar:
@@ -233,17 +241,8 @@ def _measured_compile(cfg, plan: Plan, record: dict, pair_logps, batch, steps, s
             record["probe_s"] = round(record.get("probe_s", 0) + time.perf_counter() - began, 1)
             store(key, name, candidates=_rounded(eager))
         times[name] = _rounded(eager)
-        step = min(eager) * scale
-        run_s = step * steps
-        if run_s < COMPILE_TRIAL_RUN_S:
-            per_step = f"{step:.3f} s"
-            if scale != 1:
-                per_step = f"~{per_step} ({min(eager):.3f} s probed, x{scale:.1f} the tokens)"
-            return False, (
-                f"compiled layers were never measured here; their first compile (30-50 s on "
-                f"2 cores) is tried in runs of {COMPILE_TRIAL_RUN_S / 60:.0f}+ minutes eager, and "
-                f"this one is {steps} steps x {per_step} = {run_s:.0f} s"
-            )
+        if why := too_short(steps, min(eager), scale, "probed"):
+            return False, why
         say("compiling the decoder layers to time them (once per setup: 30-50 s on 2 cores)")
         broken = compiling.broken_compiler()
         if broken:

@@ -9,6 +9,9 @@ MARGIN = 0.05  # a candidate must beat float32 eager by 5%: a tie keeps the simp
 # A candidate's timed passes this far apart (slowest / fastest) say the machine was busy, not how
 # fast the candidate is: such a probe decides its own run but is not cached.
 STEADY = 1.5
+# A first compile costs 30-50 s on 2 cores (the default model; once per machine and setup):
+# tried only in a run whose eager steps would take 10+ minutes, where it costs at most ~10%.
+COMPILE_TRIAL_RUN_S = 600.0
 
 
 def choose_precision(times: dict[str, list[float]]) -> tuple[str, str]:
@@ -67,3 +70,19 @@ def unsteady(times: dict[str, list[float]]) -> str | None:
     if worst <= STEADY:
         return None
     return f"the {name} passes were x{worst:.2f} apart (the machine was busy)"
+
+
+def too_short(steps: int, step: float, scale: float, timed: str) -> str | None:
+    """Why a run of `steps` eager steps of `step` s (probed; x `scale` the probe's tokens) tries no
+    first compile, or None when it is long enough to (`COMPILE_TRIAL_RUN_S`)."""
+    run_s = step * scale * steps
+    if run_s >= COMPILE_TRIAL_RUN_S:
+        return None
+    per_step = f"{step * scale:.3f} s" + (f" ({timed})" if timed != "probed" else "")
+    if scale != 1:
+        per_step = f"~{step * scale:.3f} s ({step:.3f} s {timed}, x{scale:.1f} the tokens)"
+    return (
+        f"compiled layers were never measured here; their first compile (30-50 s on 2 cores) is "
+        f"tried in runs of {COMPILE_TRIAL_RUN_S / 60:.0f}+ minutes eager, and this one is {steps} "
+        f"step{'s' if steps != 1 else ''} x {per_step} = {run_s:.0f} s"
+    )

@@ -222,16 +222,27 @@ def test_the_setup_says_each_stage_as_it_begins(tmp_path, data, tiny_model_dir, 
     assert data_stages and data_stages[0].startswith("preparing data: reading and checking ")
     assert len(set(said)) == len(said)  # each once, however often its count moved
     assert [s for s in said if s not in data_stages] == [
-        "loading the model",  # then the eager steps, timed once per setup for the compile choice
-        "measuring fp32 steps here, for the choice of compiled layers (once per setup)",
+        "loading the model",  # then one eager step, timed once per setup for the compile choice
+        "timing one fp32 step here, for the compile choice (once per setup)",
     ]
     assert progress_line(records[first - 1]) == said[-1] + " ..."
     assert "preparing" not in {r.get("event") for r in lines(cfg.run_dir, "event")}
+    # That one pass bounds a step: 1 step is far too short for a compile trial, so nothing more
+    # was timed, and the started event says so.
+    event = started(cfg.run_dir)
+    (bound,) = event["autotune"]["eager_bound"].values()
+    assert bound > 0 and "fp32" not in event["autotune"]["candidates"]
+    assert event["autotune"]["probe_s"] >= round(bound, 1)
+    assert event["torch_compile_reason"].endswith(
+        f"this one is 1 step x {bound:.3f} s (at most: one cold pass) = {bound:.0f} s"
+    )
     # A second run of the setup reads the cache: nothing measured, nothing said of it.
     cfg.run_name, records = "again", []
     train(cfg, callback=records.append)
     said = [r["stage"] for r in records if r.get("event") == "preparing"]
     assert said == ["loading the model"]  # the data too comes from the cache
+    again = started(cfg.run_dir)["autotune"]
+    assert again["eager_bound"] == {"fp32": bound} and again.get("probe_s", 0) == 0
     # status.json follows each new stage at once; a stage's counts, at most once a second.
     folder = RunDir(tmp_path / "status")
     folder.path.mkdir()
@@ -416,14 +427,16 @@ def test_compiled_layers_are_tried_once_in_a_long_enough_run(pair_logps, own_cac
         )
         return settled.torch_compile, settled.torch_compile_reason
 
-    # 599 steps x 1.0 s: under the 10 minutes that a first compile is tried in; the eager step
-    # time (precision was asked for, never measured) is timed once and kept.
+    # 599 steps x 1.0 s: under the 10 minutes that a first compile is tried in. Precision was
+    # asked for, so no step was timed yet: one cold pass, an upper bound of a step, is timed and
+    # kept, and the run is too short even at that bound.
     assert settle(599) == (
         False,
         "compiled layers were never measured here; their first compile "
         "(30-50 s on 2 cores) is tried in runs of 10+ minutes eager, and "
-        "this one is 599 steps x 1.000 s = 599 s",
+        "this one is 599 steps x 1.000 s (at most: one cold pass) = 599 s",
     )
+    assert timed == [1]
     assert settle(10**6, sliced=True) == (
         False,
         "compiled layers were never measured here, and a time slice never tries them",
@@ -434,13 +447,14 @@ def test_compiled_layers_are_tried_once_in_a_long_enough_run(pair_logps, own_cac
         "compiled layers were never measured here; their "
         "first compile (30-50 s on 2 cores) is tried in runs "
         "of 10+ minutes eager, and this one is 149 steps x ~4.000 s "
-        "(1.000 s probed, x4.0 the tokens) = 596 s",
+        "(1.000 s at most: one cold pass, x4.0 the tokens) = 596 s",
     )
-    assert timed == [autotune.PROBE_STEPS] and probes == []
+    assert timed == [1] and probes == []  # the bound came from the cache
+    # A run long enough at the bound: the eager steps measured (two passes), then the trial.
     trial = autotune.settle_compile(cfg, plan, wrapped, batch, 600, 1, CPU)
     on, why = trial.torch_compile, trial.torch_compile_reason
     assert on and why.endswith("(x1.43); compiled by the probe already") and probes == [1]
-    assert len(timed) == 1  # the eager time came from the cache
+    assert timed == [1, autotune.PROBE_STEPS]
     two = autotune.PROBE_STEPS
     assert trial.autotune["candidates"] == {"fp32": [1.0] * two, "fp32+compile": [0.7] * two}
     assert trial.autotune["compile_s"] == {"cold": 40.0, "cached": 6.0}
@@ -457,7 +471,7 @@ def test_compiled_layers_are_tried_once_in_a_long_enough_run(pair_logps, own_cac
     # next run decides on: 21 steps no longer repay it.
     assert later.autotune["compile_s"] == {"cold": 40.0, "cached": 9.0}
     assert settle(21)[0] is False and settle(31)[0] is True
-    assert probes == [1] and len(timed) == 1
+    assert probes == [1] and len(timed) == 2  # the eager times came from the cache
     # The compiler worked when these were measured: a later run does not check it again (its
     # check is a compile of its own, seconds).
     monkeypatch.setattr(compiling, "compiler_works", lambda: pytest.fail("checked again"))

@@ -288,20 +288,18 @@ def test_a_training_command_says_what_it_reads_before_heavy_imports(tmp_path):
     assert "HEAVY []" in out.stdout, out.stdout[-500:]
 
 
-def test_a_bad_dataset_is_reported_before_the_model_loads(tmp_path):
+def test_a_bad_dataset_is_reported_before_the_model_loads(tmp_path, capsys):
     """The model's name is checked first (instant: a missing folder or a typo of 'default'),
     then the data; the model itself (a tokenizer from the hub) only after the data passed."""
+    from orpo_lab.cli import main
+
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "hi", "chosen": "a"}\n')
-
-    def cli(model: str) -> subprocess.CompletedProcess:
-        args = ["--dataset", str(bad), "--model", model, "--run-name", "x", "--output-dir"]
-        return subprocess.run(
-            [*CLI, *args, str(tmp_path)], capture_output=True, text=True, timeout=120
-        )
-
+    args = ["--dataset", str(bad), "--run-name", "x", "--output-dir", str(tmp_path), "--model"]
     began = time.monotonic()
-    proc = cli("nobody/no-such-model")  # a hub id: offline, a look-up would retry for a minute
+    proc = subprocess.run(  # a process of its own: a hub look-up offline would retry for a minute
+        [*CLI, *args, "nobody/no-such-model"], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 2 and "line 1" in proc.stderr and "rejected" in proc.stderr
     assert "no-such-model" not in proc.stderr  # the model was never looked at
     assert time.monotonic() - began < 60
@@ -309,7 +307,7 @@ def test_a_bad_dataset_is_reported_before_the_model_loads(tmp_path):
         ("defualt", "did you mean 'default'"),
         ("/no/such/model", "does not exist"),
     ):
-        proc = cli(model)
-        assert proc.returncode == 2 and said in proc.stderr, proc.stderr[-500:]
-        assert "line 1" not in proc.stderr  # refused before the data was read
+        assert main([*args, model]) == 2
+        err = capsys.readouterr().err
+        assert said in err and "line 1" not in err  # refused before the data was read
     assert not (tmp_path / "x").exists()
