@@ -260,40 +260,39 @@ def test_config_errors_name_field_value_and_expectation(tmp_path, text, fragment
         assert fragment in proc.stderr
 
 
+def heavy_after(code: str) -> subprocess.CompletedProcess:
+    """`code` run in a fresh interpreter, which then prints the heavy modules it imported."""
+    heavy = ("torch", "transformers", "datasets", "peft")
+    code += f"\nimport sys\nprint('HEAVY', [m for m in {heavy!r} if m in sys.modules])"
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+
+
 def test_help_answers_before_heavy_imports():
     """--help must not wait for torch: nothing heavy is imported before the arguments are parsed."""
-    code = (
-        "import sys; from orpo_lab.cli import main\n"
-        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-        "heavy = [m for m in ('torch', 'transformers', 'datasets', 'peft') if m in sys.modules]\n"
-        "print('HEAVY', heavy)"
+    out = heavy_after(
+        "from orpo_lab.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert "--eval-prompts" in out.stdout and "HEAVY []" in out.stdout, out.stdout[-500:]
 
 
 def test_a_training_command_says_what_it_reads_before_heavy_imports(tmp_path):
     """The first line of `orpo-lab` (the dataset it reads and checks) comes before torch loads,
     seconds on a slow CPU: nothing heavy is imported until launch.check_launch runs."""
-    code = (
-        "import sys, orpo_lab.launch as launch; from orpo_lab.cli import main\n"
-        "def check(cfg, say):\n"
-        "    heavy = [m for m in ('torch', 'transformers', 'datasets', 'peft') if m in sys.modules]\n"
-        "    print('HEAVY', heavy); raise SystemExit(0)\n"
+    out = heavy_after(
+        "import orpo_lab.launch as launch; from orpo_lab.cli import main\n"
+        "def check(cfg, say):\n    raise SystemExit(0)\n"
         "launch.check_launch = check\n"
-        f"main(['--run-name', 'x', '--output-dir', {str(tmp_path)!r}])"
+        f"try:\n    main(['--run-name', 'x', '--output-dir', {str(tmp_path)!r}])\n"
+        "except SystemExit:\n    pass"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert "reading and checking the dataset default" in out.stderr, out.stderr[-500:]
     assert "HEAVY []" in out.stdout, out.stdout[-500:]
     # A typo of the model's name is refused before anything heavy loads, the data included.
-    code = (
-        "import sys; from orpo_lab.config import TrainConfig; from orpo_lab.launch import check_launch\n"
+    out = heavy_after(
+        "from orpo_lab.config import TrainConfig; from orpo_lab.launch import check_launch\n"
         "try:\n    check_launch(TrainConfig(model='Defualt'))\nexcept ValueError as err:\n"
-        "    print('REFUSED', err)\n"
-        "print('HEAVY', [m for m in ('torch', 'transformers', 'datasets') if m in sys.modules])"
+        "    print('REFUSED', err)"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert "REFUSED Model 'Defualt' is not a folder here: did you mean 'default'" in out.stdout
     assert "HEAVY []" in out.stdout, out.stdout[-500:]
 
