@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from orpo_lab.model import cache_dir
+from orpo_lab.model_names import cache_dir
 
 
 def cache_path() -> Path:

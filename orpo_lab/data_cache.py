@@ -20,6 +20,7 @@ from pathlib import Path
 
 import datasets
 
+from orpo_lab.model_names import cache_dir
 from orpo_lab.sources import FILE_TYPES
 
 # The modules whose code decides what a row becomes: a change to any of them is a new cache key.
@@ -28,8 +29,6 @@ INFO = "info.json"
 
 
 def data_cache_dir() -> Path:
-    from orpo_lab.model import cache_dir
-
     return cache_dir() / "data"
 
 

@@ -65,10 +65,11 @@ def check_launch(cfg: TrainConfig, say: Callable[[str], None] = lambda text: Non
     if cfg.model != DEFAULT_MODEL:  # a mistyped name or a missing folder: at once, before the data
         checked_name(cfg.model)  # (and before torch and datasets load: seconds)
     from orpo_lab.prepared import checked_key, checked_splits
-    from orpo_lab.reference import check_start
     from orpo_lab.rundir import RunError
 
-    if not cfg.resume:
+    if not cfg.resume and (cfg.init_checkpoint or cfg.ref_checkpoint):
+        from orpo_lab.reference import check_start  # (imports torch: only when there is one)
+
         check_start(cfg)  # init_checkpoint, ref_checkpoint: there, and of this base model
     key = checked_key(cfg)
     result = LaunchCheck(key, checked_splits(cfg, key=key)[2])

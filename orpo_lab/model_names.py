@@ -1,13 +1,24 @@
-"""Model names checked without importing torch or transformers: `orpo-lab` and the app refuse a
-missing model folder or a typo of "default" at once, before the data is read or anything heavy
-loads (`orpo_lab.model` resolves and loads; it re-exports these names)."""
+"""Model names, and ORPO Lab's cache folder, without importing torch or transformers: `orpo-lab`
+and the app refuse a missing model folder or a typo of "default" at once, before the data is read
+or anything heavy loads, and the data cache is found without loading the model code
+(`orpo_lab.model` resolves and loads; it re-exports these names)."""
 
 from __future__ import annotations
 
 import difflib
+import os
 from pathlib import Path
 
 DEFAULT_MODEL = "default"
+
+
+def cache_dir() -> Path:
+    """Where ORPO Lab keeps prepared models and data: $ORPO_LAB_CACHE, else
+    $XDG_CACHE_HOME/orpo_lab."""
+    if os.environ.get("ORPO_LAB_CACHE"):
+        return Path(os.environ["ORPO_LAB_CACHE"]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(xdg) / "orpo_lab"
 
 
 class ModelLoadError(ValueError):

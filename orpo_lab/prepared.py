@@ -166,7 +166,8 @@ def _tokenised(ds, name, tokenizer, cfg, work: Path, progress: Progress | None):
     """(token ids of every pair of `ds`, its truncation report); pairs whose response has no
     token left before the end-of-turn are dropped and counted, never scored."""
     parallel = len(ds) >= 2000 and (os.cpu_count() or 1) > 1
-    with _reported(progress, f"tokenising {name.replace('_', '-')} pairs"):
+    pairs = f"{name.replace('_', '-')} pairs"  # "held-out pairs"
+    with _reported(progress, f"tokenising {pairs}"):
         ids = ds.map(
             _tokenize_batch,
             batched=True,
@@ -180,7 +181,7 @@ def _tokenised(ds, name, tokenizer, cfg, work: Path, progress: Progress | None):
             num_proc=min(os.cpu_count() or 1, 8) if parallel else None,
             cache_file_name=str(work / f"{name}.arrow"),
             load_from_cache_file=False,
-            desc=f"Tokenising {name} pairs",
+            desc=f"Tokenising {pairs}",
         )
     table = ids.data
     shortest = pc.min_element_wise(

@@ -295,6 +295,15 @@ def test_a_training_command_says_what_it_reads_before_heavy_imports(tmp_path):
     )
     assert "REFUSED Model 'Defualt' is not a folder here: did you mean 'default'" in out.stdout
     assert "HEAVY []" in out.stdout, out.stdout[-500:]
+    # A missing dataset file: refused after datasets loads (it reads the data), before torch.
+    missing = tmp_path / "none.jsonl"
+    out = heavy_after(
+        "from orpo_lab.config import TrainConfig; from orpo_lab.launch import check_launch\n"
+        f"try:\n    check_launch(TrainConfig(dataset={str(missing)!r}))\nexcept ValueError as err:\n"
+        "    print('REFUSED', err)"
+    )
+    assert f"REFUSED {missing}: file not found." in out.stdout, out.stdout[-500:]
+    assert "HEAVY ['datasets']" in out.stdout, out.stdout[-500:]
 
 
 def test_a_bad_dataset_is_reported_before_the_model_loads(tmp_path, capsys):
