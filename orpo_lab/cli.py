@@ -26,6 +26,11 @@ KEYS_NOTE = (
 )
 
 
+def say(text: str) -> None:
+    """A line of what the command is doing, before the run's own progress lines."""
+    print(f"orpo-lab: {text} ...", file=sys.stderr, flush=True)
+
+
 def _error(message: str) -> int:
     print(f"error: {message}", file=sys.stderr)
     return 2
@@ -239,9 +244,7 @@ def _train(args) -> int:
 
         if note := slow_bf16_note(cfg.device, cfg.precision):  # before anything loads
             print(f"orpo-lab: precision=bf16: {note}", file=sys.stderr, flush=True)
-    say = lambda text: print(f"orpo-lab: {text} ...", file=sys.stderr, flush=True)  # noqa: E731
-    say(f"reading and checking the dataset {cfg.dataset}")
-    checked = check_launch(cfg, say).checked
+    checked = check_launch(cfg, say).checked  # it says what it reads, once the model's name passed
     if args.sft_then_dpo is not None:
         return _sft_then_dpo(cfg, args.sft_then_dpo, stop)
     from orpo_lab.train import train

@@ -55,7 +55,7 @@ def check_model(cfg: TrainConfig, say: Callable[[str], None] = lambda text: None
 def check_launch(cfg: TrainConfig, say: Callable[[str], None] = lambda text: None) -> LaunchCheck:
     """Refuse what a run could not start with; raises ValueError (a `ModelLoadError`,
     `PreferenceDataError`, `CheckpointError` or `RunError`) saying what to change. `say` is told
-    of a step that can take long (a model looked up on the hub).
+    what it reads and of a step that can take long (a model looked up on the hub).
 
     A resumed run starts from its own checkpoint: init_checkpoint and ref_checkpoint are then
     not checked again.
@@ -64,6 +64,7 @@ def check_launch(cfg: TrainConfig, say: Callable[[str], None] = lambda text: Non
 
     if cfg.model != DEFAULT_MODEL:  # a mistyped name or a missing folder: at once, before the data
         checked_name(cfg.model)  # (and before torch and datasets load: seconds)
+    say(f"reading and checking the dataset {cfg.dataset}")
     from orpo_lab.prepared import checked_key, checked_splits
     from orpo_lab.rundir import RunError
 

@@ -278,14 +278,14 @@ def test_help_answers_before_heavy_imports():
 def test_a_training_command_says_what_it_reads_before_heavy_imports(tmp_path):
     """The first line of `orpo-lab` (the dataset it reads and checks) comes before torch loads,
     seconds on a slow CPU: nothing heavy is imported until launch.check_launch runs."""
-    out = heavy_after(
-        "import orpo_lab.launch as launch; from orpo_lab.cli import main\n"
-        "def check(cfg, say):\n    raise SystemExit(0)\n"
-        "launch.check_launch = check\n"
-        f"try:\n    main(['--run-name', 'x', '--output-dir', {str(tmp_path)!r}])\n"
+    out = heavy_after(  # the CLI's first line ends the command: what had it imported by then?
+        "import orpo_lab.cli as cli\n"
+        "def say(text):\n    print('SAID', text)\n    raise SystemExit(0)\n"
+        "cli.say = say\n"
+        f"try:\n    cli.main(['--run-name', 'x', '--output-dir', {str(tmp_path)!r}])\n"
         "except SystemExit:\n    pass"
     )
-    assert "reading and checking the dataset default" in out.stderr, out.stderr[-500:]
+    assert "SAID reading and checking the dataset default\n" in out.stdout, out.stdout[-500:]
     assert "HEAVY []" in out.stdout, out.stdout[-500:]
     # A typo of the model's name is refused before anything heavy loads, the data included.
     out = heavy_after(
@@ -326,6 +326,7 @@ def test_a_bad_dataset_is_reported_before_the_model_loads(tmp_path, capsys):
         ("/no/such/model", "does not exist"),
     ):
         assert main([*args, model]) == 2
-        err = capsys.readouterr().err
-        assert said in err and "line 1" not in err  # refused before the data was read
+        err = capsys.readouterr().err  # refused before the data was read, and says only that
+        assert err.startswith("error: Model"), err
+        assert said in err and "line 1" not in err and "reading and checking" not in err
     assert not (tmp_path / "x").exists()
