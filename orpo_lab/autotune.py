@@ -13,11 +13,11 @@ the run's own model, adapter and first pairs, each part cut to `PROBE_TOKENS` (`
   passes of 22.9-42.7 s beside float32 ones of 1.1-1.7 s, where a quiet probe measured bf16 x2.4
   faster) decides its own run and says so, and the next run measures again;
 - compiled layers, in the chosen precision: their first compile costs 30-50 s on 2 cores,
-  so it is tried only in a run whose eager steps take `autotune_rules.COMPILE_TRIAL_RUN_S`+ (eager step time x
-  steps; where precision was not probed, one cold pass first bounds the step time, and a run too
-  short even at that bound measures no more), never in a time slice; the trial times the cold
-  compile, the compiled passes and a compile from inductor's on-disk cache (what a later process
-  pays), and the run keeps the layers compiled when they won.
+  so it is tried only in a run whose eager steps take `autotune_rules.COMPILE_TRIAL_RUN_S`+
+  (eager step time x steps; where precision was not probed, one cold pass first bounds the step
+  time, and a run too short even at that bound measures no more), never in a time slice; the trial
+  times the cold compile, the compiled passes and a compile from inductor's on-disk cache (what a
+  later process pays), and the run keeps the layers compiled when they won.
 
 The step times go to a per-machine cache (`orpo_lab.autotune_cache`, JSON), keyed by CPU model, core count,
 torch version, the instruction sets its kernels use, model and adapter configuration and batch
@@ -232,7 +232,7 @@ def _measured_compile(cfg, plan: Plan, record: dict, pair_logps, batch, steps, s
                 record["probe_s"] = round(record.get("probe_s", 0) + time.perf_counter() - began, 1)
                 store(key, name, eager_bound=bound)
             record["eager_bound"] = {name: bound}
-            if why := too_short(steps, bound, scale, "at most: one cold pass"):  # even at the bound
+            if why := too_short(steps, bound, scale, bound=True):  # too short even at the bound
                 return False, why
             say(f"measuring {name} steps here, for the choice of compiled layers (once per setup)")
             began = time.perf_counter()
@@ -241,7 +241,7 @@ def _measured_compile(cfg, plan: Plan, record: dict, pair_logps, batch, steps, s
             record["probe_s"] = round(record.get("probe_s", 0) + time.perf_counter() - began, 1)
             store(key, name, candidates=_rounded(eager))
         times[name] = _rounded(eager)
-        if why := too_short(steps, min(eager), scale, "probed"):
+        if why := too_short(steps, min(eager), scale):
             return False, why
         say("compiling the decoder layers to time them (once per setup: 30-50 s on 2 cores)")
         broken = compiling.broken_compiler()

@@ -72,13 +72,15 @@ def unsteady(times: dict[str, list[float]]) -> str | None:
     return f"the {name} passes were x{worst:.2f} apart (the machine was busy)"
 
 
-def too_short(steps: int, step: float, scale: float, timed: str) -> str | None:
+def too_short(steps: int, step: float, scale: float, bound: bool = False) -> str | None:
     """Why a run of `steps` eager steps of `step` s (probed; x `scale` the probe's tokens) tries no
-    first compile, or None when it is long enough to (`COMPILE_TRIAL_RUN_S`)."""
+    first compile, or None when it is long enough to (`COMPILE_TRIAL_RUN_S`). `bound`: `step` is
+    one cold pass, an upper bound of a step, not the steady passes' time."""
     run_s = step * scale * steps
     if run_s >= COMPILE_TRIAL_RUN_S:
         return None
-    per_step = f"{step * scale:.3f} s" + (f" ({timed})" if timed != "probed" else "")
+    timed = "at most: one cold pass" if bound else "probed"
+    per_step = f"{step * scale:.3f} s" + (f" ({timed})" if bound else "")
     if scale != 1:
         per_step = f"~{step * scale:.3f} s ({step:.3f} s {timed}, x{scale:.1f} the tokens)"
     return (

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from orpo_lab.config import TrainConfig
+from orpo_lab.model_names import DEFAULT_MODEL, checked_name
 
 
 @dataclass(frozen=True)
@@ -42,9 +43,8 @@ def check_model(cfg: TrainConfig, say: Callable[[str], None] = lambda text: None
     """The model is there: its tokenizer loads (its weights are not loaded). `say` is told when
     the tokenizer comes from the hub, which retries for about a minute where it is unreachable."""
     from orpo_lab.model import ModelLoadError, load_tokenizer
-    from orpo_lab.model_names import DEFAULT_MODEL, checked_name
 
-    if cfg.model != DEFAULT_MODEL and not Path(checked_name(cfg.model)).is_dir():
+    if cfg.model != DEFAULT_MODEL and not Path(cfg.model).expanduser().is_dir():  # a hub id
         say(f"looking up the model {cfg.model} on the Hugging Face hub")
     try:
         load_tokenizer(cfg.model, cfg.trust_remote_code, cfg.chat_template)
@@ -60,8 +60,6 @@ def check_launch(cfg: TrainConfig, say: Callable[[str], None] = lambda text: Non
     A resumed run starts from its own checkpoint: init_checkpoint and ref_checkpoint are then
     not checked again.
     """
-    from orpo_lab.model_names import DEFAULT_MODEL, checked_name
-
     if cfg.model != DEFAULT_MODEL:  # a mistyped name or a missing folder: at once, before the data
         checked_name(cfg.model)  # (and before torch and datasets load: seconds)
     say(f"reading and checking the dataset {cfg.dataset}")
