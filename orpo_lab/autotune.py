@@ -48,7 +48,14 @@ from orpo_lab.autotune_rules import choose_compile, choose_precision, too_short,
 from orpo_lab.collate import collate
 from orpo_lab.devices import BF16_FLAGS, bf16_flag
 from orpo_lab.logps import PairLogps, check_sample
-from orpo_lab.step import StopRequested, pair_tokens, time_steps
+from orpo_lab.step import (
+    ProgressFailed,
+    StopRequested,
+    pair_tokens,
+    passed_on,
+    passing,
+    time_steps,
+)
 
 if TYPE_CHECKING:  # plan.py asks this module for a cached precision
     from orpo_lab.plan import Plan
@@ -106,10 +113,10 @@ def settle_precision(
     caches the answer. Any other plan is returned as it is. Each candidate's log-prob path is
     checked first (`PairLogps.verify`) on `sample` (the run's one short pair), else on `batch`.
     It says what it does on a bar (stderr) and to `progress(stage, done, total)` (the run's status
-    line), which may raise to stop it."""
+    line), which may raise: a stop, or any error of its own, ends the run as it was raised."""
     if not plan.precision_probe:
         return model, plan
-    began = time.perf_counter()
+    progress, began = progress and passing(progress), time.perf_counter()
     times, models, failed, busy = {}, {"fp32": model}, False, None
     bar = tqdm(total=3, desc="Measuring float32 vs bf16 here (once per setup)", leave=False)
 
@@ -138,8 +145,8 @@ def settle_precision(
         busy = unsteady(times)
         if busy:
             why += f"; not cached: {busy}, the next run measures again"
-    except StopRequested:
-        raise
+    except (StopRequested, ProgressFailed) as err:  # a stop, or what the progress line raised
+        raise passed_on(err) from None
     except Exception as err:  # noqa: BLE001 - a failed probe trains in float32, saying why
         name, why, failed = "fp32", f"the probe failed ({type(err).__name__}: {err}): float32", True
     finally:
@@ -196,7 +203,7 @@ def settle_compile(
         return replace(plan, torch_compile=on, torch_compile_reason=why)
     record = dict(plan.autotune or {})
     record["candidates"] = dict(record.get("candidates") or {})
-    say = progress or (lambda stage: None)
+    say = passing(progress) if progress else (lambda stage: None)
     on, why = _measured_compile(cfg, plan, record, pair_logps, batch, steps, scale, say)
     return replace(plan, autotune=record, torch_compile=on, torch_compile_reason=why)
 
@@ -249,8 +256,8 @@ def _measured_compile(cfg, plan: Plan, record: dict, pair_logps, batch, steps, s
             return broken
         began = time.perf_counter()
         compiled, cold_s, cached_s = _probe_compiled(pair_logps, batch, cfg.beta)
-    except StopRequested:  # asked while it said what it measures: the run stops
-        raise
+    except (StopRequested, ProgressFailed) as err:  # a stop, or what the progress line raised
+        raise passed_on(err) from None
     except Exception as err:  # noqa: BLE001 - a failed probe trains eager, saying why
         compiling.uncompile_layers(pair_logps.model)
         return False, f"the compile probe failed ({type(err).__name__}: {err}): eager"

@@ -43,6 +43,30 @@ class StopRequested(Exception):
     """Raised between micro-batches when a stop was requested: the step in progress is dropped."""
 
 
+class ProgressFailed(Exception):
+    """What a run's `progress` (its status file, its callback) raised inside a probe's `try`; the
+    probe passes it on as it was, never as its own failure (which would train on in float32)."""
+
+
+def passing(progress: Callable) -> Callable:
+    """`progress`, with what it raises (other than a stop) wrapped in `ProgressFailed`."""
+
+    def tell(*args) -> None:
+        try:
+            progress(*args)
+        except StopRequested:
+            raise
+        except Exception as err:
+            raise ProgressFailed from err
+
+    return tell
+
+
+def passed_on(err: Exception) -> BaseException:
+    """What a probe raises for a stop (itself) or a `ProgressFailed` (the error it wraps)."""
+    return err.__cause__ if isinstance(err, ProgressFailed) else err
+
+
 def micro_batch_indices(k: int, n: int, global_batch: int, seed: int) -> list[int]:
     """Pair indices of global micro-batch k: a fresh seeded permutation each epoch, so resume is exact."""
     per_epoch = n // global_batch

@@ -202,6 +202,18 @@ def test_the_probe_says_what_it_measures_and_a_stop_stops_it(
     with pytest.raises(StopRequested):
         autotune.settle_precision(cfg, plan_run(cfg), model, batch, rebuild, progress)
     assert len(statuses) == 1 and not own_cache.exists()
+    # What the status line raises itself (a full disk, a callback's bug) ends the run as it was
+    # raised: it is not the probe's failure, which would have trained on in float32.
+    said = []
+
+    def full(stage, done=0, total=0):
+        said.append(stage)
+        if len(said) == 2:  # after float32 was measured, as the bf16 copy loads
+            raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left on device") as raised:
+        autotune.settle_precision(cfg, plan_run(cfg), model, batch, rebuild, full)
+    assert type(raised.value) is OSError and len(statuses) == 1 and not own_cache.exists()
 
 
 def test_the_setup_says_each_stage_as_it_begins(tmp_path, data, tiny_model_dir, own_cache):
@@ -479,6 +491,31 @@ def test_compiled_layers_are_tried_once_in_a_long_enough_run(pair_logps, own_cac
     # Not eligible: auto does not measure (compiling.plan says why).
     assert settle(1000, processes=2)[1].startswith("measured for single-process LoRA runs")
     assert settle(1000, device=torch.device("cuda"))[1].startswith("cuda: torch.compile is")
+
+
+def test_an_error_of_the_progress_line_is_not_a_failed_compile_probe(
+    pair_logps, own_cache, monkeypatch
+):
+    """A compile probe's `except` reads its own errors as "the compile probe failed: eager"; what
+    the run's progress line raised in it ends the run instead, as it was raised."""
+    cfg, wrapped, batch = pair_logps
+    monkeypatch.setattr(autotune, "time_steps", lambda *args, **kwargs: [1.0])
+
+    def broken(stage):
+        raise KeyError("a callback's own bug")
+
+    with pytest.raises(KeyError, match="a callback's own bug"):
+        autotune.settle_compile(cfg, plan_run(cfg), wrapped, batch, 10**6, 1, CPU, 1.0, broken)
+    # The same probe with a working progress line measures and goes on to its compile trial.
+    monkeypatch.setattr(compiling, "compiler_works", lambda: "no compiler here")
+    said = []
+    plan = autotune.settle_compile(
+        cfg, plan_run(cfg), wrapped, batch, 10**6, 1, CPU, 1.0, said.append
+    )
+    assert said[-1].startswith("compiling the decoder layers to time them") and len(said) == 3
+    assert plan.torch_compile_reason == (
+        "torch.compile does not work here (no compiler here): training without it"
+    )
 
 
 def test_compiled_layers_that_lose_are_undone(pair_logps, own_cache, monkeypatch):
