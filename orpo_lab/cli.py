@@ -27,8 +27,10 @@ KEYS_NOTE = (
 
 
 def say(text: str) -> None:
-    """A line of what the command is doing, before the run's own progress lines."""
-    print(f"orpo-lab: {text} ...", file=sys.stderr, flush=True)
+    """A line of what the command is doing, before the run's own progress lines: said once, not by
+    each process of a multi-process run (torchrun and accelerate set RANK)."""
+    if os.environ.get("RANK", "0") == "0":
+        print(f"orpo-lab: {text} ...", file=sys.stderr, flush=True)
 
 
 def _error(message: str) -> int:
@@ -37,9 +39,20 @@ def _error(message: str) -> int:
 
 
 def install_stop_signals(stop: threading.Event) -> None:
-    """First SIGINT/SIGTERM: set `stop` (save, then exit). Second: exit at once (no save)."""
+    """First SIGINT/SIGTERM: set `stop` (save, then exit). Second: exit at once (no save).
+
+    A process forked from this one (a worker of datasets' parallel `map`) inherits the handler: there
+    SIGTERM (its pool ending it after a stop) ends it, and Ctrl-C (sent to the whole process group)
+    is left to this process. Handled as a stop there, SIGTERM left the worker running and the stop
+    waiting for it for ever."""
+    owner = os.getpid()
 
     def handle(signum, frame):
+        if os.getpid() != owner:
+            if signum == signal.SIGTERM:
+                signal.signal(signum, signal.SIG_DFL)
+                os.kill(os.getpid(), signum)
+            return
         if stop.is_set():
             print("\nsecond stop signal: exiting now, without saving", file=sys.stderr, flush=True)
             os._exit(128 + signum)
@@ -250,6 +263,8 @@ def _train(args) -> int:
     from orpo_lab.train import train
 
     last = train(cfg, callback=print_progress, stop_event=stop, checked=checked)
+    if os.environ.get("RANK", "0") != "0":  # the main process says what is on disk
+        return 0
     if last:  # the last step's record; none for a run stopped before its first step
         print(json.dumps({k: v for k, v in last.items() if k != "kind"}, indent=1))
         print(KEYS_NOTE, file=sys.stderr)

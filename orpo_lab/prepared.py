@@ -17,6 +17,7 @@ code of the rules; stage 2's adds the tokenizer, its chat template and the lengt
 from __future__ import annotations
 
 import os
+import sys
 import uuid
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
@@ -89,6 +90,10 @@ def _reported(progress: Progress | None, stage: str):
 
     `map` has no progress callback; its bar is the one place that sees the workers' progress, so
     the bar class is wrapped for the duration (the terminal still shows the bar itself).
+    A stop raised there in a parallel `map` leaves datasets' generator of the workers' results to
+    the garbage collector, whose `finally` asks the killed workers for them; the TimeoutError
+    Python then printed ("Exception ignored in: <generator object iflatmap_unordered>" and a
+    traceback) read as a crash on a clean stop, so it is not printed.
     """
     import datasets.arrow_dataset as arrow_dataset
 
@@ -107,14 +112,25 @@ def _reported(progress: Progress | None, stage: str):
 
         def update(self, n=1):
             self.reported += n
-            progress(stage, self.reported, self.total or 0)
+            try:
+                progress(stage, self.reported, self.total or 0)
+            except BaseException:
+                raised.append(stage)
+                raise
             return super().update(n)
 
-    arrow_dataset.hf_tqdm = ReportingBar
+    def unraisable(info) -> None:
+        results = getattr(info.object, "__name__", None) == "iflatmap_unordered"
+        timeout = type(info.exc_value).__name__ == "TimeoutError"  # multiprocess's own class
+        if not (raised and results and timeout):
+            hook(info)
+
+    raised, hook = [], sys.unraisablehook
+    arrow_dataset.hf_tqdm, sys.unraisablehook = ReportingBar, unraisable
     try:
         yield
     finally:
-        arrow_dataset.hf_tqdm = bar
+        arrow_dataset.hf_tqdm, sys.unraisablehook = bar, hook
 
 
 # ---------------------------------------------------------------- stage 1: checked splits

@@ -129,19 +129,23 @@ def setup_progress(
     callback: Callable[[dict], None] | None = None,
     every_s: float = 1.0,
     main: bool = True,
+    world: int = 1,
 ) -> Callable[..., None]:
     """A `prepared.Progress` for a run's setup. Each stage ("preparing data: tokenising", "loading
     the model", "measuring ...") goes to status.json with its count ("31,200 / 60,000"), at most
     once every `every_s`, and, as it begins, to `callback` as a "preparing" event (not to
     metrics.jsonl), so that a notebook or a terminal shows what the seconds before the started
     event are spent on. A stop request (event or STOP file) raises `StopRequested`. Another
-    process than the main one says nothing."""
+    process than the main one says nothing. In a run of `world` > 1 processes no process raises
+    here: one that left while the others wait in a collective (DDP's first broadcast) would end
+    them with an error; they stop together at the first synced check (`Run.stop_requested`:
+    the step-0 evaluation or step 1), with nothing trained."""
     last, said = [0.0], [None]
 
     def progress(stage: str, done: int = 0, total: int = 0) -> None:
         if not main:
             return
-        if (stop_event is not None and stop_event.is_set()) or folder.stop_requested():
+        if world == 1 and ((stop_event and stop_event.is_set()) or folder.stop_requested()):
             raise StopRequested
         new = stage != said[0]
         said[0] = stage
@@ -178,7 +182,9 @@ def setup(
         reference.check_start(cfg)
     # data
     tokenizer = run_tokenizer(cfg, resume_from)
-    progress = setup_progress(folder, stop_event, callback, main=accelerator.is_main_process)
+    progress = setup_progress(
+        folder, stop_event, callback, main=accelerator.is_main_process, world=world
+    )
     train_pairs, held_out, stats = load_pairs(cfg, tokenizer, data_stages(progress), checked)
     shortfall = batch_shortfall(cfg, len(train_pairs), world)  # after tokenising, per process
     if shortfall:

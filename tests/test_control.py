@@ -5,11 +5,13 @@ A stop between micro-batches and its exact resume: test_train.py."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from test_train import (
@@ -19,6 +21,8 @@ from test_train import (
 )
 
 from orpo_lab.rundir import RunDir
+from orpo_lab.setup import setup_progress
+from orpo_lab.step import StopRequested
 from orpo_lab.train import TrainingError, train
 
 
@@ -66,6 +70,22 @@ def test_stop_before_the_first_step_saves_nothing_and_says_so(
         "stopped on request after step 2; last checkpoint on disk: step-000002 (step 2)"
     )
     assert said == []  # stopped at its setup's first stage, before the model loaded
+
+
+def test_a_multi_process_setup_leaves_a_stop_to_the_check_all_processes_make(tmp_path):
+    """One process of a multi-process run that left its setup on a stop ended the others, which
+    waited for it in DDP's first broadcast, with a gloo error. So there each stage is said, and the
+    stop is left to `Run.stop_requested`, which every process asks together (the step-0
+    evaluation, step 1). Seen by hand: torchrun, 2 processes, a STOP while 40,000 pairs were
+    tokenised: both stopped before step 1, exit 0, nothing trained."""
+    folder = RunDir(tmp_path / "run")
+    folder.path.mkdir()
+    folder.request_stop()
+    one_of_two = setup_progress(folder, None, every_s=0, world=2)
+    one_of_two("loading the model")
+    assert folder.read_status()["message"] == "loading the model"
+    with pytest.raises(StopRequested):  # a run of one process stops at once
+        setup_progress(folder, None, every_s=0)("loading the model")
 
 
 def test_stale_stop_file_does_not_end_a_resume(tmp_path, data, tiny_model_dir):
@@ -142,7 +162,18 @@ class Child:
     def __init__(self, args: list[str], folder):
         self.out_path, self.err_path = folder / "child.out", folder / "child.err"
         with self.out_path.open("w") as out, self.err_path.open("w") as err:
-            self.proc = subprocess.Popen(args, stdout=out, stderr=err, text=True)
+            # A session of its own: Ctrl-C can reach its whole process group, and a failed test
+            # ends the workers it forked too.
+            self.proc = subprocess.Popen(
+                args, stdout=out, stderr=err, text=True, start_new_session=True
+            )
+
+    def kill(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
 
     def output(self) -> tuple[str, str]:
         return self.out_path.read_text(), self.err_path.read_text()
@@ -155,8 +186,7 @@ class Child:
                     f"the run exited ({self.proc.returncode}) before {what}:\n{self.tail()}"
                 )
             if time.monotonic() > deadline:
-                self.proc.kill()
-                self.proc.wait()
+                self.kill()
                 pytest.fail(f"no {what} within {seconds:.0f} s:\n{self.tail()}")
             time.sleep(0.2)
 
@@ -164,8 +194,7 @@ class Child:
         try:
             self.proc.wait(timeout=seconds)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+            self.kill()
             pytest.fail(f"the run was still going {seconds:.0f} s after Ctrl-C:\n{self.tail()}")
         return self.output()
 
@@ -193,6 +222,58 @@ def test_ctrl_c_saves_the_last_step_and_exits_cleanly(tmp_path, data, tiny_model
     assert f"resume with `orpo-lab --config {cfg.run_dir / 'config.yaml'} --resume`" in out
     (saved,) = checkpoints(cfg.run_dir)
     assert int(saved.name.removeprefix("step-")) == status["step"] >= 2
+
+
+SLOW_TOKENISING = """
+import sys, time
+from orpo_lab import prepared
+from orpo_lab.cli import main
+real = prepared._tokenize_batch
+def slow(batch, **kwargs):
+    time.sleep(1.5)  # a large dataset: each batch of 1,000 rows takes a while
+    return real(batch, **kwargs)
+prepared._tokenize_batch = slow
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_ctrl_c_while_workers_tokenise_stops_them_all(tmp_path, data, tiny_model_dir):
+    """Ctrl-C reaches the whole process group, datasets' tokenising workers (a dataset of 2,000+
+    pairs is tokenised in parallel) included: the run stops with nothing trained, each worker
+    ends, and nothing but the one stop line is said. The workers inherit the command's signal
+    handler: as a stop there, their pool's SIGTERM left them running and the stop waiting for
+    ever (a STOP file, the app's Stop, hung the same way), and Ctrl-C printed "stop requested"
+    once per worker, then "exiting now, without saving"."""
+    from test_train import write_pairs
+
+    many = write_pairs(tmp_path / "many.jsonl", 4000)
+    cfg = make_config(tmp_path, (many, data[1]), tiny_model_dir, max_steps=5, save_every=None)
+    child = Child([sys.executable, "-c", SLOW_TOKENISING, *cli_args(cfg)[3:]], tmp_path)
+    child.wait_for(
+        "the tokenising workers",  # the pool's and datasets' result queue's processes
+        lambda: (
+            "tokenising train" in status_of(cfg).get("message", "")
+            and len(child_pids(child.proc.pid)) >= 2
+        ),
+    )
+    os.killpg(child.proc.pid, signal.SIGINT)
+    out, err = child.finish(60)
+    assert child.proc.returncode == 0, err[-2000:]
+    with pytest.raises(ProcessLookupError):  # no process left in its group: the workers ended
+        os.killpg(child.proc.pid, 0)
+    status = status_of(cfg)
+    assert (status["status"], status["step"]) == ("stopped", 0)
+    assert status["message"].startswith("stopped on request before the first step")
+    assert err.count("stop requested") == 1 and "second stop signal" not in err
+    assert "Traceback" not in err and "Exception ignored" not in err  # a clean stop reads clean
+
+
+def child_pids(pid: int) -> list[int]:
+    """The processes `pid` forked (Linux: /proc/PID/task/*/children)."""
+    found = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        found += map(int, Path(f"/proc/{pid}/task/{task}/children").read_text().split())
+    return found
 
 
 def lines_if(path) -> list[dict]:

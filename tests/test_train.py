@@ -662,6 +662,9 @@ def test_two_process_torchrun_equals_one_process(tmp_path, data, tiny_model_dir)
         timeout=300,
     )
     assert two.returncode == 0, two.stderr[-3000:]
+    # The command's own lines are said once, not once per process.
+    assert two.stderr.count("orpo-lab: reading and checking the dataset") == 1
+    assert two.stdout.count("finished 3 steps; checkpoint step-000003 saved") == 1
     runs = tmp_path / "runs"
     first_event = [
         json.loads(ln) for ln in (runs / "two" / "metrics.jsonl").read_text().splitlines()
