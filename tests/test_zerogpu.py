@@ -8,6 +8,7 @@ end the run with a message that matches the folder; chat and the token view answ
 
 from __future__ import annotations
 
+import threading
 import time
 
 import gradio as gr
@@ -18,6 +19,7 @@ from test_train import adapter, lines, make_config, write_pairs
 import orpo_lab.train as engine
 from orpo_lab import slice_worker, slices, zerogpu, zerogpu_standin
 from orpo_lab.model_pool import ModelPool
+from orpo_lab.rundir import RunDir
 from orpo_lab.runs import RunManager
 from orpo_lab.train import train
 
@@ -96,11 +98,15 @@ def test_slices_give_the_numbers_of_an_uninterrupted_run(standin, tmp_path, data
     """Three slices of two steps each (a cosine schedule with warmup, evaluations every 2 steps):
     the same losses to 1e-6, the same evaluations and the same adapter as one run of 6 steps."""
     settings = dict(max_steps=6, save_every=None, lr_scheduler="cosine", warmup_steps=2)
-    whole = make_config(tmp_path, data, tiny_model_dir, run_name="whole", **settings)
-    train(whole)
     sliced = make_config(tmp_path, data, tiny_model_dir, run_name="sliced", **settings)
     manager = run_sliced(sliced, slices.SliceRunner(seconds=60, step_cap=2))
     run = manager.folder("sliced")
+    # Its data was tokenised in the app, before the first GPU call: the first slice read it from
+    # the cache (large data took a slice's whole seconds, and the user's quota, before step 1).
+    (started,) = [r for r in lines(run.path, "event") if r["event"] == "started"]
+    assert started["data_cache"] == "hit"
+    whole = make_config(tmp_path, data, tiny_model_dir, run_name="whole", **settings)
+    train(whole)
     done = run.slices()
     assert [s["outcome"] for s in done] == ["running"] * 2 + ["finished"]
     assert [s["steps"] for s in done] == [[0, 2], [2, 4], [4, 6]]
@@ -224,6 +230,25 @@ def test_stop_between_and_during_slices_keeps_the_last_step(
     assert status["message"].startswith(f"stopped on request after step {step}")
     assert lines(run.path)[-1]["step"] == step
     assert not runner.owns("s") and not (run.path / "STOP").exists()
+
+
+def test_a_stop_while_the_app_prepares_the_data_ends_the_run_there(tmp_path, data, tiny_model_dir):
+    """The app prepares a ZeroGPU run's data before its first slice; a stop asked meanwhile ends
+    the run with nothing trained, and no GPU call is made."""
+    cfg = make_config(tmp_path, data, tiny_model_dir, run_name="p")
+    run = RunDir(cfg.run_dir)
+    run.path.mkdir(parents=True)
+    cfg.to_yaml(run.config_path)
+    stop = threading.Event()
+    stop.set()
+    assert slices.SliceRunner.prepare(run, stop) is False
+    status = run.read_status()
+    assert status["status"] == "stopped" and run.slices() == []
+    assert (
+        status["message"]
+        == "stopped on request before the first step (nothing trained); no checkpoint on disk"
+    )
+    assert slices.SliceRunner.prepare(run, threading.Event()) is True  # no stop: prepared
 
 
 def test_chat_and_token_view_answer_through_the_stand_in(standin, tmp_path, data, tiny_model_dir):
