@@ -272,7 +272,9 @@ def _train(args) -> int:
     print(f"{status['message']} (run folder {cfg.run_dir})")  # e.g. "finished 60 steps; ..."
     if stop.is_set():  # the command as typed (.venv/bin/orpo-lab), else its installed name
         command = sys.argv[0] if Path(sys.argv[0]).name == "orpo-lab" else "orpo-lab"
-        print(f"resume with `{command} --config {cfg.run_dir / 'config.yaml'} --resume`")
+        again = f"{command} --config {cfg.run_dir / 'config.yaml'}"  # no checkpoint: from scratch
+        saved = RunDir(cfg.run_dir).latest_checkpoint()
+        print(f"resume with `{again} --resume`" if saved else f"start it again with `{again}`")
     return 0
 
 

@@ -53,11 +53,16 @@ def test_stop_before_the_first_step_saves_nothing_and_says_so(
     status = status_of(cfg)
     assert status["status"] == "stopped" and status["step"] == 0 and status["total_steps"] == 5
     assert "before the first step" in status["message"]
-    # No step's record to print (it printed "{}"): what is on disk, then how to go on.
+    # No step's record to print (it printed "{}"): what is on disk, then how to go on: with no
+    # checkpoint, not "resume with ... --resume", which answers "Nothing to resume".
     out = capsys.readouterr().out
-    assert out.startswith(f"{status['message']} (run folder {cfg.run_dir})\nresume with ")
+    again = f"orpo-lab --config {cfg.run_dir / 'config.yaml'}"
+    assert out == f"{status['message']} (run folder {cfg.run_dir})\nstart it again with `{again}`\n"
     assert "no checkpoint on disk" in status["message"]
     assert checkpoints(cfg.run_dir) == [] and lines(cfg.run_dir, "eval") == []
+    monkeypatch.setattr(cli, "install_stop_signals", lambda stop: None)  # the command, followed
+    assert cli.main(again.split()[1:]) == 0 and status_of(cfg)["status"] == "finished"
+    cfg.run_name = "again"
     # Resumed from step 2, then stopped while it loads: it stands at step 2, as on disk.
     cfg.max_steps, cfg.save_every = 2, 2
     train(cfg)
