@@ -5,8 +5,9 @@ so a `python3` kernel of another environment can never be picked up). One extra 
 prints a JSON object of chosen values from the notebook's namespace; the asserts read real values.
 Every exercise cell (tagged "exercise") runs with its hidden solution (the python block of the next
 `<details>` markdown cell) appended, so the self-check after it must pass: solutions cannot rot.
-Every cell that runs for a while must show progress as it goes (outputs, a progress bar, a live
-figure), not only when it ends (`assert_progress_shown`). The notebooks share one temporary runs
+Every cell that loops over work (tagged "progress": training, generating, sampling, scoring) must show
+progress as it goes (outputs, a progress bar, a live figure), not only when it ends; every other cell
+stays short (`assert_progress_shown`). The notebooks share one temporary runs
 folder (conftest's `notebook_env`), so notebook 5 reuses notebook 4's runs.
 """
 
@@ -90,28 +91,38 @@ def run_notebook(
     return result
 
 
-# A cell that runs longer than this must show progress while it runs. Cells that import or load the
-# model take up to ~10 s while the suite's other worker (`make test` runs two on 2 cores) is busy.
-LONG_CELL_S = 15.0
-SILENT_SHARE = 1 / 3  # ... and never show nothing for more than this share of its run time
+# Cells tagged "progress" loop over work (train, generate, sample, score) and must show it while they
+# run: their longest stretch with nothing shown is at most a share of their run time. A share, not a
+# number of seconds, so a slower or busier machine does not change the verdict. Which cells are held
+# to it is decided by what they do (the tag), not by how long they ran: a cell of one or two calls
+# (imports, loading the model, one step) cannot report from inside a call, and its first, cold call
+# took from 3 s to 13 s in one and the same CI run. Such a cell must stay short instead.
+PROGRESS_TAG = "progress"
+SILENT_SHARE = 1 / 3
+PROGRESS_MIN_S = 5.0  # a tagged cell over sooner than this (a fast machine) leaves nobody waiting
+# An untagged cell longer than this needs a progress display (and the tag) or splitting. Untagged
+# cells take 1-6 s on the 2-core CI machine and up to 16 s while the suite's other worker is busy.
+UNTAGGED_MAX_S = 30.0
 
 
 def assert_progress_shown(client: SlicedPollClient, nb, name: str) -> None:
-    """No long cell leaves the reader in front of nothing: its longest stretch without an output or a
-    widget update (a progress bar moving, a live figure growing) is a small share of its run time.
-
-    A share, not a number of seconds, so a slower or busier machine does not change the verdict.
-    Cells of a few seconds (imports, loading the model) are not held to it.
-    """
+    """No cell leaves the reader in front of nothing for long: a cell tagged "progress" shows
+    something (an output, a progress bar moving, a live figure growing) at least every third of its
+    run time; any other cell ends within UNTAGGED_MAX_S."""
     for i, cell in enumerate(nb.cells[:-1]):  # the appended cell that reads the values is not shown
         if cell.cell_type != "code":
             continue
         ran, silent = client.longest_silence(i)
-        if ran > LONG_CELL_S:
-            first = cell.source.splitlines()[0]
-            assert silent <= SILENT_SHARE * ran, (
+        first = cell.source.splitlines()[0]
+        if PROGRESS_TAG in cell.metadata.get("tags", []):
+            assert ran < PROGRESS_MIN_S or silent <= SILENT_SHARE * ran, (
                 f"{name} cell {i} ({first!r}) ran {ran:.0f} s and showed nothing for {silent:.0f} s, "
                 f"from {client.silence_began(i):.0f} s into it"
+            )
+        else:
+            assert ran <= UNTAGGED_MAX_S, (
+                f"{name} cell {i} ({first!r}) ran {ran:.0f} s and is not tagged {PROGRESS_TAG!r}: "
+                "show its progress as it runs (a bar, a line per round) and tag it, or split it"
             )
 
 
@@ -639,3 +650,31 @@ def test_the_client_polls_in_slices_until_a_reply_or_the_deadline():
     with pytest.raises(Empty):
         asyncio.run(_sliced(never)(timeout=0.2))
     assert 0.2 <= time.monotonic() - began < 0.2 + SLICE_S
+
+
+def test_the_progress_rule_holds_loops_to_a_share_and_other_cells_to_a_length():
+    """`assert_progress_shown` on message times of made-up cells: a tagged loop that went quiet for
+    half its run fails, one that reported every few seconds passes however long it ran; an untagged
+    cell passes while it is short, however silent, and fails when it runs past UNTAGGED_MAX_S."""
+
+    def verdict(tags: list[str], shown: list[float]) -> str:
+        nb = nbformat.v4.new_notebook()
+        cell = nbformat.v4.new_code_cell("work()", metadata={"tags": tags})
+        nb.cells = [cell, nbformat.v4.new_code_cell("print(values)")]  # the last: run_notebook's
+        client = SlicedPollClient(nb)
+        client.shown_at = {0: shown}
+        try:
+            assert_progress_shown(client, nb, "made-up")
+        except AssertionError as err:
+            return str(err)
+        return "passed"
+
+    steady = [3.0 * k for k in range(41)]  # 120 s, something shown every 3 s
+    assert verdict([PROGRESS_TAG], steady) == "passed"
+    quiet_start = [0.0, 60.0] + [60.0 + 3 * k for k in range(1, 21)]  # nothing for 60 s of 120
+    assert "ran 120 s and showed nothing for 60 s, from 0 s into it" in verdict(
+        [PROGRESS_TAG], quiet_start
+    )
+    assert verdict([PROGRESS_TAG], [0.0, 3.0]) == "passed"  # over before anyone waits
+    assert verdict([], [0.0, 16.0]) == "passed"  # one cold call: silent, and short
+    assert f"is not tagged {PROGRESS_TAG!r}" in verdict([], [0.0, UNTAGGED_MAX_S + 1])
