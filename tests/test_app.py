@@ -559,3 +559,49 @@ def test_a_data_read_in_one_handler_leaves_the_bars_of_another_working(tmp_path,
         bar = tqdm(total=1, file=out)  # another handler's bar, made meanwhile
     bar.close()  # without the app's lock: AttributeError (the lock went with ensure_lock)
     assert hasattr(tqdm, "_lock")
+
+
+def test_a_training_run_has_its_curves_redrawn_at_most_every_few_seconds(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    """While the run shown trains, a tick redraws its curves only CURVES_EVERY_S after the last
+    drawing (each redraw costs the browser ~0.8 s of work); its progress line follows every step.
+    The run's end is drawn at once."""
+    import os
+
+    from orpo_lab.ui import live_view
+
+    monkeypatch.setattr(live_view, "CURVES_EVERY_S", 1.5)
+    run = RunDir(tmp_path / "runs" / "live")
+    run.path.mkdir(parents=True)
+    run.config_path.write_text(yaml.safe_dump({"model": str(tiny_model_dir)}))
+
+    def trained(step: int, status: str = "running") -> None:
+        run.append_metrics({"kind": "train", "step": step, "loss": 2 / step, "step_s": 1.0})
+        run.write_status(status, f"step {step}", step=step, total_steps=9, pid=os.getpid())
+
+    def plotted_steps(plot) -> list | None:
+        plot = value(plot)  # None: skipped
+        return None if plot is None else json.loads(plot["plot"])["data"][0]["x"]
+
+    trained(1)
+    demo = build_app(str(tiny_model_dir), tmp_path / "runs", device="cpu")
+    _, url, _ = demo.launch(prevent_thread_lock=True, server_port=free_port(), quiet=True)
+    try:
+        client = Client(url, verbose=False)
+
+        def tick():
+            selected, plot, progress, *_ = client.predict("live", 0.6, None, api_name="/tick")
+            return plotted_steps(plot), value(progress)
+
+        assert tick()[0] == [1]  # a page's first tick draws everything
+        trained(2)
+        plot, progress = tick()
+        assert plot is None and "step 2/9" in progress  # the curves wait, the progress does not
+        time.sleep(1.6)
+        assert tick()[0] == [1, 2]
+        trained(3, status="finished")
+        plot, progress = tick()
+        assert plot == [1, 2, 3] and "finished" in progress  # the end at once
+    finally:
+        demo.close()

@@ -4,6 +4,7 @@ folder changed. The handlers return {component: value} for the runs panel's comp
 
 from __future__ import annotations
 
+import time
 from types import SimpleNamespace
 
 import gradio as gr
@@ -14,6 +15,11 @@ from orpo_lab.rundir import ACTIVE
 from orpo_lab.ui.common import BUSY_TICK_S, IDLE_TICK_S, AppContext
 from orpo_lab.ui.views import progress_text, runs_table, started_text
 from orpo_lab.weighting_plot import weighting_figure
+
+# The curves of a run that trains on are redrawn at most this often; its progress line and log at
+# every tick. A redraw of the six panels costs the browser ~0.8 s of work: at every 2 s tick the
+# open page slowed the default model's CPU steps by 15% on 2 cores (BENCHMARKS.md, the app's page).
+CURVES_EVERY_S = 6.0
 
 WEIGHTING_HELP = (
     "**How hard each pair pulls**, at every held-out evaluation: ORPO's gradient is delta(d) times the "
@@ -108,8 +114,11 @@ def show(ctx: AppContext, p: SimpleNamespace, name, smoothing) -> dict:
     return drawn | files | details(ctx, p, known, records)
 
 
-def tick(ctx: AppContext, p: SimpleNamespace, name, seen, smoothing, checkpoint, pinned) -> dict:
-    """Every 2 s: redraw what changed on disk, nothing when nothing did (an idle page is cheap).
+def tick(
+    ctx: AppContext, p: SimpleNamespace, name, seen, smoothing, checkpoint, pinned, drawn_at
+) -> dict:
+    """Every 2 s: redraw what changed on disk, nothing when nothing did (an idle page is cheap),
+    and the curves of the run shown while it trains at most every CURVES_EVERY_S.
     The first tick of a (re)loaded page draws everything, the config of the run shown included.
 
     A value the user picked is never overwritten (a tick in flight would undo their click):
@@ -123,13 +132,18 @@ def tick(ctx: AppContext, p: SimpleNamespace, name, seen, smoothing, checkpoint,
     active = [s["name"] for s in summaries if s["status"]["status"] in ACTIVE]
     shown = name if name in names else ([*active, *names, None][0])
     run = gr.update(choices=names) if shown == name else gr.update(choices=names, value=shown)
-    drawn, records = _drawn(ctx, p, shown, smoothing)
     listed = {
         p.run: run,
-        p.seen: signature,
         p.table: runs_table(summaries),
         p.overlay: gr.update(choices=names),
         p.checkpoint: checkpoint_update(ctx, shown, checkpoint if pinned else None),
         p.timer: gr.Timer(BUSY_TICK_S if active else IDLE_TICK_S),  # an idle page is cheap
     }
+    if shown == name and shown in active and time.monotonic() - drawn_at < CURVES_EVERY_S:
+        # Its curves wait for a later tick: `seen` stays behind, so that tick looks again.
+        records = ctx.manager.metrics(shown)
+        progress = {p.progress: progress_text(shown, ctx.manager.status(shown), records)}
+        return listed | progress | details(ctx, p, shown, records)
+    drawn, records = _drawn(ctx, p, shown, smoothing)
+    drawn |= {p.seen: signature, p.drawn_at: time.monotonic()}
     return drawn | listed | details(ctx, p, shown, records)

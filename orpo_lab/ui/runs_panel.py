@@ -48,6 +48,7 @@ def _live_area(p: SimpleNamespace) -> None:
         label="gradient weighting on the held-out pairs", elem_id="weighting-plot"
     )
     p.seen = gr.State("")  # what the page last drew: redraw only when the folder changed
+    p.drawn_at = gr.State(0.0)  # when it last drew the curves (time.monotonic())
     p.pinned = gr.State(False)  # the user picked a checkpoint: stop following the newest
     p.timer.render()
 
@@ -131,10 +132,10 @@ def runs_panel(ctx: AppContext, shown: SimpleNamespace, form: dict) -> gr.Dropdo
         show_progress="hidden",
     )
     tick_outputs = [run, p.plot, p.progress, p.seen, p.table, p.overlay, checkpoint, p.weighting]
-    tick_outputs += [p.timer, p.config, p.started, p.log]
+    tick_outputs += [p.timer, p.config, p.started, p.log, p.drawn_at]
     p.timer.tick(
         partial(tick, ctx, p),
-        [run, p.seen, p.smoothing, checkpoint, p.pinned],
+        [run, p.seen, p.smoothing, checkpoint, p.pinned, p.drawn_at],
         tick_outputs,
         api_name="tick",
         show_progress="hidden",
