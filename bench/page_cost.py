@@ -47,10 +47,10 @@ def skip_outputs(parts: set[str]) -> None:
 
     drawn, details = live_view._drawn, live_view.details
 
-    def _drawn(ctx, p, name, smoothing):
-        out, records = drawn(ctx, p, name, smoothing)
+    def _drawn(ctx, p, name, smoothing, curves=True):
+        out, records = drawn(ctx, p, name, smoothing, curves)
         for part, component in (("plot", p.plot), ("weighting", p.weighting)):
-            if part in parts:
+            if part in parts and component in out:
                 out[component] = gr.skip()
         return out, records
 

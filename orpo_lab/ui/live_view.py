@@ -17,8 +17,8 @@ from orpo_lab.ui.views import progress_text, runs_table, started_text
 from orpo_lab.weighting_plot import weighting_figure
 
 # The curves of a run that trains on are redrawn at most this often; its progress line and log at
-# every tick. A redraw of the six panels costs the browser ~0.8 s of work: at every 2 s tick the
-# open page slowed the default model's CPU steps by 15% on 2 cores (BENCHMARKS.md, the app's page).
+# every tick. A redraw of the six panels costs the browser ~0.8 s of work: redrawn at every 2 s
+# tick, an open page took 70% of a core while a run trained, 40% at this pace (bench/page_cost.py).
 CURVES_EVERY_S = 6.0
 
 WEIGHTING_HELP = (
@@ -93,16 +93,20 @@ def details(ctx: AppContext, p: SimpleNamespace, name: str | None, records: list
     }
 
 
-def _drawn(ctx: AppContext, p: SimpleNamespace, name: str | None, smoothing) -> tuple[dict, list]:
-    """The curves, progress and weighting of the run `name` (blank for None), and its records."""
+def _drawn(
+    ctx: AppContext, p: SimpleNamespace, name: str | None, smoothing, curves: bool = True
+) -> tuple[dict, list]:
+    """The progress of the run `name` and, with `curves`, its curves and weighting (blank for
+    None), and its records."""
     if not name:
         return {p.plot: None, p.progress: "", p.weighting: None}, []
     records, status = ctx.manager.metrics(name), ctx.manager.status(name)
-    drawn = {
-        p.plot: metrics_figure(records, smoothing, name),
-        p.progress: progress_text(name, status, records),
-        p.weighting: weighting_figure(records),
-    }
+    drawn = {p.progress: progress_text(name, status, records)}
+    if curves:
+        drawn |= {
+            p.plot: metrics_figure(records, smoothing, name),
+            p.weighting: weighting_figure(records),
+        }
     return drawn, records
 
 
@@ -139,11 +143,9 @@ def tick(
         p.checkpoint: checkpoint_update(ctx, shown, checkpoint if pinned else None),
         p.timer: gr.Timer(BUSY_TICK_S if active else IDLE_TICK_S),  # an idle page is cheap
     }
-    if shown == name and shown in active and time.monotonic() - drawn_at < CURVES_EVERY_S:
-        # Its curves wait for a later tick: `seen` stays behind, so that tick looks again.
-        records = ctx.manager.metrics(shown)
-        progress = {p.progress: progress_text(shown, ctx.manager.status(shown), records)}
-        return listed | progress | details(ctx, p, shown, records)
-    drawn, records = _drawn(ctx, p, shown, smoothing)
-    drawn |= {p.seen: signature, p.drawn_at: time.monotonic()}
+    training = shown == name and shown in active
+    curves = not training or time.monotonic() - drawn_at >= CURVES_EVERY_S
+    drawn, records = _drawn(ctx, p, shown, smoothing, curves)
+    if curves:  # else `seen` stays behind, so that a later tick looks again
+        drawn |= {p.seen: signature, p.drawn_at: time.monotonic()}
     return drawn | listed | details(ctx, p, shown, records)
