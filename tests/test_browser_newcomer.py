@@ -200,6 +200,27 @@ def test_inside_orpo_typed_pair_searches_and_never_errors(page):
     )
 
 
+def test_inside_orpo_never_shows_a_pair_beside_empty_boxes(page):
+    """Emptied boxes are filled again by the next refresh (which sets the same checkpoint, so no
+    `.change` fires); a box holding typed text is never overwritten by it."""
+    _inside(page)
+    filled = page.locator("#view-prompt textarea").input_value()
+    for box in ("view-prompt", "view-chosen", "view-rejected"):
+        fill(page, box, "")
+    page.locator("#view-refresh").click()
+    page.wait_for_function(
+        "(text) => document.querySelector('#view-prompt textarea').value === text",
+        arg=filled,
+        timeout=30_000,
+    )
+    fill(page, "view-prompt", "my own prompt")
+    fill(page, "view-chosen", "")
+    page.locator("#view-refresh").click()
+    page.wait_for_timeout(3000)  # what the refresh and its follow-up would have written by now
+    assert page.locator("#view-prompt textarea").input_value() == "my own prompt"
+    assert page.locator("#view-chosen textarea").input_value() == ""
+
+
 def test_inside_orpo_offers_pairs_of_every_family(page):
     _inside(page)
     page.locator("#view-pair input").click()

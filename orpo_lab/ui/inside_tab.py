@@ -65,11 +65,24 @@ def inside_tab(ctx: AppContext, demo: gr.Blocks) -> None:
     with gr.Accordion("the numbers behind the colours", open=False):
         p.numbers = gr.JSON(elem_id="token-numbers")
     checkpoints = [p.first, p.second, p.reference]
+    boxes = [p.prompt, p.chosen, p.rejected]
+    # A value set by an event's output fires `.change` from the component in the page, which a
+    # page still mounting (a reload mid-run, on a loaded machine) can miss: the pair dropdown then
+    # showed a pair beside three empty boxes. The events that set the checkpoint and the pair are
+    # followed, server-side, by filling boxes that are still empty.
+    fill_empty = dict(
+        fn=partial(fill_empty_boxes, ctx, p),
+        inputs=[p.first, p.pair, *boxes],
+        outputs=boxes,
+        api_visibility="private",
+    )
     p.refresh.click(
         partial(checkpoint_updates, ctx, p), None, checkpoints, api_name="view_checkpoints"
-    )
+    ).then(**fill_empty)
     demo.load(partial(checkpoint_updates, ctx, p), None, checkpoints, api_visibility="private")
-    p.first.change(partial(pair_choices, ctx), p.first, p.pair, api_name="view_pairs")
+    p.first.change(partial(pair_choices, ctx), p.first, p.pair, api_name="view_pairs").then(
+        **fill_empty
+    )
     p.pair.change(
         partial(fill_pair, ctx, p),
         [p.first, p.pair],
@@ -163,11 +176,23 @@ def fill_pair(ctx: AppContext, p: SimpleNamespace, choice: str | None, label: st
             )
             return gr.skip()
         pair = found[0]
+    return _boxes(p, pair)
+
+
+def _boxes(p: SimpleNamespace, pair: dict) -> dict:
     return {
         p.prompt: _prompt_text(pair["prompt"]),
         p.chosen: pair["chosen"],
         p.rejected: pair["rejected"],
     }
+
+
+def fill_empty_boxes(ctx: AppContext, p: SimpleNamespace, choice, label, *texts):
+    """The picked held-out pair into the boxes when all three are empty (never over typed text)."""
+    if any(texts) or not label or label == OWN_PAIR:
+        return gr.skip()
+    pair = _pairs_of(ctx, choice).get(label)
+    return gr.skip() if pair is None else _boxes(p, pair)
 
 
 def _summary(before, after) -> str:
