@@ -423,10 +423,13 @@ def test_zerogpu_slices_reload_stop_chat_blind_and_tokens(
         page.reload()  # mid-run: the page finds the run again and follows it
         page.locator("#progress").wait_for()
         wait_step(page, "zero", seen, timeout=120_000)
-        page.wait_for_function(  # the live curves are drawn again from the run's records
-            "() => (document.querySelector('#train-plot .js-plotly-plot')?.data || []).length > 0"
+        page.wait_for_function(  # the curves are drawn again from the run's records, and grow (at
+            # most every CURVES_EVERY_S, so not always by the time the progress line moved on)
+            """(seen) => (document.querySelector('#train-plot .js-plotly-plot')?.data || [])
+                           .some(t => (t.y || []).length > seen)""",
+            arg=seen,
+            timeout=60_000,
         )
-        assert max(len(t["y"]) for t in plot_traces(page, "train-plot")) > seen
         assert len(manager.folder("zero").slices()) >= 2  # several GPU calls so far
         page.locator("#stop").click()
         message = wait_text(page, "train-message", "Stopped zero", timeout=90_000)
