@@ -430,6 +430,7 @@ def test_05_compare_outputs(notebook_env, notebook_04, monkeypatch):
             "answers": "answers",
             "n": "len(records)",
             "mean_log_or": "mean_log_or",
+            "log_or": "log_or",
             "own_log_or": "own_log_or",
             "free_answers": "free_answers",
             "sampled": "sampled_table",
@@ -457,9 +458,15 @@ def test_05_compare_outputs(notebook_env, notebook_04, monkeypatch):
     base = v["table"]["base"]["all"]["all"]
     assert v["table"]["SFT"]["all"]["all"] >= base + 0.3
     assert v["table"]["ORPO"]["all"]["all"] >= base + 0.3
-    # Where the answers cannot tell SFT from ORPO, the log-odds of the same held-out pairs can.
-    lor = v["mean_log_or"]
-    assert lor["ORPO"] > lor["SFT"] + 0.5 and lor["SFT"] > lor["base"]
+    # Where the answers cannot tell SFT from ORPO, the log-odds of the same held-out pairs can: ORPO
+    # separates chosen from rejected more on average and on at least half the pairs. (Not by a fixed
+    # margin: the mean gap was 0.42 in bf16 on an AMX CPU, over 0.5 in float32, on 8 pairs whose
+    # per-pair gaps spread by ~0.8.)
+    lor, per_pair = v["mean_log_or"], v["log_or"]
+    assert lor["ORPO"] > lor["SFT"] > lor["base"]
+    ahead = sum(o > s for o, s in zip(per_pair["ORPO"], per_pair["SFT"], strict=True))
+    assert ahead >= v["n"] / 2 and len(per_pair["ORPO"]) == v["n"]
+    assert f"more strongly than SFT on {ahead} of the {v['n']} pairs" in v["printed"]
     own = v["own_log_or"]  # the widget's default pair: a concise reply vs a rambling one
     assert own["ORPO"] > own["SFT"] > own["base"]
     assert set(v["free_answers"]) == {"base", "SFT", "ORPO"}
