@@ -25,8 +25,8 @@ layout, so a later run of the same setup
 reads its answer instead of measuring; it compiles when (eager - compiled) x its steps exceeds the
 compile from the cache, and then times that compile (the one pass step 1 would have paid it in), so
 that the next run decides on what a fresh process paid. Delete the file to measure again; no run
-needs it. A candidate is chosen over float32 eager only when it is faster by more than float32's
-own spread and by `autotune_rules.MARGIN`;
+needs it. A candidate is chosen over float32 eager only when its fastest pass beats float32's by
+`autotune_rules.MARGIN` and it was the faster in every turn (the passes are taken in turn);
 otherwise, or when a probe fails, the run trains in float32 (eager) and says why. Nothing else
 (no other cache folder, no switch) changes what "auto" does; a limit on the kernels'
 instructions (`ONEDNN_MAX_CPU_ISA`) makes another machine, measured on its own.

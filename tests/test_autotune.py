@@ -57,10 +57,17 @@ def test_precision_follows_the_measured_times():
     name, why = autotune_rules.choose_precision({"fp32": [1.0, 1.0, 1.0], "bf16": [1.3, 1.3, 1.2]})
     assert name == "fp32" and why.endswith("(x0.83); not 5% faster: float32")
     assert autotune_rules.choose_precision({"fp32": [1.0] * 3, "bf16": [0.97] * 3})[0] == "fp32"
-    # Faster by less than float32's own steps spread: inconclusive.
-    name, why = autotune_rules.choose_precision({"fp32": [1.0, 1.3], "bf16": [0.8, 0.8]})
-    assert name == "fp32" and why.startswith("inconclusive: bf16 0.800 s/step vs float32 1.000")
-    assert "spread by 0.300 s" in why
+    # Not the faster in every turn (pass i of each, taken one after the other): inconclusive.
+    name, why = autotune_rules.choose_precision({"fp32": [1.0, 1.3], "bf16": [0.8, 1.35]})
+    assert name == "fp32" and why == (
+        "inconclusive: bf16 0.800 s/step vs float32 1.000 (x1.25), but float32 was the faster in "
+        "turn 2 of 2: float32"
+    )
+    # One slow float32 pass beside bf16 faster in every turn decides nothing (a probe of the
+    # default model on an AMX CPU; the old rule kept float32 as "inconclusive").
+    assert autotune_rules.choose_precision(
+        {"fp32": [1.7156, 1.1228], "bf16": [0.7356, 0.7282]}
+    ) == ("bf16", "measured here: bf16 0.728 s/step vs float32 1.123 (x1.54)")
     # Nothing (or nonsense) measured: float32, and why.
     assert autotune_rules.choose_precision({"fp32": [1.0]}) == (
         "fp32",
