@@ -83,15 +83,10 @@ def inside_tab(ctx: AppContext, demo: gr.Blocks) -> None:
     p.first.change(partial(pair_choices, ctx), p.first, p.pair, api_name="view_pairs").then(
         **fill_empty
     )
-    p.pair.change(
-        partial(fill_pair, ctx, p),
-        [p.first, p.pair],
-        [p.prompt, p.chosen, p.rejected],
-        api_name="view_pair",
-    )
+    p.pair.change(partial(fill_pair, ctx, p), [p.first, p.pair], boxes, api_name="view_pair")
     p.show.click(
         partial(show_tokens, ctx, p),
-        [p.first, p.second, p.reference, p.prompt, p.chosen, p.rejected],
+        [p.first, p.second, p.reference, *boxes],
         [p.view, p.numbers],
         api_name="token_view",
     )
